@@ -1,0 +1,88 @@
+"""queuert_sa: transactional job chains in your application's own database, for SQLAlchemy.
+
+Jobs are rows in your PostgreSQL (or SQLite) database. ``start_chain`` writes
+them through your ``Session``, so they commit or roll back with your business
+rows; workers complete them in the same transaction as the handler's own writes.
+"""
+
+from . import hooks as hooks
+from . import models as models
+from ._attempt import Attempt as Attempt
+from ._attempt import Outcome as Outcome
+from ._attempt import Reschedule as Reschedule
+from ._client import ChainStart as ChainStart
+from ._client import Queuert as Queuert
+from ._entities import Chain as Chain
+from ._entities import Job as Job
+from ._errors import ChainNotFoundError as ChainNotFoundError
+from ._errors import DatabaseError as DatabaseError
+from ._errors import DatabaseUnavailableError as DatabaseUnavailableError
+from ._errors import DuplicateHandlerError as DuplicateHandlerError
+from ._errors import DuplicateJobTypeError as DuplicateJobTypeError
+from ._errors import EngineMismatchError as EngineMismatchError
+from ._errors import HandlerError as HandlerError
+from ._errors import InvalidContinuationError as InvalidContinuationError
+from ._errors import InvalidJobIdError as InvalidJobIdError
+from ._errors import InvalidJobTypesError as InvalidJobTypesError
+from ._errors import JobInputError as JobInputError
+from ._errors import JobNotFoundError as JobNotFoundError
+from ._errors import JobTypeError as JobTypeError
+from ._errors import JobTypeMismatchError as JobTypeMismatchError
+from ._errors import NotAnEntryTypeError as NotAnEntryTypeError
+from ._errors import QueuertError as QueuertError
+from ._errors import SchemaMissingError as SchemaMissingError
+from ._errors import SessionRequiredError as SessionRequiredError
+from ._errors import UnknownJobTypeError as UnknownJobTypeError
+from ._errors import WorkerConfigError as WorkerConfigError
+from ._job_types import JobType as JobType
+from ._job_types import JobTypes as JobTypes
+from ._retry import Backoff as Backoff
+from ._worker import Worker as Worker
+from .models import JobStatus as JobStatus
+from .models import metadata as metadata
+from .notify import InMemoryNotify as InMemoryNotify
+from .notify import NotifyAdapter as NotifyAdapter
+from .state import prepare_engine as prepare_engine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attempt",
+    "Backoff",
+    "Chain",
+    "ChainNotFoundError",
+    "ChainStart",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "DuplicateHandlerError",
+    "DuplicateJobTypeError",
+    "EngineMismatchError",
+    "HandlerError",
+    "InMemoryNotify",
+    "InvalidContinuationError",
+    "InvalidJobIdError",
+    "InvalidJobTypesError",
+    "Job",
+    "JobInputError",
+    "JobNotFoundError",
+    "JobStatus",
+    "JobType",
+    "JobTypeError",
+    "JobTypeMismatchError",
+    "JobTypes",
+    "NotAnEntryTypeError",
+    "NotifyAdapter",
+    "Outcome",
+    "Queuert",
+    "QueuertError",
+    "Reschedule",
+    "SchemaMissingError",
+    "SessionRequiredError",
+    "UnknownJobTypeError",
+    "Worker",
+    "WorkerConfigError",
+    "hooks",
+    "metadata",
+    "models",
+    "prepare_engine",
+]

@@ -1,0 +1,233 @@
+"""One attempt at a job: what a handler sees (``Attempt``) and what it must return (``Outcome``).
+
+The decisions after a handler ends (when to retry, what error text to keep)
+are pure functions here; the worker drivers only execute them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import traceback
+import uuid
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from sqlalchemy.orm import Session
+
+from . import hooks
+from ._entities import Job
+from ._errors import HandlerError
+from ._ids import coerce_id, new_id
+from ._job_types import JobType
+from ._retry import Backoff, backoff_delay
+from .models import JobStatus
+from .state import NewJob
+from .state import operations as ops
+
+if TYPE_CHECKING:
+    from ._client import Queuert
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+NextInT = TypeVar("NextInT")
+
+#: ``last_attempt_error`` is cut to this many characters.
+MAX_ERROR_CHARS = 10_000
+
+
+class Reschedule(Exception):  # noqa: N818 - raised to request control flow, not an error
+    """Raise from a handler to retry the job at a chosen time instead of with backoff.
+
+    Everything the attempt wrote is rolled back, as for any exception; the job
+    becomes pending at ``run_at`` (or ``run_in`` from now) and ``reason`` is
+    recorded in ``last_attempt_error``.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_at: dt.datetime | None = None,
+        run_in: dt.timedelta | None = None,
+        reason: str = "",
+    ) -> None:
+        if (run_at is None) == (run_in is None):
+            raise ValueError("Reschedule needs exactly one of run_at= or run_in=")
+        if run_at is not None and run_at.tzinfo is None:
+            raise ValueError("Reschedule(run_at=...) needs an aware datetime")
+        super().__init__(reason or "rescheduled by the handler")
+        self.run_at = run_at
+        self.run_in = run_in
+        self.reason = reason
+
+
+class Outcome:
+    """Proof that a handler finished its job: returned by ``complete``/``continue_with``.
+
+    A handler must return the ``Outcome`` of its own attempt; anything else is a
+    :class:`HandlerError` and the job is retried.
+    """
+
+    __slots__ = ("kind", "next_job")
+
+    def __init__(
+        self, *, kind: Literal["completed", "continued"], next_job: Job[Any] | None
+    ) -> None:
+        self.kind = kind
+        self.next_job = next_job
+
+    def __repr__(self) -> str:
+        if self.next_job is None:
+            return f"<Outcome {self.kind}>"
+        return f"<Outcome continued with {self.next_job.type_name} {self.next_job.id}>"
+
+
+class Attempt(Generic[InT, OutT]):
+    """What a handler gets: the job, its input, and the attempt's own transaction.
+
+    In atomic mode ``session`` is the worker's transaction for this attempt:
+    everything written through it commits together with the job's completion
+    and its continuation, or not at all. Do not commit or roll it back.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: Queuert,
+        job_type: JobType[InT, OutT],
+        job: Job[InT],
+        session: Session,
+        worker_id: str,
+    ) -> None:
+        self._client = client
+        self.job_type = job_type
+        self.job = job
+        self.session = session
+        self.worker_id = worker_id
+        self._outcome: Outcome | None = None
+
+    @property
+    def input(self) -> InT:
+        """The job's input, decoded with its type."""
+        return self.job.input
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The outcome recorded by ``complete``/``continue_with`` so far."""
+        return self._outcome
+
+    def _check_open(self, action: str) -> None:
+        if self._outcome is not None:
+            raise HandlerError(
+                f"{action}: the attempt at job {self.job.id} ({self.job.type_name!r}) already "
+                f"{self._outcome.kind}; call complete() or continue_with() once per attempt.",
+                job_id=self.job.id,
+                type_name=self.job.type_name,
+            )
+
+    def complete(self, output: OutT) -> Outcome:
+        """Finish the job, and with it the chain, with ``output``. Return the result.
+
+        Written in the attempt's transaction: it commits with the handler's own
+        writes. ``output`` must be JSON (or the declared dataclass).
+        """
+        self._check_open("complete()")
+        encoded = self.job_type.encode_output(output)
+        client = self._client
+        ops.complete_job(
+            self.session,
+            client.models,
+            job_id=self.job.id,
+            output=encoded,
+            worker_id=self.worker_id,
+            now=client.clock(),
+        )
+        chain_id = self.job.chain_id
+        notify = client.notify
+        hooks.on_commit(self.session, lambda: notify.notify_chain_completed(chain_id))
+        self._outcome = Outcome(kind="completed", next_job=None)
+        return self._outcome
+
+    def continue_with(
+        self,
+        job_type: JobType[NextInT, Any],
+        input: NextInT,
+        *,
+        id: uuid.UUID | str | None = None,
+        run_at: dt.datetime | None = None,
+        run_in: dt.timedelta | None = None,
+    ) -> Outcome:
+        """Finish this job by handing the chain to a next job of ``job_type``. Return the result.
+
+        ``job_type`` must be listed in this type's ``continues_with``. The next
+        job gets ``chain_index + 1``; if one already exists at that index (a
+        retried attempt, a race) it is reused, never duplicated.
+        """
+        from ._client import job_from_row, scheduled_time
+
+        self._check_open("continue_with()")
+        client = self._client
+        target = client.job_types.resolve(job_type)
+        self.job_type.require_continuation(target)
+        encoded = target.encode_input(input)
+        next_id = coerce_id(id) if id is not None else new_id()
+        now = client.clock()
+        row, created = ops.insert_continuation(
+            self.session,
+            client.models,
+            client.capabilities,
+            NewJob(
+                id=next_id,
+                type_name=target.name,
+                chain_id=self.job.chain_id,
+                chain_type_name=self.job.chain_type_name,
+                chain_index=self.job.chain_index + 1,
+                input=encoded,
+                status=JobStatus.PENDING,
+                created_at=now,
+                scheduled_at=scheduled_time(now, run_at, run_in),
+            ),
+        )
+        ops.complete_job(
+            self.session,
+            client.models,
+            job_id=self.job.id,
+            output=None,
+            worker_id=self.worker_id,
+            now=now,
+        )
+        if created:
+            notify = client.notify
+            hooks.on_commit(self.session, lambda: notify.notify_job_scheduled(target.name, 1))
+        self._outcome = Outcome(kind="continued", next_job=job_from_row(row, target))
+        return self._outcome
+
+    def owns(self, result: object) -> bool:
+        """True if ``result`` is the outcome this attempt recorded."""
+        return result is not None and result is self._outcome
+
+
+def describe_error(exc: BaseException) -> str:
+    """The text kept in ``last_attempt_error``: the traceback, cut to a bounded size."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 14] + "… [truncated]"
+    return text
+
+
+def retry_decision(
+    exc: BaseException,
+    *,
+    attempt: int,
+    backoff: Backoff,
+    now: dt.datetime,
+    rng: random.Random | None = None,
+) -> tuple[dt.datetime, str]:
+    """When a failed attempt runs again, and the error text to record.
+
+    ``Reschedule`` picks its own time; any other exception waits the backoff
+    delay for this attempt number.
+    """
+    if isinstance(exc, Reschedule):
+        at = exc.run_at.astimezone(dt.UTC) if exc.run_at is not None else now + (exc.run_in or dt.timedelta(0))
+        return max(at, now), f"Reschedule: {exc.reason or 'rescheduled by the handler'}"
+    return now + backoff_delay(attempt, backoff, rng), describe_error(exc)

@@ -1,0 +1,396 @@
+"""The sync client: ``Queuert`` starts chains in the caller's transaction and reads them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+
+from sqlalchemy import Engine, RowMapping
+from sqlalchemy.orm import Session
+
+from . import hooks
+from ._entities import Chain, Job
+from ._errors import EngineMismatchError, JobTypeMismatchError, SessionRequiredError
+from ._ids import coerce_id, new_id
+from ._job_types import JobType, JobTypes
+from .models import DEFAULT_MODELS, JobStatus, Models
+from .notify import InMemoryNotify, NotifyAdapter
+from .state import Capabilities, NewJob, prepare_engine
+from .state import operations as ops
+
+if TYPE_CHECKING:
+    from ._retry import Backoff
+    from ._worker import Worker
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    """The default clock: the current time in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class ChainStart(Generic[InT, OutT]):
+    """One chain to start with :meth:`Queuert.start_chains`."""
+
+    job_type: JobType[InT, OutT]
+    input: InT
+    id: uuid.UUID | str | None = None
+    run_at: dt.datetime | None = None
+    run_in: dt.timedelta | None = None
+
+
+def scheduled_time(
+    now: dt.datetime, run_at: dt.datetime | None, run_in: dt.timedelta | None
+) -> dt.datetime:
+    """When a new job becomes due: ``run_at``/``run_in`` clamped to ``now``.
+
+    A past ``run_at`` never jumps the queue ahead of jobs already due.
+    """
+    if run_at is not None and run_in is not None:
+        raise ValueError("pass run_at or run_in, not both")
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise ValueError(
+                f"run_at={run_at!r} is naive; pass an aware datetime (e.g. datetime.now(UTC))"
+            )
+        return max(run_at.astimezone(dt.UTC), now)
+    if run_in is not None:
+        return now + max(run_in, dt.timedelta(0))
+    return now
+
+
+def job_from_row(row: RowMapping, job_type: JobType[Any, Any] | None = None) -> Job[Any]:
+    """Snapshot a job row; the input is decoded when its type is known."""
+    raw_input = row["input"]
+    return Job(
+        id=row["id"],
+        type_name=row["type_name"],
+        chain_id=row["chain_id"],
+        chain_type_name=row["chain_type_name"],
+        chain_index=row["chain_index"],
+        input=job_type.decode_input(raw_input) if job_type is not None else raw_input,
+        output=row["output"],
+        status=JobStatus(row["status"]),
+        created_at=row["created_at"],
+        scheduled_at=row["scheduled_at"],
+        completed_at=row["completed_at"],
+        completed_by=row["completed_by"],
+        attempt=row["attempt"],
+        last_attempt_at=row["last_attempt_at"],
+        last_attempt_error=row["last_attempt_error"],
+        leased_by=row["leased_by"],
+        leased_until=row["leased_until"],
+        deduplication_key=row["deduplication_key"],
+    )
+
+
+class Queuert:
+    """The synchronous client: starts chains in your transaction, reads them, makes workers.
+
+    ::
+
+        queuert = Queuert(engine, job_types)
+        with Session(engine) as session, session.begin():
+            session.add(user)
+            queuert.start_chain(session, send_welcome, {"user_id": user.id})
+
+    Args:
+        engine: The application's engine (PostgreSQL or SQLite). On SQLite the
+            engine is configured for queuert (see :func:`prepare_engine`).
+        job_types: The registry; validated here, so a dangling ``continues_with``
+            fails at start-up.
+        notify: Where post-commit wake-ups go. Defaults to an in-process
+            :class:`InMemoryNotify`: workers of this client in this process wake
+            at once; other processes find jobs by polling.
+        models: The tables to use; defaults to ``queuert_job`` /
+            ``queuert_job_blocker``. See :func:`queuert_sa.models.create_models`.
+        clock: Source of "now" (aware UTC datetimes). Defaults to the system clock;
+            tests inject a fake one.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        job_types: JobTypes,
+        *,
+        notify: NotifyAdapter | None = None,
+        models: Models = DEFAULT_MODELS,
+        clock: Clock = utc_now,
+    ) -> None:
+        if not isinstance(engine, Engine):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"Queuert needs a sqlalchemy Engine, got {type(engine).__name__}; "
+                "for an AsyncEngine use AsyncQueuert."
+            )
+        job_types.validate()
+        self.engine = engine
+        self.job_types = job_types
+        self.notify: NotifyAdapter = notify if notify is not None else InMemoryNotify()
+        self.models = models
+        self.clock = clock
+        self.capabilities: Capabilities = prepare_engine(engine)
+
+    def __repr__(self) -> str:
+        return f"<Queuert {self.engine.url!r} types={list(self.job_types.names)}>"
+
+    # --- producing -----------------------------------------------------------
+
+    def start_chain(
+        self,
+        session: Session,
+        job_type: JobType[InT, OutT],
+        input: InT,
+        *,
+        id: uuid.UUID | str | None = None,
+        run_at: dt.datetime | None = None,
+        run_in: dt.timedelta | None = None,
+    ) -> Chain[InT, OutT]:
+        """Start a chain with its first job, inside ``session``'s current transaction.
+
+        Nothing is committed: the job becomes visible to workers when the
+        caller commits, and the wake-up is sent only after that COMMIT. On
+        rollback (or a rolled-back SAVEPOINT) there is no job and no wake-up.
+
+        Validation happens before any SQL: an unknown or non-entry type, an input
+        that is not JSON, or an invalid id raise a :class:`QueuertError` subclass.
+
+        Args:
+            session: The caller's ``Session``; flushed into, never committed.
+            job_type: An entry type of this client's ``JobTypes``.
+            input: The job's input (a JSON value, or an instance of the declared
+                dataclass).
+            id: The chain's id (a UUID); generated (UUIDv7) when omitted.
+            run_at: Earliest start (aware datetime), clamped to now.
+            run_in: Earliest start as a delay from now.
+        """
+        return self.start_chains(
+            session, [ChainStart(job_type, input, id=id, run_at=run_at, run_in=run_in)]
+        )[0]
+
+    def start_chains(
+        self, session: Session, starts: Sequence[ChainStart[Any, Any]]
+    ) -> list[Chain[Any, Any]]:
+        """Start several chains with one INSERT (one round trip), in ``session``'s transaction.
+
+        All-or-nothing with the caller's transaction, like :meth:`start_chain`.
+        Every start is validated before any SQL is sent.
+        """
+        self._check_session(session)
+        now = self.clock()
+        jobs: list[NewJob] = []
+        types: list[JobType[Any, Any]] = []
+        for start in starts:
+            job_type = self.job_types.resolve(start.job_type)
+            job_type.require_entry()
+            encoded = job_type.encode_input(start.input)
+            job_id = coerce_id(start.id) if start.id is not None else new_id()
+            jobs.append(
+                NewJob(
+                    id=job_id,
+                    type_name=job_type.name,
+                    chain_id=job_id,
+                    chain_type_name=job_type.name,
+                    chain_index=0,
+                    input=encoded,
+                    status=JobStatus.PENDING,
+                    created_at=now,
+                    scheduled_at=scheduled_time(now, start.run_at, start.run_in),
+                )
+            )
+            types.append(job_type)
+        ops.insert_jobs(session, self.models, jobs)
+        self._wake_after_commit(session, Counter(job.type_name for job in jobs))
+        return [
+            Chain(
+                id=job.id,
+                type_name=job.type_name,
+                input=start.input,
+                status=job.status,
+                output=None,
+                created_at=job.created_at,
+                completed_at=None,
+                current_job_id=job.id,
+                current_type_name=job.type_name,
+                current_index=0,
+            )
+            for job, start in zip(jobs, starts, strict=True)
+        ]
+
+    def _wake_after_commit(self, session: Session, counts: Counter[str]) -> None:
+        notify = self.notify
+        for type_name, count in counts.items():
+            hooks.on_commit(
+                session,
+                lambda type_name=type_name, count=count: notify.notify_job_scheduled(
+                    type_name, count
+                ),
+            )
+
+    def _check_session(self, session: object) -> None:
+        if not isinstance(session, Session):
+            hint = (
+                " For an AsyncSession use AsyncQueuert."
+                if type(session).__name__ == "AsyncSession"
+                else ""
+            )
+            raise SessionRequiredError(
+                f"Expected a sqlalchemy.orm.Session, got {type(session).__name__}. Pass the "
+                f"session whose transaction the jobs should join.{hint}"
+            )
+        bind = session.get_bind()
+        engine = bind if isinstance(bind, Engine) else bind.engine
+        if engine.dialect.name != self.engine.dialect.name:
+            raise EngineMismatchError(
+                f"The session is bound to a {engine.dialect.name} database but this Queuert "
+                f"was built for {self.engine.dialect.name}; use the session of the same database."
+            )
+        if engine is not self.engine:
+            prepare_engine(engine)
+
+    # --- reading -------------------------------------------------------------
+
+    @overload
+    def get_chain(
+        self, id: uuid.UUID | str, job_type: None = None, *, session: Session | None = None
+    ) -> Chain[Any, Any]: ...
+
+    @overload
+    def get_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[InT, OutT],
+        *,
+        session: Session | None = None,
+    ) -> Chain[InT, OutT]: ...
+
+    def get_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[Any, Any] | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Chain[Any, Any]:
+        """Read a chain by id (its first job's id).
+
+        Raises :class:`ChainNotFoundError` if there is no such chain, and
+        :class:`JobTypeMismatchError` if ``job_type`` is not the chain's type.
+        With ``session`` the read joins that session's transaction.
+        """
+        from ._errors import ChainNotFoundError
+
+        chain_id = coerce_id(id)
+        found = self._read(session, lambda ex: ops.get_chain(ex, self.models, chain_id))
+        if found is None:
+            raise ChainNotFoundError(chain_id)
+        root, latest = found
+        if job_type is not None:
+            job_type = self.job_types.resolve(job_type)
+            if root["type_name"] != job_type.name:
+                raise JobTypeMismatchError(
+                    expected=job_type.name, actual=root["type_name"], id=chain_id
+                )
+        return self._chain_from_rows(root, latest, job_type)
+
+    def _chain_from_rows(
+        self, root: RowMapping, latest: RowMapping, job_type: JobType[Any, Any] | None
+    ) -> Chain[Any, Any]:
+        status = JobStatus(latest["status"])
+        completed = status == JobStatus.COMPLETED
+        raw_output = latest["output"] if completed else None
+        output = raw_output
+        if completed and latest["type_name"] in self.job_types and raw_output is not None:
+            output = self.job_types.get(latest["type_name"]).decode_output(raw_output)
+        return Chain(
+            id=root["id"],
+            type_name=root["type_name"],
+            input=job_type.decode_input(root["input"]) if job_type else root["input"],
+            status=status,
+            output=output,
+            created_at=root["created_at"],
+            completed_at=latest["completed_at"] if completed else None,
+            current_job_id=latest["id"],
+            current_type_name=latest["type_name"],
+            current_index=latest["chain_index"],
+        )
+
+    @overload
+    def get_job(
+        self, id: uuid.UUID | str, job_type: None = None, *, session: Session | None = None
+    ) -> Job[Any]: ...
+
+    @overload
+    def get_job(
+        self, id: uuid.UUID | str, job_type: JobType[InT, Any], *, session: Session | None = None
+    ) -> Job[InT]: ...
+
+    def get_job(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[Any, Any] | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Job[Any]:
+        """Read a job by id; :class:`JobNotFoundError` if it does not exist."""
+        from ._errors import JobNotFoundError
+
+        job_id = coerce_id(id)
+        row = self._read(session, lambda ex: ops.get_job(ex, self.models, job_id))
+        if row is None:
+            raise JobNotFoundError(job_id)
+        if job_type is not None:
+            job_type = self.job_types.resolve(job_type)
+            if row["type_name"] != job_type.name:
+                raise JobTypeMismatchError(
+                    expected=job_type.name, actual=row["type_name"], id=job_id
+                )
+        elif row["type_name"] in self.job_types:
+            job_type = self.job_types.get(row["type_name"])
+        return job_from_row(row, job_type)
+
+    _R = TypeVar("_R")
+
+    def _read(self, session: Session | None, fn: Callable[[ops.Executor], _R]) -> _R:
+        if session is not None:
+            self._check_session(session)
+            return fn(session)
+        with self.engine.connect() as conn:
+            return fn(conn)
+
+    # --- workers -------------------------------------------------------------
+
+    def worker(
+        self,
+        *,
+        concurrency: int = 1,
+        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
+        backoff: Backoff | None = None,
+        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
+        worker_id: str | None = None,
+        session_factory: Callable[[], Session] | None = None,
+        handle_signals: Literal["auto", "never"] = "auto",
+    ) -> Worker:
+        """Create a thread-pool worker for this client; register handlers, then ``run()``.
+
+        See :class:`Worker` for the meaning and defaults of each option.
+        """
+        from ._worker import Worker
+
+        return Worker(
+            self,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            backoff=backoff,
+            shutdown_grace=shutdown_grace,
+            worker_id=worker_id,
+            session_factory=session_factory,
+            handle_signals=handle_signals,
+        )

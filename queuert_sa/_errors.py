@@ -1,0 +1,190 @@
+"""The exception tree: one root, typed leaves with structured attributes.
+
+Every message says what went wrong *and* what to do about it. Leaves carry the
+identifiers involved (``type_name``, ``job_id``, ``chain_id``) so callers can
+react without parsing text.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+
+class QueuertError(Exception):
+    """Base class of every error raised by queuert_sa."""
+
+
+# --- job types and input validation (raised before any SQL is sent) ---------
+
+
+class JobTypeError(QueuertError):
+    """A job type is used in a way its declaration does not allow."""
+
+    def __init__(self, message: str, *, type_name: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+class UnknownJobTypeError(JobTypeError):
+    """A job type name is not registered in this client's ``JobTypes``."""
+
+    def __init__(self, type_name: str, *, registered: Sequence[str]) -> None:
+        known = ", ".join(sorted(registered)) or "(none)"
+        super().__init__(
+            f"Unknown job type {type_name!r}. Register it with job_types.entry(...) or "
+            f"job_types.define(...) on the JobTypes given to Queuert. Registered: {known}.",
+            type_name=type_name,
+        )
+        self.registered = tuple(registered)
+
+
+class DuplicateJobTypeError(JobTypeError):
+    """Two job types were registered under the same name."""
+
+    def __init__(self, type_name: str) -> None:
+        super().__init__(
+            f"Job type {type_name!r} is already registered in this JobTypes; "
+            "each name may be declared once.",
+            type_name=type_name,
+        )
+
+
+class NotAnEntryTypeError(JobTypeError):
+    """A chain was started with a type declared by ``define`` (not ``entry``)."""
+
+    def __init__(self, type_name: str) -> None:
+        super().__init__(
+            f"Job type {type_name!r} is not an entry type, so it cannot start a chain. "
+            "Declare it with job_types.entry(...) or reach it through continue_with.",
+            type_name=type_name,
+        )
+
+
+class InvalidContinuationError(JobTypeError):
+    """``continue_with`` targets a type not listed in ``continues_with``."""
+
+    def __init__(self, type_name: str, *, target: str, allowed: Sequence[str]) -> None:
+        listed = ", ".join(allowed) or "(nothing)"
+        super().__init__(
+            f"Job type {type_name!r} cannot continue with {target!r}: its declaration "
+            f"lists continues_with=[{listed}]. Add {target!r} to continues_with of "
+            f"{type_name!r}.",
+            type_name=type_name,
+        )
+        self.target = target
+        self.allowed = tuple(allowed)
+
+
+class InvalidJobTypesError(JobTypeError):
+    """The ``JobTypes`` registry is inconsistent (e.g. a dangling continues_with)."""
+
+
+class JobInputError(JobTypeError):
+    """An input (or output) value cannot be stored: it is not JSON, or has the wrong shape."""
+
+    def __init__(self, message: str, *, type_name: str, path: str) -> None:
+        super().__init__(message, type_name=type_name)
+        self.path = path
+
+
+class InvalidJobIdError(QueuertError):
+    """A caller-supplied job id is not a UUID."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(
+            f"Invalid job id {value!r}: ids are UUIDs; pass a uuid.UUID or its string form."
+        )
+        self.value = value
+
+
+# --- client usage ------------------------------------------------------------
+
+
+class SessionRequiredError(QueuertError):
+    """A mutating call was given something that is not a usable SQLAlchemy ``Session``."""
+
+
+class EngineMismatchError(QueuertError):
+    """The session is bound to a database other than the one this client was built for."""
+
+
+# --- rows ----------------------------------------------------------------------
+
+
+class JobNotFoundError(QueuertError):
+    """No job with this id exists (it may have been deleted)."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(f"Job {job_id} does not exist (it may have been deleted).")
+        self.job_id = job_id
+
+
+class ChainNotFoundError(QueuertError):
+    """No chain with this id exists (the id may be a continuation, not a chain's first job)."""
+
+    def __init__(self, chain_id: uuid.UUID) -> None:
+        super().__init__(
+            f"Chain {chain_id} does not exist. A chain's id is the id of its first job; "
+            "continuation job ids are not chain ids."
+        )
+        self.chain_id = chain_id
+
+
+class JobTypeMismatchError(QueuertError):
+    """A row was read with a job type that is not its own."""
+
+    def __init__(self, *, expected: str, actual: str, id: uuid.UUID) -> None:
+        super().__init__(
+            f"{id} is of type {actual!r}, not {expected!r}; pass the matching job type "
+            "or none to read it untyped."
+        )
+        self.expected = expected
+        self.actual = actual
+        self.id = id
+
+
+# --- worker side -----------------------------------------------------------------
+
+
+class HandlerError(QueuertError):
+    """A handler broke the handler contract (its job is rescheduled with backoff)."""
+
+    def __init__(self, message: str, *, job_id: uuid.UUID, type_name: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.type_name = type_name
+
+
+class DuplicateHandlerError(QueuertError):
+    """A worker was given two handlers for the same job type."""
+
+    def __init__(self, type_name: str) -> None:
+        super().__init__(
+            f"The worker already has a handler for {type_name!r}; register one handler "
+            "per job type per worker."
+        )
+        self.type_name = type_name
+
+
+class WorkerConfigError(QueuertError):
+    """A worker cannot start as configured (no handlers, bad concurrency, ...)."""
+
+
+# --- database boundary -------------------------------------------------------------
+
+
+class DatabaseError(QueuertError):
+    """The database refused or failed an operation; the original driver error is ``__cause__``."""
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The database connection failed or was lost; retry when the database is reachable."""
+
+
+class SchemaMissingError(DatabaseError):
+    """queuert's tables do not exist in this database."""

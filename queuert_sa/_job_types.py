@@ -1,0 +1,276 @@
+"""Job types: ``JobType[In, Out]`` and the ``JobTypes`` registry.
+
+A job type names a kind of job and declares what it takes (``input``), what it
+returns (``output``), which types it may continue with, and whether it may
+start a chain (``entry``). Declarations reference other types by name so that
+loops and go-to chains can be declared in any order; the names are checked when
+the registry is bound to a client (:meth:`JobTypes.validate`), so a typo fails at
+start-up, not at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, TypeVar, overload
+
+from ._errors import (
+    DuplicateJobTypeError,
+    InvalidContinuationError,
+    InvalidJobTypesError,
+    NotAnEntryTypeError,
+    UnknownJobTypeError,
+)
+from ._json import Codec, JSONValue, codec_for
+from ._retry import Backoff
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+InT_co = TypeVar("InT_co", covariant=True)
+OutT_co = TypeVar("OutT_co", covariant=True)
+
+_NAME_MAX = 255
+
+
+class JobType(Generic[InT, OutT]):
+    """A declared job type. ``InT`` is its input, ``OutT`` its output.
+
+    Created by :meth:`JobTypes.entry` or :meth:`JobTypes.define`, never directly.
+    """
+
+    __slots__ = (
+        "_input_codec",
+        "_output_codec",
+        "backoff",
+        "continues_with",
+        "entry",
+        "input_type",
+        "name",
+        "output_type",
+        "registry",
+    )
+
+    def __init__(
+        self,
+        *,
+        registry: JobTypes,
+        name: str,
+        input_type: Any,
+        output_type: Any,
+        entry: bool,
+        continues_with: tuple[str, ...],
+        backoff: Backoff | None,
+    ) -> None:
+        self.registry = registry
+        self.name = name
+        self.input_type = input_type
+        self.output_type = output_type
+        self.entry = entry
+        self.continues_with = continues_with
+        self.backoff = backoff
+        self._input_codec: Codec = codec_for(input_type)
+        self._output_codec: Codec = codec_for(output_type)
+
+    def __repr__(self) -> str:
+        kind = "entry" if self.entry else "define"
+        return f"<JobType {self.name!r} ({kind})>"
+
+    # Validation happens here, before any SQL: these raise typed errors.
+
+    def encode_input(self, value: InT) -> JSONValue:
+        """Validate and encode an input value for storage."""
+        return self._input_codec.encode(value, type_name=self.name, what="input")
+
+    def decode_input(self, raw: JSONValue) -> InT:
+        """Rebuild a stored input (dataclass inputs become instances again)."""
+        return self._input_codec.decode(raw)  # type: ignore[no-any-return]
+
+    def encode_output(self, value: OutT) -> JSONValue:
+        """Validate and encode an output value for storage."""
+        return self._output_codec.encode(value, type_name=self.name, what="output")
+
+    def decode_output(self, raw: JSONValue) -> OutT:
+        """Rebuild a stored output."""
+        return self._output_codec.decode(raw)  # type: ignore[no-any-return]
+
+    def require_entry(self) -> None:
+        """Raise :class:`NotAnEntryTypeError` unless this type may start a chain."""
+        if not self.entry:
+            raise NotAnEntryTypeError(self.name)
+
+    def require_continuation(self, target: JobType[Any, Any]) -> None:
+        """Raise unless ``target`` is declared in this type's ``continues_with``."""
+        if target.name not in self.continues_with:
+            raise InvalidContinuationError(
+                self.name, target=target.name, allowed=self.continues_with
+            )
+
+
+class JobTypes:
+    """A registry of job types, shared by a client and its workers.
+
+    ::
+
+        job_types = JobTypes()
+        reserve = job_types.entry("reserve", input=OrderIn, continues_with=["charge"])
+        charge = job_types.define("charge", input=OrderIn, output=PaymentOut)
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[str, JobType[Any, Any]] = {}
+
+    @overload
+    def entry(
+        self,
+        name: str,
+        *,
+        input: type[InT],
+        output: type[OutT],
+        continues_with: Sequence[str] = (),
+        backoff: Backoff | None = None,
+    ) -> JobType[InT, OutT]: ...
+
+    @overload
+    def entry(
+        self,
+        name: str,
+        *,
+        input: type[InT],
+        output: None = None,
+        continues_with: Sequence[str] = (),
+        backoff: Backoff | None = None,
+    ) -> JobType[InT, None]: ...
+
+    def entry(
+        self,
+        name: str,
+        *,
+        input: Any,
+        output: Any = None,
+        continues_with: Sequence[str] = (),
+        backoff: Backoff | None = None,
+    ) -> JobType[Any, Any]:
+        """Declare a type that may start a chain.
+
+        Args:
+            name: Stored in ``type_name``; unique in this registry.
+            input: Annotation of the input: a TypedDict, a dataclass or any JSON type.
+            output: Annotation of the output; omit for types that only continue.
+            continues_with: Names of the types ``continue_with`` may target.
+            backoff: Retry delays for this type; defaults to the worker's.
+        """
+        return self._add(name, input, output, True, continues_with, backoff)
+
+    @overload
+    def define(
+        self,
+        name: str,
+        *,
+        input: type[InT],
+        output: type[OutT],
+        continues_with: Sequence[str] = (),
+        backoff: Backoff | None = None,
+    ) -> JobType[InT, OutT]: ...
+
+    @overload
+    def define(
+        self,
+        name: str,
+        *,
+        input: type[InT],
+        output: None = None,
+        continues_with: Sequence[str] = (),
+        backoff: Backoff | None = None,
+    ) -> JobType[InT, None]: ...
+
+    def define(
+        self,
+        name: str,
+        *,
+        input: Any,
+        output: Any = None,
+        continues_with: Sequence[str] = (),
+        backoff: Backoff | None = None,
+    ) -> JobType[Any, Any]:
+        """Declare a type reachable only through ``continue_with`` (not an entry)."""
+        return self._add(name, input, output, False, continues_with, backoff)
+
+    def _add(
+        self,
+        name: str,
+        input_type: Any,
+        output_type: Any,
+        entry: bool,
+        continues_with: Sequence[str],
+        backoff: Backoff | None,
+    ) -> JobType[Any, Any]:
+        if not isinstance(name, str) or not name or len(name) > _NAME_MAX:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise InvalidJobTypesError(
+                f"Job type names are non-empty strings of at most {_NAME_MAX} characters, "
+                f"got {name!r}.",
+                type_name=str(name),
+            )
+        if name in self._types:
+            raise DuplicateJobTypeError(name)
+        if isinstance(continues_with, str):
+            raise InvalidJobTypesError(
+                f"continues_with of {name!r} must be a list of type names, not the string "
+                f"{continues_with!r}; write continues_with=[{continues_with!r}].",
+                type_name=name,
+            )
+        job_type: JobType[Any, Any] = JobType(
+            registry=self,
+            name=name,
+            input_type=input_type,
+            output_type=output_type,
+            entry=entry,
+            continues_with=tuple(continues_with),
+            backoff=backoff,
+        )
+        self._types[name] = job_type
+        return job_type
+
+    def validate(self) -> None:
+        """Check that every ``continues_with`` name is registered.
+
+        Called when the registry is bound to a client; raises
+        :class:`InvalidJobTypesError` naming the first dangling reference.
+        """
+        for job_type in self._types.values():
+            for target in job_type.continues_with:
+                if target not in self._types:
+                    raise InvalidJobTypesError(
+                        f"Job type {job_type.name!r} lists {target!r} in continues_with, "
+                        f"but no type {target!r} is registered. Declare it with "
+                        "job_types.define(...) (or fix the name).",
+                        type_name=job_type.name,
+                    )
+
+    def get(self, name: str) -> JobType[Any, Any]:
+        """The type registered under ``name``; :class:`UnknownJobTypeError` otherwise."""
+        try:
+            return self._types[name]
+        except KeyError:
+            raise UnknownJobTypeError(name, registered=list(self._types)) from None
+
+    def resolve(self, job_type: JobType[InT, OutT] | str) -> JobType[InT, OutT]:
+        """Accept a ``JobType`` of this registry or a registered name."""
+        if isinstance(job_type, str):
+            return self.get(job_type)
+        registered = self._types.get(job_type.name)
+        if registered is not job_type:
+            raise UnknownJobTypeError(job_type.name, registered=list(self._types))
+        return job_type
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """All registered type names, in declaration order."""
+        return tuple(self._types)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __iter__(self) -> Iterator[JobType[Any, Any]]:
+        return iter(self._types.values())
+
+    def __len__(self) -> int:
+        return len(self._types)

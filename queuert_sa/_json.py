@@ -1,0 +1,142 @@
+"""JSON values: validation before any SQL, and codecs for dataclass inputs.
+
+Inputs and outputs are stored as JSON. ``json.dumps`` alone is too lenient for
+a store that must round-trip values faithfully (it silently turns ``{1: "a"}``
+into ``{"1": "a"}`` and writes ``NaN``), so values are walked and refused with
+the path of the first offending element.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from ._errors import JobInputError
+
+#: A JSON value as stored in the ``input``/``output`` columns.
+JSONValue = None | bool | int | float | str | list[Any] | dict[str, Any]
+
+
+def _describe(value: object) -> str:
+    return type(value).__qualname__
+
+
+def check_json(value: object, *, type_name: str, what: str) -> None:
+    """Raise :class:`JobInputError` unless ``value`` round-trips through JSON unchanged."""
+    _walk(value, path=what, type_name=type_name, depth=0)
+
+
+def _walk(value: object, *, path: str, type_name: str, depth: int) -> None:
+    if depth > 200:
+        raise JobInputError(
+            f"{path} of job type {type_name!r} nests deeper than 200 levels (a cycle?); "
+            "pass a plain JSON tree.",
+            type_name=type_name,
+            path=path,
+        )
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise JobInputError(
+                f"{path} of job type {type_name!r} is {value!r}, which JSON cannot represent; "
+                "use null or a string.",
+                type_name=type_name,
+                path=path,
+            )
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(typing.cast("list[object]", value)):
+            _walk(item, path=f"{path}[{i}]", type_name=type_name, depth=depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in typing.cast("dict[object, object]", value).items():
+            if not isinstance(key, str):
+                raise JobInputError(
+                    f"{path} of job type {type_name!r} has key {key!r} "
+                    f"({_describe(key)}); JSON object keys must be strings.",
+                    type_name=type_name,
+                    path=path,
+                )
+            _walk(item, path=f"{path}[{key!r}]", type_name=type_name, depth=depth + 1)
+        return
+    raise JobInputError(
+        f"{path} of job type {type_name!r} is a {_describe(value)} ({value!r:.60}), which is "
+        "not JSON-serialisable. Convert it first (e.g. a datetime to an ISO string, a "
+        "Decimal to a string, a UUID to str).",
+        type_name=type_name,
+        path=path,
+    )
+
+
+class Codec(Protocol):
+    """Turns a Python value into a stored JSON value and back."""
+
+    def encode(self, value: object, *, type_name: str, what: str) -> JSONValue: ...
+
+    def decode(self, raw: JSONValue) -> Any: ...
+
+
+class PlainCodec:
+    """For TypedDict and plain JSON annotations: stored as given, after validation."""
+
+    def encode(self, value: object, *, type_name: str, what: str) -> JSONValue:
+        check_json(value, type_name=type_name, what=what)
+        return typing.cast(JSONValue, value)
+
+    def decode(self, raw: JSONValue) -> Any:
+        return raw
+
+
+class DataclassCodec:
+    """For dataclass annotations: stored as an object of its fields, rebuilt on read.
+
+    Fields that are themselves dataclasses (or lists of them) are rebuilt too.
+    """
+
+    def __init__(self, cls: type[Any]) -> None:
+        self.cls = cls
+
+    def encode(self, value: object, *, type_name: str, what: str) -> JSONValue:
+        if not isinstance(value, self.cls):
+            raise JobInputError(
+                f"{what} of job type {type_name!r} must be a {self.cls.__qualname__} instance, "
+                f"got {_describe(value)}.",
+                type_name=type_name,
+                path=what,
+            )
+        data = dataclasses.asdict(value)
+        check_json(data, type_name=type_name, what=what)
+        return data
+
+    def decode(self, raw: JSONValue) -> Any:
+        return _build(self.cls, raw)
+
+
+def _build(annotation: Any, raw: Any) -> Any:
+    if dataclasses.is_dataclass(annotation) and isinstance(raw, Mapping):
+        hints = typing.get_type_hints(annotation)
+        fields = {f.name for f in dataclasses.fields(annotation) if f.init}
+        kwargs = {
+            k: _build(hints.get(k, Any), v)
+            for k, v in typing.cast("Mapping[str, Any]", raw).items()
+            if k in fields
+        }
+        return annotation(**kwargs)
+    origin = typing.get_origin(annotation)
+    if origin is list and isinstance(raw, list):
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        return [_build(item_type, item) for item in typing.cast("list[Any]", raw)]
+    return raw
+
+
+def codec_for(annotation: Any) -> Codec:
+    """Pick the codec for an ``input=``/``output=`` annotation."""
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return DataclassCodec(annotation)
+    return PlainCodec()

@@ -1,0 +1,499 @@
+"""The synchronous worker: a pool of threads, each running one attempt at a time.
+
+Each slot thread loops: acquire a due job and run its handler (atomic mode:
+acquisition, handler writes, completion and continuation in ONE transaction),
+or, when nothing is due, sleep until the next job is due, the poll interval
+passes, or a notification arrives — whichever is first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, SessionTransaction
+
+from ._attempt import Attempt, Outcome, retry_decision
+from ._errors import DuplicateHandlerError, HandlerError, WorkerConfigError
+from ._job_types import JobType
+from ._retry import DEFAULT_BACKOFF, Backoff
+from .notify import Subscription
+from .state import operations as ops
+from .state.capabilities import BEGIN_IMMEDIATE
+
+if TYPE_CHECKING:
+    from ._client import Queuert
+
+log = logging.getLogger("queuert_sa.worker")
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+
+Handler = Callable[[Attempt[InT, OutT]], Outcome]
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+
+#: How long an atomic attempt is expected to take at most; recorded as its lease.
+DEFAULT_ATOMIC_TIMEOUT = dt.timedelta(minutes=5)
+
+#: Delays after consecutive infrastructure failures (database down), capped.
+_RECOVERY_INITIAL_S = 1.0
+_RECOVERY_MAX_S = 30.0
+
+# SQLite admits one writer per database file. Worker threads of one process
+# queue on this lock instead of spinning in SQLite's busy handler.
+_sqlite_writer_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+_sqlite_writer_locks_guard = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.Lock:
+    with _sqlite_writer_locks_guard:
+        lock = _sqlite_writer_locks.get(engine)
+        if lock is None:
+            lock = _sqlite_writer_locks[engine] = threading.Lock()
+        return lock
+
+
+@dataclass(frozen=True)
+class _Registration:
+    job_type: JobType[Any, Any]
+    fn: Callable[[Attempt[Any, Any]], object]
+    mode: Literal["atomic"]
+    backoff: Backoff
+
+
+class _Waker:
+    """Wake hints for idle slots. Hints are counted, so one that arrives
+    between "found nothing" and "sleep" is not lost: the sleep returns at once."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._hints = 0
+        self._limit = limit
+        self._closed = False
+
+    def hint(self, count: int = 1) -> None:
+        with self._cond:
+            self._hints = min(self._hints + count, self._limit)
+            self._cond.notify(count)
+
+    def wait(self, timeout: float) -> None:
+        with self._cond:
+            if self._hints == 0 and not self._closed:
+                self._cond.wait(timeout)
+            if self._hints > 0:
+                self._hints -= 1
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _transaction_open(session: Session, tx: SessionTransaction) -> bool:
+    current = session.get_nested_transaction()
+    while current is not None:
+        if current is tx:
+            return True
+        current = current.parent
+    return False
+
+
+class Worker:
+    """Runs handlers for jobs of the types it has handlers for, on a pool of threads.
+
+    Created by :meth:`Queuert.worker`. Register handlers with
+    :meth:`handler`, then :meth:`run` (blocking; stops on SIGINT/SIGTERM) or
+    :meth:`start`/:meth:`stop` when embedding.
+
+    Args:
+        concurrency: Number of attempts running at once (threads). Defaults to 1.
+            On SQLite an atomic attempt holds the database's single write lock,
+            so attempts run one at a time whatever this is.
+        poll_interval: Longest sleep between checks for due jobs when no
+            notification arrives; jittered by ±5 %. Defaults to 5 seconds.
+        backoff: Retry delays for types that declare none. Defaults to
+            ``Backoff()`` (10 s doubling to 300 s, ±10 %).
+        shutdown_grace: How long :meth:`stop` waits for in-flight attempts.
+            Defaults to 30 seconds. Attempts still running after it are left to
+            the database: when the process exits their transactions roll back
+            and the jobs are pending again.
+        worker_id: Recorded in ``completed_by``/``leased_by``. Defaults to
+            ``host:pid:random``.
+        session_factory: Makes the ``Session`` of each attempt. Defaults to
+            ``Session(engine)``; pass your ``sessionmaker`` to get your session
+            class and options in handlers.
+        handle_signals: ``"auto"`` (default) installs SIGINT/SIGTERM handlers in
+            :meth:`run` when called from the main thread; ``"never"`` leaves
+            signals alone.
+    """
+
+    def __init__(
+        self,
+        client: Queuert,
+        *,
+        concurrency: int = 1,
+        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
+        backoff: Backoff | None = None,
+        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
+        worker_id: str | None = None,
+        session_factory: Callable[[], Session] | None = None,
+        handle_signals: Literal["auto", "never"] = "auto",
+    ) -> None:
+        if concurrency < 1:
+            raise WorkerConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if poll_interval <= dt.timedelta(0):
+            raise WorkerConfigError(f"poll_interval must be positive, got {poll_interval}")
+        self.client = client
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.backoff = backoff or DEFAULT_BACKOFF
+        self.shutdown_grace = shutdown_grace
+        self.worker_id = worker_id or _default_worker_id()
+        engine = client.engine
+        self._session_factory: Callable[[], Session] = session_factory or (
+            lambda: Session(engine)
+        )
+        self.handle_signals = handle_signals
+        self._handlers: dict[str, _Registration] = {}
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._stop_requested = threading.Event()
+        self._waker = _Waker(concurrency)
+        self._subscription: Subscription | None = None
+        self._rng = random.Random()
+        self._writer_lock = (
+            _writer_lock(engine) if client.capabilities.single_writer else None
+        )
+        self._counts_lock = threading.Lock()
+        self.completed = 0
+        """Attempts that finished their job (completed or continued)."""
+        self.failed = 0
+        """Attempts that ended in an exception and were rescheduled."""
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.worker_id} types={list(self._handlers)} concurrency={self.concurrency}>"
+
+    # --- registration ------------------------------------------------------------
+
+    def handler(
+        self,
+        job_type: JobType[InT, OutT],
+        *,
+        mode: Literal["atomic"] = "atomic",
+        backoff: Backoff | None = None,
+    ) -> Callable[[Handler[InT, OutT]], Handler[InT, OutT]]:
+        """Register the decorated function as the handler of ``job_type``.
+
+        The handler receives an :class:`Attempt` and must return
+        ``attempt.complete(output)`` or ``attempt.continue_with(type, input)``.
+        Any exception rolls back everything the attempt wrote and retries the
+        job after the backoff delay (``backoff`` here, else the type's, else
+        the worker's).
+
+        ``mode="atomic"`` (the default): the handler runs inside the attempt's
+        transaction; ``attempt.session`` writes commit with the completion.
+        """
+        resolved = self.client.job_types.resolve(job_type)
+        if mode != "atomic":
+            raise WorkerConfigError(
+                f"mode={mode!r} is not supported by this worker; use mode='atomic'."
+            )
+
+        def register(fn: Handler[InT, OutT]) -> Handler[InT, OutT]:
+            if inspect.iscoroutinefunction(fn):
+                raise WorkerConfigError(
+                    f"The handler for {resolved.name!r} is 'async def'; the thread worker "
+                    "runs plain functions. Make it a 'def' function."
+                )
+            if resolved.name in self._handlers:
+                raise DuplicateHandlerError(resolved.name)
+            if self._threads:
+                raise WorkerConfigError("register handlers before the worker starts")
+            self._handlers[resolved.name] = _Registration(
+                job_type=resolved,
+                fn=fn,  # type: ignore[arg-type]
+                mode=mode,
+                backoff=backoff or resolved.backoff or self.backoff,
+            )
+            return fn
+
+        return register
+
+    @property
+    def type_names(self) -> tuple[str, ...]:
+        """The job types this worker processes."""
+        return tuple(self._handlers)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the slot threads and return. Idempotent while running."""
+        if not self._handlers:
+            raise WorkerConfigError(
+                "The worker has no handlers; register some with @worker.handler(job_type)."
+            )
+        if self._threads:
+            return
+        self._stopping.clear()
+        self._stop_requested.clear()
+        self._waker = _Waker(self.concurrency)
+        waker = self._waker
+        self._subscription = self.client.notify.listen_job_scheduled(
+            self.type_names, lambda _type_name: waker.hint()
+        )
+        for slot in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._slot_loop, name=f"queuert-worker-{slot}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        log.info(
+            "worker %s started: types=%s concurrency=%d",
+            self.worker_id,
+            ",".join(self.type_names),
+            self.concurrency,
+        )
+
+    def stop(self, timeout: dt.timedelta | None = None) -> bool:
+        """Stop acquiring, wait for in-flight attempts, and return.
+
+        Waits up to ``timeout`` (default: ``shutdown_grace``). Returns True if
+        every attempt finished; False if some were still running (they roll back
+        when their thread or the process ends).
+        """
+        self._stopping.set()
+        self._stop_requested.set()
+        self._waker.close()
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+        deadline = (timeout or self.shutdown_grace).total_seconds()
+        end = _monotonic() + deadline
+        for thread in self._threads:
+            thread.join(max(0.0, end - _monotonic()))
+        alive = [t for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning(
+                "worker %s: %d attempt(s) still running after the shutdown grace period",
+                self.worker_id,
+                len(alive),
+            )
+            return False
+        self._threads = []
+        log.info("worker %s stopped", self.worker_id)
+        return True
+
+    def run(self) -> None:
+        """Run until SIGINT/SIGTERM (or :meth:`stop` from another thread), then stop gracefully.
+
+        A second signal stops at once: attempts in flight are abandoned and
+        their transactions roll back, leaving the jobs pending.
+        """
+        self.start()
+        previous: dict[int, Any] = {}
+        if self.handle_signals == "auto" and threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                if self._stop_requested.is_set():
+                    log.warning("second signal: exiting without waiting for in-flight attempts")
+                    raise SystemExit(128 + signum)
+                log.info("signal %d: finishing in-flight attempts, then stopping", signum)
+                self._stop_requested.set()
+
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, on_signal)
+        try:
+            while not self._stop_requested.wait(0.5):
+                pass
+        finally:
+            try:
+                self.stop()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+    def drain(self, *, max_jobs: int | None = None) -> int:
+        """Process due jobs in the calling thread until none is due; return how many.
+
+        For scripts, tests and one-shot runs (e.g. from cron); no threads, no waiting.
+        """
+        if not self._handlers:
+            raise WorkerConfigError("The worker has no handlers to drain with.")
+        done = 0
+        while max_jobs is None or done < max_jobs:
+            if self._process_one() is not True:
+                break
+            done += 1
+        return done
+
+    # --- the slot loop -----------------------------------------------------------
+
+    def _slot_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                result = self._process_one()
+                failures = 0
+                if result is True:
+                    continue
+                self._sleep_until(result)
+            except Exception:
+                failures += 1
+                delay = min(_RECOVERY_INITIAL_S * 2 ** (failures - 1), _RECOVERY_MAX_S)
+                log.exception(
+                    "worker %s: loop failed (%d in a row); retrying in %.0f s",
+                    self.worker_id,
+                    failures,
+                    delay,
+                )
+                self._stopping.wait(delay)
+
+    def _sleep_until(self, next_due: dt.datetime | None) -> None:
+        timeout = self.poll_interval.total_seconds() * self._rng.uniform(0.95, 1.05)
+        if next_due is not None:
+            until_due = (next_due - self.client.clock()).total_seconds()
+            timeout = min(timeout, max(until_due, 0.0))
+        if timeout > 0:
+            self._waker.wait(timeout)
+
+    def _next_due(self) -> dt.datetime | None:
+        with self.client.engine.connect() as conn:
+            return ops.next_due_at(conn, self.client.models, type_names=self.type_names)
+
+    def _process_one(self) -> bool | dt.datetime | None:
+        """Run one attempt: True if a job was processed, else the next due time (or None)."""
+        if self._writer_lock is None:
+            if self._attempt():
+                return True
+            return self._next_due()
+        # Single writer: look before taking the write lock, which blocks every
+        # other writer of the database (including the application's requests).
+        next_due = self._next_due()
+        if next_due is None or next_due > self.client.clock():
+            return next_due
+        with self._writer_lock:
+            if self._attempt():
+                return True
+        return self._next_due()
+
+    def _attempt(self) -> bool:
+        client = self.client
+        session = self._session_factory()
+        try:
+            if self._writer_lock is not None:
+                session.connection(execution_options={BEGIN_IMMEDIATE: True})
+            now = client.clock()
+            row = ops.acquire_job(
+                session,
+                client.models,
+                client.capabilities,
+                type_names=self.type_names,
+                worker_id=self.worker_id,
+                lease_until=now + DEFAULT_ATOMIC_TIMEOUT,
+                now=now,
+            )
+            if row is None:
+                session.rollback()
+                return False
+            registration = self._handlers[row["type_name"]]
+            error = self._run_handler(session, registration, row)
+            if error is not None:
+                at, text = retry_decision(
+                    error,
+                    attempt=row["attempt"],
+                    backoff=registration.backoff,
+                    now=client.clock(),
+                    rng=self._rng,
+                )
+                ops.reschedule_job(
+                    session,
+                    client.models,
+                    job_id=row["id"],
+                    scheduled_at=at,
+                    error=text,
+                    now=client.clock(),
+                )
+            session.commit()
+        finally:
+            session.close()
+        with self._counts_lock:
+            if error is None:
+                self.completed += 1
+            else:
+                self.failed += 1
+        if error is None:
+            log.debug("job %s (%s) done", row["id"], row["type_name"])
+        else:
+            log.warning(
+                "job %s (%s) attempt %d failed, retry at %s: %r",
+                row["id"],
+                row["type_name"],
+                row["attempt"],
+                at.isoformat(),
+                error,
+            )
+        return True
+
+    def _run_handler(
+        self, session: Session, registration: _Registration, row: Any
+    ) -> Exception | None:
+        """Run the handler in a SAVEPOINT; return its exception (everything it wrote undone)."""
+        from ._client import job_from_row
+
+        job_type = registration.job_type
+        savepoint = session.begin_nested()
+        try:
+            attempt = Attempt(
+                client=self.client,
+                job_type=job_type,
+                job=job_from_row(row, job_type),
+                session=session,
+                worker_id=self.worker_id,
+            )
+            result = registration.fn(attempt)
+            if not _transaction_open(session, savepoint):
+                raise HandlerError(
+                    f"The handler of {job_type.name!r} committed, rolled back or closed "
+                    "attempt.session; the worker owns that transaction. Write through it and "
+                    "return; use session.begin_nested() for a sub-transaction.",
+                    job_id=row["id"],
+                    type_name=job_type.name,
+                )
+            if not attempt.owns(result):
+                raise HandlerError(
+                    f"The handler of {job_type.name!r} returned {result!r:.80}; it must return "
+                    "attempt.complete(output) or attempt.continue_with(job_type, input).",
+                    job_id=row["id"],
+                    type_name=job_type.name,
+                )
+            savepoint.commit()
+            return None
+        except Exception as exc:
+            if _transaction_open(session, savepoint):
+                savepoint.rollback()
+            return exc
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()

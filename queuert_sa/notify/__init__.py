@@ -1,0 +1,60 @@
+"""Notify adapters: hints that wake workers and waiters sooner than polling.
+
+Notifications are **hints**. Losing or duplicating one never loses or
+duplicates work: workers always also poll, sleeping until the next known
+``scheduled_at`` or the poll interval. An adapter is only ever called *after*
+the transaction that produced the event has committed.
+
+Every adapter implements :class:`NotifyAdapter`; :class:`InMemoryNotify` is the
+in-process one (the default of ``Queuert``), enough when producers and workers
+share a process. Cross-process adapters (PostgreSQL LISTEN/NOTIFY, Redis) plug
+into the same protocol.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from .memory import InMemoryNotify
+
+__all__ = ["InMemoryNotify", "NotifyAdapter", "Subscription"]
+
+
+class Subscription(Protocol):
+    """A live listener; ``close()`` stops it (idempotent)."""
+
+    def close(self) -> None: ...
+
+
+class NotifyAdapter(Protocol):
+    """What queuert needs from a notification backend."""
+
+    def notify_job_scheduled(self, type_name: str, count: int = 1) -> None:
+        """Jobs of ``type_name`` became due (created, retried, unblocked)."""
+        ...
+
+    def listen_job_scheduled(
+        self, type_names: Iterable[str], callback: Callable[[str], None]
+    ) -> Subscription:
+        """Call ``callback(type_name)`` for scheduled jobs of any of ``type_names``.
+
+        The subscription is active when this returns, so a caller that listens
+        first and then checks for work never misses a wake-up.
+        """
+        ...
+
+    def notify_chain_completed(self, chain_id: uuid.UUID) -> None:
+        """The chain ``chain_id`` completed."""
+        ...
+
+    def listen_chain_completed(
+        self, chain_id: uuid.UUID, callback: Callable[[uuid.UUID], None]
+    ) -> Subscription:
+        """Call ``callback(chain_id)`` when that chain completes."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; idempotent. Later notifications are dropped."""
+        ...

@@ -1,0 +1,113 @@
+"""What the database can do, resolved once per engine.
+
+The rest of the package branches on these capabilities, never on a dialect
+name. This module is the one place that maps a dialect to its capabilities and
+that prepares an engine (SQLite needs a few connection settings to behave like
+a transactional database under SQLAlchemy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Dialect, Engine, Table, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from .._errors import QueuertError
+
+#: Execution option asking the SQLite begin hook for ``BEGIN IMMEDIATE``.
+BEGIN_IMMEDIATE = "queuert_sa_begin_immediate"
+
+#: SQLite ``busy_timeout`` set by :func:`prepare_engine`, in milliseconds.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Capabilities:
+    """Database features the state layer relies on."""
+
+    name: str
+    """Dialect name, for messages only."""
+
+    skip_locked: bool
+    """``SELECT ... FOR UPDATE SKIP LOCKED``: concurrent acquirers skip each other's rows."""
+
+    single_writer: bool
+    """One write transaction at a time per database (SQLite): acquire takes the
+    write lock up front (``BEGIN IMMEDIATE``) instead of locking rows."""
+
+    listen_notify: bool
+    """Server-side LISTEN/NOTIFY is available."""
+
+    insert: Callable[[Table], Insert]
+    """Dialect ``insert()`` supporting ``ON CONFLICT DO NOTHING``."""
+
+
+_POSTGRES = Capabilities(
+    name="postgresql",
+    skip_locked=True,
+    single_writer=False,
+    listen_notify=True,
+    insert=postgresql.insert,
+)
+
+_SQLITE = Capabilities(
+    name="sqlite",
+    skip_locked=False,
+    single_writer=True,
+    listen_notify=False,
+    insert=sqlite.insert,
+)
+
+
+def capabilities_for(dialect: Dialect) -> Capabilities:
+    """Capabilities of a dialect; :class:`QueuertError` for unsupported databases."""
+    if dialect.name == "postgresql":
+        return _POSTGRES
+    if dialect.name == "sqlite":
+        return _SQLITE
+    raise QueuertError(
+        f"queuert_sa supports PostgreSQL and SQLite; this engine uses {dialect.name!r}."
+    )
+
+
+def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # SQLAlchemy's documented recipe: stop the sqlite3 module from managing
+    # transactions (it skips BEGIN for SELECT and SAVEPOINT), emit BEGIN ourselves.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        # WAL lets readers proceed while a worker holds the write lock. It is
+        # a property of the database file; in-memory databases keep "memory".
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(BEGIN_IMMEDIATE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def prepare_engine(engine: Engine) -> Capabilities:
+    """Resolve the engine's capabilities and apply the settings queuert relies on.
+
+    On SQLite this installs, once per engine: WAL journal, a 30 s busy timeout,
+    foreign keys on, and SQLAlchemy's recipe for real transactions and
+    SAVEPOINTs with the ``sqlite3`` driver (``BEGIN`` emitted by SQLAlchemy;
+    ``BEGIN IMMEDIATE`` for worker transactions). Create the engine and call this
+    (or construct ``Queuert``) before opening connections: connections already in
+    the pool keep their old settings.
+    """
+    caps = capabilities_for(engine.dialect)
+    if caps.single_writer and not event.contains(engine, "connect", _sqlite_connect):
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+    return caps

@@ -1,0 +1,260 @@
+"""Every SQL statement queuert executes, as plain sync functions.
+
+Each operation takes what it executes on (the caller's ``Session``, or a
+``Connection``) first, then keyword arguments, and ``now`` when time matters.
+Operations never commit or roll back: the caller owns the transaction. Driver
+errors are translated into :mod:`queuert_sa` errors here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, Table, func, or_, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from .._errors import DatabaseError, DatabaseUnavailableError, SchemaMissingError
+from ..models import JobStatus, Models
+from .capabilities import Capabilities
+
+Executor = Session | Connection
+
+_MISSING_TABLE_MARKERS = ("no such table", "does not exist", "undefinedtable")
+
+
+@contextmanager
+def database_errors(operation: str) -> Iterator[None]:
+    """Translate SQLAlchemy/driver errors raised inside into queuert errors."""
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+            raise DatabaseUnavailableError(
+                f"{operation}: the database connection failed ({exc.orig}). Check that the "
+                "database is reachable; workers retry on their own.",
+                operation=operation,
+            ) from exc
+        if any(marker in text for marker in _MISSING_TABLE_MARKERS) and "job" in text:
+            raise SchemaMissingError(
+                f"{operation}: queuert's tables are missing ({exc.orig}). Run the Alembic "
+                "branch 'queuert' (alembic upgrade heads) or queuert_sa.metadata.create_all().",
+                operation=operation,
+            ) from exc
+        if isinstance(exc, sa_exc.OperationalError):
+            raise DatabaseUnavailableError(
+                f"{operation}: the database failed the operation ({exc.orig}).",
+                operation=operation,
+            ) from exc
+        raise DatabaseError(f"{operation} failed: {exc.orig}", operation=operation) from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewJob:
+    """A job row about to be inserted (all values already validated)."""
+
+    id: uuid.UUID
+    type_name: str
+    chain_id: uuid.UUID
+    chain_type_name: str
+    chain_index: int
+    input: Any
+    status: JobStatus
+    created_at: dt.datetime
+    scheduled_at: dt.datetime
+    attempt: int = 0
+    deduplication_key: str | None = None
+    trace_context: str | None = None
+
+
+def _job(models: Models) -> Table:
+    return models.job_table
+
+
+def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> None:
+    """Insert new jobs in one statement (one round trip for any batch size)."""
+    if not jobs:
+        return
+    table = _job(models)
+    with database_errors("insert jobs"):
+        executor.execute(table.insert(), [asdict(job) for job in jobs])
+
+
+def get_job(executor: Executor, models: Models, job_id: uuid.UUID) -> RowMapping | None:
+    """One job row by id."""
+    table = _job(models)
+    with database_errors("read job"):
+        return executor.execute(select(table).where(table.c.id == job_id)).mappings().first()
+
+
+def get_chain(
+    executor: Executor, models: Models, chain_id: uuid.UUID
+) -> tuple[RowMapping, RowMapping] | None:
+    """(first job, latest job) of a chain in one round trip; ``None`` if no such chain."""
+    table = _job(models)
+    latest_index = (
+        select(func.max(table.c.chain_index)).where(table.c.chain_id == chain_id).scalar_subquery()
+    )
+    stmt = (
+        select(table)
+        .where(
+            table.c.chain_id == chain_id,
+            or_(table.c.chain_index == 0, table.c.chain_index == latest_index),
+        )
+        .order_by(table.c.chain_index)
+    )
+    with database_errors("read chain"):
+        rows = executor.execute(stmt).mappings().all()
+    if not rows or rows[0]["chain_index"] != 0 or rows[0]["id"] != chain_id:
+        return None
+    return rows[0], rows[-1]
+
+
+def acquire_job(
+    executor: Executor,
+    models: Models,
+    caps: Capabilities,
+    *,
+    type_names: Sequence[str],
+    worker_id: str,
+    lease_until: dt.datetime,
+    now: dt.datetime,
+) -> RowMapping | None:
+    """Take the oldest due pending job of these types: status ``running``, ``attempt + 1``.
+
+    PostgreSQL skips rows other acquirers hold (``FOR UPDATE SKIP LOCKED``);
+    SQLite relies on the caller holding the write lock (``BEGIN IMMEDIATE``).
+    """
+    table = _job(models)
+    candidate = (
+        select(table.c.id)
+        .where(
+            table.c.type_name.in_(type_names),
+            table.c.status == JobStatus.PENDING,
+            table.c.scheduled_at <= now,
+        )
+        .order_by(table.c.scheduled_at, table.c.id)
+        .limit(1)
+    )
+    if caps.skip_locked:
+        candidate = candidate.with_for_update(skip_locked=True)
+    stmt = (
+        update(table)
+        .where(table.c.id == candidate.scalar_subquery())
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=table.c.attempt + 1,
+            last_attempt_at=now,
+            leased_by=worker_id,
+            leased_until=lease_until,
+        )
+        .returning(*table.c)
+    )
+    with database_errors("acquire job"):
+        return executor.execute(stmt).mappings().first()
+
+
+def next_due_at(
+    executor: Executor, models: Models, *, type_names: Sequence[str]
+) -> dt.datetime | None:
+    """Earliest ``scheduled_at`` among pending jobs of these types (due or not)."""
+    table = _job(models)
+    stmt = select(func.min(table.c.scheduled_at)).where(
+        table.c.type_name.in_(type_names), table.c.status == JobStatus.PENDING
+    )
+    with database_errors("find next due job"):
+        value = executor.execute(stmt).scalar()
+    if value is None:
+        return None
+    # Aggregates lose the column type on SQLite (text comes back).
+    return _as_utc(value)
+
+
+def _as_utc(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    assert isinstance(value, dt.datetime)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def complete_job(
+    executor: Executor,
+    models: Models,
+    *,
+    job_id: uuid.UUID,
+    output: Any,
+    worker_id: str | None,
+    now: dt.datetime,
+) -> None:
+    """Mark a job completed with ``output`` (``None`` for a job that continued)."""
+    table = _job(models)
+    stmt = (
+        update(table)
+        .where(table.c.id == job_id)
+        .values(
+            status=JobStatus.COMPLETED,
+            output=output,
+            completed_at=now,
+            completed_by=worker_id,
+            leased_by=None,
+            leased_until=None,
+            last_attempt_error=None,
+        )
+    )
+    with database_errors("complete job"):
+        executor.execute(stmt)
+
+
+def insert_continuation(
+    executor: Executor, models: Models, caps: Capabilities, job: NewJob
+) -> tuple[RowMapping, bool]:
+    """Insert the next job of a chain unless one exists at that ``chain_index``.
+
+    Returns ``(row, created)``. Racing inserts at the same index yield one job:
+    the unique ``(chain_id, chain_index)`` index decides, the loser reads the winner.
+    """
+    table = _job(models)
+    stmt = (
+        caps.insert(table)
+        .values(asdict(job))
+        .on_conflict_do_nothing(index_elements=[table.c.chain_id, table.c.chain_index])
+    )
+    existing = select(table).where(
+        table.c.chain_id == job.chain_id, table.c.chain_index == job.chain_index
+    )
+    with database_errors("continue chain"):
+        inserted = executor.execute(stmt).rowcount == 1
+        row = executor.execute(existing).mappings().one()
+    return row, inserted
+
+
+def reschedule_job(
+    executor: Executor,
+    models: Models,
+    *,
+    job_id: uuid.UUID,
+    scheduled_at: dt.datetime,
+    error: str | None,
+    now: dt.datetime,
+) -> None:
+    """Return a running job to ``pending`` at ``scheduled_at`` (clamped to ``now``)."""
+    table = _job(models)
+    stmt = (
+        update(table)
+        .where(table.c.id == job_id)
+        .values(
+            status=JobStatus.PENDING,
+            scheduled_at=max(scheduled_at, now),
+            last_attempt_error=error,
+            leased_by=None,
+            leased_until=None,
+        )
+    )
+    with database_errors("reschedule job"):
+        executor.execute(stmt)
