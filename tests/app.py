@@ -1,0 +1,100 @@
+"""A small application used by the tests: its own models and job types.
+
+Importable by subprocesses (``python -m`` / ``queuert-sa worker tests.app:...``),
+which read the database URL from ``QUEUERT_APP_URL``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import TypedDict
+
+from sqlalchemy import ForeignKey, Integer, String, create_engine, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import queuert_sa as q
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "app_user"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+
+
+class Effect(Base):
+    """One row per handler run that committed: the business-row counter of the tests."""
+
+    __tablename__ = "app_effect"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    label: Mapped[str] = mapped_column(String(100))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"), nullable=True)
+
+
+class UserIn(TypedDict):
+    user_id: int
+
+
+class Greeting(TypedDict):
+    greeting: str
+
+
+class WorkIn(TypedDict):
+    n: int
+    sleep: float
+
+
+job_types = q.JobTypes()
+signup = job_types.entry("signup", input=UserIn, continues_with=["greet"])
+greet = job_types.define("greet", input=UserIn, output=Greeting)
+work = job_types.entry("work", input=WorkIn, output=int)
+
+
+def count_effects(session: object, label: str | None = None) -> int:
+    from sqlalchemy.orm import Session
+
+    assert isinstance(session, Session)
+    stmt = select(func.count()).select_from(Effect)
+    if label is not None:
+        stmt = stmt.where(Effect.label == label)
+    return session.execute(stmt).scalar_one()
+
+
+def build_worker(url: str | None = None, *, concurrency: int = 1) -> q.Worker:
+    """The worker the subprocess tests run: records one Effect per completed job."""
+    engine = create_engine(url or os.environ["QUEUERT_APP_URL"])
+    client = q.Queuert(engine, job_types)
+    worker = client.worker(
+        concurrency=concurrency,
+        poll_interval=dt.timedelta(milliseconds=200),
+        backoff=q.Backoff(initial=dt.timedelta(milliseconds=100), jitter=0),
+    )
+
+    @worker.handler(work)
+    def do_work(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        attempt.session.add(Effect(job_id=str(attempt.job.id), label="work"))
+        attempt.session.flush()
+        if attempt.input["sleep"]:
+            time.sleep(attempt.input["sleep"])
+        return attempt.complete(attempt.input["n"] * 2)
+
+    return worker
+
+
+def worker_from_env() -> q.Worker:
+    return build_worker(concurrency=int(os.environ.get("QUEUERT_APP_CONCURRENCY", "1")))
+
+
+# ``queuert-sa worker tests.app:worker`` imports this attribute; it is built
+# lazily so importing the module does not need a database.
+def __getattr__(name: str) -> object:
+    if name == "worker":
+        return worker_from_env()
+    raise AttributeError(name)
+

@@ -1,0 +1,132 @@
+"""Fixtures: real PostgreSQL and real SQLite, never a mocked database.
+
+Environment variables:
+
+* ``QUEUERT_TEST_POSTGRES_URL`` - an admin URL of a PostgreSQL server; the
+  suite creates (and drops) its own database there. Defaults to
+  ``postgresql+psycopg://postgres@127.0.0.1:5432/test``.
+* ``QUEUERT_TEST_REQUIRE_SERVICES=1`` - a service that is down fails the tests
+  that need it instead of skipping them (set by ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, make_url, text
+
+import queuert_sa as q
+
+from . import app
+
+POSTGRES_URL = os.environ.get(
+    "QUEUERT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_SERVICES = os.environ.get("QUEUERT_TEST_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def service_unavailable(what: str, reason: str) -> None:
+    """Skip (developer laptop) or fail (CI) when a service is down."""
+    message = f"{what} unavailable: {reason}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (QUEUERT_TEST_REQUIRE_SERVICES is set)", pytrace=False)
+    pytest.skip(message)
+
+
+@dataclass
+class Db:
+    """A database under test."""
+
+    kind: str
+    url: str
+    engine: Engine
+
+
+_pg_state: dict[str, object] = {}
+
+
+def _postgres_database() -> str:
+    """URL of a fresh database for this test run (created once, dropped at exit)."""
+    if "url" in _pg_state:
+        return str(_pg_state["url"])
+    if "error" in _pg_state:
+        service_unavailable("PostgreSQL", str(_pg_state["error"]))
+    admin_url = make_url(POSTGRES_URL)
+    name = f"queuert_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+    except Exception as exc:
+        _pg_state["error"] = exc
+        service_unavailable("PostgreSQL", f"{POSTGRES_URL}: {exc}")
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    _pg_state["url"] = url
+    _pg_state["name"] = name
+    engine = create_engine(url)
+    q.metadata.create_all(engine)
+    app.Base.metadata.create_all(engine)
+    engine.dispose()
+    return url
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    name = _pg_state.get("name")
+    if name:
+        admin = create_engine(make_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _truncate(engine: Engine) -> None:
+    tables = [*q.metadata.sorted_tables, *app.Base.metadata.sorted_tables]
+    names = ", ".join(f'"{t.name}"' for t in tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+def make_db(kind: str, tmp_path: Path) -> Db:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'queuert.db'}"
+        engine = create_engine(url)
+        q.prepare_engine(engine)
+        q.metadata.create_all(engine)
+        app.Base.metadata.create_all(engine)
+        return Db(kind, url, engine)
+    url = _postgres_database()
+    engine = create_engine(url, pool_size=10, max_overflow=10)
+    _truncate(engine)
+    return Db(kind, url, engine)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+    """Each test using it runs on SQLite and on PostgreSQL."""
+    database = make_db(request.param, tmp_path)
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def pg(tmp_path: Path) -> Iterator[Db]:
+    """PostgreSQL only."""
+    database = make_db("postgresql", tmp_path)
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def notify() -> q.InMemoryNotify:
+    return q.InMemoryNotify()
+
+
+@pytest.fixture
+def client(db: Db, notify: q.InMemoryNotify) -> q.Queuert:
+    return q.Queuert(db.engine, app.job_types, notify=notify)
