@@ -66,8 +66,15 @@ def count_effects(session: object, label: str | None = None) -> int:
     return session.execute(stmt).scalar_one()
 
 
-def build_worker(url: str | None = None, *, concurrency: int = 1) -> q.Worker:
-    """The worker the subprocess tests run: records one Effect per completed job."""
+def build_worker(
+    url: str | None = None, *, concurrency: int = 1, sleep_scale: float = 1.0
+) -> q.Worker:
+    """The worker the subprocess tests run: records one Effect per completed job.
+
+    If ``QUEUERT_APP_STARTED_DIR`` is set, each attempt first writes a file
+    named after its job id there, so a test knows a handler is in flight.
+    """
+    started_dir = os.environ.get("QUEUERT_APP_STARTED_DIR")
     engine = create_engine(url or os.environ["QUEUERT_APP_URL"])
     client = q.Queuert(engine, job_types)
     worker = client.worker(
@@ -80,8 +87,11 @@ def build_worker(url: str | None = None, *, concurrency: int = 1) -> q.Worker:
     def do_work(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
         attempt.session.add(Effect(job_id=str(attempt.job.id), label="work"))
         attempt.session.flush()
-        if attempt.input["sleep"]:
-            time.sleep(attempt.input["sleep"])
+        if started_dir:
+            with open(os.path.join(started_dir, str(attempt.job.id)), "w") as f:
+                f.write(str(os.getpid()))
+        if attempt.input["sleep"] and sleep_scale:
+            time.sleep(attempt.input["sleep"] * sleep_scale)
         return attempt.complete(attempt.input["n"] * 2)
 
     return worker
@@ -89,6 +99,14 @@ def build_worker(url: str | None = None, *, concurrency: int = 1) -> q.Worker:
 
 def worker_from_env() -> q.Worker:
     return build_worker(concurrency=int(os.environ.get("QUEUERT_APP_CONCURRENCY", "1")))
+
+
+def run_from_env() -> None:
+    """Entry point of worker subprocesses: run until SIGTERM."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(message)s")
+    worker_from_env().run()
 
 
 # ``queuert-sa worker tests.app:worker`` imports this attribute; it is built
