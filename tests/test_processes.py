@@ -1,0 +1,132 @@
+"""Worker processes: crash recovery (SIGKILL) and no double processing across processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+import queuert_sa as q
+from queuert_sa.models import Job
+
+from .app import Effect, build_worker, job_types, work
+from .conftest import Db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def spawn_worker(db: Db, tmp_path: Path, *, concurrency: int = 1) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "QUEUERT_APP_URL": db.url,
+        "QUEUERT_APP_CONCURRENCY": str(concurrency),
+        "QUEUERT_APP_STARTED_DIR": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", "import tests.app as a; a.run_from_env()"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout is not None and not proc.stdout.closed:
+            proc.communicate(timeout=10)
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def count(db: Db, stmt: object) -> int:
+    with Session(db.engine) as s:
+        return s.execute(stmt).scalar_one()  # type: ignore[call-overload,no-any-return]
+
+
+def test_sigkill_mid_handler_job_returns_and_completes_exactly_once(
+    db: Db, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    client = q.Queuert(db.engine, job_types)
+    with Session(db.engine) as s, s.begin():
+        chain = client.start_chain(s, work, {"n": 5, "sleep": 60})
+
+    proc = spawn_worker(db, tmp_path)
+    processes.append(proc)
+    marker = tmp_path / str(chain.id)
+    wait_for(marker.exists, 30, "the handler to start in the worker process")
+
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+
+    # The database rolled the attempt back: the job is pending and due again,
+    # and the handler's business row never existed.
+    job = client.get_job(chain.id)
+    assert job.status == "pending"
+    assert job.attempt == 0
+    assert count(db, select(func.count()).select_from(Effect)) == 0
+
+    rescuer = build_worker(db.url, sleep_scale=0)
+    try:
+        assert rescuer.drain() == 1
+        assert rescuer.drain() == 0
+    finally:
+        rescuer.client.engine.dispose()
+    done = client.get_chain(chain.id)
+    assert (done.status, done.output) == ("completed", 10)
+    assert count(db, select(func.count()).select_from(Effect)) == 1
+
+
+@pytest.mark.parametrize("jobs", [2000])
+def test_two_worker_processes_drain_without_double_processing(
+    pg: Db, tmp_path: Path, processes: list[subprocess.Popen[str]], jobs: int
+) -> None:
+    db = pg
+    client = q.Queuert(db.engine, job_types)
+    with Session(db.engine) as s, s.begin():
+        client.start_chains(s, [q.ChainStart(work, {"n": i, "sleep": 0}) for i in range(jobs)])
+
+    started = time.monotonic()
+    for _ in range(2):
+        processes.append(spawn_worker(db, tmp_path, concurrency=4))
+    done_stmt = select(func.count()).select_from(Job).where(Job.status == "completed")
+    wait_for(lambda: count(db, done_stmt) == jobs, 120, f"{jobs} jobs to complete")
+    elapsed = time.monotonic() - started
+
+    for proc in processes:
+        proc.send_signal(signal.SIGTERM)
+    for proc in processes:
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "stopped" in out
+
+    assert count(db, select(func.count()).select_from(Effect)) == jobs
+    assert count(db, select(func.count(func.distinct(Effect.job_id)))) == jobs
+    workers = count(db, select(func.count(func.distinct(Job.completed_by))))
+    assert workers == 2, "both processes should have taken a share"
+    print(f"\n{jobs} jobs, 2 processes x 4 threads: {elapsed:.1f} s ({jobs / elapsed:.0f} jobs/s)")
