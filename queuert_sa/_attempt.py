@@ -210,7 +210,8 @@ def describe_error(exc: BaseException) -> str:
     """The text kept in ``last_attempt_error``: the traceback, cut to a bounded size."""
     text = "".join(traceback.format_exception(exc)).rstrip()
     if len(text) > MAX_ERROR_CHARS:
-        text = text[: MAX_ERROR_CHARS - 14] + "… [truncated]"
+        suffix = "… [truncated]"
+        text = text[: MAX_ERROR_CHARS - len(suffix)] + suffix
     return text
 
 
