@@ -10,7 +10,6 @@ from . import models as models
 from ._attempt import Attempt as Attempt
 from ._attempt import Outcome as Outcome
 from ._attempt import Reschedule as Reschedule
-from ._client import ChainStart as ChainStart
 from ._client import Queuert as Queuert
 from ._entities import Chain as Chain
 from ._entities import Job as Job
@@ -34,6 +33,7 @@ from ._errors import SchemaMissingError as SchemaMissingError
 from ._errors import SessionRequiredError as SessionRequiredError
 from ._errors import UnknownJobTypeError as UnknownJobTypeError
 from ._errors import WorkerConfigError as WorkerConfigError
+from ._job_types import ChainStart as ChainStart
 from ._job_types import JobType as JobType
 from ._job_types import JobTypes as JobTypes
 from ._retry import Backoff as Backoff

@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import random
 import traceback
-import uuid
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,7 @@ from . import hooks
 from ._entities import Job
 from ._errors import HandlerError
 from ._ids import coerce_id, new_id
-from ._job_types import JobType
+from ._job_types import ChainStart, JobType
 from ._retry import Backoff, backoff_delay
 from .models import JobStatus
 from .state import NewJob
@@ -30,12 +30,13 @@ if TYPE_CHECKING:
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
 NextInT = TypeVar("NextInT")
+P = ParamSpec("P")
 
 #: ``last_attempt_error`` is cut to this many characters.
 MAX_ERROR_CHARS = 10_000
 
 
-class Reschedule(Exception):  # noqa: N818 - raised to request control flow, not an error
+class Reschedule(Exception):
     """Raise from a handler to retry the job at a chosen time instead of with backoff.
 
     Everything the attempt wrote is rolled back, as for any exception; the job
@@ -149,27 +150,29 @@ class Attempt(Generic[InT, OutT]):
 
     def continue_with(
         self,
-        job_type: JobType[NextInT, Any],
-        input: NextInT,
-        *,
-        id: uuid.UUID | str | None = None,
-        run_at: dt.datetime | None = None,
-        run_in: dt.timedelta | None = None,
+        job_type: Callable[P, ChainStart[NextInT, Any]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> Outcome:
         """Finish this job by handing the chain to a next job of ``job_type``. Return the result.
+
+        Called as ``continue_with(job_type, input, *, id=None, run_at=None,
+        run_in=None)``; type checkers check ``input`` against ``job_type``.
 
         ``job_type`` must be listed in this type's ``continues_with``. The next
         job gets ``chain_index + 1``; if one already exists at that index (a
         retried attempt, a race) it is reused, never duplicated.
         """
-        from ._client import job_from_row, scheduled_time
+        from ._client import describe_job, job_from_row, scheduled_time
 
         self._check_open("continue_with()")
+        start = describe_job(job_type, *args, **kwargs)
         client = self._client
-        target = client.job_types.resolve(job_type)
+        target = client.job_types.resolve(start.job_type)
         self.job_type.require_continuation(target)
-        encoded = target.encode_input(input)
-        next_id = coerce_id(id) if id is not None else new_id()
+        encoded = target.encode_input(start.input)
+        next_id = coerce_id(start.id) if start.id is not None else new_id()
         now = client.clock()
         row, created = ops.insert_continuation(
             self.session,
@@ -184,7 +187,7 @@ class Attempt(Generic[InT, OutT]):
                 input=encoded,
                 status=JobStatus.PENDING,
                 created_at=now,
-                scheduled_at=scheduled_time(now, run_at, run_in),
+                scheduled_at=scheduled_time(now, start.run_at, start.run_in),
             ),
         )
         ops.complete_job(
@@ -229,6 +232,10 @@ def retry_decision(
     delay for this attempt number.
     """
     if isinstance(exc, Reschedule):
-        at = exc.run_at.astimezone(dt.UTC) if exc.run_at is not None else now + (exc.run_in or dt.timedelta(0))
+        at = (
+            exc.run_at.astimezone(dt.UTC)
+            if exc.run_at is not None
+            else now + (exc.run_in or dt.timedelta(0))
+        )
         return max(at, now), f"Reschedule: {exc.reason or 'rescheduled by the handler'}"
     return now + backoff_delay(attempt, backoff, rng), describe_error(exc)

@@ -6,8 +6,8 @@ import datetime as dt
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from sqlalchemy import Engine, RowMapping
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from . import hooks
 from ._entities import Chain, Job
 from ._errors import EngineMismatchError, JobTypeMismatchError, SessionRequiredError
 from ._ids import coerce_id, new_id
-from ._job_types import JobType, JobTypes
+from ._job_types import ChainStart, JobType, JobTypes
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import InMemoryNotify, NotifyAdapter
 from .state import Capabilities, NewJob, prepare_engine
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
+R = TypeVar("R")
+P = ParamSpec("P")
 
 Clock = Callable[[], dt.datetime]
 
@@ -35,17 +37,6 @@ Clock = Callable[[], dt.datetime]
 def utc_now() -> dt.datetime:
     """The default clock: the current time in UTC."""
     return dt.datetime.now(dt.UTC)
-
-
-@dataclass(frozen=True)
-class ChainStart(Generic[InT, OutT]):
-    """One chain to start with :meth:`Queuert.start_chains`."""
-
-    job_type: JobType[InT, OutT]
-    input: InT
-    id: uuid.UUID | str | None = None
-    run_at: dt.datetime | None = None
-    run_in: dt.timedelta | None = None
 
 
 def scheduled_time(
@@ -66,6 +57,16 @@ def scheduled_time(
     if run_in is not None:
         return now + max(run_in, dt.timedelta(0))
     return now
+
+
+def describe_job(
+    job_type: Callable[P, ChainStart[InT, OutT]], /, *args: P.args, **kwargs: P.kwargs
+) -> ChainStart[InT, OutT]:
+    """Build the ``ChainStart`` for ``job_type(*args, **kwargs)``, refusing non-job-types."""
+    candidate: object = job_type
+    if not isinstance(candidate, JobType):
+        raise TypeError(f"expected a JobType (from job_types.entry/define), got {candidate!r:.60}")
+    return job_type(*args, **kwargs)
 
 
 def job_from_row(row: RowMapping, job_type: JobType[Any, Any] | None = None) -> Job[Any]:
@@ -147,14 +148,16 @@ class Queuert:
     def start_chain(
         self,
         session: Session,
-        job_type: JobType[InT, OutT],
-        input: InT,
-        *,
-        id: uuid.UUID | str | None = None,
-        run_at: dt.datetime | None = None,
-        run_in: dt.timedelta | None = None,
+        job_type: Callable[P, ChainStart[InT, OutT]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> Chain[InT, OutT]:
         """Start a chain with its first job, inside ``session``'s current transaction.
+
+        Called as ``start_chain(session, job_type, input, *, id=None,
+        run_at=None, run_in=None)``; the arguments after ``job_type`` are those
+        of calling the job type, so type checkers check ``input`` against it.
 
         Nothing is committed: the job becomes visible to workers when the
         caller commits, and the wake-up is sent only after that COMMIT. On
@@ -172,9 +175,7 @@ class Queuert:
             run_at: Earliest start (aware datetime), clamped to now.
             run_in: Earliest start as a delay from now.
         """
-        return self.start_chains(
-            session, [ChainStart(job_type, input, id=id, run_at=run_at, run_in=run_in)]
-        )[0]
+        return self.start_chains(session, [describe_job(job_type, *args, **kwargs)])[0]
 
     def start_chains(
         self, session: Session, starts: Sequence[ChainStart[Any, Any]]
@@ -228,12 +229,7 @@ class Queuert:
     def _wake_after_commit(self, session: Session, counts: Counter[str]) -> None:
         notify = self.notify
         for type_name, count in counts.items():
-            hooks.on_commit(
-                session,
-                lambda type_name=type_name, count=count: notify.notify_job_scheduled(
-                    type_name, count
-                ),
-            )
+            hooks.on_commit(session, partial(notify.notify_job_scheduled, type_name, count))
 
     def _check_session(self, session: object) -> None:
         if not isinstance(session, Session):
@@ -356,9 +352,7 @@ class Queuert:
             job_type = self.job_types.get(row["type_name"])
         return job_from_row(row, job_type)
 
-    _R = TypeVar("_R")
-
-    def _read(self, session: Session | None, fn: Callable[[ops.Executor], _R]) -> _R:
+    def _read(self, session: Session | None, fn: Callable[[ops.Executor], R]) -> R:
         if session is not None:
             self._check_session(session)
             return fn(session)

@@ -10,7 +10,10 @@ start-up, not at run time.
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from ._errors import (
@@ -31,10 +34,29 @@ OutT_co = TypeVar("OutT_co", covariant=True)
 _NAME_MAX = 255
 
 
+@dataclass(frozen=True)
+class ChainStart(Generic[InT, OutT]):
+    """A job to create: its type, input and options. Not yet validated or written.
+
+    Built by calling a job type (``reserve({"order_id": 1}, run_in=...)``) or
+    directly; passed to :meth:`Queuert.start_chains`.
+    """
+
+    job_type: JobType[InT, OutT]
+    input: InT
+    id: uuid.UUID | str | None = None
+    run_at: dt.datetime | None = None
+    run_in: dt.timedelta | None = None
+
+
 class JobType(Generic[InT, OutT]):
     """A declared job type. ``InT`` is its input, ``OutT`` its output.
 
     Created by :meth:`JobTypes.entry` or :meth:`JobTypes.define`, never directly.
+
+    Calling a job type describes a job to create, for ``start_chains`` or as
+    the typed form behind ``start_chain``/``continue_with``: the input and the
+    options are checked by pyright and mypy against this type's ``InT``.
     """
 
     __slots__ = (
@@ -73,6 +95,24 @@ class JobType(Generic[InT, OutT]):
     def __repr__(self) -> str:
         kind = "entry" if self.entry else "define"
         return f"<JobType {self.name!r} ({kind})>"
+
+    def __call__(
+        self,
+        input: InT,
+        *,
+        id: uuid.UUID | str | None = None,
+        run_at: dt.datetime | None = None,
+        run_in: dt.timedelta | None = None,
+    ) -> ChainStart[InT, OutT]:
+        """Describe a job of this type (nothing is validated or written yet).
+
+        Args:
+            input: The job's input.
+            id: The job's id (a UUID); generated (UUIDv7) when omitted.
+            run_at: Earliest start (aware datetime), clamped to now.
+            run_in: Earliest start as a delay from now.
+        """
+        return ChainStart(self, input, id=id, run_at=run_at, run_in=run_in)
 
     # Validation happens here, before any SQL: these raise typed errors.
 

@@ -110,7 +110,7 @@ class DataclassCodec:
                 type_name=type_name,
                 path=what,
             )
-        data = dataclasses.asdict(value)
+        data = dataclasses.asdict(typing.cast(Any, value))
         check_json(data, type_name=type_name, what=what)
         return data
 
@@ -119,7 +119,11 @@ class DataclassCodec:
 
 
 def _build(annotation: Any, raw: Any) -> Any:
-    if dataclasses.is_dataclass(annotation) and isinstance(raw, Mapping):
+    if (
+        isinstance(annotation, type)
+        and dataclasses.is_dataclass(annotation)
+        and isinstance(raw, Mapping)
+    ):
         hints = typing.get_type_hints(annotation)
         fields = {f.name for f in dataclasses.fields(annotation) if f.init}
         kwargs = {
@@ -127,11 +131,12 @@ def _build(annotation: Any, raw: Any) -> Any:
             for k, v in typing.cast("Mapping[str, Any]", raw).items()
             if k in fields
         }
-        return annotation(**kwargs)
+        return typing.cast(Any, annotation)(**kwargs)
     origin = typing.get_origin(annotation)
     if origin is list and isinstance(raw, list):
         (item_type,) = typing.get_args(annotation) or (Any,)
-        return [_build(item_type, item) for item in typing.cast("list[Any]", raw)]
+        items: list[Any] = raw  # pyright: ignore[reportUnknownVariableType]
+        return [_build(item_type, item) for item in items]
     return raw
 
 

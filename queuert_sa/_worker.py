@@ -169,9 +169,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.worker_id = worker_id or _default_worker_id()
         engine = client.engine
-        self._session_factory: Callable[[], Session] = session_factory or (
-            lambda: Session(engine)
-        )
+        self._session_factory: Callable[[], Session] = session_factory or (lambda: Session(engine))
         self.handle_signals = handle_signals
         self._handlers: dict[str, _Registration] = {}
         self._threads: list[threading.Thread] = []
@@ -180,9 +178,7 @@ class Worker:
         self._waker = _Waker(concurrency)
         self._subscription: Subscription | None = None
         self._rng = random.Random()
-        self._writer_lock = (
-            _writer_lock(engine) if client.capabilities.single_writer else None
-        )
+        self._writer_lock = _writer_lock(engine) if client.capabilities.single_writer else None
         self._counts_lock = threading.Lock()
         self.completed = 0
         """Attempts that finished their job (completed or continued)."""
@@ -190,7 +186,9 @@ class Worker:
         """Attempts that ended in an exception and were rescheduled."""
 
     def __repr__(self) -> str:
-        return f"<Worker {self.worker_id} types={list(self._handlers)} concurrency={self.concurrency}>"
+        return (
+            f"<Worker {self.worker_id} types={list(self._handlers)} concurrency={self.concurrency}>"
+        )
 
     # --- registration ------------------------------------------------------------
 
@@ -230,7 +228,7 @@ class Worker:
                 raise WorkerConfigError("register handlers before the worker starts")
             self._handlers[resolved.name] = _Registration(
                 job_type=resolved,
-                fn=fn,  # type: ignore[arg-type]
+                fn=fn,
                 mode=mode,
                 backoff=backoff or resolved.backoff or self.backoff,
             )
@@ -319,8 +317,8 @@ class Worker:
                 log.info("signal %d: finishing in-flight attempts, then stopping", signum)
                 self._stop_requested.set()
 
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, on_signal)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
         try:
             while not self._stop_requested.wait(0.5):
                 pass
@@ -340,7 +338,8 @@ class Worker:
             raise WorkerConfigError("The worker has no handlers to drain with.")
         done = 0
         while max_jobs is None or done < max_jobs:
-            if self._process_one() is not True:
+            processed, _ = self._process_one()
+            if not processed:
                 break
             done += 1
         return done
@@ -351,11 +350,11 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             try:
-                result = self._process_one()
+                processed, next_due = self._process_one()
                 failures = 0
-                if result is True:
+                if processed:
                     continue
-                self._sleep_until(result)
+                self._sleep_until(next_due)
             except Exception:
                 failures += 1
                 delay = min(_RECOVERY_INITIAL_S * 2 ** (failures - 1), _RECOVERY_MAX_S)
@@ -379,21 +378,22 @@ class Worker:
         with self.client.engine.connect() as conn:
             return ops.next_due_at(conn, self.client.models, type_names=self.type_names)
 
-    def _process_one(self) -> bool | dt.datetime | None:
-        """Run one attempt: True if a job was processed, else the next due time (or None)."""
+    def _process_one(self) -> tuple[bool, dt.datetime | None]:
+        """Run one attempt: ``(True, None)`` if a job was processed, else
+        ``(False, when the next pending job is due or None)``."""
         if self._writer_lock is None:
             if self._attempt():
-                return True
-            return self._next_due()
+                return True, None
+            return False, self._next_due()
         # Single writer: look before taking the write lock, which blocks every
         # other writer of the database (including the application's requests).
         next_due = self._next_due()
         if next_due is None or next_due > self.client.clock():
-            return next_due
+            return False, next_due
         with self._writer_lock:
             if self._attempt():
-                return True
-        return self._next_due()
+                return True, None
+        return False, self._next_due()
 
     def _attempt(self) -> bool:
         client = self.client
@@ -416,8 +416,9 @@ class Worker:
                 return False
             registration = self._handlers[row["type_name"]]
             error = self._run_handler(session, registration, row)
+            retry_at: dt.datetime | None = None
             if error is not None:
-                at, text = retry_decision(
+                retry_at, text = retry_decision(
                     error,
                     attempt=row["attempt"],
                     backoff=registration.backoff,
@@ -428,7 +429,7 @@ class Worker:
                     session,
                     client.models,
                     job_id=row["id"],
-                    scheduled_at=at,
+                    scheduled_at=retry_at,
                     error=text,
                     now=client.clock(),
                 )
@@ -440,7 +441,7 @@ class Worker:
                 self.completed += 1
             else:
                 self.failed += 1
-        if error is None:
+        if retry_at is None:
             log.debug("job %s (%s) done", row["id"], row["type_name"])
         else:
             log.warning(
@@ -448,7 +449,7 @@ class Worker:
                 row["id"],
                 row["type_name"],
                 row["attempt"],
-                at.isoformat(),
+                retry_at.isoformat(),
                 error,
             )
         return True

@@ -175,9 +175,7 @@ def job_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
     dedup = text("deduplication_key IS NOT NULL AND chain_index = 0")
 
     def partial(name: str, *cols: str, where: Any, unique: bool = False) -> Index:
-        return Index(
-            name, *cols, unique=unique, postgresql_where=where, sqlite_where=where
-        )
+        return Index(name, *cols, unique=unique, postgresql_where=where, sqlite_where=where)
 
     return (
         ForeignKeyConstraint(["chain_id"], [ref], name=f"fk_{job}_chain_id"),

@@ -115,4 +115,3 @@ def __getattr__(name: str) -> object:
     if name == "worker":
         return worker_from_env()
     raise AttributeError(name)
-

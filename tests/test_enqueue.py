@@ -74,7 +74,7 @@ def test_rollback_leaves_neither_row_nor_wakeup(
 
 
 def test_exception_in_transaction_block_rolls_back_jobs(db: Db, client: q.Queuert) -> None:
-    with pytest.raises(RuntimeError), Session(db.engine) as s, s.begin():
+    with pytest.raises(RuntimeError), Session(db.engine) as s, s.begin():  # noqa: PT012 - the raise must happen inside the transaction block
         s.add(User(name="ada"))
         s.flush()
         client.start_chain(s, work, {"n": 1, "sleep": 0})

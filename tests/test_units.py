@@ -41,9 +41,7 @@ def test_backoff_rejects_nonsense() -> None:
 
 
 def test_retry_decision_backoff_and_reschedule() -> None:
-    at, text = retry_decision(
-        KeyError("x"), attempt=2, backoff=q.Backoff(jitter=0), now=NOW
-    )
+    at, text = retry_decision(KeyError("x"), attempt=2, backoff=q.Backoff(jitter=0), now=NOW)
     assert at == NOW + dt.timedelta(seconds=20)
     assert "KeyError" in text
 
@@ -105,13 +103,17 @@ def test_post_commit_effects_run_in_order_and_failures_do_not_break_commit(
 def test_public_names_are_exactly_the_intended_ones() -> None:
     exported = {name for name in dir(q) if not name.startswith("_")}
     assert set(q.__all__) <= exported
-    stray = exported - set(q.__all__) - {
-        "alembic",
-        "cli",
-        "demo",
-        "notify",
-        "state",
-    }
+    stray = (
+        exported
+        - set(q.__all__)
+        - {
+            "alembic",
+            "cli",
+            "demo",
+            "notify",
+            "state",
+        }
+    )
     assert stray == set(), stray
     for name in q.__all__:
         obj = getattr(q, name)

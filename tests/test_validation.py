@@ -41,7 +41,8 @@ def test_unknown_type_is_refused_before_sql(
             client.start_chain(s, stray, {})
         assert not s.in_transaction()
     assert info.value.type_name == "send-invoice"
-    assert "send-invoice" in str(info.value) and "signup" in str(info.value)
+    assert "send-invoice" in str(info.value)
+    assert "signup" in str(info.value)
     assert statements == []
 
 
@@ -133,7 +134,9 @@ def test_wrong_session_kinds_are_refused(db: Db, client: q.Queuert, statements: 
     assert statements == []
 
 
-def test_session_of_another_database_kind_is_refused(client: q.Queuert, db: Db, tmp_path: object) -> None:
+def test_session_of_another_database_kind_is_refused(
+    client: q.Queuert, db: Db, tmp_path: object
+) -> None:
     other_kind = (
         create_engine("sqlite://")
         if db.kind == "postgresql"

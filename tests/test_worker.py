@@ -48,7 +48,9 @@ def jobs_of_chain(db: Db, chain_id: object) -> list[Job]:
         )
 
 
-def start(client: q.Queuert, db: Db, job_type: q.JobType[WorkIn, int], n: int = 1) -> q.Chain[WorkIn, int]:
+def start(
+    client: q.Queuert, db: Db, job_type: q.JobType[WorkIn, int], n: int = 1
+) -> q.Chain[WorkIn, int]:
     with Session(db.engine) as s, s.begin():
         return client.start_chain(s, job_type, {"n": n, "sleep": 0})
 
@@ -101,9 +103,7 @@ def test_handler_writes_completion_and_continuation_commit_together(
     assert effects(db) == 2
 
 
-def test_handler_exception_rolls_back_its_writes_and_reschedules(
-    db: Db, client: q.Queuert
-) -> None:
+def test_handler_exception_rolls_back_its_writes_and_reschedules(db: Db, client: q.Queuert) -> None:
     chain = start(client, db, work)
     worker = client.worker()
 
@@ -120,7 +120,8 @@ def test_handler_exception_rolls_back_its_writes_and_reschedules(
     assert effects(db) == 0
     assert job.status == "pending"
     assert job.attempt == 1
-    assert job.output is None and job.completed_at is None
+    assert job.output is None
+    assert job.completed_at is None
     # Default backoff: 10 s ± 10 % after the first attempt.
     assert before + dt.timedelta(seconds=8.9) < job.scheduled_at < before + dt.timedelta(seconds=12)
     assert job.last_attempt_error is not None
@@ -154,7 +155,8 @@ def test_retry_after_backoff_sees_previous_error_then_succeeds(db: Db) -> None:
 
     assert [a for a, _ in seen] == [1, 2, 3]
     assert seen[0][1] is None
-    assert seen[2][1] is not None and "ConnectionError: try 2" in seen[2][1]
+    assert seen[2][1] is not None
+    assert "ConnectionError: try 2" in seen[2][1]
     done = client.get_job(chain.id)
     assert (done.status, done.output, done.attempt, done.last_attempt_error) == (
         "completed",

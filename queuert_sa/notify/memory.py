@@ -96,7 +96,10 @@ class InMemoryNotify:
             self._completed.clear()
 
     @staticmethod
-    def _call(callback: Callable[[object], None] | Callable[[str], None] | Callable[[uuid.UUID], None], arg: object) -> None:
+    def _call(
+        callback: Callable[[object], None] | Callable[[str], None] | Callable[[uuid.UUID], None],
+        arg: object,
+    ) -> None:
         try:
             callback(arg)  # type: ignore[arg-type]
         except Exception:

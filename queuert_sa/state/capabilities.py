@@ -14,9 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Engine, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
 
-from .._errors import QueuertError
+from queuert_sa._errors import QueuertError
 
 #: Execution option asking the SQLite begin hook for ``BEGIN IMMEDIATE``.
 BEGIN_IMMEDIATE = "queuert_sa_begin_immediate"
@@ -42,7 +41,7 @@ class Capabilities:
     listen_notify: bool
     """Server-side LISTEN/NOTIFY is available."""
 
-    insert: Callable[[Table], Insert]
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
     """Dialect ``insert()`` supporting ``ON CONFLICT DO NOTHING``."""
 
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, RowMapping, Table, func, or_, select, update
+from sqlalchemy import Connection, CursorResult, RowMapping, Table, func, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from .._errors import DatabaseError, DatabaseUnavailableError, SchemaMissingError
-from ..models import JobStatus, Models
+from queuert_sa._errors import DatabaseError, DatabaseUnavailableError, SchemaMissingError
+from queuert_sa.models import JobStatus, Models
+
 from .capabilities import Capabilities
 
 Executor = Session | Connection
@@ -29,7 +30,7 @@ _MISSING_TABLE_MARKERS = ("no such table", "does not exist", "undefinedtable")
 
 
 @contextmanager
-def database_errors(operation: str) -> Iterator[None]:
+def database_errors(operation: str) -> Generator[None]:
     """Translate SQLAlchemy/driver errors raised inside into queuert errors."""
     try:
         yield
@@ -229,7 +230,8 @@ def insert_continuation(
         table.c.chain_id == job.chain_id, table.c.chain_index == job.chain_index
     )
     with database_errors("continue chain"):
-        inserted = executor.execute(stmt).rowcount == 1
+        result = cast(CursorResult[Any], executor.execute(stmt))
+        inserted = result.rowcount == 1
         row = executor.execute(existing).mappings().one()
     return row, inserted
 
