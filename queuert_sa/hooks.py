@@ -17,6 +17,7 @@ Applications may use :func:`on_commit` for their own side effects too.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,13 +74,25 @@ def _after_transaction_end(session: Session, tx: SessionTransaction) -> None:
         buffers.by_transaction.pop(tx, None)
 
 
+_listening = False
+_listening_lock = threading.Lock()
+
+
 def _install(session: Session) -> _Buffers:
+    global _listening
+    if not _listening:
+        # Listeners on the Session class, installed once: per-instance
+        # listeners would cost an event-dispatch copy for every new session.
+        # Sessions that never buffered an effect pay one dict lookup per event.
+        with _listening_lock:
+            if not _listening:
+                event.listen(Session, "after_commit", _after_commit)
+                event.listen(Session, "after_transaction_end", _after_transaction_end)
+                _listening = True
     buffers: _Buffers | None = session.info.get(_KEY)
     if buffers is None:
         buffers = _Buffers()
         session.info[_KEY] = buffers
-        event.listen(session, "after_commit", _after_commit)
-        event.listen(session, "after_transaction_end", _after_transaction_end)
     return buffers
 
 

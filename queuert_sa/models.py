@@ -182,7 +182,7 @@ def job_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status"),
         # Also the race guard that makes continue_with idempotent.
         Index(f"{prefix}chain_index_idx", "chain_id", "chain_index", unique=True),
-        partial(f"{prefix}job_acquisition_idx", "type_name", "scheduled_at", where=pending),
+        partial(f"{prefix}job_acquisition_idx", "type_name", "scheduled_at", "id", where=pending),
         partial(
             f"{prefix}job_expired_lease_idx", "type_name", "leased_until", where=running_leased
         ),
