@@ -1,0 +1,99 @@
+"""A Flask app that starts job chains in its request transactions.
+
+    pip install 'queuert_sa' flask
+    python examples/flask_app.py            # serves on http://127.0.0.1:5000
+    curl -X POST localhost:5000/signup -H 'content-type: application/json' -d '{"email": "ada@example.com"}'
+    curl localhost:5000/chains/<chain id>
+
+POST /signup inserts a user and starts a "welcome" chain in ONE transaction:
+an invalid email rolls back both. A worker running in the same process (a
+background thread here; ``queuert-sa worker examples.flask_app:worker`` in its
+own process in production) sends the welcome email and marks the user.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import TypedDict
+
+from flask import Flask, abort, jsonify, request
+from flask.typing import ResponseReturnValue
+from sqlalchemy import String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import queuert_sa as q
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "example_user"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    welcomed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class UserIn(TypedDict):
+    user_id: int
+
+
+class Sent(TypedDict):
+    to: str
+    message_id: str
+
+
+job_types = q.JobTypes()
+welcome = job_types.entry("send-welcome", input=UserIn, output=Sent)
+
+engine = create_engine(os.environ.get("DATABASE_URL", "sqlite:///flask_example.db"))
+queuert = q.Queuert(engine, job_types)
+worker = queuert.worker(concurrency=2)
+
+
+@worker.handler(welcome)
+def send_welcome(attempt: q.Attempt[UserIn, Sent]) -> q.Outcome:
+    user = attempt.session.get_one(User, attempt.input["user_id"])
+    message_id = f"msg-{attempt.job.id.hex[:12]}"  # a real app calls its mailer here
+    user.welcomed_at = dt.datetime.now(dt.UTC)  # commits together with the completion
+    return attempt.complete({"to": user.email, "message_id": message_id})
+
+
+def create_app() -> Flask:
+    q.metadata.create_all(engine)  # production: the Alembic branch (docs/alembic.md)
+    Base.metadata.create_all(engine)
+    app = Flask(__name__)
+
+    @app.post("/signup")
+    def signup() -> ResponseReturnValue:
+        email = str((request.get_json(silent=True) or {}).get("email", ""))
+        with Session(engine) as session, session.begin():
+            user = User(email=email)
+            session.add(user)
+            session.flush()
+            chain = queuert.start_chain(session, welcome, {"user_id": user.id})
+            if "@" not in email:
+                # Raising inside the transaction rolls back the user AND the job.
+                abort(400, description="invalid email: nothing was stored")
+            user_id = user.id
+        return jsonify(user_id=user_id, chain_id=str(chain.id)), 201
+
+    @app.get("/chains/<chain_id>")
+    def chain_status(chain_id: str) -> ResponseReturnValue:
+        try:
+            chain = queuert.get_chain(chain_id, welcome)
+        except (q.ChainNotFoundError, q.InvalidJobIdError):
+            abort(404)
+        return jsonify(id=str(chain.id), status=chain.status, output=chain.output)
+
+    return app
+
+
+if __name__ == "__main__":
+    worker.start()
+    try:
+        create_app().run()
+    finally:
+        worker.stop()
