@@ -1,0 +1,1 @@
+"""A sample application's Alembic setup that runs queuert's branch next to its own."""
