@@ -152,7 +152,7 @@ class Queuert:
         /,
         *args: P.args,
         **kwargs: P.kwargs,
-    ) -> Chain[InT, OutT]:
+    ) -> Chain[InT, Any]:
         """Start a chain with its first job, inside ``session``'s current transaction.
 
         Called as ``start_chain(session, job_type, input, *, id=None,
@@ -263,10 +263,10 @@ class Queuert:
     def get_chain(
         self,
         id: uuid.UUID | str,
-        job_type: JobType[InT, OutT],
+        job_type: JobType[InT, Any],
         *,
         session: Session | None = None,
-    ) -> Chain[InT, OutT]: ...
+    ) -> Chain[InT, Any]: ...
 
     def get_chain(
         self,
@@ -279,6 +279,8 @@ class Queuert:
 
         Raises :class:`ChainNotFoundError` if there is no such chain, and
         :class:`JobTypeMismatchError` if ``job_type`` is not the chain's type.
+        ``job_type`` types the chain's input; the output is the output of the
+        chain's *last* job (whatever type that is), so it is typed ``Any``.
         With ``session`` the read joins that session's transaction.
         """
         from ._errors import ChainNotFoundError

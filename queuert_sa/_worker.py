@@ -16,6 +16,7 @@ import random
 import signal
 import socket
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable
@@ -27,7 +28,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._attempt import Attempt, Outcome, retry_decision
-from ._errors import DuplicateHandlerError, HandlerError, WorkerConfigError
+from ._errors import (
+    DatabaseUnavailableError,
+    DuplicateHandlerError,
+    HandlerError,
+    WorkerConfigError,
+)
 from ._job_types import JobType
 from ._retry import DEFAULT_BACKOFF, Backoff
 from .notify import Subscription
@@ -244,13 +250,24 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the slot threads and return. Idempotent while running."""
+        """Start the slot threads and return. Idempotent while running.
+
+        Raises :class:`SchemaMissingError` at once if queuert's tables do not
+        exist (a worker that cannot ever succeed should not start). An
+        unreachable database is only logged: the slots retry with backoff.
+        """
         if not self._handlers:
             raise WorkerConfigError(
                 "The worker has no handlers; register some with @worker.handler(job_type)."
             )
         if self._threads:
             return
+        try:
+            self._next_due()
+        except DatabaseUnavailableError as exc:
+            log.warning(
+                "worker %s: database unavailable at start (%s); will retry", self.worker_id, exc
+            )
         self._stopping.clear()
         self._stop_requested.clear()
         self._waker = _Waker(self.concurrency)
@@ -284,10 +301,12 @@ class Worker:
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None
+        if not self._threads:
+            return True
         deadline = (timeout or self.shutdown_grace).total_seconds()
-        end = _monotonic() + deadline
+        end = time.monotonic() + deadline
         for thread in self._threads:
-            thread.join(max(0.0, end - _monotonic()))
+            thread.join(max(0.0, end - time.monotonic()))
         alive = [t for t in self._threads if t.is_alive()]
         if alive:
             log.warning(
@@ -300,13 +319,14 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
         return True
 
-    def run(self) -> None:
+    def run(self) -> bool:
         """Run until SIGINT/SIGTERM (or :meth:`stop` from another thread), then stop gracefully.
 
-        A second signal stops at once: attempts in flight are abandoned and
-        their transactions roll back, leaving the jobs pending.
+        Returns what :meth:`stop` returns: False if attempts were still running
+        after ``shutdown_grace`` (their transactions roll back when the process
+        exits). A second signal stops at once: attempts in flight are abandoned
+        and their transactions roll back, leaving the jobs pending.
         """
-        self.start()
         previous: dict[int, Any] = {}
         if self.handle_signals == "auto" and threading.current_thread() is threading.main_thread():
 
@@ -319,15 +339,20 @@ class Worker:
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
+        clean = False
         try:
+            # Handlers first, threads second: a signal during start-up still
+            # stops the worker gracefully.
+            self.start()
             while not self._stop_requested.wait(0.5):
                 pass
         finally:
             try:
-                self.stop()
+                clean = self.stop()
             finally:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
+        return clean
 
     def drain(self, *, max_jobs: int | None = None) -> int:
         """Process due jobs in the calling thread until none is due; return how many.
@@ -355,15 +380,21 @@ class Worker:
                 if processed:
                     continue
                 self._sleep_until(next_due)
-            except Exception:
+            except Exception as exc:
                 failures += 1
                 delay = min(_RECOVERY_INITIAL_S * 2 ** (failures - 1), _RECOVERY_MAX_S)
-                log.exception(
-                    "worker %s: loop failed (%d in a row); retrying in %.0f s",
-                    self.worker_id,
-                    failures,
-                    delay,
-                )
+                if failures == 1:
+                    log.exception(
+                        "worker %s: loop failed; retrying in %.0f s", self.worker_id, delay
+                    )
+                else:
+                    log.warning(
+                        "worker %s: loop failed again (%d in a row: %s); retrying in %.0f s",
+                        self.worker_id,
+                        failures,
+                        exc,
+                        delay,
+                    )
                 self._stopping.wait(delay)
 
     def _sleep_until(self, next_due: dt.datetime | None) -> None:
@@ -492,9 +523,3 @@ class Worker:
             if _transaction_open(session, savepoint):
                 savepoint.rollback()
             return exc
-
-
-def _monotonic() -> float:
-    import time
-
-    return time.monotonic()
