@@ -23,6 +23,7 @@ from ._errors import HandlerError as HandlerError
 from ._errors import InvalidContinuationError as InvalidContinuationError
 from ._errors import InvalidJobIdError as InvalidJobIdError
 from ._errors import InvalidJobTypesError as InvalidJobTypesError
+from ._errors import InvalidScheduleError as InvalidScheduleError
 from ._errors import JobInputError as JobInputError
 from ._errors import JobNotFoundError as JobNotFoundError
 from ._errors import JobTypeError as JobTypeError
@@ -42,6 +43,7 @@ from .models import JobStatus as JobStatus
 from .models import metadata as metadata
 from .notify import InMemoryNotify as InMemoryNotify
 from .notify import NotifyAdapter as NotifyAdapter
+from .state import immediate_engine as immediate_engine
 from .state import prepare_engine as prepare_engine
 
 __version__ = "0.1.0"
@@ -62,6 +64,7 @@ __all__ = [
     "InvalidContinuationError",
     "InvalidJobIdError",
     "InvalidJobTypesError",
+    "InvalidScheduleError",
     "Job",
     "JobInputError",
     "JobNotFoundError",
@@ -82,6 +85,7 @@ __all__ = [
     "Worker",
     "WorkerConfigError",
     "hooks",
+    "immediate_engine",
     "metadata",
     "models",
     "prepare_engine",

@@ -9,7 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import random
 import traceback
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session
@@ -19,6 +22,7 @@ from ._entities import Job
 from ._errors import HandlerError
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType
+from ._json import JSONValue
 from ._retry import Backoff, backoff_delay
 from .models import JobStatus
 from .state import NewJob
@@ -62,24 +66,41 @@ class Reschedule(Exception):
 
 
 class Outcome:
-    """Proof that a handler finished its job: returned by ``complete``/``continue_with``.
+    """What a handler decided: returned by ``complete``/``continue_with``.
 
     A handler must return the ``Outcome`` of its own attempt; anything else is a
-    :class:`HandlerError` and the job is retried.
+    :class:`HandlerError` and the job is retried. The worker writes the outcome
+    after the handler returns, in the same transaction as the handler's writes.
     """
 
-    __slots__ = ("kind", "next_job")
+    __slots__ = ("kind", "next_job_id", "next_type_name")
 
     def __init__(
-        self, *, kind: Literal["completed", "continued"], next_job: Job[Any] | None
+        self,
+        *,
+        kind: Literal["completed", "continued"],
+        next_type_name: str | None = None,
+        next_job_id: uuid.UUID | None = None,
     ) -> None:
         self.kind = kind
-        self.next_job = next_job
+        self.next_type_name = next_type_name
+        self.next_job_id = next_job_id
+        """Id requested for the next job; an existing job at the same
+        ``chain_index`` (a retried attempt) is reused and keeps its own id."""
 
     def __repr__(self) -> str:
-        if self.next_job is None:
+        if self.next_type_name is None:
             return f"<Outcome {self.kind}>"
-        return f"<Outcome continued with {self.next_job.type_name} {self.next_job.id}>"
+        return f"<Outcome continued with {self.next_type_name}>"
+
+
+@dataclass(frozen=True)
+class _Continuation:
+    target: JobType[Any, Any]
+    input: JSONValue
+    id: uuid.UUID
+    run_at: dt.datetime | None
+    run_in: dt.timedelta | None
 
 
 class Attempt(Generic[InT, OutT]):
@@ -105,6 +126,8 @@ class Attempt(Generic[InT, OutT]):
         self.session = session
         self.worker_id = worker_id
         self._outcome: Outcome | None = None
+        self._output: JSONValue = None
+        self._continuation: _Continuation | None = None
 
     @property
     def input(self) -> InT:
@@ -128,24 +151,13 @@ class Attempt(Generic[InT, OutT]):
     def complete(self, output: OutT) -> Outcome:
         """Finish the job, and with it the chain, with ``output``. Return the result.
 
-        Written in the attempt's transaction: it commits with the handler's own
-        writes. ``output`` must be JSON (or the declared dataclass).
+        ``output`` is validated now (JSON, or the declared dataclass); the
+        worker writes the completion when the handler returns, in the same
+        transaction as the handler's own writes.
         """
         self._check_open("complete()")
-        encoded = self.job_type.encode_output(output)
-        client = self._client
-        ops.complete_job(
-            self.session,
-            client.models,
-            job_id=self.job.id,
-            output=encoded,
-            worker_id=self.worker_id,
-            now=client.clock(),
-        )
-        chain_id = self.job.chain_id
-        notify = client.notify
-        hooks.on_commit(self.session, lambda: notify.notify_chain_completed(chain_id))
-        self._outcome = Outcome(kind="completed", next_job=None)
+        self._output = self.job_type.encode_output(output)
+        self._outcome = Outcome(kind="completed")
         return self._outcome
 
     def continue_with(
@@ -164,49 +176,78 @@ class Attempt(Generic[InT, OutT]):
         job gets ``chain_index + 1``; if one already exists at that index (a
         retried attempt, a race) it is reused, never duplicated.
         """
-        from ._client import describe_job, job_from_row, scheduled_time
+        from ._client import check_schedule, describe_job
 
         self._check_open("continue_with()")
         start = describe_job(job_type, *args, **kwargs)
-        client = self._client
-        target = client.job_types.resolve(start.job_type)
+        target = self._client.job_types.resolve(start.job_type)
         self.job_type.require_continuation(target)
-        encoded = target.encode_input(start.input)
-        next_id = coerce_id(start.id) if start.id is not None else new_id()
-        now = client.clock()
-        row, created = ops.insert_continuation(
-            self.session,
-            client.models,
-            client.capabilities,
-            NewJob(
-                id=next_id,
-                type_name=target.name,
-                chain_id=self.job.chain_id,
-                chain_type_name=self.job.chain_type_name,
-                chain_index=self.job.chain_index + 1,
-                input=encoded,
-                status=JobStatus.PENDING,
-                created_at=now,
-                scheduled_at=scheduled_time(now, start.run_at, start.run_in),
-            ),
+        check_schedule(target.name, start.run_at, start.run_in)
+        self._continuation = _Continuation(
+            target=target,
+            input=target.encode_input(start.input),
+            id=coerce_id(start.id) if start.id is not None else new_id(),
+            run_at=start.run_at,
+            run_in=start.run_in,
         )
-        ops.complete_job(
-            self.session,
-            client.models,
-            job_id=self.job.id,
-            output=None,
-            worker_id=self.worker_id,
-            now=now,
+        self._outcome = Outcome(
+            kind="continued", next_type_name=target.name, next_job_id=self._continuation.id
         )
-        if created:
-            notify = client.notify
-            hooks.on_commit(self.session, lambda: notify.notify_job_scheduled(target.name, 1))
-        self._outcome = Outcome(kind="continued", next_job=job_from_row(row, target))
         return self._outcome
 
     def owns(self, result: object) -> bool:
         """True if ``result`` is the outcome this attempt recorded."""
         return result is not None and result is self._outcome
+
+    def write_outcome(self) -> None:
+        """Write the recorded outcome in the attempt's transaction (called by the worker).
+
+        Completes the job (with its output, or ``None`` when continuing),
+        inserts the continuation unless one exists at that ``chain_index``,
+        and buffers the post-commit notifications.
+        """
+        from ._client import scheduled_time
+
+        outcome = self._outcome
+        assert outcome is not None
+        client = self._client
+        now = client.clock()
+        notify = client.notify
+        continuation = self._continuation
+        if continuation is None:
+            output = self._output
+        else:
+            output = None
+            created = ops.insert_continuation(
+                self.session,
+                client.models,
+                client.capabilities,
+                NewJob(
+                    id=continuation.id,
+                    type_name=continuation.target.name,
+                    chain_id=self.job.chain_id,
+                    chain_type_name=self.job.chain_type_name,
+                    chain_index=self.job.chain_index + 1,
+                    input=continuation.input,
+                    status=JobStatus.PENDING,
+                    created_at=now,
+                    scheduled_at=scheduled_time(now, continuation.run_at, continuation.run_in),
+                ),
+            )
+            if created:
+                name = continuation.target.name
+                hooks.on_commit(self.session, partial(notify.notify_job_scheduled, name, 1))
+        ops.complete_job(
+            self.session,
+            client.models,
+            job_id=self.job.id,
+            output=output,
+            worker_id=self.worker_id,
+            now=now,
+        )
+        if continuation is None:
+            chain_id = self.job.chain_id
+            hooks.on_commit(self.session, partial(notify.notify_chain_completed, chain_id))
 
 
 def describe_error(exc: BaseException) -> str:

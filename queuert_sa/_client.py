@@ -7,14 +7,21 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from sqlalchemy import Engine, RowMapping
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from . import hooks
 from ._entities import Chain, Job
-from ._errors import EngineMismatchError, JobTypeMismatchError, SessionRequiredError
+from ._errors import (
+    ChainNotFoundError,
+    EngineMismatchError,
+    InvalidScheduleError,
+    JobNotFoundError,
+    JobTypeMismatchError,
+    SessionRequiredError,
+)
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType, JobTypes
 from .models import DEFAULT_MODELS, JobStatus, Models
@@ -33,10 +40,28 @@ P = ParamSpec("P")
 
 Clock = Callable[[], dt.datetime]
 
+#: What mutating and reading calls accept: a ``Session``, or a ``scoped_session``
+#: (which stands for its current session).
+SessionLike = Session | scoped_session[Any]
+
 
 def utc_now() -> dt.datetime:
     """The default clock: the current time in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+def check_schedule(type_name: str, run_at: dt.datetime | None, run_in: dt.timedelta | None) -> None:
+    """Raise :class:`InvalidScheduleError` for schedule options that cannot be honoured."""
+    if run_at is not None and run_in is not None:
+        raise InvalidScheduleError(
+            f"Job of type {type_name!r}: pass run_at= or run_in=, not both.", type_name=type_name
+        )
+    if run_at is not None and run_at.tzinfo is None:
+        raise InvalidScheduleError(
+            f"Job of type {type_name!r}: run_at={run_at!r} is naive; pass an aware datetime "
+            "(e.g. datetime.now(UTC) + delay).",
+            type_name=type_name,
+        )
 
 
 def scheduled_time(
@@ -44,15 +69,10 @@ def scheduled_time(
 ) -> dt.datetime:
     """When a new job becomes due: ``run_at``/``run_in`` clamped to ``now``.
 
-    A past ``run_at`` never jumps the queue ahead of jobs already due.
+    A past ``run_at`` never jumps the queue ahead of jobs already due. The
+    options must have passed :func:`check_schedule`.
     """
-    if run_at is not None and run_in is not None:
-        raise ValueError("pass run_at or run_in, not both")
     if run_at is not None:
-        if run_at.tzinfo is None:
-            raise ValueError(
-                f"run_at={run_at!r} is naive; pass an aware datetime (e.g. datetime.now(UTC))"
-            )
         return max(run_at.astimezone(dt.UTC), now)
     if run_in is not None:
         return now + max(run_in, dt.timedelta(0))
@@ -147,7 +167,7 @@ class Queuert:
 
     def start_chain(
         self,
-        session: Session,
+        session: SessionLike,
         job_type: Callable[P, ChainStart[InT, OutT]],
         /,
         *args: P.args,
@@ -178,20 +198,20 @@ class Queuert:
         return self.start_chains(session, [describe_job(job_type, *args, **kwargs)])[0]
 
     def start_chains(
-        self, session: Session, starts: Sequence[ChainStart[Any, Any]]
+        self, session: SessionLike, starts: Sequence[ChainStart[Any, Any]]
     ) -> list[Chain[Any, Any]]:
         """Start several chains with one INSERT (one round trip), in ``session``'s transaction.
 
         All-or-nothing with the caller's transaction, like :meth:`start_chain`.
         Every start is validated before any SQL is sent.
         """
-        self._check_session(session)
+        session = self.session_of(session)
         now = self.clock()
         jobs: list[NewJob] = []
-        types: list[JobType[Any, Any]] = []
         for start in starts:
             job_type = self.job_types.resolve(start.job_type)
             job_type.require_entry()
+            check_schedule(job_type.name, start.run_at, start.run_in)
             encoded = job_type.encode_input(start.input)
             job_id = coerce_id(start.id) if start.id is not None else new_id()
             jobs.append(
@@ -207,7 +227,6 @@ class Queuert:
                     scheduled_at=scheduled_time(now, start.run_at, start.run_in),
                 )
             )
-            types.append(job_type)
         ops.insert_jobs(session, self.models, jobs)
         self._wake_after_commit(session, Counter(job.type_name for job in jobs))
         return [
@@ -231,7 +250,14 @@ class Queuert:
         for type_name, count in counts.items():
             hooks.on_commit(session, partial(notify.notify_job_scheduled, type_name, count))
 
-    def _check_session(self, session: object) -> None:
+    def session_of(self, session: object) -> Session:
+        """The ``Session`` to write through; refuses what is not a usable sync session.
+
+        A ``scoped_session`` (e.g. Flask-SQLAlchemy's ``db.session``) stands for
+        its current session.
+        """
+        if isinstance(session, scoped_session):
+            session = cast("scoped_session[Session]", session)()
         if not isinstance(session, Session):
             hint = (
                 " For an AsyncSession use AsyncQueuert."
@@ -251,12 +277,13 @@ class Queuert:
             )
         if engine is not self.engine:
             prepare_engine(engine)
+        return session
 
     # --- reading -------------------------------------------------------------
 
     @overload
     def get_chain(
-        self, id: uuid.UUID | str, job_type: None = None, *, session: Session | None = None
+        self, id: uuid.UUID | str, job_type: None = None, *, session: SessionLike | None = None
     ) -> Chain[Any, Any]: ...
 
     @overload
@@ -265,7 +292,7 @@ class Queuert:
         id: uuid.UUID | str,
         job_type: JobType[InT, Any],
         *,
-        session: Session | None = None,
+        session: SessionLike | None = None,
     ) -> Chain[InT, Any]: ...
 
     def get_chain(
@@ -273,7 +300,7 @@ class Queuert:
         id: uuid.UUID | str,
         job_type: JobType[Any, Any] | None = None,
         *,
-        session: Session | None = None,
+        session: SessionLike | None = None,
     ) -> Chain[Any, Any]:
         """Read a chain by id (its first job's id).
 
@@ -283,8 +310,6 @@ class Queuert:
         chain's *last* job (whatever type that is), so it is typed ``Any``.
         With ``session`` the read joins that session's transaction.
         """
-        from ._errors import ChainNotFoundError
-
         chain_id = coerce_id(id)
         found = self._read(session, lambda ex: ops.get_chain(ex, self.models, chain_id))
         if found is None:
@@ -322,12 +347,16 @@ class Queuert:
 
     @overload
     def get_job(
-        self, id: uuid.UUID | str, job_type: None = None, *, session: Session | None = None
+        self, id: uuid.UUID | str, job_type: None = None, *, session: SessionLike | None = None
     ) -> Job[Any]: ...
 
     @overload
     def get_job(
-        self, id: uuid.UUID | str, job_type: JobType[InT, Any], *, session: Session | None = None
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[InT, Any],
+        *,
+        session: SessionLike | None = None,
     ) -> Job[InT]: ...
 
     def get_job(
@@ -335,11 +364,9 @@ class Queuert:
         id: uuid.UUID | str,
         job_type: JobType[Any, Any] | None = None,
         *,
-        session: Session | None = None,
+        session: SessionLike | None = None,
     ) -> Job[Any]:
         """Read a job by id; :class:`JobNotFoundError` if it does not exist."""
-        from ._errors import JobNotFoundError
-
         job_id = coerce_id(id)
         row = self._read(session, lambda ex: ops.get_job(ex, self.models, job_id))
         if row is None:
@@ -354,10 +381,9 @@ class Queuert:
             job_type = self.job_types.get(row["type_name"])
         return job_from_row(row, job_type)
 
-    def _read(self, session: Session | None, fn: Callable[[ops.Executor], R]) -> R:
+    def _read(self, session: SessionLike | None, fn: Callable[[ops.Executor], R]) -> R:
         if session is not None:
-            self._check_session(session)
-            return fn(session)
+            return fn(self.session_of(session))
         with self.engine.connect() as conn:
             return fn(conn)
 

@@ -88,6 +88,10 @@ class JobInputError(JobTypeError):
         self.path = path
 
 
+class InvalidScheduleError(JobTypeError):
+    """``run_at``/``run_in`` cannot be used (naive datetime, both given)."""
+
+
 class InvalidJobIdError(QueuertError):
     """A caller-supplied job id is not a UUID."""
 

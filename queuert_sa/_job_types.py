@@ -180,6 +180,17 @@ class JobTypes:
         backoff: Backoff | None = None,
     ) -> JobType[InT, None]: ...
 
+    @overload
+    def entry(
+        self,
+        name: str,
+        *,
+        input: Any,
+        output: Any = None,
+        continues_with: Sequence[str] = (),
+        backoff: Backoff | None = None,
+    ) -> JobType[Any, Any]: ...
+
     def entry(
         self,
         name: str,
@@ -221,6 +232,17 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         backoff: Backoff | None = None,
     ) -> JobType[InT, None]: ...
+
+    @overload
+    def define(
+        self,
+        name: str,
+        *,
+        input: Any,
+        output: Any = None,
+        continues_with: Sequence[str] = (),
+        backoff: Backoff | None = None,
+    ) -> JobType[Any, Any]: ...
 
     def define(
         self,

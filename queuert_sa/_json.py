@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -37,7 +38,10 @@ def _walk(value: object, *, path: str, type_name: str, depth: int) -> None:
             type_name=type_name,
             path=path,
         )
-    if value is None or isinstance(value, bool | str):
+    if isinstance(value, str):
+        _check_text(value, path=path, type_name=type_name)
+        return
+    if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
         return
@@ -63,6 +67,7 @@ def _walk(value: object, *, path: str, type_name: str, depth: int) -> None:
                     type_name=type_name,
                     path=path,
                 )
+            _check_text(key, path=f"{path} key {key!r}", type_name=type_name)
             _walk(item, path=f"{path}[{key!r}]", type_name=type_name, depth=depth + 1)
         return
     raise JobInputError(
@@ -72,6 +77,27 @@ def _walk(value: object, *, path: str, type_name: str, depth: int) -> None:
         type_name=type_name,
         path=path,
     )
+
+
+def _check_text(text: str, *, path: str, type_name: str) -> None:
+    # PostgreSQL's JSONB refuses both (after the INSERT was sent, which would
+    # abort the caller's transaction), so refuse them here, on every engine.
+    if "\x00" in text:
+        raise JobInputError(
+            f"{path} of job type {type_name!r} contains a NUL character (\\x00), which "
+            "PostgreSQL cannot store in JSON; remove it or encode the value (e.g. base64).",
+            type_name=type_name,
+            path=path,
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JobInputError(
+            f"{path} of job type {type_name!r} contains a lone surrogate (not valid Unicode); "
+            "decode the text properly before passing it.",
+            type_name=type_name,
+            path=path,
+        ) from None
 
 
 class Codec(Protocol):
@@ -119,6 +145,7 @@ class DataclassCodec:
 
 
 def _build(annotation: Any, raw: Any) -> Any:
+    original: Any = raw  # returned as is when no rule applies (not narrowed below)
     if (
         isinstance(annotation, type)
         and dataclasses.is_dataclass(annotation)
@@ -133,11 +160,20 @@ def _build(annotation: Any, raw: Any) -> Any:
         }
         return typing.cast(Any, annotation)(**kwargs)
     origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
     if origin is list and isinstance(raw, list):
-        (item_type,) = typing.get_args(annotation) or (Any,)
+        (item_type,) = args or (Any,)
         items: list[Any] = raw  # pyright: ignore[reportUnknownVariableType]
         return [_build(item_type, item) for item in items]
-    return raw
+    if origin is dict and isinstance(raw, dict) and len(args) == 2:
+        entries: dict[str, Any] = raw  # pyright: ignore[reportUnknownVariableType]
+        return {k: _build(args[1], v) for k, v in entries.items()}
+    if origin in (typing.Union, types.UnionType) and raw is not None:
+        # Optional[X] / X | None: rebuild as the one non-None member, if only one.
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return _build(members[0], raw)
+    return original
 
 
 def codec_for(annotation: Any) -> Codec:

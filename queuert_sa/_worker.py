@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -53,6 +53,9 @@ HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 
 #: How long an atomic attempt is expected to take at most; recorded as its lease.
 DEFAULT_ATOMIC_TIMEOUT = dt.timedelta(minutes=5)
+
+#: With a due job held by another attempt, how soon to look again (seconds).
+_HELD_JOB_RECHECK_S = 1.0
 
 #: Delays after consecutive infrastructure failures (database down), capped.
 _RECOVERY_INITIAL_S = 1.0
@@ -255,13 +258,25 @@ class Worker:
         Raises :class:`SchemaMissingError` at once if queuert's tables do not
         exist (a worker that cannot ever succeed should not start). An
         unreachable database is only logged: the slots retry with backoff.
+        Raises :class:`WorkerConfigError` if attempts of an earlier run are
+        still in flight (a ``stop()`` that timed out).
         """
+        self._stop_requested.clear()
+        self._start()
+
+    def _start(self) -> None:
         if not self._handlers:
             raise WorkerConfigError(
                 "The worker has no handlers; register some with @worker.handler(job_type)."
             )
+        self._threads = [t for t in self._threads if t.is_alive()]
         if self._threads:
-            return
+            if not self._stopping.is_set():
+                return
+            raise WorkerConfigError(
+                f"{len(self._threads)} attempt(s) of the previous run are still in flight; "
+                "wait for stop() to return True before starting again."
+            )
         try:
             self._next_due()
         except DatabaseUnavailableError as exc:
@@ -269,11 +284,10 @@ class Worker:
                 "worker %s: database unavailable at start (%s); will retry", self.worker_id, exc
             )
         self._stopping.clear()
-        self._stop_requested.clear()
         self._waker = _Waker(self.concurrency)
         waker = self._waker
         self._subscription = self.client.notify.listen_job_scheduled(
-            self.type_names, lambda _type_name: waker.hint()
+            self.type_names, lambda _type_name, count: waker.hint(count)
         )
         for slot in range(self.concurrency):
             thread = threading.Thread(
@@ -303,10 +317,10 @@ class Worker:
             self._subscription = None
         if not self._threads:
             return True
-        deadline = (timeout or self.shutdown_grace).total_seconds()
-        end = time.monotonic() + deadline
+        end = time.monotonic() + (timeout or self.shutdown_grace).total_seconds()
         for thread in self._threads:
-            thread.join(max(0.0, end - time.monotonic()))
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, end - time.monotonic()))
         alive = [t for t in self._threads if t.is_alive()]
         if alive:
             log.warning(
@@ -327,6 +341,7 @@ class Worker:
         exits). A second signal stops at once: attempts in flight are abandoned
         and their transactions roll back, leaving the jobs pending.
         """
+        self._stop_requested.clear()
         previous: dict[int, Any] = {}
         if self.handle_signals == "auto" and threading.current_thread() is threading.main_thread():
 
@@ -343,7 +358,8 @@ class Worker:
         try:
             # Handlers first, threads second: a signal during start-up still
             # stops the worker gracefully.
-            self.start()
+            if not self._stop_requested.is_set():
+                self._start()
             while not self._stop_requested.wait(0.5):
                 pass
         finally:
@@ -357,16 +373,21 @@ class Worker:
     def drain(self, *, max_jobs: int | None = None) -> int:
         """Process due jobs in the calling thread until none is due; return how many.
 
-        For scripts, tests and one-shot runs (e.g. from cron); no threads, no waiting.
+        For scripts, tests and one-shot runs (e.g. from cron); no threads, no
+        waiting. A job whose attempt fails is not taken again by the same
+        ``drain()`` call, even if its retry is due at once.
         """
         if not self._handlers:
             raise WorkerConfigError("The worker has no handlers to drain with.")
         done = 0
+        failed: set[uuid.UUID] = set()
         while max_jobs is None or done < max_jobs:
-            processed, _ = self._process_one()
-            if not processed:
+            step = self._process_one(exclude=failed)
+            if step.job_id is None:
                 break
             done += 1
+            if step.failed:
+                failed.add(step.job_id)
         return done
 
     # --- the slot loop -----------------------------------------------------------
@@ -375,11 +396,13 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             try:
-                processed, next_due = self._process_one()
+                step = self._process_one(slot=True)
                 failures = 0
-                if processed:
+                if step.job_id is not None:
+                    # Work begets work: wake one idle slot to look for more.
+                    self._waker.hint()
                     continue
-                self._sleep_until(next_due)
+                self._sleep_until(step.next_due)
             except Exception as exc:
                 failures += 1
                 delay = min(_RECOVERY_INITIAL_S * 2 ** (failures - 1), _RECOVERY_MAX_S)
@@ -396,37 +419,50 @@ class Worker:
                         delay,
                     )
                 self._stopping.wait(delay)
+            except BaseException as exc:
+                # A handler raised SystemExit/KeyboardInterrupt: its attempt is
+                # recorded as failed; the process was asked to end, so stop.
+                log.critical(
+                    "worker %s: a handler raised %r; stopping the worker", self.worker_id, exc
+                )
+                self._stopping.set()
+                self._stop_requested.set()
+                self._waker.close()
+                return
 
     def _sleep_until(self, next_due: dt.datetime | None) -> None:
         timeout = self.poll_interval.total_seconds() * self._rng.uniform(0.95, 1.05)
         if next_due is not None:
             until_due = (next_due - self.client.clock()).total_seconds()
-            timeout = min(timeout, max(until_due, 0.0))
-        if timeout > 0:
-            self._waker.wait(timeout)
+            if until_due > 0:
+                timeout = min(timeout, until_due)
+            else:
+                # Due, yet the acquire found nothing: another attempt holds it
+                # (its transaction is open). Look again soon, without spinning.
+                timeout = min(timeout, _HELD_JOB_RECHECK_S)
+        self._waker.wait(timeout)
 
     def _next_due(self) -> dt.datetime | None:
         with self.client.engine.connect() as conn:
             return ops.next_due_at(conn, self.client.models, type_names=self.type_names)
 
-    def _process_one(self) -> tuple[bool, dt.datetime | None]:
-        """Run one attempt: ``(True, None)`` if a job was processed, else
-        ``(False, when the next pending job is due or None)``."""
+    def _process_one(self, *, slot: bool = False, exclude: Collection[uuid.UUID] = ()) -> _Step:
+        """Run at most one attempt; with nothing to run, say when the next job is due."""
         if self._writer_lock is None:
-            if self._attempt():
-                return True, None
-            return False, self._next_due()
+            step = self._attempt(exclude)
+            return step if step.job_id is not None else _Step(next_due=self._next_due())
         # Single writer: look before taking the write lock, which blocks every
         # other writer of the database (including the application's requests).
         next_due = self._next_due()
         if next_due is None or next_due > self.client.clock():
-            return False, next_due
+            return _Step(next_due=next_due)
         with self._writer_lock:
-            if self._attempt():
-                return True, None
-        return False, self._next_due()
+            if slot and self._stopping.is_set():
+                return _Step()
+            step = self._attempt(exclude)
+        return step if step.job_id is not None else _Step(next_due=self._next_due())
 
-    def _attempt(self) -> bool:
+    def _attempt(self, exclude: Collection[uuid.UUID]) -> _Step:
         client = self.client
         session = self._session_factory()
         try:
@@ -441,15 +477,16 @@ class Worker:
                 worker_id=self.worker_id,
                 lease_until=now + DEFAULT_ATOMIC_TIMEOUT,
                 now=now,
+                exclude_ids=exclude,
             )
             if row is None:
                 session.rollback()
-                return False
+                return _Step()
             registration = self._handlers[row["type_name"]]
             error = self._run_handler(session, registration, row)
-            retry_at: dt.datetime | None = None
+            retry_at, error_text = None, None
             if error is not None:
-                retry_at, text = retry_decision(
+                retry_at, error_text = retry_decision(
                     error,
                     attempt=row["attempt"],
                     backoff=registration.backoff,
@@ -461,18 +498,52 @@ class Worker:
                     client.models,
                     job_id=row["id"],
                     scheduled_at=retry_at,
-                    error=text,
+                    error=error_text,
                     now=client.clock(),
                 )
-            session.commit()
+            try:
+                session.commit()
+            except Exception as commit_error:
+                session.rollback()
+                error = commit_error
+                retry_at = self._record_lost_attempt(row, registration, commit_error)
         finally:
             session.close()
+        self._count(row, error, retry_at)
+        if error is not None and not isinstance(error, Exception):
+            raise error  # SystemExit/KeyboardInterrupt, now that the attempt is recorded
+        return _Step(job_id=row["id"], failed=error is not None)
+
+    def _record_lost_attempt(
+        self, row: Any, registration: _Registration, error: Exception
+    ) -> dt.datetime:
+        """The attempt's COMMIT failed (everything rolled back): count it, with backoff."""
+        client = self.client
+        retry_at, text = retry_decision(
+            error,
+            attempt=row["attempt"],
+            backoff=registration.backoff,
+            now=client.clock(),
+            rng=self._rng,
+        )
+        with self._session_factory() as session, session.begin():
+            ops.record_failed_attempt(
+                session,
+                client.models,
+                job_id=row["id"],
+                scheduled_at=retry_at,
+                error=f"the attempt's COMMIT failed: {text}",
+                now=client.clock(),
+            )
+        return retry_at
+
+    def _count(self, row: Any, error: BaseException | None, retry_at: dt.datetime | None) -> None:
         with self._counts_lock:
             if error is None:
                 self.completed += 1
             else:
                 self.failed += 1
-        if retry_at is None:
+        if error is None:
             log.debug("job %s (%s) done", row["id"], row["type_name"])
         else:
             log.warning(
@@ -480,15 +551,18 @@ class Worker:
                 row["id"],
                 row["type_name"],
                 row["attempt"],
-                retry_at.isoformat(),
+                retry_at.isoformat() if retry_at else "?",
                 error,
             )
-        return True
 
     def _run_handler(
         self, session: Session, registration: _Registration, row: Any
-    ) -> Exception | None:
-        """Run the handler in a SAVEPOINT; return its exception (everything it wrote undone)."""
+    ) -> BaseException | None:
+        """Run the handler and write its outcome in a SAVEPOINT.
+
+        Returns the exception that ended it, with everything the attempt wrote
+        undone, or None when the outcome is written.
+        """
         from ._client import job_from_row
 
         job_type = registration.job_type
@@ -517,9 +591,24 @@ class Worker:
                     job_id=row["id"],
                     type_name=job_type.name,
                 )
+            # The handler's own pending writes first, so their errors are theirs.
+            session.flush()
+            attempt.write_outcome()
             savepoint.commit()
             return None
-        except Exception as exc:
+        except BaseException as exc:
             if _transaction_open(session, savepoint):
                 savepoint.rollback()
             return exc
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one pass of a slot did."""
+
+    job_id: uuid.UUID | None = None
+    """The job attempted, or None if there was nothing to run."""
+    failed: bool = False
+    """The attempt ended in an exception (and was rescheduled)."""
+    next_due: dt.datetime | None = None
+    """With nothing to run: when the next pending job is due, if any."""

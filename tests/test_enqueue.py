@@ -30,7 +30,7 @@ def test_business_row_and_chain_commit_together(
     db: Db, client: q.Queuert, notify: q.InMemoryNotify
 ) -> None:
     woken: list[str] = []
-    notify.listen_job_scheduled(["signup"], woken.append)
+    notify.listen_job_scheduled(["signup"], lambda name, count: woken.append(name))
 
     with Session(db.engine) as s, s.begin():
         user = User(name="ada")
@@ -55,7 +55,7 @@ def test_rollback_leaves_neither_row_nor_wakeup(
     db: Db, client: q.Queuert, notify: q.InMemoryNotify
 ) -> None:
     woken: list[str] = []
-    notify.listen_job_scheduled(["signup"], woken.append)
+    notify.listen_job_scheduled(["signup"], lambda name, count: woken.append(name))
 
     with Session(db.engine) as s:
         user = User(name="ada")
@@ -87,7 +87,7 @@ def test_rolled_back_savepoint_drops_job_and_wakeup_keeps_outer_row(
     db: Db, client: q.Queuert, notify: q.InMemoryNotify
 ) -> None:
     woken: list[str] = []
-    notify.listen_job_scheduled(["signup", "work"], woken.append)
+    notify.listen_job_scheduled(["signup", "work"], lambda name, count: woken.append(name))
 
     with Session(db.engine) as s, s.begin():
         user = User(name="ada")
@@ -110,7 +110,7 @@ def test_released_savepoint_keeps_job_until_outer_commit(
     db: Db, client: q.Queuert, notify: q.InMemoryNotify
 ) -> None:
     woken: list[str] = []
-    notify.listen_job_scheduled(["work"], woken.append)
+    notify.listen_job_scheduled(["work"], lambda name, count: woken.append(name))
 
     with Session(db.engine) as s, s.begin():
         with s.begin_nested():

@@ -66,8 +66,22 @@ def test_non_entry_type_cannot_start_a_chain(
         ({"n": 1, "sleep": 0, "who": uuid.uuid4()}, "UUID"),
         ({"n": 1, "sleep": 0, "raw": b"bytes"}, "bytes"),
         ({"n": 1, "sleep": 0, "deep": [[{"x": object()}]]}, "input['deep'][0][0]['x']"),
+        ({"n": 1, "sleep": 0, "note": "a\x00b"}, "NUL character"),
+        ({"n": 1, "sleep": 0, "a\x00": 1}, "NUL character"),
+        ({"n": 1, "sleep": 0, "note": "\ud800"}, "lone surrogate"),
     ],
-    ids=["datetime", "decimal", "inf", "int-key", "uuid", "bytes", "nested"],
+    ids=[
+        "datetime",
+        "decimal",
+        "inf",
+        "int-key",
+        "uuid",
+        "bytes",
+        "nested",
+        "nul",
+        "nul-key",
+        "surrogate",
+    ],
 )
 def test_non_json_input_is_refused_with_its_path(
     db: Db, client: q.Queuert, statements: list[str], value: Any, fragment: str
@@ -199,3 +213,78 @@ def test_dataclass_inputs_round_trip(db: Db) -> None:
 
     assert worker.drain() == 1
     assert client.get_chain(chain.id, onboard).output == Address("london")
+
+
+def test_bad_schedules_are_typed_errors_before_sql(
+    db: Db, client: q.Queuert, statements: list[str]
+) -> None:
+    naive = dt.datetime(2030, 1, 1)
+    with Session(db.engine) as s:
+        with pytest.raises(q.InvalidScheduleError, match=r"'work'.*naive") as info:
+            client.start_chain(s, work, {"n": 1, "sleep": 0}, run_at=naive)
+        assert info.value.type_name == "work"
+        with pytest.raises(q.InvalidScheduleError, match="not both"):
+            client.start_chain(
+                s,
+                work,
+                {"n": 1, "sleep": 0},
+                run_at=dt.datetime.now(dt.UTC),
+                run_in=dt.timedelta(1),
+            )
+    assert statements == []
+
+
+def test_scoped_session_stands_for_its_current_session(db: Db, client: q.Queuert) -> None:
+    from sqlalchemy.orm import scoped_session, sessionmaker
+
+    scoped = scoped_session(sessionmaker(db.engine))
+    chain = client.start_chain(scoped, work, {"n": 1, "sleep": 0})
+    assert client.get_chain(chain.id, session=scoped).status == "pending"
+    scoped.rollback()
+    with pytest.raises(q.ChainNotFoundError):
+        client.get_chain(chain.id)
+    chain = client.start_chain(scoped, work, {"n": 2, "sleep": 0})
+    scoped.commit()
+    scoped.remove()
+    assert client.get_chain(chain.id).input == {"n": 2, "sleep": 0}
+
+
+def test_immediate_engine_takes_the_sqlite_write_lock_up_front(tmp_path: Any) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/imm.db")
+    sent: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda c, cur, st, *a: sent.append(st))
+    immediate = q.immediate_engine(engine)
+    with Session(immediate) as s, s.begin():
+        s.execute(select_one())
+    with Session(engine) as s, s.begin():
+        s.execute(select_one())
+    assert [st for st in sent if st.startswith("BEGIN")] == ["BEGIN IMMEDIATE", "BEGIN"]
+    engine.dispose()
+    pg = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/x")
+    assert q.immediate_engine(pg) is pg
+
+
+def select_one() -> Any:
+    from sqlalchemy import text
+
+    return text("SELECT 1")
+
+
+@dataclass
+class Shipment:
+    primary: Address | None
+    by_label: dict[str, Address]
+
+
+def test_dataclass_optional_and_dict_fields_are_rebuilt(db: Db) -> None:
+    types = q.JobTypes()
+    ship = types.entry("ship", input=Shipment)
+    client = q.Queuert(db.engine, types)
+    value = Shipment(primary=Address("paris"), by_label={"home": Address("rome")})
+    with Session(db.engine) as s, s.begin():
+        chain = client.start_chain(s, ship, value)
+    assert client.get_job(chain.id).input == value
+    empty = Shipment(primary=None, by_label={})
+    with Session(db.engine) as s, s.begin():
+        chain = client.start_chain(s, ship, empty)
+    assert client.get_job(chain.id).input == empty

@@ -36,9 +36,12 @@ class NotifyAdapter(Protocol):
         ...
 
     def listen_job_scheduled(
-        self, type_names: Iterable[str], callback: Callable[[str], None]
+        self, type_names: Iterable[str], callback: Callable[[str, int], None]
     ) -> Subscription:
-        """Call ``callback(type_name)`` for scheduled jobs of any of ``type_names``.
+        """Call ``callback(type_name, count)`` for scheduled jobs of any of ``type_names``.
+
+        ``count`` is how many jobs the notification stands for (a batch start
+        sends one notification per type); a worker wakes up to that many slots.
 
         The subscription is active when this returns, so a caller that listens
         first and then checks for work never misses a wake-up.

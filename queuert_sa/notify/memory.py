@@ -35,7 +35,7 @@ class InMemoryNotify:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._scheduled: dict[str, set[Callable[[str], None]]] = defaultdict(set)
+        self._scheduled: dict[str, set[Callable[[str, int], None]]] = defaultdict(set)
         self._completed: dict[uuid.UUID, set[Callable[[uuid.UUID], None]]] = defaultdict(set)
         self._closed = False
         self.sent: dict[str, int] = {"job_scheduled": 0, "chain_completed": 0}
@@ -47,10 +47,13 @@ class InMemoryNotify:
             self.sent["job_scheduled"] += 1
             callbacks = list(self._scheduled.get(type_name, ()))
         for callback in callbacks:
-            self._call(callback, type_name)
+            try:
+                callback(type_name, count)
+            except Exception:
+                log.exception("notify listener %r failed", callback)
 
     def listen_job_scheduled(
-        self, type_names: Iterable[str], callback: Callable[[str], None]
+        self, type_names: Iterable[str], callback: Callable[[str, int], None]
     ) -> _Listener:
         names = list(type_names)
         with self._lock:
@@ -71,7 +74,10 @@ class InMemoryNotify:
             self.sent["chain_completed"] += 1
             callbacks = list(self._completed.get(chain_id, ()))
         for callback in callbacks:
-            self._call(callback, chain_id)
+            try:
+                callback(chain_id)
+            except Exception:
+                log.exception("notify listener %r failed", callback)
 
     def listen_chain_completed(
         self, chain_id: uuid.UUID, callback: Callable[[uuid.UUID], None]
@@ -94,13 +100,3 @@ class InMemoryNotify:
             self._closed = True
             self._scheduled.clear()
             self._completed.clear()
-
-    @staticmethod
-    def _call(
-        callback: Callable[[object], None] | Callable[[str], None] | Callable[[uuid.UUID], None],
-        arg: object,
-    ) -> None:
-        try:
-            callback(arg)  # type: ignore[arg-type]
-        except Exception:
-            log.exception("notify listener %r failed", callback)

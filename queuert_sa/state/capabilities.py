@@ -101,12 +101,39 @@ def prepare_engine(engine: Engine) -> Capabilities:
     On SQLite this installs, once per engine: WAL journal, a 30 s busy timeout,
     foreign keys on, and SQLAlchemy's recipe for real transactions and
     SAVEPOINTs with the ``sqlite3`` driver (``BEGIN`` emitted by SQLAlchemy;
-    ``BEGIN IMMEDIATE`` for worker transactions). Create the engine and call this
-    (or construct ``Queuert``) before opening connections: connections already in
-    the pool keep their old settings.
+    ``BEGIN IMMEDIATE`` for worker transactions). Connections already pooled
+    were made without these settings, so the pool of a file database is
+    disposed when they are installed (an in-memory database keeps its one
+    connection: prepare it before first use).
     """
     caps = capabilities_for(engine.dialect)
     if caps.single_writer and not event.contains(engine, "connect", _sqlite_connect):
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
+        if not _in_memory(engine):
+            engine.dispose()
     return caps
+
+
+def _in_memory(engine: Engine) -> bool:
+    database = engine.url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in str(engine.url)
+
+
+def immediate_engine(engine: Engine) -> Engine:
+    """The engine, with transactions that take SQLite's write lock when they begin.
+
+    SQLite lets one transaction write at a time. A transaction that *reads*
+    first and writes later (``session.get(...)`` then ``start_chain``) fails at
+    once with "database is locked" if another writer (a worker) committed in
+    between; ``busy_timeout`` cannot help it. Beginning with ``BEGIN
+    IMMEDIATE`` makes it wait for the lock up front instead::
+
+        SessionLocal = sessionmaker(immediate_engine(engine))
+
+    On PostgreSQL this returns ``engine`` unchanged.
+    """
+    caps = prepare_engine(engine)
+    if not caps.single_writer:
+        return engine
+    return engine.execution_options(**{BEGIN_IMMEDIATE: True})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Collection, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -26,23 +26,28 @@ from .capabilities import Capabilities
 
 Executor = Session | Connection
 
-_MISSING_TABLE_MARKERS = ("no such table", "does not exist", "undefinedtable")
+_MISSING_TABLE_MARKERS = ("no such table", "does not exist")
 
 
 @contextmanager
-def database_errors(operation: str) -> Generator[None]:
-    """Translate SQLAlchemy/driver errors raised inside into queuert errors."""
+def database_errors(operation: str, models: Models | None = None) -> Generator[None]:
+    """Translate SQLAlchemy/driver errors raised inside into queuert errors.
+
+    With ``models``, an error about one of *queuert's* tables missing becomes
+    :class:`SchemaMissingError` (an application table missing does not).
+    """
     try:
         yield
     except sa_exc.DBAPIError as exc:
         text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+        ours = () if models is None else (models.job_table.name, models.job_blocker_table.name)
         if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
             raise DatabaseUnavailableError(
                 f"{operation}: the database connection failed ({exc.orig}). Check that the "
                 "database is reachable; workers retry on their own.",
                 operation=operation,
             ) from exc
-        if any(marker in text for marker in _MISSING_TABLE_MARKERS) and "job" in text:
+        if any(m in text for m in _MISSING_TABLE_MARKERS) and any(t in text for t in ours):
             raise SchemaMissingError(
                 f"{operation}: queuert's tables are missing ({exc.orig}). Run the Alembic "
                 "branch 'queuert' (alembic upgrade heads) or queuert_sa.metadata.create_all().",
@@ -83,14 +88,14 @@ def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> N
     if not jobs:
         return
     table = _job(models)
-    with database_errors("insert jobs"):
+    with database_errors("insert jobs", models):
         executor.execute(table.insert(), [asdict(job) for job in jobs])
 
 
 def get_job(executor: Executor, models: Models, job_id: uuid.UUID) -> RowMapping | None:
     """One job row by id."""
     table = _job(models)
-    with database_errors("read job"):
+    with database_errors("read job", models):
         return executor.execute(select(table).where(table.c.id == job_id)).mappings().first()
 
 
@@ -110,7 +115,7 @@ def get_chain(
         )
         .order_by(table.c.chain_index)
     )
-    with database_errors("read chain"):
+    with database_errors("read chain", models):
         rows = executor.execute(stmt).mappings().all()
     if not rows or rows[0]["chain_index"] != 0 or rows[0]["id"] != chain_id:
         return None
@@ -126,22 +131,24 @@ def acquire_job(
     worker_id: str,
     lease_until: dt.datetime,
     now: dt.datetime,
+    exclude_ids: Collection[uuid.UUID] = (),
 ) -> RowMapping | None:
     """Take the oldest due pending job of these types: status ``running``, ``attempt + 1``.
 
     PostgreSQL skips rows other acquirers hold (``FOR UPDATE SKIP LOCKED``);
     SQLite relies on the caller holding the write lock (``BEGIN IMMEDIATE``).
+    ``exclude_ids`` are never taken.
     """
     table = _job(models)
+    conditions = [
+        table.c.type_name.in_(type_names),
+        table.c.status == JobStatus.PENDING,
+        table.c.scheduled_at <= now,
+    ]
+    if exclude_ids:
+        conditions.append(table.c.id.not_in(exclude_ids))
     candidate = (
-        select(table.c.id)
-        .where(
-            table.c.type_name.in_(type_names),
-            table.c.status == JobStatus.PENDING,
-            table.c.scheduled_at <= now,
-        )
-        .order_by(table.c.scheduled_at, table.c.id)
-        .limit(1)
+        select(table.c.id).where(*conditions).order_by(table.c.scheduled_at, table.c.id).limit(1)
     )
     if caps.skip_locked:
         candidate = candidate.with_for_update(skip_locked=True)
@@ -157,7 +164,7 @@ def acquire_job(
         )
         .returning(*table.c)
     )
-    with database_errors("acquire job"):
+    with database_errors("acquire job", models):
         return executor.execute(stmt).mappings().first()
 
 
@@ -169,7 +176,7 @@ def next_due_at(
     stmt = select(func.min(table.c.scheduled_at)).where(
         table.c.type_name.in_(type_names), table.c.status == JobStatus.PENDING
     )
-    with database_errors("find next due job"):
+    with database_errors("find next due job", models):
         value = executor.execute(stmt).scalar()
     if value is None:
         return None
@@ -208,32 +215,28 @@ def complete_job(
             last_attempt_error=None,
         )
     )
-    with database_errors("complete job"):
+    with database_errors("complete job", models):
         executor.execute(stmt)
 
 
 def insert_continuation(
     executor: Executor, models: Models, caps: Capabilities, job: NewJob
-) -> tuple[RowMapping, bool]:
+) -> bool:
     """Insert the next job of a chain unless one exists at that ``chain_index``.
 
-    Returns ``(row, created)``. Racing inserts at the same index yield one job:
-    the unique ``(chain_id, chain_index)`` index decides, the loser reads the winner.
+    Returns True if this call created it. Racing inserts at the same index
+    yield one job: the unique ``(chain_id, chain_index)`` index decides.
     """
     table = _job(models)
     stmt = (
         caps.insert(table)
         .values(asdict(job))
         .on_conflict_do_nothing(index_elements=[table.c.chain_id, table.c.chain_index])
+        # RETURNING, not rowcount: drivers report -1 for INSERT rowcounts.
+        .returning(table.c.id)
     )
-    existing = select(table).where(
-        table.c.chain_id == job.chain_id, table.c.chain_index == job.chain_index
-    )
-    with database_errors("continue chain"):
-        result = cast(CursorResult[Any], executor.execute(stmt))
-        inserted = result.rowcount == 1
-        row = executor.execute(existing).mappings().one()
-    return row, inserted
+    with database_errors("continue chain", models):
+        return executor.execute(stmt).first() is not None
 
 
 def reschedule_job(
@@ -258,5 +261,36 @@ def reschedule_job(
             leased_until=None,
         )
     )
-    with database_errors("reschedule job"):
+    with database_errors("reschedule job", models):
         executor.execute(stmt)
+
+
+def record_failed_attempt(
+    executor: Executor,
+    models: Models,
+    *,
+    job_id: uuid.UUID,
+    scheduled_at: dt.datetime,
+    error: str,
+    now: dt.datetime,
+) -> bool:
+    """Count an attempt whose transaction could not commit (the job is pending again).
+
+    The attempt's own increment was rolled back with it; this records it with
+    the error and the backoff, unless the job has moved on meanwhile (the
+    COMMIT may have succeeded after all). Returns True if the job was updated.
+    """
+    table = _job(models)
+    stmt = (
+        update(table)
+        .where(table.c.id == job_id, table.c.status == JobStatus.PENDING)
+        .values(
+            attempt=table.c.attempt + 1,
+            last_attempt_at=now,
+            scheduled_at=max(scheduled_at, now),
+            last_attempt_error=error,
+        )
+    )
+    with database_errors("record failed attempt", models):
+        result = cast(CursorResult[Any], executor.execute(stmt))
+    return result.rowcount == 1
