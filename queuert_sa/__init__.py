@@ -24,8 +24,11 @@ from ._errors import InvalidContinuationError as InvalidContinuationError
 from ._errors import InvalidJobIdError as InvalidJobIdError
 from ._errors import InvalidJobTypesError as InvalidJobTypesError
 from ._errors import InvalidScheduleError as InvalidScheduleError
+from ._errors import JobAlreadyCompletedError as JobAlreadyCompletedError
 from ._errors import JobInputError as JobInputError
 from ._errors import JobNotFoundError as JobNotFoundError
+from ._errors import JobOwnershipError as JobOwnershipError
+from ._errors import JobTakenByAnotherWorkerError as JobTakenByAnotherWorkerError
 from ._errors import JobTypeError as JobTypeError
 from ._errors import JobTypeMismatchError as JobTypeMismatchError
 from ._errors import NotAnEntryTypeError as NotAnEntryTypeError
@@ -66,9 +69,12 @@ __all__ = [
     "InvalidJobTypesError",
     "InvalidScheduleError",
     "Job",
+    "JobAlreadyCompletedError",
     "JobInputError",
     "JobNotFoundError",
+    "JobOwnershipError",
     "JobStatus",
+    "JobTakenByAnotherWorkerError",
     "JobType",
     "JobTypeError",
     "JobTypeMismatchError",

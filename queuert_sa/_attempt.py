@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import threading
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
@@ -103,12 +105,60 @@ class _Continuation:
     run_in: dt.timedelta | None
 
 
-class Attempt(Generic[InT, OutT]):
-    """What a handler gets: the job, its input, and the attempt's own transaction.
+class AttemptSignal:
+    """Tells a staged handler that its attempt lost the job.
 
-    In atomic mode ``session`` is the worker's transaction for this attempt:
+    Set when a lease renewal finds the job taken over by another worker
+    (``"taken_by_another_worker"``), completed elsewhere (``"already_completed"``)
+    or deleted (``"not_found"``). Long external work can poll ``is_set()`` or
+    ``wait(timeout)`` and stop early; ``attempt.transaction()`` refuses to write
+    either way.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: str | None = None
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job is lost or ``timeout`` seconds pass; True if lost."""
+        return self._event.wait(timeout)
+
+    def set(self, reason: str) -> None:
+        """Mark the attempt as having lost its job (called by the worker)."""
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def __bool__(self) -> bool:
+        return self.is_set()
+
+
+@dataclass(frozen=True)
+class StagedDriver:
+    """What a staged attempt needs from its worker."""
+
+    commit_prepare: Callable[[Attempt[Any, Any]], None]
+    """Commit the acquiring transaction (``running`` + lease) and start renewals."""
+
+    owned_transaction: Callable[[Attempt[Any, Any]], AbstractContextManager[Session]]
+    """A new transaction holding the job's row lock, after checking ownership."""
+
+
+class Attempt(Generic[InT, OutT]):
+    """What a handler gets: the job, its input, and the attempt's transactions.
+
+    Atomic mode: ``session`` is the worker's transaction for this attempt;
     everything written through it commits together with the job's completion
     and its continuation, or not at all. Do not commit or roll it back.
+
+    Staged mode: read in ``with attempt.prepare() as s:`` (a short transaction
+    that commits the job as ``running`` with a lease), do the slow external work
+    with no transaction open (the lease is renewed meanwhile; ``signal`` tells
+    if the job was lost), then write in ``with attempt.transaction() as s:``,
+    which re-checks ownership under a row lock first.
     """
 
     def __init__(
@@ -119,15 +169,92 @@ class Attempt(Generic[InT, OutT]):
         job: Job[InT],
         session: Session,
         worker_id: str,
+        mode: Literal["atomic", "staged"] = "atomic",
+        driver: StagedDriver | None = None,
     ) -> None:
         self._client = client
         self.job_type = job_type
         self.job = job
         self.session = session
         self.worker_id = worker_id
+        self.mode = mode
+        self.signal = AttemptSignal()
+        self._driver = driver
         self._outcome: Outcome | None = None
         self._output: JSONValue = None
         self._continuation: _Continuation | None = None
+        self.prepared = False
+        """True once the acquiring transaction committed (staged mode)."""
+        self.written = False
+        """True once the outcome is written (staged mode)."""
+
+    # --- staged mode ---------------------------------------------------------------
+
+    def _staged(self, action: str) -> StagedDriver:
+        if self.mode != "staged" or self._driver is None:
+            raise HandlerError(
+                f"{action} is for staged handlers; register the handler with "
+                f"@worker.handler({self.job_type.name!r}, mode='staged'), or write through "
+                "attempt.session in atomic mode.",
+                job_id=self.job.id,
+                type_name=self.job_type.name,
+            )
+        return self._driver
+
+    @contextmanager
+    def prepare(self) -> Generator[Session]:
+        """The short first transaction of a staged attempt: read what the external call needs.
+
+        Yields the session that acquired the job. On exit its writes commit
+        together with the job's ``running`` status and lease, and the lease is
+        renewed in the background from then on. If the block raises, its
+        writes are rolled back and the job is retried. At most once, before
+        :meth:`transaction`.
+        """
+        driver = self._staged("prepare()")
+        if self.prepared:
+            raise HandlerError(
+                "prepare() runs once, before the external work and before transaction().",
+                job_id=self.job.id,
+                type_name=self.job_type.name,
+            )
+        savepoint = self.session.begin_nested()
+        try:
+            yield self.session
+        except BaseException:
+            if savepoint.is_active:
+                savepoint.rollback()
+            raise
+        savepoint.commit()
+        driver.commit_prepare(self)
+
+    @contextmanager
+    def transaction(self) -> Generator[Session]:
+        """The closing transaction of a staged attempt: record the result.
+
+        Opens a new transaction, locks the job's row and checks that this
+        attempt still owns it, raising :class:`JobTakenByAnotherWorkerError`,
+        :class:`JobAlreadyCompletedError` or :class:`JobNotFoundError` (and
+        writing nothing) if not. Call ``attempt.complete(...)`` or
+        ``attempt.continue_with(...)`` inside the block: the outcome commits
+        with the block's writes.
+        """
+        driver = self._staged("transaction()")
+        if not self.prepared:
+            driver.commit_prepare(self)
+        if self.written:
+            raise HandlerError(
+                "The outcome of this attempt is already written; use one transaction() "
+                "to record it.",
+                job_id=self.job.id,
+                type_name=self.job_type.name,
+            )
+        with driver.owned_transaction(self) as session:
+            yield session
+            if self._outcome is not None:
+                session.flush()
+                self.write_outcome(session)
+                self.written = True
 
     @property
     def input(self) -> InT:
@@ -199,15 +326,16 @@ class Attempt(Generic[InT, OutT]):
         """True if ``result`` is the outcome this attempt recorded."""
         return result is not None and result is self._outcome
 
-    def write_outcome(self) -> None:
-        """Write the recorded outcome in the attempt's transaction (called by the worker).
+    def write_outcome(self, session: Session | None = None) -> None:
+        """Write the recorded outcome in ``session`` (default: ``self.session``).
 
         Completes the job (with its output, or ``None`` when continuing),
         inserts the continuation unless one exists at that ``chain_index``,
-        and buffers the post-commit notifications.
+        and buffers the post-commit notifications. Called by the worker.
         """
         from ._client import scheduled_time
 
+        session = session or self.session
         outcome = self._outcome
         assert outcome is not None
         client = self._client
@@ -219,7 +347,7 @@ class Attempt(Generic[InT, OutT]):
         else:
             output = None
             created = ops.insert_continuation(
-                self.session,
+                session,
                 client.models,
                 client.capabilities,
                 NewJob(
@@ -236,9 +364,9 @@ class Attempt(Generic[InT, OutT]):
             )
             if created:
                 name = continuation.target.name
-                hooks.on_commit(self.session, partial(notify.notify_job_scheduled, name, 1))
+                hooks.on_commit(session, partial(notify.notify_job_scheduled, name, 1))
         ops.complete_job(
-            self.session,
+            session,
             client.models,
             job_id=self.job.id,
             output=output,
@@ -247,7 +375,7 @@ class Attempt(Generic[InT, OutT]):
         )
         if continuation is None:
             chain_id = self.job.chain_id
-            hooks.on_commit(self.session, partial(notify.notify_chain_completed, chain_id))
+            hooks.on_commit(session, partial(notify.notify_chain_completed, chain_id))
 
 
 def describe_error(exc: BaseException) -> str:

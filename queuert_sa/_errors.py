@@ -135,6 +135,39 @@ class ChainNotFoundError(QueuertError):
         self.chain_id = chain_id
 
 
+class JobOwnershipError(QueuertError):
+    """A staged attempt no longer owns its job; nothing was written."""
+
+    def __init__(self, message: str, *, job_id: uuid.UUID) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobTakenByAnotherWorkerError(JobOwnershipError):
+    """The attempt's lease expired and another worker took the job over."""
+
+    def __init__(self, job_id: uuid.UUID, *, worker_id: str, leased_by: str | None) -> None:
+        super().__init__(
+            f"Job {job_id} is no longer held by worker {worker_id!r} (now: {leased_by!r}); its "
+            "lease expired and the job was taken over. Nothing was written. Renewals keep a "
+            "lease alive while the worker runs: a lost lease means the worker stalled or was "
+            "cut off from the database longer than the lease.",
+            job_id=job_id,
+        )
+        self.worker_id = worker_id
+        self.leased_by = leased_by
+
+
+class JobAlreadyCompletedError(JobOwnershipError):
+    """The job was completed by someone else (e.g. ``complete_chain``) meanwhile."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(
+            f"Job {job_id} was completed elsewhere while this attempt ran; nothing was written.",
+            job_id=job_id,
+        )
+
+
 class JobTypeMismatchError(QueuertError):
     """A row was read with a job type that is not its own."""
 

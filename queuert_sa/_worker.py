@@ -19,7 +19,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -27,15 +28,21 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
-from ._attempt import Attempt, Outcome, retry_decision
+from ._attempt import Attempt, Outcome, StagedDriver, retry_decision
 from ._errors import (
     DatabaseUnavailableError,
     DuplicateHandlerError,
     HandlerError,
+    JobAlreadyCompletedError,
+    JobNotFoundError,
+    JobOwnershipError,
+    JobTakenByAnotherWorkerError,
     WorkerConfigError,
 )
 from ._job_types import JobType
+from ._leases import LeaseKeeper, lost_reason
 from ._retry import DEFAULT_BACKOFF, Backoff
+from .models import JobStatus
 from .notify import Subscription
 from .state import operations as ops
 from .state.capabilities import BEGIN_IMMEDIATE
@@ -51,8 +58,11 @@ OutT = TypeVar("OutT")
 Handler = Callable[[Attempt[InT, OutT]], Outcome]
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 
-#: How long an atomic attempt is expected to take at most; recorded as its lease.
+#: How long an atomic attempt may hold its transaction (per handler: ``timeout=``).
 DEFAULT_ATOMIC_TIMEOUT = dt.timedelta(minutes=5)
+
+#: How long a staged attempt's lease lasts without renewal (per handler: ``lease=``).
+DEFAULT_LEASE = dt.timedelta(seconds=60)
 
 #: With a due job held by another attempt, how soon to look again (seconds).
 _HELD_JOB_RECHECK_S = 1.0
@@ -81,8 +91,29 @@ def _writer_lock(engine: Engine) -> threading.Lock:
 class _Registration:
     job_type: JobType[Any, Any]
     fn: Callable[[Attempt[Any, Any]], object]
-    mode: Literal["atomic"]
+    mode: Literal["atomic", "staged"]
     backoff: Backoff
+    timeout: dt.timedelta
+    lease: dt.timedelta
+
+
+class _WriterHold:
+    """This thread's hold on the SQLite writer lock (no-op on PostgreSQL)."""
+
+    def __init__(self, lock: threading.Lock | None) -> None:
+        self._lock = lock
+        self._held = False
+
+    def take(self) -> None:
+        if self._lock is not None and not self._held:
+            self._lock.acquire()
+            self._held = True
+
+    def drop(self) -> None:
+        if self._held:
+            assert self._lock is not None
+            self._held = False
+            self._lock.release()
 
 
 class _Waker:
@@ -188,6 +219,12 @@ class Worker:
         self._subscription: Subscription | None = None
         self._rng = random.Random()
         self._writer_lock = _writer_lock(engine) if client.capabilities.single_writer else None
+        self._leases = LeaseKeeper(
+            client,
+            worker_id=self.worker_id,
+            session_factory=self._session_factory,
+            writer_lock=self._writer_lock,
+        )
         self._counts_lock = threading.Lock()
         self.completed = 0
         """Attempts that finished their job (completed or continued)."""
@@ -205,8 +242,10 @@ class Worker:
         self,
         job_type: JobType[InT, OutT],
         *,
-        mode: Literal["atomic"] = "atomic",
+        mode: Literal["atomic", "staged"] = "atomic",
         backoff: Backoff | None = None,
+        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
+        lease: dt.timedelta = DEFAULT_LEASE,
     ) -> Callable[[Handler[InT, OutT]], Handler[InT, OutT]]:
         """Register the decorated function as the handler of ``job_type``.
 
@@ -216,14 +255,26 @@ class Worker:
         job after the backoff delay (``backoff`` here, else the type's, else
         the worker's).
 
-        ``mode="atomic"`` (the default): the handler runs inside the attempt's
-        transaction; ``attempt.session`` writes commit with the completion.
+        Args:
+            mode: ``"atomic"`` (default): the handler runs inside the attempt's
+                transaction; ``attempt.session`` writes commit with the
+                completion. ``"staged"``: ``attempt.prepare()`` (short read
+                transaction, commits a lease), external work with no transaction
+                open, ``attempt.transaction()`` (ownership re-checked) to write.
+            timeout: Atomic mode: longest an attempt may hold its transaction.
+                On PostgreSQL the server ends a transaction that idles (or runs
+                one statement) longer, the job becomes available again and the
+                late completion writes nothing. Defaults to 5 minutes.
+            lease: Staged mode: how long the job stays reserved without a
+                renewal; renewed every half lease while the handler runs. A
+                worker that dies loses the job to another worker after it.
+                Defaults to 60 seconds.
         """
         resolved = self.client.job_types.resolve(job_type)
-        if mode != "atomic":
-            raise WorkerConfigError(
-                f"mode={mode!r} is not supported by this worker; use mode='atomic'."
-            )
+        if mode not in ("atomic", "staged"):
+            raise WorkerConfigError(f"mode must be 'atomic' or 'staged', not {mode!r}")
+        if timeout <= dt.timedelta(0) or lease <= dt.timedelta(0):
+            raise WorkerConfigError("timeout and lease must be positive")
 
         def register(fn: Handler[InT, OutT]) -> Handler[InT, OutT]:
             if inspect.iscoroutinefunction(fn):
@@ -240,10 +291,21 @@ class Worker:
                 fn=fn,
                 mode=mode,
                 backoff=backoff or resolved.backoff or self.backoff,
+                timeout=timeout,
+                lease=lease,
             )
             return fn
 
         return register
+
+    @property
+    def _handlers_lease_bound(self) -> dt.timedelta:
+        # Provisional lease written at acquisition (before the handler's mode is
+        # known): invisible for atomic attempts, renewed by a staged prepare().
+        return max(
+            (r.timeout if r.mode == "atomic" else r.lease for r in self._handlers.values()),
+            default=DEFAULT_ATOMIC_TIMEOUT,
+        )
 
     @property
     def type_names(self) -> tuple[str, ...]:
@@ -330,6 +392,7 @@ class Worker:
             )
             return False
         self._threads = []
+        self._leases.close()
         log.info("worker %s stopped", self.worker_id)
         return True
 
@@ -374,8 +437,9 @@ class Worker:
         """Process due jobs in the calling thread until none is due; return how many.
 
         For scripts, tests and one-shot runs (e.g. from cron); no threads, no
-        waiting. A job whose attempt fails is not taken again by the same
-        ``drain()`` call, even if its retry is due at once.
+        waiting. Expired leases of staged attempts (crashed workers) are
+        returned to pending and run too. A job whose attempt fails is not taken
+        again by the same ``drain()`` call, even if its retry is due at once.
         """
         if not self._handlers:
             raise WorkerConfigError("The worker has no handlers to drain with.")
@@ -384,6 +448,8 @@ class Worker:
         while max_jobs is None or done < max_jobs:
             step = self._process_one(exclude=failed)
             if step.job_id is None:
+                if self._reap_one():
+                    continue
                 break
             done += 1
             if step.failed:
@@ -401,6 +467,8 @@ class Worker:
                 if step.job_id is not None:
                     # Work begets work: wake one idle slot to look for more.
                     self._waker.hint()
+                    continue
+                if self._reap_one():
                     continue
                 self._sleep_until(step.next_due)
             except Exception as exc:
@@ -442,6 +510,92 @@ class Worker:
                 timeout = min(timeout, _HELD_JOB_RECHECK_S)
         self._waker.wait(timeout)
 
+    @contextmanager
+    def _write_transaction(self, hold: _WriterHold) -> Generator[Session]:
+        """A new session in a write transaction (SQLite: writer lock + BEGIN IMMEDIATE).
+
+        Commits on success, rolls back on error, always closes.
+        """
+        hold.take()
+        try:
+            with self._session_factory() as session:
+                if self._writer_lock is not None:
+                    session.connection(execution_options={BEGIN_IMMEDIATE: True})
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    _rollback_quietly(session)
+                    raise
+        finally:
+            hold.drop()
+
+    def _staged_driver(self, registration: _Registration, hold: _WriterHold) -> StagedDriver:
+        client = self.client
+
+        def commit_prepare(attempt: Attempt[Any, Any]) -> None:
+            session = attempt.session
+            ops.renew_lease(
+                session,
+                client.models,
+                job_id=attempt.job.id,
+                worker_id=self.worker_id,
+                leased_until=client.clock() + registration.lease,
+            )
+            session.commit()
+            attempt.prepared = True
+            session.close()
+            # The external work runs with no transaction and no SQLite write lock.
+            hold.drop()
+            self._leases.hold(attempt, registration.lease)
+
+        @contextmanager
+        def owned_transaction(attempt: Attempt[Any, Any]) -> Generator[Session]:
+            with self._write_transaction(hold) as session:
+                row = ops.lock_job(session, client.models, client.capabilities, attempt.job.id)
+                if (
+                    row is None
+                    or row["status"] != JobStatus.RUNNING
+                    or row["leased_by"] != self.worker_id
+                ):
+                    attempt.signal.set(lost_reason(row))
+                    if row is None:
+                        raise JobNotFoundError(attempt.job.id)
+                    if row["status"] == JobStatus.COMPLETED:
+                        raise JobAlreadyCompletedError(attempt.job.id)
+                    raise JobTakenByAnotherWorkerError(
+                        attempt.job.id, worker_id=self.worker_id, leased_by=row["leased_by"]
+                    )
+                yield session
+
+        return StagedDriver(commit_prepare=commit_prepare, owned_transaction=owned_transaction)
+
+    def _reap_one(self) -> bool:
+        """Return one expired lease of this worker's types to pending; True if one was."""
+        client = self.client
+        with self._write_transaction(_WriterHold(self._writer_lock)) as session:
+            row = ops.reap_expired_lease(
+                session,
+                client.models,
+                client.capabilities,
+                type_names=self.type_names,
+                exclude_ids=self._leases.held_ids(),
+                now=client.clock(),
+            )
+        if row is None:
+            return False
+        log.warning(
+            "job %s (%s): lease expired, returned to pending (attempt %d kept)",
+            row["id"],
+            row["type_name"],
+            row["attempt"],
+        )
+        try:
+            client.notify.notify_job_scheduled(row["type_name"], 1)
+        except Exception:
+            log.exception("notify after reaping failed")
+        return True
+
     def _next_due(self) -> dt.datetime | None:
         with self.client.engine.connect() as conn:
             return ops.next_due_at(conn, self.client.models, type_names=self.type_names)
@@ -449,33 +603,40 @@ class Worker:
     def _process_one(self, *, slot: bool = False, exclude: Collection[uuid.UUID] = ()) -> _Step:
         """Run at most one attempt; with nothing to run, say when the next job is due."""
         if self._writer_lock is None:
-            step = self._attempt(exclude)
+            step = self._attempt(exclude, _WriterHold(None))
             return step if step.job_id is not None else _Step(next_due=self._next_due())
         # Single writer: look before taking the write lock, which blocks every
         # other writer of the database (including the application's requests).
         next_due = self._next_due()
         if next_due is None or next_due > self.client.clock():
             return _Step(next_due=next_due)
-        with self._writer_lock:
+        hold = _WriterHold(self._writer_lock)
+        hold.take()
+        try:
             if slot and self._stopping.is_set():
                 return _Step()
-            step = self._attempt(exclude)
+            step = self._attempt(exclude, hold)
+        finally:
+            hold.drop()
         return step if step.job_id is not None else _Step(next_due=self._next_due())
 
-    def _attempt(self, exclude: Collection[uuid.UUID]) -> _Step:
+    def _attempt(self, exclude: Collection[uuid.UUID], hold: _WriterHold) -> _Step:
         client = self.client
         session = self._session_factory()
+        attempt: Attempt[Any, Any] | None = None
         try:
             if self._writer_lock is not None:
                 session.connection(execution_options={BEGIN_IMMEDIATE: True})
             now = client.clock()
+            type_names = self.type_names
             row = ops.acquire_job(
                 session,
                 client.models,
                 client.capabilities,
-                type_names=self.type_names,
+                type_names=type_names,
                 worker_id=self.worker_id,
-                lease_until=now + DEFAULT_ATOMIC_TIMEOUT,
+                # Provisional for both modes; a staged prepare() renews it.
+                lease_until=now + self._handlers_lease_bound,
                 now=now,
                 exclude_ids=exclude,
             )
@@ -483,41 +644,128 @@ class Worker:
                 session.rollback()
                 return _Step()
             registration = self._handlers[row["type_name"]]
-            error = self._run_handler(session, registration, row)
-            retry_at, error_text = None, None
-            if error is not None:
-                retry_at, error_text = retry_decision(
-                    error,
-                    attempt=row["attempt"],
-                    backoff=registration.backoff,
-                    now=client.clock(),
-                    rng=self._rng,
-                )
-                ops.reschedule_job(
-                    session,
-                    client.models,
-                    job_id=row["id"],
-                    scheduled_at=retry_at,
-                    error=error_text,
-                    now=client.clock(),
-                )
-            try:
-                session.commit()
-            except Exception as commit_error:
-                session.rollback()
-                error = commit_error
-                retry_at = self._record_lost_attempt(row, registration, commit_error)
+            if registration.mode == "atomic":
+                ops.limit_transaction_time(session, client.capabilities, registration.timeout)
+                error = self._run_handler(session, registration, row)
+            else:
+                attempt, error = self._run_staged(session, registration, row, hold)
+            retry_at = None
+            if attempt is not None and attempt.prepared:
+                # Staged, first transaction committed: the failure is recorded
+                # in a transaction of its own, if the job is still ours.
+                if error is not None:
+                    retry_at = self._reschedule_owned(attempt, registration, error, hold)
+            else:
+                try:
+                    if error is not None:
+                        retry_at, error_text = retry_decision(
+                            error,
+                            attempt=row["attempt"],
+                            backoff=registration.backoff,
+                            now=client.clock(),
+                            rng=self._rng,
+                        )
+                        ops.reschedule_job(
+                            session,
+                            client.models,
+                            job_id=row["id"],
+                            scheduled_at=retry_at,
+                            error=error_text,
+                            now=client.clock(),
+                        )
+                    session.commit()
+                except Exception as commit_error:
+                    _rollback_quietly(session)
+                    error = error or commit_error
+                    retry_at = self._record_lost_attempt(row, registration, error, commit_error)
         finally:
+            if attempt is not None:
+                self._leases.release(attempt.job.id)
             session.close()
         self._count(row, error, retry_at)
         if error is not None and not isinstance(error, Exception):
             raise error  # SystemExit/KeyboardInterrupt, now that the attempt is recorded
         return _Step(job_id=row["id"], failed=error is not None)
 
+    def _run_staged(
+        self, session: Session, registration: _Registration, row: Any, hold: _WriterHold
+    ) -> tuple[Attempt[Any, Any] | None, BaseException | None]:
+        """Run a staged handler; return the attempt and the exception that ended it."""
+        from ._client import job_from_row
+
+        job_type = registration.job_type
+        driver = self._staged_driver(registration, hold)
+        try:
+            attempt = Attempt(
+                client=self.client,
+                job_type=job_type,
+                job=job_from_row(row, job_type),
+                session=session,
+                worker_id=self.worker_id,
+                mode="staged",
+                driver=driver,
+            )
+        except BaseException as exc:
+            return None, exc
+        try:
+            result = registration.fn(attempt)
+            if not attempt.owns(result):
+                raise HandlerError(
+                    f"The handler of {job_type.name!r} returned {result!r:.80}; it must return "
+                    "attempt.complete(output) or attempt.continue_with(job_type, input).",
+                    job_id=row["id"],
+                    type_name=job_type.name,
+                )
+            if not attempt.written:
+                # complete()/continue_with() outside transaction(): write it now,
+                # under the same ownership check.
+                with attempt.transaction():
+                    pass
+            return attempt, None
+        except BaseException as exc:
+            return attempt, exc
+
+    def _reschedule_owned(
+        self,
+        attempt: Attempt[Any, Any],
+        registration: _Registration,
+        error: BaseException,
+        hold: _WriterHold,
+    ) -> dt.datetime | None:
+        """Reschedule a failed staged attempt if it still owns its job; else leave the job be."""
+        if isinstance(error, _OWNERSHIP_ERRORS) or attempt.signal.is_set():
+            log.warning(
+                "job %s: staged attempt ended without its job (%s); not rescheduling",
+                attempt.job.id,
+                attempt.signal.reason or type(error).__name__,
+            )
+            return None
+        client = self.client
+        retry_at, text = retry_decision(
+            error,
+            attempt=attempt.job.attempt,
+            backoff=registration.backoff,
+            now=client.clock(),
+            rng=self._rng,
+        )
+        try:
+            with self._staged_driver(registration, hold).owned_transaction(attempt) as session:
+                ops.reschedule_job(
+                    session,
+                    client.models,
+                    job_id=attempt.job.id,
+                    scheduled_at=retry_at,
+                    error=text,
+                    now=client.clock(),
+                )
+        except _OWNERSHIP_ERRORS:
+            return None
+        return retry_at
+
     def _record_lost_attempt(
-        self, row: Any, registration: _Registration, error: Exception
+        self, row: Any, registration: _Registration, error: BaseException, failure: Exception
     ) -> dt.datetime:
-        """The attempt's COMMIT failed (everything rolled back): count it, with backoff."""
+        """The attempt's transaction failed to commit (all rolled back): count it, with backoff."""
         client = self.client
         retry_at, text = retry_decision(
             error,
@@ -526,13 +774,17 @@ class Worker:
             now=client.clock(),
             rng=self._rng,
         )
+        if error is failure:
+            text = f"the attempt's COMMIT failed: {text}"
+        else:
+            text = f"the attempt's transaction failed ({failure}) after: {text}"
         with self._session_factory() as session, session.begin():
             ops.record_failed_attempt(
                 session,
                 client.models,
                 job_id=row["id"],
                 scheduled_at=retry_at,
-                error=f"the attempt's COMMIT failed: {text}",
+                error=text,
                 now=client.clock(),
             )
         return retry_at
@@ -598,8 +850,23 @@ class Worker:
             return None
         except BaseException as exc:
             if _transaction_open(session, savepoint):
-                savepoint.rollback()
+                try:
+                    savepoint.rollback()
+                except Exception:
+                    # The connection is gone (e.g. the server ended a timed-out
+                    # transaction); the commit path records the attempt.
+                    log.debug("rolling back the handler's savepoint failed", exc_info=True)
             return exc
+
+
+def _rollback_quietly(session: Session) -> None:
+    try:
+        session.rollback()
+    except Exception:
+        log.debug("rollback failed (connection lost?)", exc_info=True)
+
+
+_OWNERSHIP_ERRORS = (JobOwnershipError, JobNotFoundError)
 
 
 @dataclass(frozen=True)

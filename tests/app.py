@@ -54,6 +54,7 @@ job_types = q.JobTypes()
 signup = job_types.entry("signup", input=UserIn, continues_with=["greet"])
 greet = job_types.define("greet", input=UserIn, output=Greeting)
 work = job_types.entry("work", input=WorkIn, output=int)
+staged_work = job_types.entry("staged-work", input=WorkIn, output=int)
 
 
 def count_effects(session: object, label: str | None = None) -> int:
@@ -93,6 +94,21 @@ def build_worker(
         if attempt.input["sleep"] and sleep_scale:
             time.sleep(attempt.input["sleep"] * sleep_scale)
         return attempt.complete(attempt.input["n"] * 2)
+
+    lease = dt.timedelta(milliseconds=int(os.environ.get("QUEUERT_APP_LEASE_MS", "60000")))
+
+    @worker.handler(staged_work, mode="staged", lease=lease)
+    def do_staged_work(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.prepare():
+            pass
+        if started_dir:
+            with open(os.path.join(started_dir, str(attempt.job.id)), "w") as f:
+                f.write(str(os.getpid()))
+        if attempt.input["sleep"] and sleep_scale:
+            time.sleep(attempt.input["sleep"] * sleep_scale)  # the "external call"
+        with attempt.transaction() as s:
+            s.add(Effect(job_id=str(attempt.job.id), label="staged-work"))
+            return attempt.complete(attempt.input["n"] * 2)
 
     return worker
 

@@ -41,6 +41,10 @@ class Capabilities:
     listen_notify: bool
     """Server-side LISTEN/NOTIFY is available."""
 
+    server_timeouts: bool
+    """The server can end a transaction that idles or runs too long
+    (PostgreSQL's ``idle_in_transaction_session_timeout``/``statement_timeout``)."""
+
     insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
     """Dialect ``insert()`` supporting ``ON CONFLICT DO NOTHING``."""
 
@@ -50,6 +54,7 @@ _POSTGRES = Capabilities(
     skip_locked=True,
     single_writer=False,
     listen_notify=True,
+    server_timeouts=True,
     insert=postgresql.insert,
 )
 
@@ -58,6 +63,7 @@ _SQLITE = Capabilities(
     skip_locked=False,
     single_writer=True,
     listen_notify=False,
+    server_timeouts=False,
     insert=sqlite.insert,
 )
 

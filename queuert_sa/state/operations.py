@@ -15,7 +15,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, RowMapping, Table, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    RowMapping,
+    Table,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -294,3 +304,93 @@ def record_failed_attempt(
     with database_errors("record failed attempt", models):
         result = cast(CursorResult[Any], executor.execute(stmt))
     return result.rowcount == 1
+
+
+def lock_job(
+    executor: Executor, models: Models, caps: Capabilities, job_id: uuid.UUID
+) -> RowMapping | None:
+    """Read a job and lock its row until the transaction ends (``FOR UPDATE``).
+
+    On SQLite the caller's write transaction (``BEGIN IMMEDIATE``) is the lock.
+    """
+    table = _job(models)
+    stmt = select(table).where(table.c.id == job_id)
+    if caps.skip_locked:
+        stmt = stmt.with_for_update()
+    with database_errors("lock job", models):
+        return executor.execute(stmt).mappings().first()
+
+
+def renew_lease(
+    executor: Executor,
+    models: Models,
+    *,
+    job_id: uuid.UUID,
+    worker_id: str,
+    leased_until: dt.datetime,
+) -> bool:
+    """Extend a running job's lease if this worker still holds it; False if it does not."""
+    table = _job(models)
+    stmt = (
+        update(table)
+        .where(
+            table.c.id == job_id,
+            table.c.leased_by == worker_id,
+            table.c.status == JobStatus.RUNNING,
+        )
+        .values(leased_until=leased_until)
+        .returning(table.c.id)
+    )
+    with database_errors("renew lease", models):
+        return executor.execute(stmt).first() is not None
+
+
+def reap_expired_lease(
+    executor: Executor,
+    models: Models,
+    caps: Capabilities,
+    *,
+    type_names: Sequence[str],
+    exclude_ids: Collection[uuid.UUID],
+    now: dt.datetime,
+) -> RowMapping | None:
+    """Return one running job whose lease expired to ``pending`` (keeping ``attempt``).
+
+    Only committed ``running`` rows are candidates: an atomic attempt's row is
+    ``running`` inside its own open transaction only, and locked, so it is never
+    reaped. Returns the reaped row's ``id`` and ``type_name``, or None.
+    """
+    table = _job(models)
+    conditions = [
+        table.c.type_name.in_(type_names),
+        table.c.status == JobStatus.RUNNING,
+        table.c.leased_until.is_not(None),
+        table.c.leased_until <= now,
+    ]
+    if exclude_ids:
+        conditions.append(table.c.id.not_in(exclude_ids))
+    candidate = select(table.c.id).where(*conditions).order_by(table.c.leased_until).limit(1)
+    if caps.skip_locked:
+        candidate = candidate.with_for_update(skip_locked=True)
+    stmt = (
+        update(table)
+        .where(table.c.id == candidate.scalar_subquery())
+        .values(status=JobStatus.PENDING, leased_by=None, leased_until=None)
+        .returning(table.c.id, table.c.type_name, table.c.attempt)
+    )
+    with database_errors("reap expired lease", models):
+        return executor.execute(stmt).mappings().first()
+
+
+def limit_transaction_time(executor: Executor, caps: Capabilities, timeout: dt.timedelta) -> None:
+    """Have the server end this transaction if it idles or one statement runs past ``timeout``.
+
+    PostgreSQL only (``SET LOCAL``, so it ends with the transaction); a no-op
+    where the server has no such settings.
+    """
+    if not caps.server_timeouts:
+        return
+    ms = max(int(timeout.total_seconds() * 1000), 1)
+    with database_errors("limit transaction time"):
+        executor.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
+        executor.execute(text(f"SET LOCAL statement_timeout = {ms}"))
