@@ -355,7 +355,7 @@ def test_import_worker_accepts_a_factory(monkeypatch: pytest.MonkeyPatch, tmp_pa
     worker = import_worker("tests.app:worker_from_env")
     try:
         assert isinstance(worker, q.Worker)
-        assert worker.type_names == ("work",)
+        assert worker.type_names == ("work", "staged-work")
     finally:
         worker.client.engine.dispose()
 
