@@ -36,6 +36,7 @@ from ._errors import QueuertError as QueuertError
 from ._errors import SchemaMissingError as SchemaMissingError
 from ._errors import SessionRequiredError as SessionRequiredError
 from ._errors import UnknownJobTypeError as UnknownJobTypeError
+from ._errors import WaitChainTimeoutError as WaitChainTimeoutError
 from ._errors import WorkerConfigError as WorkerConfigError
 from ._job_types import ChainStart as ChainStart
 from ._job_types import JobType as JobType
@@ -88,6 +89,7 @@ __all__ = [
     "SchemaMissingError",
     "SessionRequiredError",
     "UnknownJobTypeError",
+    "WaitChainTimeoutError",
     "Worker",
     "WorkerConfigError",
     "hooks",

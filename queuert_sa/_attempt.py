@@ -168,8 +168,8 @@ class Attempt(Generic[InT, OutT]):
         job_type: JobType[InT, OutT],
         job: Job[InT],
         session: Session,
-        worker_id: str,
-        mode: Literal["atomic", "staged"] = "atomic",
+        worker_id: str | None,
+        mode: Literal["atomic", "staged", "workerless"] = "atomic",
         driver: StagedDriver | None = None,
     ) -> None:
         self._client = client

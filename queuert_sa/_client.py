@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,9 +20,11 @@ from ._errors import (
     ChainNotFoundError,
     EngineMismatchError,
     InvalidScheduleError,
+    JobAlreadyCompletedError,
     JobNotFoundError,
     JobTypeMismatchError,
     SessionRequiredError,
+    WaitChainTimeoutError,
 )
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType, JobTypes
@@ -30,6 +34,7 @@ from .state import Capabilities, NewJob, prepare_engine
 from .state import operations as ops
 
 if TYPE_CHECKING:
+    from ._attempt import Attempt
     from ._retry import Backoff
     from ._worker import Worker
 
@@ -386,6 +391,121 @@ class Queuert:
             return fn(self.session_of(session))
         with self.engine.connect() as conn:
             return fn(conn)
+
+    # --- waiting and completing from application code -------------------------
+
+    @overload
+    def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: None = None,
+        *,
+        timeout: dt.timedelta = ...,
+        poll_interval: dt.timedelta = ...,
+    ) -> Chain[Any, Any]: ...
+
+    @overload
+    def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[InT, Any],
+        *,
+        timeout: dt.timedelta = ...,
+        poll_interval: dt.timedelta = ...,
+    ) -> Chain[InT, Any]: ...
+
+    def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[Any, Any] | None = None,
+        *,
+        timeout: dt.timedelta = dt.timedelta(seconds=30),
+        poll_interval: dt.timedelta = dt.timedelta(seconds=1),
+    ) -> Chain[Any, Any]:
+        """Block until the chain completes and return it.
+
+        Wakes on the notify adapter's chain-completed message (at once for a
+        worker of this client in this process) and otherwise re-reads the chain
+        every ``poll_interval`` (default 1 s). Raises
+        :class:`WaitChainTimeoutError` after ``timeout`` (default 30 s) and
+        :class:`ChainNotFoundError` for an unknown id, or if the chain is
+        deleted while waiting. Do not call it inside a transaction that the
+        chain's jobs depend on: nothing you have not committed can complete.
+        """
+        chain_id = coerce_id(id)
+        woken = threading.Event()
+        subscription = self.notify.listen_chain_completed(chain_id, lambda _id: woken.set())
+        try:
+            deadline = time.monotonic() + timeout.total_seconds()
+            while True:
+                woken.clear()  # before reading: a completion after the read wakes us
+                chain = self.get_chain(chain_id, job_type)
+                if chain.is_completed:
+                    return chain
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitChainTimeoutError(chain_id, timeout=timeout.total_seconds())
+                woken.wait(min(poll_interval.total_seconds(), remaining))
+        finally:
+            subscription.close()
+
+    def complete_chain(
+        self,
+        session: SessionLike,
+        id: uuid.UUID | str,
+        job_type: JobType[InT, Any],
+        fn: Callable[[Attempt[Any, Any]], object],
+    ) -> Chain[InT, Any]:
+        """Complete (or continue) a chain's current job from application code.
+
+        For work a person or another system finishes: an approval button, a
+        webhook. In ``session``'s transaction (never committed here): the
+        chain's current job is locked (waiting for an atomic attempt on it to
+        end), then ``fn(completion)`` runs; it may call
+        ``completion.complete(output)`` or ``completion.continue_with(type,
+        input)`` (validated as in a handler; ``completion.job`` is the current
+        job) or neither, to only look. ``completed_by`` stays NULL. A staged
+        worker running that job learns it lost it and writes nothing.
+
+        Raises :class:`ChainNotFoundError`, :class:`JobTypeMismatchError` if
+        ``job_type`` is not the chain's type, and
+        :class:`JobAlreadyCompletedError` if the chain is already complete.
+        Returns the chain as it is now in ``session``.
+        """
+        from ._attempt import Attempt
+
+        session = self.session_of(session)
+        chain_id = coerce_id(id)
+        chain_type = self.job_types.resolve(job_type)
+        found = ops.lock_chain(session, self.models, self.capabilities, chain_id)
+        if found is None:
+            raise ChainNotFoundError(chain_id)
+        root, latest = found
+        if root["type_name"] != chain_type.name:
+            raise JobTypeMismatchError(
+                expected=chain_type.name, actual=root["type_name"], id=chain_id
+            )
+        if latest["status"] == JobStatus.COMPLETED:
+            raise JobAlreadyCompletedError(latest["id"])
+        current_type = self.job_types.get(latest["type_name"])
+        completion: Attempt[Any, Any] = Attempt(
+            client=self,
+            job_type=current_type,
+            job=job_from_row(latest, current_type),
+            session=session,
+            worker_id=None,
+            mode="workerless",
+        )
+        result = fn(completion)
+        if completion.outcome is not None:
+            if result is not None and not completion.owns(result):
+                raise TypeError(
+                    f"complete_chain's function returned {result!r:.60}; return the outcome of "
+                    "completion.complete()/continue_with(), or None"
+                )
+            session.flush()
+            completion.write_outcome(session)
+        return self.get_chain(chain_id, job_type, session=session)
 
     # --- workers -------------------------------------------------------------
 

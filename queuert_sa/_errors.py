@@ -168,6 +168,18 @@ class JobAlreadyCompletedError(JobOwnershipError):
         )
 
 
+class WaitChainTimeoutError(QueuertError):
+    """``await_chain`` gave up before the chain completed."""
+
+    def __init__(self, chain_id: uuid.UUID, *, timeout: float) -> None:
+        super().__init__(
+            f"Chain {chain_id} did not complete within {timeout:g} s. It is still running or "
+            "waiting; await it again, or check its current job's last_attempt_error."
+        )
+        self.chain_id = chain_id
+        self.timeout = timeout
+
+
 class JobTypeMismatchError(QueuertError):
     """A row was read with a job type that is not its own."""
 

@@ -394,3 +394,35 @@ def limit_transaction_time(executor: Executor, caps: Capabilities, timeout: dt.t
     with database_errors("limit transaction time"):
         executor.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
         executor.execute(text(f"SET LOCAL statement_timeout = {ms}"))
+
+
+def lock_chain(
+    executor: Executor, models: Models, caps: Capabilities, chain_id: uuid.UUID
+) -> tuple[RowMapping, RowMapping] | None:
+    """(first job, latest job) of a chain, the latest locked until the transaction ends.
+
+    The lock waits for an atomic attempt holding that job to finish. None if
+    there is no such chain.
+    """
+    table = _job(models)
+    latest = (
+        select(table)
+        .where(table.c.chain_id == chain_id)
+        .order_by(table.c.chain_index.desc())
+        .limit(1)
+    )
+    if caps.skip_locked:
+        latest = latest.with_for_update()
+    root = select(table).where(table.c.id == chain_id, table.c.chain_index == 0)
+    with database_errors("lock chain", models):
+        latest_row = executor.execute(latest).mappings().first()
+        if latest_row is None:
+            return None
+        root_row = (
+            latest_row
+            if latest_row["chain_index"] == 0
+            else executor.execute(root).mappings().first()
+        )
+    if root_row is None or root_row["id"] != chain_id:
+        return None
+    return root_row, latest_row
