@@ -20,6 +20,7 @@ from ._errors import DuplicateHandlerError as DuplicateHandlerError
 from ._errors import DuplicateJobTypeError as DuplicateJobTypeError
 from ._errors import EngineMismatchError as EngineMismatchError
 from ._errors import HandlerError as HandlerError
+from ._errors import InvalidBlockersError as InvalidBlockersError
 from ._errors import InvalidContinuationError as InvalidContinuationError
 from ._errors import InvalidJobIdError as InvalidJobIdError
 from ._errors import InvalidJobTypesError as InvalidJobTypesError
@@ -41,6 +42,8 @@ from ._errors import WorkerConfigError as WorkerConfigError
 from ._job_types import ChainStart as ChainStart
 from ._job_types import JobType as JobType
 from ._job_types import JobTypes as JobTypes
+from ._job_types import Many as Many
+from ._job_types import many as many
 from ._retry import Backoff as Backoff
 from ._worker import Worker as Worker
 from .models import JobStatus as JobStatus
@@ -65,6 +68,7 @@ __all__ = [
     "EngineMismatchError",
     "HandlerError",
     "InMemoryNotify",
+    "InvalidBlockersError",
     "InvalidContinuationError",
     "InvalidJobIdError",
     "InvalidJobTypesError",
@@ -80,6 +84,7 @@ __all__ = [
     "JobTypeError",
     "JobTypeMismatchError",
     "JobTypes",
+    "Many",
     "NotAnEntryTypeError",
     "NotifyAdapter",
     "Outcome",
@@ -94,6 +99,7 @@ __all__ = [
     "WorkerConfigError",
     "hooks",
     "immediate_engine",
+    "many",
     "metadata",
     "models",
     "prepare_engine",

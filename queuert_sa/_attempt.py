@@ -11,7 +11,8 @@ import random
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Generator
+from collections import Counter
+from collections.abc import Callable, Generator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 from sqlalchemy.orm import Session
 
 from . import hooks
-from ._entities import Job
+from ._entities import Chain, Job
 from ._errors import HandlerError
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType
@@ -103,6 +104,7 @@ class _Continuation:
     id: uuid.UUID
     run_at: dt.datetime | None
     run_in: dt.timedelta | None
+    blockers: list[uuid.UUID]
 
 
 class AttemptSignal:
@@ -171,6 +173,7 @@ class Attempt(Generic[InT, OutT]):
         worker_id: str | None,
         mode: Literal["atomic", "staged", "workerless"] = "atomic",
         driver: StagedDriver | None = None,
+        blockers: Sequence[Chain[Any, Any]] = (),
     ) -> None:
         self._client = client
         self.job_type = job_type
@@ -179,6 +182,8 @@ class Attempt(Generic[InT, OutT]):
         self.worker_id = worker_id
         self.mode = mode
         self.signal = AttemptSignal()
+        self.blockers: list[Chain[Any, Any]] = list(blockers)
+        """The completed chains this job waited for, in slot order (with their outputs)."""
         self._driver = driver
         self._outcome: Outcome | None = None
         self._output: JSONValue = None
@@ -303,7 +308,7 @@ class Attempt(Generic[InT, OutT]):
         job gets ``chain_index + 1``; if one already exists at that index (a
         retried attempt, a race) it is reused, never duplicated.
         """
-        from ._client import check_schedule, describe_job
+        from ._client import check_blocker_refs, check_schedule, describe_job
 
         self._check_open("continue_with()")
         start = describe_job(job_type, *args, **kwargs)
@@ -316,6 +321,7 @@ class Attempt(Generic[InT, OutT]):
             id=coerce_id(start.id) if start.id is not None else new_id(),
             run_at=start.run_at,
             run_in=start.run_in,
+            blockers=check_blocker_refs(target, start.blockers),
         )
         self._outcome = Outcome(
             kind="continued", next_type_name=target.name, next_job_id=self._continuation.id
@@ -333,7 +339,7 @@ class Attempt(Generic[InT, OutT]):
         inserts the continuation unless one exists at that ``chain_index``,
         and buffers the post-commit notifications. Called by the worker.
         """
-        from ._client import scheduled_time
+        from ._client import resolve_blockers, scheduled_time
 
         session = session or self.session
         outcome = self._outcome
@@ -346,6 +352,11 @@ class Attempt(Generic[InT, OutT]):
             output = self._output
         else:
             output = None
+            status = JobStatus.PENDING
+            if continuation.blockers:
+                (status,) = resolve_blockers(
+                    client, session, [(continuation.target, continuation.blockers)]
+                )
             created = ops.insert_continuation(
                 session,
                 client.models,
@@ -357,12 +368,18 @@ class Attempt(Generic[InT, OutT]):
                     chain_type_name=self.job.chain_type_name,
                     chain_index=self.job.chain_index + 1,
                     input=continuation.input,
-                    status=JobStatus.PENDING,
+                    status=status,
                     created_at=now,
                     scheduled_at=scheduled_time(now, continuation.run_at, continuation.run_in),
                 ),
             )
             if created:
+                ops.insert_blockers(
+                    session,
+                    client.models,
+                    [(continuation.id, c, i) for i, c in enumerate(continuation.blockers)],
+                )
+            if created and status == JobStatus.PENDING:
                 name = continuation.target.name
                 hooks.on_commit(session, partial(notify.notify_job_scheduled, name, 1))
         ops.complete_job(
@@ -376,6 +393,12 @@ class Attempt(Generic[InT, OutT]):
         if continuation is None:
             chain_id = self.job.chain_id
             hooks.on_commit(session, partial(notify.notify_chain_completed, chain_id))
+            # The chain is complete: jobs waiting on it may be free now.
+            unblocked = ops.unblock_dependents(
+                session, client.models, client.capabilities, chain_id=chain_id, now=now
+            )
+            for type_name, count in Counter(row["type_name"] for row in unblocked).items():
+                hooks.on_commit(session, partial(notify.notify_job_scheduled, type_name, count))
 
 
 def describe_error(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -19,6 +20,7 @@ from ._entities import Chain, Job
 from ._errors import (
     ChainNotFoundError,
     EngineMismatchError,
+    InvalidBlockersError,
     InvalidScheduleError,
     JobAlreadyCompletedError,
     JobNotFoundError,
@@ -92,6 +94,54 @@ def describe_job(
     if not isinstance(candidate, JobType):
         raise TypeError(f"expected a JobType (from job_types.entry/define), got {candidate!r:.60}")
     return job_type(*args, **kwargs)
+
+
+def check_blocker_refs(job_type: JobType[Any, Any], refs: Sequence[Any]) -> list[uuid.UUID]:
+    """Validate the blockers given for a job, before any SQL: count and ids."""
+    job_type.require_blocker_count(len(refs))
+    ids = [coerce_id(getattr(ref, "id", ref)) for ref in refs]
+    if len(set(ids)) != len(ids):
+        raise InvalidBlockersError(
+            f"Job type {job_type.name!r}: the same chain fills two blocker slots; each slot "
+            "takes a different chain.",
+            type_name=job_type.name,
+        )
+    return ids
+
+
+def resolve_blockers(
+    client: Queuert,
+    session: Session,
+    wanted: Sequence[tuple[JobType[Any, Any], list[uuid.UUID]]],
+) -> list[JobStatus]:
+    """Check that the blocker chains exist and fit their slots; the new jobs' statuses.
+
+    Locks each blocker chain's latest job (see ``read_blocker_chains``). A job
+    whose blockers are all completed starts ``pending``, otherwise ``blocked``.
+    """
+    ids = {chain_id for _, chain_ids in wanted for chain_id in chain_ids}
+    found = ops.read_blocker_chains(session, client.models, client.capabilities, ids) if ids else {}
+    statuses: list[JobStatus] = []
+    for job_type, chain_ids in wanted:
+        done = True
+        for index, chain_id in enumerate(chain_ids):
+            info = found.get(chain_id)
+            if info is None:
+                raise InvalidBlockersError(
+                    f"Job type {job_type.name!r}: blocker chain {chain_id} (slot {index}) does "
+                    "not exist (a chain's id is its first job's id).",
+                    type_name=job_type.name,
+                )
+            expected = job_type.blocker_type_at(index)
+            if expected is not None and info[0] != expected.name:
+                raise InvalidBlockersError(
+                    f"Job type {job_type.name!r}: blocker slot {index} takes a {expected.name!r} "
+                    f"chain; {chain_id} is a {info[0]!r} chain.",
+                    type_name=job_type.name,
+                )
+            done = done and info[1]
+        statuses.append(JobStatus.PENDING if done else JobStatus.BLOCKED)
+    return statuses
 
 
 def job_from_row(row: RowMapping, job_type: JobType[Any, Any] | None = None) -> Job[Any]:
@@ -213,10 +263,12 @@ class Queuert:
         session = self.session_of(session)
         now = self.clock()
         jobs: list[NewJob] = []
+        blockers: list[tuple[JobType[Any, Any], list[uuid.UUID]]] = []
         for start in starts:
             job_type = self.job_types.resolve(start.job_type)
             job_type.require_entry()
             check_schedule(job_type.name, start.run_at, start.run_in)
+            blockers.append((job_type, check_blocker_refs(job_type, start.blockers)))
             encoded = job_type.encode_input(start.input)
             job_id = coerce_id(start.id) if start.id is not None else new_id()
             jobs.append(
@@ -232,8 +284,22 @@ class Queuert:
                     scheduled_at=scheduled_time(now, start.run_at, start.run_in),
                 )
             )
+        if any(chain_ids for _, chain_ids in blockers):
+            statuses = resolve_blockers(self, session, blockers)
+            jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
         ops.insert_jobs(session, self.models, jobs)
-        self._wake_after_commit(session, Counter(job.type_name for job in jobs))
+        ops.insert_blockers(
+            session,
+            self.models,
+            [
+                (job.id, chain_id, index)
+                for job, (_, chain_ids) in zip(jobs, blockers, strict=True)
+                for index, chain_id in enumerate(chain_ids)
+            ],
+        )
+        self._wake_after_commit(
+            session, Counter(job.type_name for job in jobs if job.status == JobStatus.PENDING)
+        )
         return [
             Chain(
                 id=job.id,
@@ -391,6 +457,22 @@ class Queuert:
             return fn(self.session_of(session))
         with self.engine.connect() as conn:
             return fn(conn)
+
+    def get_job_blockers(
+        self, id: uuid.UUID | str, *, session: SessionLike | None = None
+    ) -> list[Chain[Any, Any]]:
+        """The chains a job waits for (or waited for), in slot order."""
+        job_id = coerce_id(id)
+
+        def read(ex: ops.Executor) -> list[Chain[Any, Any]]:
+            chains: list[Chain[Any, Any]] = []
+            for chain_id in ops.blocker_chain_ids(ex, self.models, job_id):
+                found = ops.get_chain(ex, self.models, chain_id)
+                if found is not None:
+                    chains.append(self._chain_from_rows(*found, None))
+            return chains
+
+        return self._read(session, read)
 
     # --- waiting and completing from application code -------------------------
 

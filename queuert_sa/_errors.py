@@ -88,6 +88,10 @@ class JobInputError(JobTypeError):
         self.path = path
 
 
+class InvalidBlockersError(JobTypeError):
+    """The blockers given do not fit the type's blocker slots (count, type, existence)."""
+
+
 class InvalidScheduleError(JobTypeError):
     """``run_at``/``run_in`` cannot be used (naive datetime, both given)."""
 

@@ -14,10 +14,11 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
 
 from ._errors import (
     DuplicateJobTypeError,
+    InvalidBlockersError,
     InvalidContinuationError,
     InvalidJobTypesError,
     NotAnEntryTypeError,
@@ -35,6 +36,57 @@ _NAME_MAX = 255
 
 
 @dataclass(frozen=True)
+class Many:
+    """The variadic tail of a blocker declaration: any number of chains of ``job_type``."""
+
+    job_type: JobType[Any, Any]
+
+
+def many(job_type: JobType[Any, Any]) -> Many:
+    """Declare "any number of chains of this type" as (the last of) a type's blockers."""
+    return Many(job_type)
+
+
+class _ChainLike(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+#: A blocker given to ``start_chain``/``continue_with``: a chain, or its id.
+BlockerRef = _ChainLike | uuid.UUID | str
+
+#: A blocker declaration: entry types, one slot each, optionally ending with ``many(t)``.
+BlockerSpec = Sequence["JobType[Any, Any] | Many"] | Many
+
+
+def _is_job_type(value: object) -> TypeGuard[JobType[Any, Any]]:
+    return isinstance(value, JobType)
+
+
+def _split_blockers(
+    name: str, spec: BlockerSpec
+) -> tuple[tuple[JobType[Any, Any], ...], JobType[Any, Any] | None]:
+    items: list[object] = [spec] if isinstance(spec, Many) else list(spec)
+    slots: list[JobType[Any, Any]] = []
+    rest: JobType[Any, Any] | None = None
+    for position, item in enumerate(items):
+        if isinstance(item, Many):
+            if position != len(items) - 1:
+                raise InvalidJobTypesError(
+                    f"Job type {name!r}: q.many(...) must be the last blocker.", type_name=name
+                )
+            rest = item.job_type
+        elif _is_job_type(item):
+            slots.append(item)
+        else:
+            raise InvalidJobTypesError(
+                f"Job type {name!r}: blockers are job types (or q.many(type)), got {item!r:.60}.",
+                type_name=name,
+            )
+    return tuple(slots), rest
+
+
+@dataclass(frozen=True)
 class ChainStart(Generic[InT, OutT]):
     """A job to create: its type, input and options. Not yet validated or written.
 
@@ -47,6 +99,7 @@ class ChainStart(Generic[InT, OutT]):
     id: uuid.UUID | str | None = None
     run_at: dt.datetime | None = None
     run_in: dt.timedelta | None = None
+    blockers: tuple[BlockerRef, ...] = ()
 
 
 class JobType(Generic[InT, OutT]):
@@ -63,6 +116,8 @@ class JobType(Generic[InT, OutT]):
         "_input_codec",
         "_output_codec",
         "backoff",
+        "blocker_rest",
+        "blocker_slots",
         "continues_with",
         "entry",
         "input_type",
@@ -81,6 +136,8 @@ class JobType(Generic[InT, OutT]):
         entry: bool,
         continues_with: tuple[str, ...],
         backoff: Backoff | None,
+        blocker_slots: tuple[JobType[Any, Any], ...] = (),
+        blocker_rest: JobType[Any, Any] | None = None,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -89,6 +146,8 @@ class JobType(Generic[InT, OutT]):
         self.entry = entry
         self.continues_with = continues_with
         self.backoff = backoff
+        self.blocker_slots = blocker_slots
+        self.blocker_rest = blocker_rest
         self._input_codec: Codec = codec_for(input_type)
         self._output_codec: Codec = codec_for(output_type)
 
@@ -103,6 +162,7 @@ class JobType(Generic[InT, OutT]):
         id: uuid.UUID | str | None = None,
         run_at: dt.datetime | None = None,
         run_in: dt.timedelta | None = None,
+        blockers: Sequence[BlockerRef] = (),
     ) -> ChainStart[InT, OutT]:
         """Describe a job of this type (nothing is validated or written yet).
 
@@ -111,8 +171,38 @@ class JobType(Generic[InT, OutT]):
             id: The job's id (a UUID); generated (UUIDv7) when omitted.
             run_at: Earliest start (aware datetime), clamped to now.
             run_in: Earliest start as a delay from now.
+            blockers: The chains (or chain ids) filling this type's blocker
+                slots, in order; the job waits until all are completed.
         """
-        return ChainStart(self, input, id=id, run_at=run_at, run_in=run_in)
+        return ChainStart(
+            self, input, id=id, run_at=run_at, run_in=run_in, blockers=tuple(blockers)
+        )
+
+    @property
+    def blocker_types(self) -> tuple[JobType[Any, Any], ...]:
+        """Every type named in this type's blocker declaration."""
+        return self.blocker_slots + ((self.blocker_rest,) if self.blocker_rest else ())
+
+    def blocker_type_at(self, index: int) -> JobType[Any, Any] | None:
+        """The type expected in slot ``index``, or None if there is no such slot."""
+        if index < len(self.blocker_slots):
+            return self.blocker_slots[index]
+        return self.blocker_rest
+
+    def require_blocker_count(self, count: int) -> None:
+        """Raise :class:`InvalidBlockersError` unless ``count`` chains fill the slots."""
+        fixed = len(self.blocker_slots)
+        if count == fixed or (self.blocker_rest is not None and count > fixed):
+            return
+        if not self.blocker_types:
+            wanted = "no blockers"
+        elif self.blocker_rest is None:
+            wanted = f"exactly {fixed} blocker(s)"
+        else:
+            wanted = f"at least {fixed} blocker(s) (then any number of {self.blocker_rest.name!r})"
+        raise InvalidBlockersError(
+            f"Job type {self.name!r} takes {wanted}, got {count}.", type_name=self.name
+        )
 
     # Validation happens here, before any SQL: these raise typed errors.
 
@@ -166,6 +256,7 @@ class JobTypes:
         input: type[InT],
         output: type[OutT],
         continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
     ) -> JobType[InT, OutT]: ...
 
@@ -177,6 +268,7 @@ class JobTypes:
         input: type[InT],
         output: None = None,
         continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
     ) -> JobType[InT, None]: ...
 
@@ -188,6 +280,7 @@ class JobTypes:
         input: Any,
         output: Any = None,
         continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
     ) -> JobType[Any, Any]: ...
 
@@ -198,6 +291,7 @@ class JobTypes:
         input: Any,
         output: Any = None,
         continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
     ) -> JobType[Any, Any]:
         """Declare a type that may start a chain.
@@ -207,9 +301,12 @@ class JobTypes:
             input: Annotation of the input: a TypedDict, a dataclass or any JSON type.
             output: Annotation of the output; omit for types that only continue.
             continues_with: Names of the types ``continue_with`` may target.
+            blockers: Chains a job of this type waits for (fan-in): a list of
+                entry types, one slot each, optionally ending with
+                ``q.many(t)`` for any number of further chains of type ``t``.
             backoff: Retry delays for this type; defaults to the worker's.
         """
-        return self._add(name, input, output, True, continues_with, backoff)
+        return self._add(name, input, output, True, continues_with, blockers, backoff)
 
     @overload
     def define(
@@ -219,6 +316,7 @@ class JobTypes:
         input: type[InT],
         output: type[OutT],
         continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
     ) -> JobType[InT, OutT]: ...
 
@@ -230,6 +328,7 @@ class JobTypes:
         input: type[InT],
         output: None = None,
         continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
     ) -> JobType[InT, None]: ...
 
@@ -241,6 +340,7 @@ class JobTypes:
         input: Any,
         output: Any = None,
         continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
     ) -> JobType[Any, Any]: ...
 
@@ -251,10 +351,11 @@ class JobTypes:
         input: Any,
         output: Any = None,
         continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
     ) -> JobType[Any, Any]:
         """Declare a type reachable only through ``continue_with`` (not an entry)."""
-        return self._add(name, input, output, False, continues_with, backoff)
+        return self._add(name, input, output, False, continues_with, blockers, backoff)
 
     def _add(
         self,
@@ -263,6 +364,7 @@ class JobTypes:
         output_type: Any,
         entry: bool,
         continues_with: Sequence[str],
+        blockers: BlockerSpec,
         backoff: Backoff | None,
     ) -> JobType[Any, Any]:
         if not isinstance(name, str) or not name or len(name) > _NAME_MAX:  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -279,6 +381,7 @@ class JobTypes:
                 f"{continues_with!r}; write continues_with=[{continues_with!r}].",
                 type_name=name,
             )
+        slots, rest = _split_blockers(name, blockers)
         job_type: JobType[Any, Any] = JobType(
             registry=self,
             name=name,
@@ -287,17 +390,33 @@ class JobTypes:
             entry=entry,
             continues_with=tuple(continues_with),
             backoff=backoff,
+            blocker_slots=slots,
+            blocker_rest=rest,
         )
         self._types[name] = job_type
         return job_type
 
     def validate(self) -> None:
-        """Check that every ``continues_with`` name is registered.
+        """Check every ``continues_with`` name and every blocker type.
 
         Called when the registry is bound to a client; raises
-        :class:`InvalidJobTypesError` naming the first dangling reference.
+        :class:`InvalidJobTypesError` naming the first problem.
         """
         for job_type in self._types.values():
+            for blocker in job_type.blocker_types:
+                if self._types.get(blocker.name) is not blocker:
+                    raise InvalidJobTypesError(
+                        f"Job type {job_type.name!r} is blocked by {blocker.name!r}, which is "
+                        "not registered in this JobTypes.",
+                        type_name=job_type.name,
+                    )
+                if not blocker.entry:
+                    raise InvalidJobTypesError(
+                        f"Job type {job_type.name!r} is blocked by {blocker.name!r}, which is "
+                        "not an entry type: blockers are chains, so declare it with "
+                        "job_types.entry(...).",
+                        type_name=job_type.name,
+                    )
             for target in job_type.continues_with:
                 if target not in self._types:
                     raise InvalidJobTypesError(

@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._attempt import Attempt, Outcome, StagedDriver, retry_decision
+from ._entities import Chain
 from ._errors import (
     DatabaseUnavailableError,
     DuplicateHandlerError,
@@ -570,6 +571,13 @@ class Worker:
 
         return StagedDriver(commit_prepare=commit_prepare, owned_transaction=owned_transaction)
 
+    def _blockers_of(
+        self, session: Session, job_type: JobType[Any, Any], job_id: uuid.UUID
+    ) -> list[Chain[Any, Any]]:
+        if not job_type.blocker_types:
+            return []
+        return self.client.get_job_blockers(job_id, session=session)
+
     def _reap_one(self) -> bool:
         """Return one expired lease of this worker's types to pending; True if one was."""
         client = self.client
@@ -704,6 +712,7 @@ class Worker:
                 worker_id=self.worker_id,
                 mode="staged",
                 driver=driver,
+                blockers=self._blockers_of(session, job_type, row["id"]),
             )
         except BaseException as exc:
             return None, exc
@@ -826,6 +835,7 @@ class Worker:
                 job=job_from_row(row, job_type),
                 session=session,
                 worker_id=self.worker_id,
+                blockers=self._blockers_of(session, job_type, row["id"]),
             )
             result = registration.fn(attempt)
             if not _transaction_open(session, savepoint):

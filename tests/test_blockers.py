@@ -1,0 +1,257 @@
+"""Blockers (fan-in): a job waits for other chains to complete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from typing import Any, TypedDict
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+import queuert_sa as q
+
+from .conftest import Db
+from .test_worker import FakeClock
+
+
+class SourceIn(TypedDict):
+    source: str
+
+
+class Rows(TypedDict):
+    rows: int
+
+
+class ReportIn(TypedDict):
+    title: str
+
+
+types = q.JobTypes()
+fetch_a = types.entry("fetch-a", input=SourceIn, output=Rows)
+fetch_b = types.entry("fetch-b", input=SourceIn, output=Rows)
+fetch_extra = types.entry("fetch-extra", input=SourceIn, output=Rows)
+report = types.entry(
+    "report", input=ReportIn, output=dict, blockers=[fetch_a, fetch_b, q.many(fetch_extra)]
+)
+merge = types.entry("merge", input=ReportIn, output=dict, blockers=q.many(fetch_a))
+plan = types.entry("plan", input=ReportIn, continues_with=["merge-step"])
+merge_step = types.define("merge-step", input=ReportIn, output=dict, blockers=[fetch_a])
+
+
+def worker_for(client: q.Queuert, **options: Any) -> q.Worker:
+    worker = client.worker(**options)
+    for fetch in (fetch_a, fetch_b, fetch_extra):
+        worker.handler(fetch)(lambda a: a.complete({"rows": len(a.input["source"])}))
+
+    def summarize(attempt: q.Attempt[ReportIn, dict]) -> q.Outcome:  # type: ignore[type-arg]
+        return attempt.complete(
+            {
+                "title": attempt.input["title"],
+                "from": [(c.type_name, c.input["source"], c.output) for c in attempt.blockers],
+            }
+        )
+
+    worker.handler(report)(summarize)
+    worker.handler(merge)(summarize)
+    worker.handler(merge_step)(summarize)
+    return worker
+
+
+def start_fetch(
+    client: q.Queuert, s: Session, job_type: q.JobType[SourceIn, Rows], source: str
+) -> q.Chain[SourceIn, Any]:
+    return client.start_chain(s, job_type, {"source": source})
+
+
+def test_fixed_and_variadic_slots_fan_in_in_slot_order(db: Db) -> None:
+    client = q.Queuert(db.engine, types)
+    with Session(db.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "aa")
+        b = start_fetch(client, s, fetch_b, "bbb")
+        x1 = start_fetch(client, s, fetch_extra, "x")
+        x2 = start_fetch(client, s, fetch_extra, "xxxx")
+        dependent = client.start_chain(s, report, {"title": "q3"}, blockers=[a, b, x1, x2.id])
+    assert dependent.status == "blocked"
+    assert [c.id for c in client.get_job_blockers(dependent.id)] == [a.id, b.id, x1.id, x2.id]
+
+    worker = worker_for(client)
+    assert worker.drain(max_jobs=3) == 3  # three of the four blockers
+    assert client.get_chain(dependent.id).status == "blocked"
+    assert worker.drain() == 2  # the last blocker, then the unblocked report
+    done = client.get_chain(dependent.id)
+    assert done.status == "completed"
+    assert done.output == {
+        "title": "q3",
+        "from": [
+            ["fetch-a", "aa", {"rows": 2}],
+            ["fetch-b", "bbb", {"rows": 3}],
+            ["fetch-extra", "x", {"rows": 1}],
+            ["fetch-extra", "xxxx", {"rows": 4}],
+        ],
+    }
+
+
+def test_completed_blockers_start_the_dependent_pending(db: Db) -> None:
+    client = q.Queuert(db.engine, types)
+    with Session(db.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "a")
+    worker = worker_for(client)
+    worker.drain()
+    with Session(db.engine) as s, s.begin():
+        dependent = client.start_chain(s, merge, {"title": "t"}, blockers=[a])
+    assert dependent.status == "pending"
+    assert worker.drain() == 1
+    assert client.get_chain(dependent.id).output == {
+        "title": "t",
+        "from": [["fetch-a", "a", {"rows": 1}]],
+    }
+
+
+def test_continuation_can_wait_for_blockers(db: Db) -> None:
+    client = q.Queuert(db.engine, types)
+    with Session(db.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "aaa")
+        chain = client.start_chain(s, plan, {"title": "p"})
+    worker = worker_for(client)
+    worker.handler(plan)(lambda att: att.continue_with(merge_step, {"title": "p"}, blockers=[a.id]))
+    assert worker.drain(max_jobs=1) >= 1  # plan or fetch-a first, by scheduled order
+    worker.drain()
+    done = client.get_chain(chain.id)
+    assert done.status == "completed"
+    assert done.output == {"title": "p", "from": [["fetch-a", "aaa", {"rows": 3}]]}
+
+
+def test_a_failing_blocker_keeps_the_dependent_blocked(db: Db) -> None:
+    clock = FakeClock()
+    client = q.Queuert(db.engine, types, clock=clock)
+    with Session(db.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "a")
+        dependent = client.start_chain(s, merge, {"title": "t"}, blockers=[a])
+    worker = client.worker()
+    worker.handler(fetch_a)(lambda att: (_ for _ in ()).throw(ConnectionError("source down")))
+    worker.handler(merge)(lambda att: att.complete({}))
+    for _ in range(3):
+        assert worker.drain() == 1  # the blocker fails; the dependent is never due
+        assert client.get_chain(dependent.id).status == "blocked"
+        clock.advance(dt.timedelta(minutes=10))
+    assert client.get_job(a.id).attempt == 3
+
+
+def test_blocker_completing_while_the_dependent_starts(pg: Db) -> None:
+    """The blocker's attempt holds its row; starting the dependent waits, then sees it done."""
+    client = q.Queuert(pg.engine, types)
+    with Session(pg.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "a")
+    in_handler, release = threading.Event(), threading.Event()
+    worker = client.worker()
+
+    @worker.handler(fetch_a)
+    def slow(attempt: q.Attempt[SourceIn, Rows]) -> q.Outcome:
+        in_handler.set()
+        assert release.wait(10)
+        return attempt.complete({"rows": 1})
+
+    runner = threading.Thread(target=worker.drain, kwargs={"max_jobs": 1})
+    runner.start()
+    assert in_handler.wait(10)
+    started: list[q.Chain[ReportIn, Any]] = []
+
+    def start_dependent() -> None:
+        with Session(pg.engine) as s, s.begin():
+            started.append(client.start_chain(s, merge, {"title": "race"}, blockers=[a]))
+
+    starter = threading.Thread(target=start_dependent)
+    starter.start()
+    starter.join(0.5)
+    assert starter.is_alive(), "starting the dependent should wait for the blocker's row lock"
+    release.set()
+    runner.join(10)
+    starter.join(10)
+    assert started[0].status == "pending"  # it saw the blocker completed
+    assert client.get_chain(started[0].id).status == "pending"
+
+
+def test_dependent_started_first_is_unblocked_by_the_blocker(pg: Db) -> None:
+    """The starter holds the blocker's row; the worker skips it until the starter commits."""
+    client = q.Queuert(pg.engine, types)
+    with Session(pg.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "a")
+    worker = worker_for(client)
+    with Session(pg.engine) as s, s.begin():
+        dependent = client.start_chain(s, merge, {"title": "t"}, blockers=[a])
+        assert worker.drain() == 0  # the blocker's row is locked by this transaction
+    assert worker.drain() == 2
+    assert client.get_chain(dependent.id).status == "completed"
+
+
+def test_two_blockers_completing_at_once_unblock_the_dependent(pg: Db) -> None:
+    client = q.Queuert(pg.engine, types)
+    with Session(pg.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "a")
+        b = start_fetch(client, s, fetch_a, "b")
+        dependent = client.start_chain(s, merge, {"title": "t"}, blockers=[a, b])
+    together = threading.Barrier(2, timeout=10)
+    worker = client.worker(concurrency=2, poll_interval=dt.timedelta(milliseconds=100))
+
+    @worker.handler(fetch_a)
+    def fetch(attempt: q.Attempt[SourceIn, Rows]) -> q.Outcome:
+        together.wait()  # both attempts are open: neither sees the other completed
+        return attempt.complete({"rows": 1})
+
+    worker.handler(merge)(lambda att: att.complete({"n": len(att.blockers)}))
+    worker.start()
+    try:
+        done = client.await_chain(dependent.id, timeout=dt.timedelta(seconds=20))
+    finally:
+        assert worker.stop()
+    assert done.output == {"n": 2}
+
+
+@pytest.fixture
+def statements(db: Db) -> Any:
+    sent: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        sent.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    yield sent
+    event.remove(db.engine, "before_cursor_execute", record)
+
+
+def test_blocker_count_is_checked_before_any_sql(db: Db, statements: list[str]) -> None:
+    client = q.Queuert(db.engine, types)
+    some = uuid.uuid4()
+    with Session(db.engine) as s:
+        with pytest.raises(q.InvalidBlockersError, match="at least 2"):
+            client.start_chain(s, report, {"title": "t"}, blockers=[some])
+        with pytest.raises(q.InvalidBlockersError, match="no blockers"):
+            client.start_chain(s, fetch_a, {"source": "x"}, blockers=[some])
+        with pytest.raises(q.InvalidBlockersError, match="two blocker slots"):
+            client.start_chain(s, merge, {"title": "t"}, blockers=[some, some])
+    assert statements == []
+
+
+def test_blockers_must_exist_and_fit_their_slot(db: Db) -> None:
+    client = q.Queuert(db.engine, types)
+    with Session(db.engine) as s, s.begin():
+        b = start_fetch(client, s, fetch_b, "b")
+    with Session(db.engine) as s:
+        with pytest.raises(q.InvalidBlockersError, match="does not exist"):
+            client.start_chain(s, merge, {"title": "t"}, blockers=[uuid.uuid4()])
+        s.rollback()
+        with pytest.raises(q.InvalidBlockersError, match="takes a 'fetch-a' chain"):
+            client.start_chain(s, merge, {"title": "t"}, blockers=[b])
+
+
+def test_blocker_types_must_be_entry_types() -> None:
+    bad = q.JobTypes()
+    step = bad.define("step", input=dict)
+    bad.entry("waits", input=dict, blockers=[step])
+    with pytest.raises(q.InvalidJobTypesError, match="not an entry type"):
+        bad.validate()
+    with pytest.raises(q.InvalidJobTypesError, match="must be the last"):
+        bad.entry("x", input=dict, blockers=[q.many(step), step])
