@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
 NextInT = TypeVar("NextInT")
+BlockerOutT = TypeVar("BlockerOutT")
 P = ParamSpec("P")
 
 #: ``last_attempt_error`` is cut to this many characters.
@@ -260,6 +261,19 @@ class Attempt(Generic[InT, OutT]):
                 session.flush()
                 self.write_outcome(session)
                 self.written = True
+
+    def blocker_outputs(self, job_type: JobType[Any, BlockerOutT]) -> list[BlockerOutT]:
+        """Outputs of the completed blocker chains of ``job_type``, in slot order.
+
+        Typed with the type's declared output, so type checkers check what you
+        read from them. (A chain's output is its last job's; for a blocker type
+        that continues to other types, declare the final output on the entry.)
+        """
+        return [
+            job_type.decode_output(chain.output)
+            for chain in self.blockers
+            if chain.type_name == job_type.name
+        ]
 
     @property
     def input(self) -> InT:

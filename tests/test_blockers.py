@@ -255,3 +255,22 @@ def test_blocker_types_must_be_entry_types() -> None:
         bad.validate()
     with pytest.raises(q.InvalidJobTypesError, match="must be the last"):
         bad.entry("x", input=dict, blockers=[q.many(step), step])
+
+
+def test_fan_in_example_runs() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "examples/fan_in.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "starts blocked" in result.stdout
+    assert "processed 4 jobs; merge chain completed" in result.stdout
+    assert "'total': 54" in result.stdout
