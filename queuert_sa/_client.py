@@ -577,6 +577,11 @@ class Queuert:
             session=session,
             worker_id=None,
             mode="workerless",
+            blockers=(
+                self.get_job_blockers(latest["id"], session=session)
+                if current_type.blocker_types
+                else ()
+            ),
         )
         result = fn(completion)
         if completion.outcome is not None:

@@ -262,10 +262,13 @@ class Worker:
                 completion. ``"staged"``: ``attempt.prepare()`` (short read
                 transaction, commits a lease), external work with no transaction
                 open, ``attempt.transaction()`` (ownership re-checked) to write.
-            timeout: Atomic mode: longest an attempt may hold its transaction.
-                On PostgreSQL the server ends a transaction that idles (or runs
-                one statement) longer, the job becomes available again and the
-                late completion writes nothing. Defaults to 5 minutes.
+            timeout: Atomic mode: on PostgreSQL the server ends an attempt's
+                transaction when it sits idle (the handler doing non-database
+                work, or hung) or one statement runs longer than this; the job
+                becomes available again and the late completion is not
+                written. (A handler that keeps issuing statements is not cut
+                off: PostgreSQL before 17 has no whole-transaction timeout.)
+                SQLite has no such mechanism. Defaults to 5 minutes.
             lease: Staged mode: how long the job stays reserved without a
                 renewal; renewed every half lease while the handler runs. A
                 worker that dies loses the job to another worker after it.

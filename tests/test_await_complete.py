@@ -191,3 +191,40 @@ def test_work_type_input_typed(db: Db, client: q.Queuert) -> None:
     worker.drain()
     chain: q.Chain[WorkIn, object] = client.await_chain(chain_id, work)
     assert chain.input["n"] == 3
+
+
+def test_complete_chain_waiting_on_a_continuing_attempt_completes_the_next_step(pg: Db) -> None:
+    client = q.Queuert(pg.engine, approval_types)
+    chain_id = start_request(client, pg)
+    worker = client.worker()
+    in_handler, release = threading.Event(), threading.Event()
+
+    @worker.handler(request)
+    def hand_over(attempt: q.Attempt[RequestIn, Decision]) -> q.Outcome:
+        in_handler.set()
+        assert release.wait(10)
+        return attempt.continue_with(fulfil, {"request_id": 7})
+
+    runner = threading.Thread(target=worker.drain, kwargs={"max_jobs": 1})
+    runner.start()
+    assert in_handler.wait(10)
+    result: list[q.Chain[RequestIn, object]] = []
+
+    def decide() -> None:
+        with Session(pg.engine) as s, s.begin():
+            result.append(
+                client.complete_chain(
+                    s, chain_id, request, lambda c: c.complete({"approved": True})
+                )
+            )
+
+    decider = threading.Thread(target=decide)
+    decider.start()
+    decider.join(0.5)
+    assert decider.is_alive(), "complete_chain should wait for the attempt holding the job"
+    release.set()
+    runner.join(10)
+    decider.join(10)
+    # The chain moved on while complete_chain waited: it completed the new step.
+    assert result[0].status == "completed"
+    assert (result[0].current_type_name, result[0].current_index) == ("fulfil", 1)

@@ -288,3 +288,17 @@ def test_dataclass_optional_and_dict_fields_are_rebuilt(db: Db) -> None:
     with Session(db.engine) as s, s.begin():
         chain = client.start_chain(s, ship, empty)
     assert client.get_job(chain.id).input == empty
+
+
+def test_immediate_engine_sessions_start_and_complete_chains(tmp_path: Any) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/imm2.db")
+    client = q.Queuert(engine, job_types)
+    q.metadata.create_all(engine)
+    immediate = q.immediate_engine(engine)
+    with Session(immediate) as s, s.begin():
+        chain = client.start_chain(s, work, {"n": 1, "sleep": 0})
+    other = q.Queuert(immediate, job_types)
+    with Session(immediate) as s, s.begin():
+        other.start_chain(s, work, {"n": 2, "sleep": 0})
+    assert client.get_chain(chain.id).status == "pending"
+    engine.dispose()

@@ -113,6 +113,11 @@ def prepare_engine(engine: Engine) -> Capabilities:
     connection: prepare it before first use).
     """
     caps = capabilities_for(engine.dialect)
+    # An engine made by engine.execution_options(...) (e.g. immediate_engine)
+    # shares its parent's pool and events: prepare the parent, once. Listening
+    # on the copy as well would emit BEGIN twice on its connections.
+    while (parent := getattr(engine, "_proxied", None)) is not None:
+        engine = parent
     if caps.single_writer and not event.contains(engine, "connect", _sqlite_connect):
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)

@@ -415,8 +415,17 @@ def lock_chain(
     if caps.skip_locked:
         latest = latest.with_for_update()
     root = select(table).where(table.c.id == chain_id, table.c.chain_index == 0)
+    newest = select(func.max(table.c.chain_index)).where(table.c.chain_id == chain_id)
     with database_errors("lock chain", models):
         latest_row = executor.execute(latest).mappings().first()
+        # Waiting for the lock, the chain may have moved on (an attempt
+        # continued it): read again until the locked job is the newest.
+        for _ in range(100):
+            if latest_row is None:
+                return None
+            if executor.execute(newest).scalar() == latest_row["chain_index"]:
+                break
+            latest_row = executor.execute(latest).mappings().first()
         if latest_row is None:
             return None
         root_row = (

@@ -29,7 +29,9 @@ class ReportOut(TypedDict):
 job_types = q.JobTypes()
 fetch = job_types.entry("fetch", input=SourceIn, output=Rows)
 other = job_types.entry("other", input=SourceIn, output=ReportOut)
-report = job_types.entry("report", input=ReportIn, output=ReportOut, blockers=[fetch, q.many(other)])
+report = job_types.entry(
+    "report", input=ReportIn, output=ReportOut, blockers=[fetch, q.many(other)]
+)
 merge = job_types.entry("merge", input=ReportIn, output=ReportOut, blockers=q.many(fetch))
 bad = job_types.entry("bad", input=ReportIn, blockers=fetch)  # expect-error
 
