@@ -9,6 +9,7 @@ errors are translated into :mod:`queuert_sa` errors here, at the boundary.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Collection, Generator, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,10 @@ from sqlalchemy import (
     Connection,
     CursorResult,
     RowMapping,
+    Select,
     Table,
+    Update,
+    bindparam,
     case,
     func,
     or_,
@@ -383,6 +387,12 @@ def reap_expired_lease(
         return executor.execute(stmt).mappings().first()
 
 
+_LIMIT_TRANSACTION_TIME = text(
+    "SELECT set_config('idle_in_transaction_session_timeout', :ms, true), "
+    "set_config('statement_timeout', :ms, true)"
+)
+
+
 def limit_transaction_time(executor: Executor, caps: Capabilities, timeout: dt.timedelta) -> None:
     """Have the server end this transaction if it idles or one statement runs past ``timeout``.
 
@@ -391,10 +401,10 @@ def limit_transaction_time(executor: Executor, caps: Capabilities, timeout: dt.t
     """
     if not caps.server_timeouts:
         return
-    ms = max(int(timeout.total_seconds() * 1000), 1)
+    ms = f"{max(int(timeout.total_seconds() * 1000), 1)}ms"
     with database_errors("limit transaction time"):
-        executor.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
-        executor.execute(text(f"SET LOCAL statement_timeout = {ms}"))
+        # set_config(..., true) is SET LOCAL, in one round trip.
+        executor.execute(_LIMIT_TRANSACTION_TIME, {"ms": ms})
 
 
 def lock_chain(
@@ -515,29 +525,20 @@ def blocker_chain_ids(executor: Executor, models: Models, job_id: uuid.UUID) -> 
         return list(executor.execute(stmt).scalars())
 
 
-def unblock_dependents(
-    executor: Executor,
-    models: Models,
-    caps: Capabilities,
-    *,
-    chain_id: uuid.UUID,
-    now: dt.datetime,
-) -> list[RowMapping]:
-    """After ``chain_id`` completed: make pending every blocked job whose blockers are all done.
-
-    Returns ``id`` and ``type_name`` of the jobs unblocked. The dependents are
-    locked first, so two blockers completing in parallel transactions cannot
-    both miss each other: the second waits, then sees the first committed.
-    """
+@functools.cache
+def _unblock_statements(models: Models, row_locks: bool) -> tuple[Select[Any], Update]:
+    # Built once per set of tables: constructing these correlated statements
+    # costs more than running them.
     job = _job(models)
     blocker = models.job_blocker_table
+    chain_id = bindparam("chain_id", type_=job.c.chain_id.type)
     dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == chain_id)
     lock = (
         select(job.c.id)
         .where(job.c.id.in_(dependents), job.c.status == JobStatus.BLOCKED)
         .order_by(job.c.id)
     )
-    if caps.skip_locked:
+    if row_locks:
         lock = lock.with_for_update()
     slot = blocker.alias("slot")
     last = job.alias("last")
@@ -555,17 +556,37 @@ def unblock_dependents(
         .exists()
     )
     open_slot = select(slot.c.job_id).where(slot.c.job_id == job.c.id, ~slot_done).exists()
+    now = bindparam("now", type_=job.c.scheduled_at.type)
+    ids = bindparam("ids", expanding=True, type_=job.c.id.type)
+    unblock = (
+        update(job)
+        .where(job.c.id.in_(ids), job.c.status == JobStatus.BLOCKED, ~open_slot)
+        .values(
+            status=JobStatus.PENDING,
+            scheduled_at=case((job.c.scheduled_at < now, now), else_=job.c.scheduled_at),
+        )
+        .returning(job.c.id, job.c.type_name)
+    )
+    return lock, unblock
+
+
+def unblock_dependents(
+    executor: Executor,
+    models: Models,
+    caps: Capabilities,
+    *,
+    chain_id: uuid.UUID,
+    now: dt.datetime,
+) -> list[RowMapping]:
+    """After ``chain_id`` completed: make pending every blocked job whose blockers are all done.
+
+    Returns ``id`` and ``type_name`` of the jobs unblocked. The dependents are
+    locked first, so two blockers completing in parallel transactions cannot
+    both miss each other: the second waits, then sees the first committed.
+    """
+    lock, unblock = _unblock_statements(models, caps.skip_locked)
     with database_errors("unblock dependents", models):
-        ids = list(executor.execute(lock).scalars())
+        ids = list(executor.execute(lock, {"chain_id": chain_id}).scalars())
         if not ids:
             return []
-        stmt = (
-            update(job)
-            .where(job.c.id.in_(ids), job.c.status == JobStatus.BLOCKED, ~open_slot)
-            .values(
-                status=JobStatus.PENDING,
-                scheduled_at=case((job.c.scheduled_at < now, now), else_=job.c.scheduled_at),
-            )
-            .returning(job.c.id, job.c.type_name)
-        )
-        return list(executor.execute(stmt).mappings())
+        return list(executor.execute(unblock, {"ids": ids, "now": now}).mappings())
