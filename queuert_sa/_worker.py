@@ -669,13 +669,7 @@ class Worker:
             else:
                 try:
                     if error is not None:
-                        retry_at, error_text = retry_decision(
-                            error,
-                            attempt=row["attempt"],
-                            backoff=registration.backoff,
-                            now=client.clock(),
-                            rng=self._rng,
-                        )
+                        retry_at, error_text = self._retry(registration, error, row["attempt"])
                         ops.reschedule_job(
                             session,
                             client.models,
@@ -753,13 +747,7 @@ class Worker:
             )
             return None
         client = self.client
-        retry_at, text = retry_decision(
-            error,
-            attempt=attempt.job.attempt,
-            backoff=registration.backoff,
-            now=client.clock(),
-            rng=self._rng,
-        )
+        retry_at, text = self._retry(registration, error, attempt.job.attempt)
         try:
             with self._staged_driver(registration, hold).owned_transaction(attempt) as session:
                 ops.reschedule_job(
@@ -779,13 +767,7 @@ class Worker:
     ) -> dt.datetime:
         """The attempt's transaction failed to commit (all rolled back): count it, with backoff."""
         client = self.client
-        retry_at, text = retry_decision(
-            error,
-            attempt=row["attempt"],
-            backoff=registration.backoff,
-            now=client.clock(),
-            rng=self._rng,
-        )
+        retry_at, text = self._retry(registration, error, row["attempt"])
         if error is failure:
             text = f"the attempt's COMMIT failed: {text}"
         else:
@@ -800,6 +782,18 @@ class Worker:
                 now=client.clock(),
             )
         return retry_at
+
+    def _retry(
+        self, registration: _Registration, error: BaseException, attempt: int
+    ) -> tuple[dt.datetime, str]:
+        """When a failed attempt runs again, and the error text to keep."""
+        return retry_decision(
+            error,
+            attempt=attempt,
+            backoff=registration.backoff,
+            now=self.client.clock(),
+            rng=self._rng,
+        )
 
     def _count(self, row: Any, error: BaseException | None, retry_at: dt.datetime | None) -> None:
         with self._counts_lock:
