@@ -36,6 +36,7 @@ from ._errors import NotAnEntryTypeError as NotAnEntryTypeError
 from ._errors import QueuertError as QueuertError
 from ._errors import SchemaMissingError as SchemaMissingError
 from ._errors import SessionRequiredError as SessionRequiredError
+from ._errors import TransactionConflictError as TransactionConflictError
 from ._errors import UnknownJobTypeError as UnknownJobTypeError
 from ._errors import WaitChainTimeoutError as WaitChainTimeoutError
 from ._errors import WorkerConfigError as WorkerConfigError
@@ -93,6 +94,7 @@ __all__ = [
     "Reschedule",
     "SchemaMissingError",
     "SessionRequiredError",
+    "TransactionConflictError",
     "UnknownJobTypeError",
     "WaitChainTimeoutError",
     "Worker",

@@ -193,6 +193,7 @@ class Attempt(Generic[InT, OutT]):
         """True once the acquiring transaction committed (staged mode)."""
         self.written = False
         """True once the outcome is written (staged mode)."""
+        self._transaction_opened = False
 
     # --- staged mode ---------------------------------------------------------------
 
@@ -246,15 +247,16 @@ class Attempt(Generic[InT, OutT]):
         with the block's writes.
         """
         driver = self._staged("transaction()")
-        if not self.prepared:
-            driver.commit_prepare(self)
-        if self.written:
+        if self._transaction_opened:
             raise HandlerError(
-                "The outcome of this attempt is already written; use one transaction() "
-                "to record it.",
+                "transaction() runs once per attempt: record the outcome and its writes in "
+                "one block.",
                 job_id=self.job.id,
                 type_name=self.job_type.name,
             )
+        self._transaction_opened = True
+        if not self.prepared:
+            driver.commit_prepare(self)
         with driver.owned_transaction(self) as session:
             yield session
             if self._outcome is not None:

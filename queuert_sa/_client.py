@@ -577,11 +577,15 @@ class Queuert:
             session=session,
             worker_id=None,
             mode="workerless",
-            blockers=(
-                self.get_job_blockers(latest["id"], session=session)
-                if current_type.blocker_types
-                else ()
-            ),
+            blockers=[
+                chain
+                for chain in (
+                    self.get_job_blockers(latest["id"], session=session)
+                    if current_type.blocker_types
+                    else ()
+                )
+                if chain.is_completed
+            ],
         )
         result = fn(completion)
         if completion.outcome is not None:

@@ -239,5 +239,12 @@ class DatabaseUnavailableError(DatabaseError):
     """The database connection failed or was lost; retry when the database is reachable."""
 
 
+class TransactionConflictError(DatabaseError):
+    """The database aborted the transaction to resolve a conflict (deadlock, serialization).
+
+    Nothing was written; running the same transaction again is the fix.
+    """
+
+
 class SchemaMissingError(DatabaseError):
     """queuert's tables do not exist in this database."""

@@ -37,6 +37,10 @@ class _Held:
     renew_at: float  # time.monotonic()
 
 
+def _key(attempt: Attempt[Any, Any]) -> tuple[uuid.UUID, int]:
+    return attempt.job.id, attempt.job.attempt
+
+
 def lost_reason(row: Any) -> str:
     """Why a job is no longer ours, from its row as read now (None = deleted)."""
     if row is None:
@@ -61,7 +65,9 @@ class LeaseKeeper:
         self._worker_id = worker_id
         self._session_factory = session_factory
         self._writer_lock = writer_lock
-        self._held: dict[uuid.UUID, _Held] = {}
+        # Keyed by (job, attempt): after a reap the same worker may run the job
+        # again as a later attempt while the stale one is still winding down.
+        self._held: dict[tuple[uuid.UUID, int], _Held] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -69,12 +75,12 @@ class LeaseKeeper:
     def held_ids(self) -> set[uuid.UUID]:
         """Jobs whose leases this worker is keeping (never reap those)."""
         with self._cond:
-            return set(self._held)
+            return {job_id for job_id, _ in self._held}
 
     def hold(self, attempt: Attempt[Any, Any], lease: dt.timedelta) -> None:
         """Start renewing ``attempt``'s lease (its first lease was just committed)."""
         with self._cond:
-            self._held[attempt.job.id] = _Held(
+            self._held[_key(attempt)] = _Held(
                 attempt, lease, time.monotonic() + lease.total_seconds() / 2
             )
             if self._thread is None or not self._thread.is_alive():
@@ -85,10 +91,10 @@ class LeaseKeeper:
                 self._thread.start()
             self._cond.notify()
 
-    def release(self, job_id: uuid.UUID) -> None:
+    def release(self, attempt: Attempt[Any, Any]) -> None:
         """Stop renewing (the attempt ended)."""
         with self._cond:
-            self._held.pop(job_id, None)
+            self._held.pop(_key(attempt), None)
 
     def close(self) -> None:
         with self._cond:
@@ -115,17 +121,23 @@ class LeaseKeeper:
     def _renew(self, held: _Held) -> None:
         attempt = held.attempt
         job_id = attempt.job.id
+        key = _key(attempt)
         client = self._client
         try:
             if self._writer_lock is not None:
                 self._writer_lock.acquire()
             try:
                 with self._session_factory() as session, session.begin():
+                    # An application transaction holding this job's row must
+                    # not stall the renewals of every other job: bounded wait,
+                    # then retry soon (a lock timeout is not a lost lease).
+                    ops.limit_lock_wait(session, client.capabilities, held.lease / 8)
                     still_ours = ops.renew_lease(
                         session,
                         client.models,
                         job_id=job_id,
                         worker_id=self._worker_id,
+                        attempt=attempt.job.attempt,
                         leased_until=client.clock() + held.lease,
                     )
                     row = None if still_ours else ops.get_job(session, client.models, job_id)
@@ -137,16 +149,16 @@ class LeaseKeeper:
             # outlive the outage, and transaction() re-checks ownership anyway.
             log.warning("renewing the lease of job %s failed (%s); retrying", job_id, exc)
             with self._cond:
-                if job_id in self._held:
+                if key in self._held:
                     held.renew_at = time.monotonic() + min(held.lease.total_seconds() / 10, 5)
             return
         with self._cond:
-            if job_id not in self._held:
+            if key not in self._held:
                 return
             if still_ours:
                 held.renew_at = time.monotonic() + held.lease.total_seconds() / 2
                 return
-            del self._held[job_id]
+            del self._held[key]
         reason = lost_reason(row)
         log.warning("job %s: the staged attempt lost its job (%s)", job_id, reason)
         attempt.signal.set(reason)

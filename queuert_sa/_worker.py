@@ -544,6 +544,7 @@ class Worker:
                 client.models,
                 job_id=attempt.job.id,
                 worker_id=self.worker_id,
+                attempt=attempt.job.attempt,
                 leased_until=client.clock() + registration.lease,
             )
             session.commit()
@@ -561,6 +562,7 @@ class Worker:
                     row is None
                     or row["status"] != JobStatus.RUNNING
                     or row["leased_by"] != self.worker_id
+                    or row["attempt"] != attempt.job.attempt
                 ):
                     attempt.signal.set(lost_reason(row))
                     if row is None:
@@ -584,6 +586,13 @@ class Worker:
     def _reap_one(self) -> bool:
         """Return one expired lease of this worker's types to pending; True if one was."""
         client = self.client
+        if self._writer_lock is not None:
+            # Single writer: look with a read before taking the write lock.
+            with client.engine.connect() as conn:
+                if not ops.has_expired_lease(
+                    conn, client.models, type_names=self.type_names, now=client.clock()
+                ):
+                    return False
         with self._write_transaction(_WriterHold(self._writer_lock)) as session:
             row = ops.reap_expired_lease(
                 session,
@@ -685,7 +694,7 @@ class Worker:
                     retry_at = self._record_lost_attempt(row, registration, error, commit_error)
         finally:
             if attempt is not None:
-                self._leases.release(attempt.job.id)
+                self._leases.release(attempt)
             session.close()
         self._count(row, error, retry_at)
         if error is not None and not isinstance(error, Exception):

@@ -274,3 +274,37 @@ def test_fan_in_example_runs() -> None:
     assert "starts blocked" in result.stdout
     assert "processed 4 jobs; merge chain completed" in result.stdout
     assert "'total': 54" in result.stdout
+
+
+multi_types = q.JobTypes()
+step_one = multi_types.entry("step-one", input=SourceIn, continues_with=["step-two"])
+step_two = multi_types.define("step-two", input=SourceIn, output=Rows)
+single = multi_types.entry("single", input=SourceIn, output=Rows)
+waiter = multi_types.entry("waiter", input=ReportIn, output=dict, blockers=[single])
+both = multi_types.entry("both", input=ReportIn, output=dict, blockers=[step_one, single])
+
+
+def test_unblocking_looks_at_each_blocker_chains_own_last_job(db: Db) -> None:
+    # Once some blocker chain has continued (index 1), a dependent of an
+    # unrelated single-job chain must still unblock: the "last job" of each
+    # blocker chain is its own, not the highest index among all of them.
+    client = q.Queuert(db.engine, multi_types)
+    with Session(db.engine) as s, s.begin():
+        long = client.start_chain(s, step_one, {"source": "long"})
+        short = client.start_chain(s, single, {"source": "s"})
+        only_short = client.start_chain(s, waiter, {"title": "w"}, blockers=[short])
+        waits_both = client.start_chain(s, both, {"title": "b"}, blockers=[long, short])
+    worker = client.worker()
+    worker.handler(step_one)(lambda a: a.continue_with(step_two, {"source": a.input["source"]}))
+    worker.handler(step_two)(lambda a: a.complete({"rows": 2}))
+    worker.handler(single)(lambda a: a.complete({"rows": 1}))
+    worker.handler(waiter)(lambda a: a.complete({"n": len(a.blockers)}))
+
+    @worker.handler(both)
+    def both_done(attempt: q.Attempt[ReportIn, dict]) -> q.Outcome:  # type: ignore[type-arg]
+        return attempt.complete({"outputs": [c.output for c in attempt.blockers]})
+
+    assert worker.drain(max_jobs=1) == 1  # step-one continues: chain "long" is at index 1
+    worker.drain()
+    assert client.get_chain(only_short.id).output == {"n": 1}
+    assert client.get_chain(waits_both.id).output == {"outputs": [{"rows": 2}, {"rows": 1}]}

@@ -338,3 +338,51 @@ def test_atomic_timeout_hung_handler_loses_the_job_on_postgresql(pg: Db) -> None
     print(
         f"\natomic timeout 1 s: job completed by another worker {took:.1f} s after the hang began"
     )
+
+
+def test_a_stale_attempt_of_the_same_worker_cannot_write(db: Db, client: q.Queuert) -> None:
+    # The job was reaped and taken again by the same worker as a later attempt:
+    # the first attempt must not renew, write or reschedule it.
+    job_id = start(client, db)
+    worker = client.worker()
+    caught: list[BaseException] = []
+
+    @worker.handler(work, mode="staged", lease=dt.timedelta(seconds=1))
+    def first(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.prepare():
+            pass
+        with db.engine.begin() as conn:  # what a reap + re-acquire by this worker leaves
+            conn.execute(update(Job.__table__).values(attempt=Job.__table__.c.attempt + 1))
+        assert attempt.signal.wait(5)
+        try:
+            with attempt.transaction() as s:
+                s.add(Effect(job_id=str(attempt.job.id), label="stale"))
+                return attempt.complete(1)
+        except q.QueuertError as exc:
+            caught.append(exc)
+            raise
+
+    assert worker.drain() == 1
+    assert len(caught) == 1
+    assert isinstance(caught[0], q.JobTakenByAnotherWorkerError)
+    row = job_row(db, job_id)
+    assert (row.status, row.attempt, row.leased_by) == ("running", 2, worker.worker_id)
+    assert effects(db, "stale") == 0
+
+
+def test_transaction_runs_once_per_attempt(db: Db, client: q.Queuert) -> None:
+    job_id = start(client, db)
+    worker = client.worker()
+
+    @worker.handler(work, mode="staged")
+    def twice(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.transaction() as s:
+            s.add(Effect(job_id=str(attempt.job.id), label="first"))
+        with attempt.transaction():
+            return attempt.complete(1)
+
+    worker.drain()
+    row = job_row(db, job_id)
+    assert row.status == "pending"
+    assert row.last_attempt_error is not None
+    assert "runs once per attempt" in row.last_attempt_error

@@ -34,7 +34,12 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from queuert_sa._errors import DatabaseError, DatabaseUnavailableError, SchemaMissingError
+from queuert_sa._errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    SchemaMissingError,
+    TransactionConflictError,
+)
 from queuert_sa.models import JobStatus, Models
 
 from .capabilities import Capabilities
@@ -42,6 +47,9 @@ from .capabilities import Capabilities
 Executor = Session | Connection
 
 _MISSING_TABLE_MARKERS = ("no such table", "does not exist")
+
+#: PostgreSQL deadlock_detected, serialization_failure.
+_CONFLICT_SQLSTATES = ("40P01", "40001")
 
 
 @contextmanager
@@ -66,6 +74,12 @@ def database_errors(operation: str, models: Models | None = None) -> Generator[N
             raise SchemaMissingError(
                 f"{operation}: queuert's tables are missing ({exc.orig}). Run the Alembic "
                 "branch 'queuert' (alembic upgrade heads) or queuert_sa.metadata.create_all().",
+                operation=operation,
+            ) from exc
+        if getattr(exc.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+            raise TransactionConflictError(
+                f"{operation}: the database aborted the transaction because of a concurrent "
+                f"one ({exc.orig}); nothing was written. Run the transaction again.",
                 operation=operation,
             ) from exc
         if isinstance(exc, sa_exc.OperationalError):
@@ -166,7 +180,7 @@ def acquire_job(
         select(table.c.id).where(*conditions).order_by(table.c.scheduled_at, table.c.id).limit(1)
     )
     if caps.skip_locked:
-        candidate = candidate.with_for_update(skip_locked=True)
+        candidate = candidate.with_for_update(skip_locked=True, key_share=True)
     stmt = (
         update(table)
         .where(table.c.id == candidate.scalar_subquery())
@@ -321,7 +335,7 @@ def lock_job(
     table = _job(models)
     stmt = select(table).where(table.c.id == job_id)
     if caps.skip_locked:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(key_share=True)
     with database_errors("lock job", models):
         return executor.execute(stmt).mappings().first()
 
@@ -332,21 +346,46 @@ def renew_lease(
     *,
     job_id: uuid.UUID,
     worker_id: str,
+    attempt: int,
     leased_until: dt.datetime,
 ) -> bool:
-    """Extend a running job's lease if this worker still holds it; False if it does not."""
+    """Extend a running job's lease if this attempt still holds it; False if it does not.
+
+    The attempt number is part of ownership: after a reap, the same worker may
+    take the job again as a later attempt, and the stale attempt must not renew.
+    """
     table = _job(models)
     stmt = (
         update(table)
         .where(
             table.c.id == job_id,
             table.c.leased_by == worker_id,
+            table.c.attempt == attempt,
             table.c.status == JobStatus.RUNNING,
         )
         .values(leased_until=leased_until)
         .returning(table.c.id)
     )
     with database_errors("renew lease", models):
+        return executor.execute(stmt).first() is not None
+
+
+def has_expired_lease(
+    executor: Executor, models: Models, *, type_names: Sequence[str], now: dt.datetime
+) -> bool:
+    """Whether any running job of these types has an expired lease (a read, no lock)."""
+    table = _job(models)
+    stmt = (
+        select(table.c.id)
+        .where(
+            table.c.type_name.in_(type_names),
+            table.c.status == JobStatus.RUNNING,
+            table.c.leased_until.is_not(None),
+            table.c.leased_until <= now,
+        )
+        .limit(1)
+    )
+    with database_errors("look for expired leases", models):
         return executor.execute(stmt).first() is not None
 
 
@@ -376,7 +415,7 @@ def reap_expired_lease(
         conditions.append(table.c.id.not_in(exclude_ids))
     candidate = select(table.c.id).where(*conditions).order_by(table.c.leased_until).limit(1)
     if caps.skip_locked:
-        candidate = candidate.with_for_update(skip_locked=True)
+        candidate = candidate.with_for_update(skip_locked=True, key_share=True)
     stmt = (
         update(table)
         .where(table.c.id == candidate.scalar_subquery())
@@ -385,6 +424,19 @@ def reap_expired_lease(
     )
     with database_errors("reap expired lease", models):
         return executor.execute(stmt).mappings().first()
+
+
+_LIMIT_LOCK_WAIT = text("SELECT set_config('lock_timeout', :ms, true)")
+
+
+def limit_lock_wait(executor: Executor, caps: Capabilities, timeout: dt.timedelta) -> None:
+    """Make this transaction give up waiting for a row lock after ``timeout`` (PostgreSQL)."""
+    if not caps.server_timeouts:
+        return
+    with database_errors("limit lock wait"):
+        executor.execute(
+            _LIMIT_LOCK_WAIT, {"ms": f"{max(int(timeout.total_seconds() * 1000), 1)}ms"}
+        )
 
 
 _LIMIT_TRANSACTION_TIME = text(
@@ -423,7 +475,7 @@ def lock_chain(
         .limit(1)
     )
     if caps.skip_locked:
-        latest = latest.with_for_update()
+        latest = latest.with_for_update(key_share=True)
     root = select(table).where(table.c.id == chain_id, table.c.chain_index == 0)
     newest = select(func.max(table.c.chain_index)).where(table.c.chain_id == chain_id)
     with database_errors("lock chain", models):
@@ -477,7 +529,7 @@ def read_blocker_chains(
         .order_by(table.c.id)
     )
     if caps.skip_locked:
-        latest = latest.with_for_update()
+        latest = latest.with_for_update(key_share=True)
     newest = (
         select(table.c.chain_id, func.max(table.c.chain_index))
         .where(table.c.chain_id.in_(ids))
@@ -539,7 +591,7 @@ def _unblock_statements(models: Models, row_locks: bool) -> tuple[Select[Any], U
         .order_by(job.c.id)
     )
     if row_locks:
-        lock = lock.with_for_update()
+        lock = lock.with_for_update(key_share=True)
     slot = blocker.alias("slot")
     last = job.alias("last")
     newer = job.alias("newer")
@@ -548,9 +600,12 @@ def _unblock_statements(models: Models, row_locks: bool) -> tuple[Select[Any], U
         .where(
             last.c.chain_id == slot.c.blocked_by_chain_id,
             last.c.status == JobStatus.COMPLETED,
+            # Correlated to ``last`` (the enclosing query's table), not to
+            # ``slot``: a subquery two levels down would not correlate to it and
+            # would take the maximum over every blocker chain.
             last.c.chain_index
             == select(func.max(newer.c.chain_index))
-            .where(newer.c.chain_id == slot.c.blocked_by_chain_id)
+            .where(newer.c.chain_id == last.c.chain_id)
             .scalar_subquery(),
         )
         .exists()
