@@ -308,3 +308,62 @@ def test_unblocking_looks_at_each_blocker_chains_own_last_job(db: Db) -> None:
     worker.drain()
     assert client.get_chain(only_short.id).output == {"n": 1}
     assert client.get_chain(waits_both.id).output == {"outputs": [{"rows": 2}, {"rows": 1}]}
+
+
+stress_types = q.JobTypes()
+source = stress_types.entry("source", input=dict, output=dict, continues_with=["source-2"])
+source_two = stress_types.define("source-2", input=dict, output=dict)
+fan_in = stress_types.entry("fan-in", input=dict, output=dict, blockers=q.many(source))
+
+
+@pytest.mark.slow
+def test_producers_and_workers_under_load_do_not_deadlock(pg: Db) -> None:
+    """Producers attach blockers while workers complete and continue those chains."""
+    client = q.Queuert(pg.engine, stress_types)
+    worker = client.worker(concurrency=6, poll_interval=dt.timedelta(milliseconds=100))
+    worker.handler(source)(
+        lambda a: a.continue_with(source_two, {}) if a.input["continue"] else a.complete({})
+    )
+
+    @worker.handler(source_two, mode="staged")
+    def second(attempt: q.Attempt[dict, dict]) -> q.Outcome:  # type: ignore[type-arg]
+        with attempt.prepare():
+            pass
+        with attempt.transaction():
+            return attempt.complete({"second": True})
+
+    worker.handler(fan_in)(lambda a: a.complete({"n": len(a.blockers)}))
+    errors: list[BaseException] = []
+    dependents: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def produce(seed: int) -> None:
+        try:
+            for round_ in range(15):
+                with Session(pg.engine) as s, s.begin():
+                    sources = [
+                        client.start_chain(s, source, {"continue": (seed + round_ + i) % 2 == 0})
+                        for i in range(3)
+                    ]
+                with Session(pg.engine) as s, s.begin():
+                    chain = client.start_chain(s, fan_in, {}, blockers=sources)
+                with lock:
+                    dependents.append(chain.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker.start()
+    try:
+        producers = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+        for thread in producers:
+            thread.start()
+        for thread in producers:
+            thread.join(60)
+        assert errors == []
+        for chain_id in dependents:
+            done = client.await_chain(chain_id, timeout=dt.timedelta(seconds=60))
+            assert done.output == {"n": 3}
+    finally:
+        assert worker.stop()
+    assert len(dependents) == 60
+    assert worker.failed == 0
