@@ -669,6 +669,16 @@ class Worker:
                 error = self._run_handler(session, registration, row)
             else:
                 attempt, error = self._run_staged(session, registration, row, hold)
+                if attempt is not None and attempt.written and isinstance(error, Exception):
+                    # The outcome is committed: the job is done, whatever the
+                    # handler did afterwards.
+                    log.warning(
+                        "job %s (%s): the handler raised %r after its outcome was committed",
+                        row["id"],
+                        row["type_name"],
+                        error,
+                    )
+                    error = None
             retry_at = None
             if attempt is not None and attempt.prepared:
                 # Staged, first transaction committed: the failure is recorded

@@ -386,3 +386,22 @@ def test_transaction_runs_once_per_attempt(db: Db, client: q.Queuert) -> None:
     assert row.status == "pending"
     assert row.last_attempt_error is not None
     assert "runs once per attempt" in row.last_attempt_error
+
+
+def test_exception_after_the_outcome_committed_leaves_the_job_done(
+    db: Db, client: q.Queuert
+) -> None:
+    job_id = start(client, db)
+    worker = client.worker()
+
+    @worker.handler(work, mode="staged")
+    def late_error(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.transaction():
+            outcome = attempt.complete(5)
+        raise RuntimeError("cleanup failed")
+        return outcome
+
+    assert worker.drain() == 1
+    row = job_row(db, job_id)
+    assert (row.status, row.output, row.last_attempt_error) == ("completed", 5, None)
+    assert (worker.completed, worker.failed) == (1, 0)
