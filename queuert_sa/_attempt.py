@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from . import hooks
 from ._entities import Chain, Job
-from ._errors import HandlerError
+from ._errors import DeduplicationError, HandlerError
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType
 from ._json import JSONValue
@@ -330,6 +330,12 @@ class Attempt(Generic[InT, OutT]):
         start = describe_job(job_type, *args, **kwargs)
         target = self._client.job_types.resolve(start.job_type)
         self.job_type.require_continuation(target)
+        if start.dedup is not None:
+            raise DeduplicationError(
+                f"continue_with({target.name!r}, dedup=...): deduplication applies to starting "
+                "chains; a continuation belongs to its chain and is never duplicated. Start a "
+                "new chain with queuert.start_chain(attempt.session, ..., dedup=...) instead."
+            )
         check_schedule(target.name, start.run_at, start.run_in)
         self._continuation = _Continuation(
             target=target,
@@ -387,6 +393,8 @@ class Attempt(Generic[InT, OutT]):
                     status=status,
                     created_at=now,
                     scheduled_at=scheduled_time(now, continuation.run_at, continuation.run_in),
+                    # Inherited, so "is this chain open?" is one indexed lookup.
+                    deduplication_key=self.job.deduplication_key,
                 ),
             )
             if created:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
 
+from ._errors import DeduplicationError
+from ._ids import coerce_id
 from .models import JobStatus
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
+T = TypeVar("T")
+
+#: The longest deduplication key (the column is ``VARCHAR(255)``).
+MAX_DEDUP_KEY_LENGTH = 255
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,3 +76,85 @@ class Chain(Generic[InT, OutT]):
     @property
     def is_completed(self) -> bool:
         return self.status == JobStatus.COMPLETED
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing: ``items``, and ``next_cursor`` (None on the last page).
+
+    Pass ``next_cursor`` as ``cursor=`` to the same listing, with the same
+    filters, for the next page. Cursors are opaque strings; pagination is by
+    key (not offset), so rows inserted meanwhile never shift a page: nothing is
+    skipped or repeated.
+    """
+
+    items: list[T]
+    next_cursor: str | None
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, init=False)
+class Dedup:
+    """Start a chain only if no matching chain exists; otherwise return that chain.
+
+    ::
+
+        queuert.start_chain(session, sync_account, {"id": 7},
+                            dedup=q.Dedup(f"account:7"))
+
+    Args:
+        key: The deduplication key. Keys are namespaced by the chain's type:
+            the same key on two types never matches.
+        scope: ``"open"`` (default) matches a chain that is not completed yet
+            (judged on its latest job, so a chain that moved on to a later step
+            still counts); ``"any"`` matches a chain in any state.
+        window: Only chains started within this period before now match
+            (either scope). ``None``: no limit.
+        exclude: Chain ids that never match (e.g. the chain starting its
+            own successor, see the recurring-work pattern in the docs).
+
+    A matched start writes nothing and returns the existing chain with
+    ``deduplicated=True``. Concurrent transactions starting the same key are
+    serialised, so exactly one chain is created.
+    """
+
+    key: str
+    scope: Literal["open", "any"] = "open"
+    window: dt.timedelta | None = None
+    exclude: tuple[uuid.UUID, ...] = field(default=())
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        scope: Literal["open", "any"] = "open",
+        window: dt.timedelta | None = None,
+        exclude: Sequence[uuid.UUID | str] = (),
+    ) -> None:
+        if not isinstance(key, str) or not key:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise DeduplicationError(f"Dedup key must be a non-empty string, got {key!r:.60}.")
+        if len(key) > MAX_DEDUP_KEY_LENGTH:
+            raise DeduplicationError(
+                f"Dedup key is {len(key)} characters; the limit is {MAX_DEDUP_KEY_LENGTH}. "
+                "Hash long keys (e.g. hashlib.sha256(key.encode()).hexdigest())."
+            )
+        if scope not in ("open", "any"):
+            raise DeduplicationError(f"Dedup scope must be 'open' or 'any', got {scope!r}.")
+        if window is not None and (
+            not isinstance(window, dt.timedelta)  # pyright: ignore[reportUnnecessaryIsInstance]
+            or window <= dt.timedelta(0)
+        ):
+            raise DeduplicationError(
+                f"Dedup window must be a positive timedelta or None, got {window!r}."
+            )
+        if isinstance(exclude, (str, uuid.UUID)):
+            raise DeduplicationError("Dedup exclude= takes a list of chain ids, not a single id.")
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "scope", scope)
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "exclude", tuple(coerce_id(i) for i in exclude))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class QueuertError(Exception):
@@ -137,6 +138,70 @@ class ChainNotFoundError(QueuertError):
             "continuation job ids are not chain ids."
         )
         self.chain_id = chain_id
+
+
+class JobNotTriggerableError(QueuertError):
+    """``trigger_job`` was asked to run a job that is not ``pending``."""
+
+    def __init__(self, job_id: uuid.UUID, *, status: str) -> None:
+        hint = {
+            "blocked": "it waits for its blocker chains; complete them, or use complete_chain",
+            "running": "a worker is running it now",
+            "completed": "it is already completed",
+        }.get(status, "only pending jobs can be triggered")
+        super().__init__(
+            f"Job {job_id} is {status}, so it cannot be triggered ({hint}). Only a pending "
+            "job can be made due now."
+        )
+        self.job_id = job_id
+        self.status = status
+
+
+@dataclass(frozen=True)
+class BlockerReference:
+    """One job that still needs a chain about to be deleted: ``job_id`` (of chain
+    ``chain_id``) declares ``blocked_by_chain_id`` as a blocker."""
+
+    job_id: uuid.UUID
+    chain_id: uuid.UUID
+    blocked_by_chain_id: uuid.UUID
+
+
+class BlockerReferenceError(QueuertError):
+    """``delete_chains`` refused: jobs outside the deletion set reference a chain in it."""
+
+    def __init__(self, references: Sequence[BlockerReference]) -> None:
+        shown = "; ".join(
+            f"chain {r.blocked_by_chain_id} blocks job {r.job_id} of chain {r.chain_id}"
+            for r in references[:10]
+        )
+        more = f" and {len(references) - 10} more" if len(references) > 10 else ""
+        super().__init__(
+            f"Cannot delete: {len(references)} job(s) outside the deletion set declare a chain "
+            f"in it as a blocker ({shown}{more}). Nothing was deleted. Delete the dependent "
+            "chains in the same call (add their ids), or keep the referenced chains."
+        )
+        self.references = tuple(references)
+
+    @property
+    def referenced_chain_ids(self) -> list[uuid.UUID]:
+        """The chains in the deletion set that others still reference (sorted, unique)."""
+        return sorted({r.blocked_by_chain_id for r in self.references})
+
+
+class InvalidCursorError(QueuertError, ValueError):
+    """A pagination cursor that this listing did not produce (or that was altered)."""
+
+    def __init__(self, cursor: str, *, reason: str) -> None:
+        super().__init__(
+            f"Invalid cursor {cursor[:40]!r}: {reason}. Pass the next_cursor of a Page returned "
+            "by the same listing, or None for the first page."
+        )
+        self.cursor = cursor
+
+
+class DeduplicationError(QueuertError):
+    """Deduplication options cannot be honoured (bad key or window, wrong isolation level)."""
 
 
 class JobOwnershipError(QueuertError):

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
 
+from ._entities import Dedup
 from ._errors import (
     DuplicateJobTypeError,
     InvalidBlockersError,
@@ -100,6 +101,7 @@ class ChainStart(Generic[InT, OutT]):
     run_at: dt.datetime | None = None
     run_in: dt.timedelta | None = None
     blockers: tuple[BlockerRef, ...] = ()
+    dedup: Dedup | None = None
 
 
 class JobType(Generic[InT, OutT]):
@@ -163,6 +165,7 @@ class JobType(Generic[InT, OutT]):
         run_at: dt.datetime | None = None,
         run_in: dt.timedelta | None = None,
         blockers: Sequence[BlockerRef] = (),
+        dedup: Dedup | None = None,
     ) -> ChainStart[InT, OutT]:
         """Describe a job of this type (nothing is validated or written yet).
 
@@ -173,9 +176,17 @@ class JobType(Generic[InT, OutT]):
             run_in: Earliest start as a delay from now.
             blockers: The chains (or chain ids) filling this type's blocker
                 slots, in order; the job waits until all are completed.
+            dedup: Start the chain only if no matching chain exists (see
+                :class:`Dedup`); chain starts only, not ``continue_with``.
         """
         return ChainStart(
-            self, input, id=id, run_at=run_at, run_in=run_in, blockers=tuple(blockers)
+            self,
+            input,
+            id=id,
+            run_at=run_at,
+            run_in=run_in,
+            blockers=tuple(blockers),
+            dedup=dedup,
         )
 
     @property

@@ -173,6 +173,7 @@ def job_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
     running_leased = text("status = 'running' AND leased_until IS NOT NULL")
     root = text("chain_index = 0")
     dedup = text("deduplication_key IS NOT NULL AND chain_index = 0")
+    open_dedup = text("deduplication_key IS NOT NULL AND status <> 'completed'")
 
     def partial(name: str, *cols: str, where: Any, unique: bool = False) -> Index:
         return Index(name, *cols, unique=unique, postgresql_where=where, sqlite_where=where)
@@ -186,13 +187,34 @@ def job_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
         partial(
             f"{prefix}job_expired_lease_idx", "type_name", "leased_until", where=running_leased
         ),
+        # Deduplication: "any" scope (with its window) over chain roots, and
+        # "open" scope over the unfinished jobs only (the key is inherited by
+        # continuations), so neither lookup grows with a key's history.
         partial(
-            f"{prefix}job_deduplication_idx", "chain_type_name", "deduplication_key", where=dedup
+            f"{prefix}job_deduplication_idx",
+            "chain_type_name",
+            "deduplication_key",
+            "created_at",
+            where=dedup,
         ),
-        partial(f"{prefix}chain_listing_idx", "created_at", where=root),
-        Index(f"{prefix}job_listing_idx", "created_at"),
-        Index(f"{prefix}job_listing_status_idx", "status", "created_at"),
-        Index(f"{prefix}job_listing_type_name_idx", "type_name", "created_at"),
+        partial(
+            f"{prefix}job_open_deduplication_idx",
+            "chain_type_name",
+            "deduplication_key",
+            where=open_dedup,
+        ),
+        # Listings page by key on (created_at, id), hence the id in each index.
+        partial(f"{prefix}chain_listing_idx", "created_at", "id", where=root),
+        partial(
+            f"{prefix}chain_listing_type_name_idx",
+            "chain_type_name",
+            "created_at",
+            "id",
+            where=root,
+        ),
+        Index(f"{prefix}job_listing_idx", "created_at", "id"),
+        Index(f"{prefix}job_listing_status_idx", "status", "created_at", "id"),
+        Index(f"{prefix}job_listing_type_name_idx", "type_name", "created_at", "id"),
         {"schema": schema} if schema else {},
     )
 

@@ -6,6 +6,7 @@ database of its own.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -59,7 +61,8 @@ from .conftest import POSTGRES_URL, service_unavailable
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = Path(__file__).resolve().parent / "alembic_app"
 APP_REVISION = "ef0505469c4b"
-QUEUERT_REVISION = "2fac216ef489"
+QUEUERT_BASE_REVISION = "2fac216ef489"
+QUEUERT_REVISION = "7c41d9e0b5a2"  # the head of the queuert branch
 QUEUERT_TABLES = {"queuert_job", "queuert_job_blocker"}
 QUEUERT_INDEXES = {
     "queuert_job": {
@@ -67,7 +70,9 @@ QUEUERT_INDEXES = {
         "queuert_job_acquisition_idx",
         "queuert_job_expired_lease_idx",
         "queuert_job_deduplication_idx",
+        "queuert_job_open_deduplication_idx",
         "queuert_chain_listing_idx",
+        "queuert_chain_listing_type_name_idx",
         "queuert_job_listing_idx",
         "queuert_job_listing_status_idx",
         "queuert_job_listing_type_name_idx",
@@ -278,7 +283,7 @@ def test_queuert_branch_is_labelled_and_independent() -> None:
 
     base = script.get_revision(BRANCH_LABEL)  # the revision carrying the label
     assert base is not None
-    assert base.revision == QUEUERT_REVISION
+    assert base.revision == QUEUERT_BASE_REVISION
     assert base.branch_labels == {BRANCH_LABEL}
     assert base.down_revision is None
     assert base.dependencies is None
@@ -299,6 +304,44 @@ def test_queuert_tables_match_the_models(server: Server, url: str) -> None:
             assert {ix["name"] for ix in insp.get_indexes(table)} == expected
     reference = models_reference(server, queuert_sa.metadata)
     assert reflect(url, QUEUERT_TABLES) == reflect(reference, QUEUERT_TABLES)
+
+
+def test_upgrade_from_the_first_revision_backfills_continuation_keys(url: str) -> None:
+    config = app_config(url)
+    command.upgrade(config, QUEUERT_BASE_REVISION)
+    root, step = uuid.uuid4(), uuid.uuid4()
+    now = dt.datetime.now(dt.UTC)
+    row = {"status": "pending", "created_at": now, "scheduled_at": now, "attempt": 0}
+    with connect(url) as conn, conn.begin():
+        job = sa.table(
+            "queuert_job",
+            *(sa.column(c) for c in ("id", "type_name", "chain_id", "chain_type_name")),
+            *(sa.column(c) for c in ("chain_index", "deduplication_key", "status", "attempt")),
+            sa.column("created_at", sa.DateTime(timezone=True)),
+            sa.column("scheduled_at", sa.DateTime(timezone=True)),
+        )
+        conn.execute(
+            job.insert(),
+            [
+                {**row, "id": str(root), "type_name": "a", "chain_id": str(root),
+                 "chain_type_name": "a", "chain_index": 0, "deduplication_key": "k"},
+                {**row, "id": str(step), "type_name": "b", "chain_id": str(root),
+                 "chain_type_name": "a", "chain_index": 1, "deduplication_key": None},
+            ],
+        )  # fmt: skip
+
+    command.upgrade(config, "heads")
+    with connect(url) as conn:
+        keys = conn.execute(sa.text("SELECT chain_index, deduplication_key FROM queuert_job"))
+        assert sorted(keys.all()) == [(0, "k"), (1, "k")]
+
+    command.downgrade(config, QUEUERT_BASE_REVISION)
+    with connect(url) as conn:
+        keys = conn.execute(sa.text("SELECT chain_index, deduplication_key FROM queuert_job"))
+        assert sorted(keys.all()) == [(0, "k"), (1, None)]
+        names = {ix["name"] for ix in inspect(conn).get_indexes("queuert_job")}
+    assert "queuert_job_open_deduplication_idx" not in names
+    assert "queuert_chain_listing_idx" in names
 
 
 def test_app_naming_convention_does_not_rename_queuert_constraints(url: str) -> None:
@@ -469,7 +512,7 @@ def test_offline_sql_renders_the_tables(url: str, json_type: str) -> None:
 
 def test_version_location_of_a_source_checkout() -> None:
     assert Path(VERSION_LOCATION) == ROOT / "alembic_migrations"
-    assert (Path(VERSION_LOCATION) / f"{QUEUERT_REVISION}_queuert_job_tables.py").is_file()
+    assert (Path(VERSION_LOCATION) / f"{QUEUERT_BASE_REVISION}_queuert_job_tables.py").is_file()
 
 
 def test_include_object_matches_exact_table_names() -> None:
@@ -609,7 +652,7 @@ def test_wheel_ships_the_revisions(tmp_path: Path) -> None:
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")
     revisions = {p.name for p in (ROOT / "alembic_migrations").glob("*.py")}
-    assert f"{QUEUERT_REVISION}_queuert_job_tables.py" in revisions
+    assert f"{QUEUERT_BASE_REVISION}_queuert_job_tables.py" in revisions
     assert {f"queuert_sa/_alembic_migrations/{name}" for name in revisions} <= names
     assert not [n for n in names if n.startswith("alembic_migrations/") or "__pycache__" in n]
 
