@@ -16,9 +16,10 @@ from sqlalchemy import Engine, RowMapping
 from sqlalchemy.orm import Session, scoped_session
 
 from . import hooks
-from ._entities import Chain, Job
+from ._entities import Chain, Dedup, Job
 from ._errors import (
     ChainNotFoundError,
+    DeduplicationError,
     EngineMismatchError,
     InvalidBlockersError,
     InvalidScheduleError,
@@ -33,6 +34,7 @@ from ._job_types import ChainStart, JobType, JobTypes
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import InMemoryNotify, NotifyAdapter
 from .state import Capabilities, NewJob, prepare_engine
+from .state import maintenance as ops_maintenance
 from .state import operations as ops
 
 if TYPE_CHECKING:
@@ -268,6 +270,10 @@ class Queuert:
             job_type = self.job_types.resolve(start.job_type)
             job_type.require_entry()
             check_schedule(job_type.name, start.run_at, start.run_in)
+            if start.dedup is not None and not isinstance(start.dedup, Dedup):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise DeduplicationError(
+                    f"dedup= takes a queuert_sa.Dedup, got {type(start.dedup).__name__}."
+                )
             blockers.append((job_type, check_blocker_refs(job_type, start.blockers)))
             encoded = job_type.encode_input(start.input)
             job_id = coerce_id(start.id) if start.id is not None else new_id()
@@ -282,8 +288,14 @@ class Queuert:
                     status=JobStatus.PENDING,
                     created_at=now,
                     scheduled_at=scheduled_time(now, start.run_at, start.run_in),
+                    deduplication_key=start.dedup.key if start.dedup is not None else None,
                 )
             )
+        duplicates = self._find_duplicates(session, starts, jobs, now)
+        fresh = [i for i in range(len(jobs)) if i not in duplicates]
+        if len(fresh) < len(jobs):
+            jobs = [jobs[i] for i in fresh]
+            blockers = [blockers[i] for i in fresh]
         if any(chain_ids for _, chain_ids in blockers):
             statuses = resolve_blockers(self, session, blockers)
             jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
@@ -300,11 +312,11 @@ class Queuert:
         self._wake_after_commit(
             session, Counter(job.type_name for job in jobs if job.status == JobStatus.PENDING)
         )
-        return [
-            Chain(
+        created: dict[uuid.UUID, Chain[Any, Any]] = {
+            job.id: Chain(
                 id=job.id,
                 type_name=job.type_name,
-                input=start.input,
+                input=starts[i].input,
                 status=job.status,
                 output=None,
                 created_at=job.created_at,
@@ -313,8 +325,72 @@ class Queuert:
                 current_type_name=job.type_name,
                 current_index=0,
             )
-            for job, start in zip(jobs, starts, strict=True)
-        ]
+            for i, job in zip(fresh, jobs, strict=True)
+        }
+        results: list[Chain[Any, Any]] = []
+        fresh_jobs = iter(jobs)
+        for i in range(len(starts)):
+            duplicate = duplicates.get(i)
+            if duplicate is None:
+                results.append(created[next(fresh_jobs).id])
+            elif isinstance(duplicate, int):  # an earlier start of this batch
+                results.append(dataclasses.replace(results[duplicate], deduplicated=True))
+            else:
+                results.append(duplicate)
+        return results
+
+    def _find_duplicates(
+        self,
+        session: Session,
+        starts: Sequence[ChainStart[Any, Any]],
+        jobs: Sequence[NewJob],
+        now: dt.datetime,
+    ) -> dict[int, Chain[Any, Any] | int]:
+        """Which starts duplicate an existing chain (the chain) or an earlier start (its index).
+
+        Concurrent transactions with the same (chain type, key) are serialised
+        first (an advisory lock on PostgreSQL, the write lock on SQLite), so the
+        lookup sees any chain a concurrent start committed.
+        """
+        keyed = [(i, start.dedup) for i, start in enumerate(starts) if start.dedup is not None]
+        if not keyed:
+            return {}
+        keys = {(jobs[i].chain_type_name, dedup.key) for i, dedup in keyed}
+        isolation = ops_maintenance.lock_dedup_keys(session, self.models, self.capabilities, keys)
+        if isolation is not None and isolation != "read committed":
+            raise DeduplicationError(
+                f"Deduplication needs a READ COMMITTED transaction on PostgreSQL; this one is "
+                f"{isolation.upper()}, whose snapshot would miss a chain that a concurrent "
+                "transaction just committed. Start deduplicated chains in a READ COMMITTED "
+                "transaction (the default)."
+            )
+        found: dict[int, Chain[Any, Any] | int] = {}
+        first_of_key: dict[tuple[str, str], int] = {}
+        for i, dedup in keyed:
+            job = jobs[i]
+            batch_key = (job.chain_type_name, dedup.key)
+            if batch_key in first_of_key:
+                first = first_of_key[batch_key]
+                found[i] = found.get(first, first)
+                continue
+            first_of_key[batch_key] = i
+            chain_id = ops_maintenance.find_duplicate(
+                session,
+                self.models,
+                chain_type_name=job.chain_type_name,
+                key=dedup.key,
+                scope=dedup.scope,
+                since=now - dedup.window if dedup.window is not None else None,
+                exclude=dedup.exclude,
+            )
+            if chain_id is None:
+                continue
+            rows = ops.get_chain(session, self.models, chain_id)
+            assert rows is not None  # serialised by the lock: it cannot vanish meanwhile
+            job_type = self.job_types.resolve(starts[i].job_type)
+            chain = self._chain_from_rows(*rows, job_type)
+            found[i] = dataclasses.replace(chain, deduplicated=True)
+        return found
 
     def _wake_after_commit(self, session: Session, counts: Counter[str]) -> None:
         notify = self.notify

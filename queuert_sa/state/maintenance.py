@@ -1,0 +1,334 @@
+"""SQL for deduplication, triggering, deletion and retention.
+
+Same rules as :mod:`.operations`: plain sync functions on the caller's
+``Session`` or ``Connection``, never committing, driver errors translated.
+Constants that partial indexes are defined with (``chain_index = 0``,
+``status <> 'completed'``) are written as SQL literals, not bound parameters,
+so both PostgreSQL and SQLite can prove the index predicate and use it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Collection, Sequence
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    RowMapping,
+    and_,
+    case,
+    delete,
+    exists,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from queuert_sa.models import JobStatus, Models
+
+from .capabilities import Capabilities
+from .operations import Executor, database_errors
+
+_ROOT = literal_column("0")
+_COMPLETED = literal_column("'completed'")
+
+
+# --- locks ---------------------------------------------------------------------
+
+
+def take_write_lock(executor: Executor, models: Models, caps: Capabilities) -> None:
+    """On a single-writer database, make the current transaction the writer now.
+
+    SQLite starts transactions as readers; a transaction that reads, then
+    writes after another writer committed fails (``SQLITE_BUSY_SNAPSHOT``), and
+    a check-then-insert (deduplication) could act on a stale read. A write that
+    matches no row takes the write lock first, so what follows reads the latest
+    data and cannot be interleaved. No-op on PostgreSQL.
+    """
+    if not caps.single_writer:
+        return
+    table = models.job_table
+    with database_errors("take the write lock", models):
+        executor.execute(update(table).where(text("1 = 0")).values(id=table.c.id))
+
+
+def dedup_lock_key(models: Models, chain_type_name: str, key: str) -> int:
+    """A stable signed 64-bit advisory-lock key for (table, chain type, dedup key)."""
+    table = models.job_table
+    name = f"{table.schema or ''}.{table.name}\0{chain_type_name}\0{key}".encode()
+    digest = hashlib.blake2b(name, digest_size=8, person=b"queuert-dedup").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_dedup_keys(
+    executor: Executor, models: Models, caps: Capabilities, keys: Collection[tuple[str, str]]
+) -> str | None:
+    """Serialise transactions starting chains with these (chain type, key) pairs.
+
+    PostgreSQL: a transaction-scoped advisory lock per pair, taken in a fixed
+    order (no deadlock between two batches); the second transaction waits until
+    the first commits or rolls back, then sees its chain. Returns the
+    transaction's isolation level (deduplication needs READ COMMITTED, so that
+    the lookup after the wait sees the committed chain). SQLite: the write lock.
+    """
+    if caps.single_writer:
+        take_write_lock(executor, models, caps)
+        return None
+    isolation: str | None = None
+    stmt = text("SELECT pg_advisory_xact_lock(:key), current_setting('transaction_isolation')")
+    with database_errors("lock deduplication keys", models):
+        for lock_key in sorted({dedup_lock_key(models, t, k) for t, k in keys}):
+            isolation = executor.execute(stmt, {"key": lock_key}).one()[1]
+    return isolation
+
+
+# --- deduplication ---------------------------------------------------------------
+
+
+def find_duplicate(
+    executor: Executor,
+    models: Models,
+    *,
+    chain_type_name: str,
+    key: str,
+    scope: str,
+    since: dt.datetime | None,
+    exclude: Collection[uuid.UUID],
+) -> uuid.UUID | None:
+    """The id of a chain that a start with this dedup key duplicates, if any.
+
+    ``open``: a chain with an unfinished job (its latest; continuations carry
+    the key), found in the index of unfinished keyed jobs. ``any``: the newest
+    chain root with the key. ``since`` bounds the chain's start (its root's
+    ``created_at``); ``exclude`` chains never match.
+    """
+    table = models.job_table
+    if scope == "open":
+        conditions: list[ColumnElement[bool]] = [
+            table.c.chain_type_name == chain_type_name,
+            table.c.deduplication_key == key,
+            table.c.status != _COMPLETED,
+        ]
+        if exclude:
+            conditions.append(table.c.chain_id.not_in(list(exclude)))
+        if since is not None:
+            root = table.alias("root")
+            conditions.append(
+                exists().where(root.c.id == table.c.chain_id, root.c.created_at >= since)
+            )
+        stmt = select(table.c.chain_id).where(*conditions).limit(1)
+    else:
+        conditions = [
+            table.c.chain_type_name == chain_type_name,
+            table.c.deduplication_key == key,
+            table.c.chain_index == _ROOT,
+        ]
+        if exclude:
+            conditions.append(table.c.id.not_in(list(exclude)))
+        if since is not None:
+            conditions.append(table.c.created_at >= since)
+        stmt = (
+            select(table.c.id)
+            .where(*conditions)
+            .order_by(table.c.created_at.desc(), table.c.id.desc())
+            .limit(1)
+        )
+    with database_errors("look up duplicate chain", models):
+        return executor.execute(stmt).scalar()
+
+
+# --- trigger -----------------------------------------------------------------------
+
+
+def trigger_job(
+    executor: Executor, models: Models, *, job_id: uuid.UUID, now: dt.datetime
+) -> RowMapping | None:
+    """Make a pending job due now. Returns the updated row, or None if it is not pending.
+
+    A job already due keeps its ``scheduled_at`` (its place in the queue).
+    """
+    table = models.job_table
+    stmt = (
+        update(table)
+        .where(table.c.id == job_id, table.c.status == JobStatus.PENDING)
+        .values(scheduled_at=case((table.c.scheduled_at > now, now), else_=table.c.scheduled_at))
+        .returning(*table.c)
+    )
+    with database_errors("trigger job", models):
+        return executor.execute(stmt).mappings().first()
+
+
+# --- deletion ------------------------------------------------------------------------
+
+
+def lock_chains(
+    executor: Executor, models: Models, caps: Capabilities, chain_ids: Collection[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Lock every job of these chains for deletion; the ids of the chains that exist.
+
+    ``FOR UPDATE`` waits for an atomic attempt holding one of the jobs to end,
+    and keeps workers (``SKIP LOCKED``) and new dependents (whose foreign key
+    takes ``KEY SHARE``) off them until the caller's transaction ends.
+    """
+    if not chain_ids:
+        return set()
+    table = models.job_table
+    take_write_lock(executor, models, caps)
+    stmt = (
+        select(table.c.id, table.c.chain_id, table.c.chain_index)
+        .where(table.c.chain_id.in_(list(chain_ids)))
+        .order_by(table.c.id)
+    )
+    if caps.skip_locked:
+        stmt = stmt.with_for_update()
+    with database_errors("lock chains", models):
+        rows = executor.execute(stmt).all()
+    return {row.chain_id for row in rows if row.chain_index == 0 and row.id == row.chain_id}
+
+
+def blocker_chains_of(
+    executor: Executor, models: Models, chain_ids: Collection[uuid.UUID]
+) -> set[uuid.UUID]:
+    """The chains that jobs of these chains declare as blockers."""
+    if not chain_ids:
+        return set()
+    job, blocker = models.job_table, models.job_blocker_table
+    stmt = (
+        select(blocker.c.blocked_by_chain_id)
+        .join(job, job.c.id == blocker.c.job_id)
+        .where(job.c.chain_id.in_(list(chain_ids)))
+        .distinct()
+    )
+    with database_errors("read blockers of chains", models):
+        return set(executor.execute(stmt).scalars())
+
+
+def outside_references(
+    executor: Executor, models: Models, chain_ids: Collection[uuid.UUID]
+) -> list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]:
+    """(job, its chain, blocker chain) for jobs outside ``chain_ids`` blocked by one inside."""
+    if not chain_ids:
+        return []
+    ids = list(chain_ids)
+    job, blocker = models.job_table, models.job_blocker_table
+    stmt = (
+        select(blocker.c.job_id, job.c.chain_id, blocker.c.blocked_by_chain_id)
+        .join(job, job.c.id == blocker.c.job_id)
+        .where(blocker.c.blocked_by_chain_id.in_(ids), job.c.chain_id.not_in(ids))
+        .order_by(blocker.c.blocked_by_chain_id, blocker.c.job_id)
+    )
+    with database_errors("check blocker references", models):
+        return [(r[0], r[1], r[2]) for r in executor.execute(stmt)]
+
+
+def delete_chain_rows(executor: Executor, models: Models, chain_ids: Collection[uuid.UUID]) -> int:
+    """Delete the jobs of these chains and every blocker row touching them; jobs deleted.
+
+    The caller has checked that no job outside the set references them.
+    """
+    if not chain_ids:
+        return 0
+    ids = list(chain_ids)
+    job, blocker = models.job_table, models.job_blocker_table
+    jobs_of_set = select(job.c.id).where(job.c.chain_id.in_(ids))
+    with database_errors("delete chains", models):
+        executor.execute(
+            delete(blocker).where(
+                or_(blocker.c.job_id.in_(jobs_of_set), blocker.c.blocked_by_chain_id.in_(ids))
+            )
+        )
+        result = cast(
+            CursorResult[Any], executor.execute(delete(job).where(job.c.chain_id.in_(ids)))
+        )
+    return result.rowcount
+
+
+# --- retention -------------------------------------------------------------------------
+
+
+def _finished_before(models: Models, chain_id: Any, cutoff: dt.datetime) -> ColumnElement[bool]:
+    """The chain ``chain_id`` has every job completed before ``cutoff``."""
+    table = models.job_table
+    step = table.alias("step")
+    return ~exists().where(
+        step.c.chain_id == chain_id,
+        or_(step.c.status != _COMPLETED, step.c.completed_at >= cutoff),
+    )
+
+
+def retention_candidates(
+    executor: Executor,
+    models: Models,
+    caps: Capabilities,
+    *,
+    cutoff: dt.datetime,
+    type_names: Sequence[str] | None,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[tuple[uuid.UUID, dt.datetime]]:
+    """Oldest chains completed before ``cutoff``, after the ``(created_at, id)`` key.
+
+    Chain roots are walked in ``(created_at, id)`` order on the chain listing
+    index; rows other transactions hold are skipped on PostgreSQL.
+    """
+    table = models.job_table
+    conditions: list[ColumnElement[bool]] = [
+        table.c.chain_index == _ROOT,
+        table.c.created_at < cutoff,
+        _finished_before(models, table.c.id, cutoff),
+    ]
+    if type_names is not None:
+        conditions.append(table.c.chain_type_name.in_(list(type_names)))
+    if after is not None:
+        conditions.append(
+            or_(
+                table.c.created_at > after[0],
+                and_(table.c.created_at == after[0], table.c.id > after[1]),
+            )
+        )
+    stmt = (
+        select(table.c.id, table.c.created_at)
+        .where(*conditions)
+        .order_by(table.c.created_at, table.c.id)
+        .limit(limit)
+    )
+    if caps.skip_locked:
+        stmt = stmt.with_for_update(skip_locked=True)
+    with database_errors("find chains to clean up", models):
+        return [(row.id, row.created_at) for row in executor.execute(stmt)]
+
+
+def still_needed(
+    executor: Executor,
+    models: Models,
+    *,
+    chain_ids: Collection[uuid.UUID],
+    cutoff: dt.datetime,
+    type_names: Sequence[str] | None,
+) -> set[uuid.UUID]:
+    """Those of ``chain_ids`` that a chain retention keeps declares as a blocker.
+
+    A dependent chain is kept if it is not finished before ``cutoff`` (open, or
+    completed recently) or, with ``type_names``, is of another type. Its
+    blockers are kept with it: a running dependent reads their outputs.
+    """
+    if not chain_ids:
+        return set()
+    job, blocker = models.job_table, models.job_blocker_table
+    kept = ~_finished_before(models, job.c.chain_id, cutoff)
+    if type_names is not None:
+        kept = or_(kept, job.c.chain_type_name.not_in(list(type_names)))
+    stmt = (
+        select(blocker.c.blocked_by_chain_id)
+        .join(job, job.c.id == blocker.c.job_id)
+        .where(blocker.c.blocked_by_chain_id.in_(list(chain_ids)), kept)
+        .distinct()
+    )
+    with database_errors("check chains still needed", models):
+        return set(executor.execute(stmt).scalars())
