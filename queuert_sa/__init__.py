@@ -12,22 +12,29 @@ from ._attempt import Outcome as Outcome
 from ._attempt import Reschedule as Reschedule
 from ._client import Queuert as Queuert
 from ._entities import Chain as Chain
+from ._entities import Dedup as Dedup
 from ._entities import Job as Job
+from ._entities import Page as Page
+from ._errors import BlockerReference as BlockerReference
+from ._errors import BlockerReferenceError as BlockerReferenceError
 from ._errors import ChainNotFoundError as ChainNotFoundError
 from ._errors import DatabaseError as DatabaseError
 from ._errors import DatabaseUnavailableError as DatabaseUnavailableError
+from ._errors import DeduplicationError as DeduplicationError
 from ._errors import DuplicateHandlerError as DuplicateHandlerError
 from ._errors import DuplicateJobTypeError as DuplicateJobTypeError
 from ._errors import EngineMismatchError as EngineMismatchError
 from ._errors import HandlerError as HandlerError
 from ._errors import InvalidBlockersError as InvalidBlockersError
 from ._errors import InvalidContinuationError as InvalidContinuationError
+from ._errors import InvalidCursorError as InvalidCursorError
 from ._errors import InvalidJobIdError as InvalidJobIdError
 from ._errors import InvalidJobTypesError as InvalidJobTypesError
 from ._errors import InvalidScheduleError as InvalidScheduleError
 from ._errors import JobAlreadyCompletedError as JobAlreadyCompletedError
 from ._errors import JobInputError as JobInputError
 from ._errors import JobNotFoundError as JobNotFoundError
+from ._errors import JobNotTriggerableError as JobNotTriggerableError
 from ._errors import JobOwnershipError as JobOwnershipError
 from ._errors import JobTakenByAnotherWorkerError as JobTakenByAnotherWorkerError
 from ._errors import JobTypeError as JobTypeError
@@ -59,11 +66,15 @@ __version__ = "0.1.0"
 __all__ = [
     "Attempt",
     "Backoff",
+    "BlockerReference",
+    "BlockerReferenceError",
     "Chain",
     "ChainNotFoundError",
     "ChainStart",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "Dedup",
+    "DeduplicationError",
     "DuplicateHandlerError",
     "DuplicateJobTypeError",
     "EngineMismatchError",
@@ -71,6 +82,7 @@ __all__ = [
     "InMemoryNotify",
     "InvalidBlockersError",
     "InvalidContinuationError",
+    "InvalidCursorError",
     "InvalidJobIdError",
     "InvalidJobTypesError",
     "InvalidScheduleError",
@@ -78,6 +90,7 @@ __all__ = [
     "JobAlreadyCompletedError",
     "JobInputError",
     "JobNotFoundError",
+    "JobNotTriggerableError",
     "JobOwnershipError",
     "JobStatus",
     "JobTakenByAnotherWorkerError",
@@ -89,6 +102,7 @@ __all__ = [
     "NotAnEntryTypeError",
     "NotifyAdapter",
     "Outcome",
+    "Page",
     "Queuert",
     "QueuertError",
     "Reschedule",

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from sqlalchemy import Engine, RowMapping
 from sqlalchemy.orm import Session, scoped_session
 
-from . import hooks
-from ._entities import Chain, Dedup, Job
+from . import _cursor, hooks
+from ._entities import Chain, Dedup, Job, Page
 from ._errors import (
+    BlockerReference,
+    BlockerReferenceError,
     ChainNotFoundError,
     DeduplicationError,
     EngineMismatchError,
@@ -25,6 +28,7 @@ from ._errors import (
     InvalidScheduleError,
     JobAlreadyCompletedError,
     JobNotFoundError,
+    JobNotTriggerableError,
     JobTypeMismatchError,
     SessionRequiredError,
     WaitChainTimeoutError,
@@ -33,9 +37,10 @@ from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType, JobTypes
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import InMemoryNotify, NotifyAdapter
-from .state import Capabilities, NewJob, prepare_engine
+from .state import Capabilities, NewJob, immediate_engine, prepare_engine, queries
 from .state import maintenance as ops_maintenance
 from .state import operations as ops
+from .state.queries import Filters
 
 if TYPE_CHECKING:
     from ._attempt import Attempt
@@ -49,6 +54,8 @@ P = ParamSpec("P")
 
 Clock = Callable[[], dt.datetime]
 
+log = logging.getLogger("queuert_sa")
+
 #: What mutating and reading calls accept: a ``Session``, or a ``scoped_session``
 #: (which stands for its current session).
 SessionLike = Session | scoped_session[Any]
@@ -57,6 +64,56 @@ SessionLike = Session | scoped_session[Any]
 def utc_now() -> dt.datetime:
     """The default clock: the current time in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+#: Default page size of the listings.
+DEFAULT_PAGE_SIZE = 50
+#: Largest page a listing returns.
+MAX_PAGE_SIZE = 1000
+
+
+def _type_names(types: Iterable[JobType[Any, Any] | str] | None) -> list[str] | None:
+    if types is None:
+        return None
+    if isinstance(types, (str, JobType)):
+        raise TypeError("types= takes a list of job types or names; wrap a single one in [...]")
+    return [t if isinstance(t, str) else t.name for t in types]
+
+
+def _status_values(statuses: Iterable[JobStatus | str] | None) -> list[str] | None:
+    if statuses is None:
+        return None
+    if isinstance(statuses, str):
+        raise TypeError("statuses= takes a list of statuses; wrap a single one in [...]")
+    values: list[str] = []
+    for status in statuses:
+        try:
+            values.append(JobStatus(status).value)
+        except ValueError:
+            known = ", ".join(s.value for s in JobStatus)
+            raise ValueError(f"Unknown job status {status!r}; one of: {known}.") from None
+    return values
+
+
+def _ids(ids: Iterable[uuid.UUID | str] | None, name: str) -> list[uuid.UUID] | None:
+    if ids is None:
+        return None
+    if isinstance(ids, (str, uuid.UUID)):
+        raise TypeError(f"{name}= takes a list of ids; wrap a single id in [...]")
+    return [coerce_id(i) for i in ids]
+
+
+def _aware(value: dt.datetime | None, name: str) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name}={value!r} is naive; pass an aware datetime (UTC).")
+    return value
+
+
+def _check_page(order: str, limit: int) -> None:
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit!r}")
 
 
 def check_schedule(type_name: str, run_at: dt.datetime | None, run_in: dt.timedelta | None) -> None:
@@ -549,6 +606,302 @@ class Queuert:
             return chains
 
         return self._read(session, read)
+
+    # --- listing -----------------------------------------------------------------
+
+    def list_chains(
+        self,
+        *,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        statuses: Iterable[JobStatus | str] | None = None,
+        chain_ids: Iterable[uuid.UUID | str] | None = None,
+        job_ids: Iterable[uuid.UUID | str] | None = None,
+        created_since: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        order: Literal["asc", "desc"] = "desc",
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        session: SessionLike | None = None,
+    ) -> Page[Chain[Any, Any]]:
+        """One page of chains, newest first by default (by their start, then id).
+
+        Args:
+            types: Chain types (the types of their first jobs).
+            statuses: The chains' statuses, i.e. of their latest jobs. Checked
+                per chain, so combine it with a narrower filter on big tables.
+            chain_ids: Only these chains.
+            job_ids: Only the chains containing these jobs.
+            created_since: Chains started at or after this time.
+            created_before: Chains started before this time.
+            order: ``"desc"`` (newest first) or ``"asc"``.
+            cursor: ``next_cursor`` of the previous page; None for the first.
+            limit: Page size, 1 to 1000 (default 50).
+            session: Read in this session's transaction (default: a connection
+                of its own).
+
+        Pages are keyed on the last row, not offsets: chains started or
+        deleted meanwhile never make a later page skip or repeat a chain.
+        """
+        filters = Filters(
+            chain_type_names=None,
+            type_names=_type_names(types),
+            statuses=_status_values(statuses),
+            chain_ids=_ids(chain_ids, "chain_ids"),
+            job_ids=_ids(job_ids, "job_ids"),
+            created_since=_aware(created_since, "created_since"),
+            created_before=_aware(created_before, "created_before"),
+        )
+        _check_page(order, limit)
+        after = None if cursor is None else _cursor.decode_created(cursor, "chains", order)
+        rows = self._read(
+            session,
+            lambda ex: queries.list_chains(
+                ex, self.models, filters=filters, order=order, after=after, limit=limit
+            ),
+        )
+        chains = [self._chain_from_rows(root, latest, None) for root, latest in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = chains[-1]
+            next_cursor = _cursor.encode_created("chains", order, last.created_at, last.id)
+        return Page(chains, next_cursor)
+
+    def list_jobs(
+        self,
+        *,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        chain_types: Iterable[JobType[Any, Any] | str] | None = None,
+        statuses: Iterable[JobStatus | str] | None = None,
+        chain_ids: Iterable[uuid.UUID | str] | None = None,
+        job_ids: Iterable[uuid.UUID | str] | None = None,
+        created_since: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        order: Literal["asc", "desc"] = "desc",
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        session: SessionLike | None = None,
+    ) -> Page[Job[Any]]:
+        """One page of jobs of any chain, newest first by default (by creation, then id).
+
+        ``types`` are the jobs' own types, ``chain_types`` the types of their
+        chains; the other arguments are as for :meth:`list_chains`.
+        """
+        filters = Filters(
+            type_names=_type_names(types),
+            chain_type_names=_type_names(chain_types),
+            statuses=_status_values(statuses),
+            chain_ids=_ids(chain_ids, "chain_ids"),
+            job_ids=_ids(job_ids, "job_ids"),
+            created_since=_aware(created_since, "created_since"),
+            created_before=_aware(created_before, "created_before"),
+        )
+        _check_page(order, limit)
+        after = None if cursor is None else _cursor.decode_created(cursor, "jobs", order)
+        rows = self._read(
+            session,
+            lambda ex: queries.list_jobs(
+                ex, self.models, filters=filters, order=order, after=after, limit=limit
+            ),
+        )
+        return self._job_page(rows, limit, "jobs", order)
+
+    def list_chain_jobs(
+        self,
+        chain_id: uuid.UUID | str,
+        *,
+        order: Literal["asc", "desc"] = "asc",
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        session: SessionLike | None = None,
+    ) -> Page[Job[Any]]:
+        """One page of a chain's jobs, first step first by default (by ``chain_index``).
+
+        An unknown chain gives an empty page.
+        """
+        wanted = coerce_id(chain_id)
+        _check_page(order, limit)
+        after = None if cursor is None else _cursor.decode_index(cursor, "chain_jobs", order)
+        rows = self._read(
+            session,
+            lambda ex: queries.list_chain_jobs(
+                ex, self.models, chain_id=wanted, order=order, after=after, limit=limit
+            ),
+        )
+        jobs = [self._job_snapshot(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = _cursor.encode_index("chain_jobs", order, jobs[-1].chain_index)
+        return Page(jobs, next_cursor)
+
+    def list_blocked_jobs(
+        self,
+        chain_id: uuid.UUID | str,
+        *,
+        order: Literal["asc", "desc"] = "desc",
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        session: SessionLike | None = None,
+    ) -> Page[Job[Any]]:
+        """One page of the jobs that declared ``chain_id`` as a blocker, newest first.
+
+        Includes jobs already unblocked or completed: the blocker relation is
+        kept for as long as both chains exist.
+        """
+        wanted = coerce_id(chain_id)
+        _check_page(order, limit)
+        after = None if cursor is None else _cursor.decode_created(cursor, "blocked_jobs", order)
+        rows = self._read(
+            session,
+            lambda ex: queries.list_blocked_jobs(
+                ex, self.models, chain_id=wanted, order=order, after=after, limit=limit
+            ),
+        )
+        return self._job_page(rows, limit, "blocked_jobs", order)
+
+    def _job_snapshot(self, row: RowMapping) -> Job[Any]:
+        known = row["type_name"] in self.job_types
+        return job_from_row(row, self.job_types.get(row["type_name"]) if known else None)
+
+    def _job_page(
+        self, rows: Sequence[RowMapping], limit: int, listing: str, order: str
+    ) -> Page[Job[Any]]:
+        jobs = [self._job_snapshot(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = jobs[-1]
+            next_cursor = _cursor.encode_created(listing, order, last.created_at, last.id)
+        return Page(jobs, next_cursor)
+
+    # --- operating: trigger, delete, clean up ----------------------------------
+
+    def trigger_job(self, session: SessionLike, id: uuid.UUID | str) -> Job[Any]:
+        """Make a pending job due now, in ``session``'s transaction (never committed here).
+
+        A job scheduled for later (``run_at``/``run_in``, a retry's backoff)
+        becomes due at once; one already due keeps its place. Workers are woken
+        after COMMIT. Raises :class:`JobNotFoundError`, and
+        :class:`JobNotTriggerableError` for a job that is blocked, running or
+        completed. Returns the job as updated.
+        """
+        session = self.session_of(session)
+        job_id = coerce_id(id)
+        row = ops_maintenance.trigger_job(session, self.models, job_id=job_id, now=self.clock())
+        if row is None:
+            current = ops.get_job(session, self.models, job_id)
+            if current is None:
+                raise JobNotFoundError(job_id)
+            raise JobNotTriggerableError(job_id, status=str(current["status"]))
+        self._wake_after_commit(session, Counter({row["type_name"]: 1}))
+        return self._job_snapshot(row)
+
+    def delete_chains(
+        self,
+        session: SessionLike,
+        ids: Iterable[uuid.UUID | str],
+        *,
+        cascade: bool = False,
+    ) -> list[Chain[Any, Any]]:
+        """Delete chains (every job, and their blocker rows), in ``session``'s transaction.
+
+        All or nothing: if a job outside the deletion set declares one of the
+        chains as a blocker, :class:`BlockerReferenceError` lists those
+        references and nothing is deleted. ``cascade=True`` also deletes the
+        chains that the listed chains' jobs declare as blockers, transitively
+        (and is refused in the same way if one of those is referenced from
+        outside). Ids of chains that do not exist are skipped.
+
+        The chains' jobs are locked first, so this waits for an atomic attempt
+        running one of them to finish. A staged attempt running one finds its
+        job gone when it writes, and writes nothing. Returns the deleted
+        chains as they were, the listed ones first.
+        """
+        if isinstance(ids, (str, uuid.UUID)):
+            raise TypeError("delete_chains takes a list of chain ids; wrap a single id in [...]")
+        session = self.session_of(session)
+        wanted = list(dict.fromkeys(coerce_id(i) for i in ids))
+        found = ops_maintenance.lock_chains(session, self.models, self.capabilities, wanted)
+        doomed = [chain_id for chain_id in wanted if chain_id in found]
+        if cascade:
+            frontier = set(doomed)
+            while frontier:
+                blockers = ops_maintenance.blocker_chains_of(session, self.models, frontier)
+                new = sorted(blockers - set(doomed))
+                frontier = ops_maintenance.lock_chains(session, self.models, self.capabilities, new)
+                doomed += [chain_id for chain_id in new if chain_id in frontier]
+        references = ops_maintenance.outside_references(session, self.models, doomed)
+        if references:
+            raise BlockerReferenceError([BlockerReference(*ref) for ref in references])
+        rows = queries.list_chains(
+            session,
+            self.models,
+            filters=Filters(chain_ids=doomed),
+            order="asc",
+            after=None,
+            limit=max(len(doomed), 1),
+        )
+        by_id = {root["id"]: self._chain_from_rows(root, latest, None) for root, latest in rows}
+        ops_maintenance.delete_chain_rows(session, self.models, doomed)
+        return [by_id[chain_id] for chain_id in doomed if chain_id in by_id]
+
+    def cleanup(
+        self,
+        *,
+        older_than: dt.timedelta,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> int:
+        """Delete chains completed more than ``older_than`` ago, in batches; how many went.
+
+        Retention for completed work. Each batch is its own short transaction
+        (on this client's engine), so a large backlog never holds locks for
+        long; run it from a periodic job or a cron entry. Never deleted: open
+        chains, chains completed within ``older_than``, and chains that a kept
+        chain declares as a blocker (a running dependent reads their
+        outputs). With ``types``, only chains of those types go (and their
+        blockers stay while a dependent of another type needs them).
+
+        Args:
+            older_than: How long a completed chain is kept.
+            types: Only chains of these types; default all.
+            batch_size: Chains examined per transaction.
+            max_batches: Stop after this many batches (default: until done).
+        """
+        if older_than < dt.timedelta(0):
+            raise ValueError(f"older_than must not be negative, got {older_than!r}")
+        if batch_size < 1 or (max_batches is not None and max_batches < 1):
+            raise ValueError("batch_size and max_batches must be at least 1")
+        cutoff = self.clock() - older_than
+        type_names = _type_names(types)
+        engine = immediate_engine(self.engine)
+        after: tuple[dt.datetime, uuid.UUID] | None = None
+        deleted = batches = 0
+        while max_batches is None or batches < max_batches:
+            with engine.begin() as conn:
+                candidates = ops_maintenance.retention_candidates(
+                    conn,
+                    self.models,
+                    self.capabilities,
+                    cutoff=cutoff,
+                    type_names=type_names,
+                    after=after,
+                    limit=batch_size,
+                )
+                if not candidates:
+                    break
+                ids = {chain_id for chain_id, _ in candidates}
+                keep = ops_maintenance.still_needed(
+                    conn, self.models, chain_ids=ids, cutoff=cutoff, type_names=type_names
+                )
+                ops_maintenance.delete_chain_rows(conn, self.models, ids - keep)
+            deleted += len(ids - keep)
+            batches += 1
+            last_id, last_created = candidates[-1]
+            after = (last_created, last_id)
+            if len(candidates) < batch_size:
+                break
+        log.info("cleanup deleted %d chains completed before %s", deleted, cutoff.isoformat())
+        return deleted
 
     # --- waiting and completing from application code -------------------------
 

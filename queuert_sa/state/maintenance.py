@@ -35,8 +35,8 @@ from queuert_sa.models import JobStatus, Models
 from .capabilities import Capabilities
 from .operations import Executor, database_errors
 
-_ROOT = literal_column("0")
-_COMPLETED = literal_column("'completed'")
+_ROOT: ColumnElement[int] = literal_column("0")
+_COMPLETED: ColumnElement[str] = literal_column("'completed'")
 
 
 # --- locks ---------------------------------------------------------------------

@@ -32,7 +32,7 @@ from .operations import Executor, database_errors
 
 Order = Literal["asc", "desc"]
 
-_ROOT = literal_column("0")
+_ROOT: ColumnElement[int] = literal_column("0")
 
 
 @dataclass(frozen=True, kw_only=True)
