@@ -878,30 +878,44 @@ class Queuert:
         deleted = batches = 0
         while max_batches is None or batches < max_batches:
             with engine.begin() as conn:
-                candidates = ops_maintenance.retention_candidates(
-                    conn,
-                    self.models,
-                    self.capabilities,
-                    cutoff=cutoff,
-                    type_names=type_names,
-                    after=after,
-                    limit=batch_size,
+                examined, gone, after = self.cleanup_batch(
+                    conn, cutoff=cutoff, type_names=type_names, after=after, limit=batch_size
                 )
-                if not candidates:
-                    break
-                ids = {chain_id for chain_id, _ in candidates}
-                keep = ops_maintenance.still_needed(
-                    conn, self.models, chain_ids=ids, cutoff=cutoff, type_names=type_names
-                )
-                ops_maintenance.delete_chain_rows(conn, self.models, ids - keep)
-            deleted += len(ids - keep)
+            deleted += gone
             batches += 1
-            last_id, last_created = candidates[-1]
-            after = (last_created, last_id)
-            if len(candidates) < batch_size:
+            if examined < batch_size:
                 break
         log.info("cleanup deleted %d chains completed before %s", deleted, cutoff.isoformat())
         return deleted
+
+    def cleanup_batch(
+        self,
+        executor: ops.Executor,
+        *,
+        cutoff: dt.datetime,
+        type_names: Sequence[str] | None,
+        after: tuple[dt.datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> tuple[int, int, tuple[dt.datetime, uuid.UUID] | None]:
+        """One retention batch in the caller's transaction: (examined, deleted, next key)."""
+        candidates = ops_maintenance.retention_candidates(
+            executor,
+            self.models,
+            self.capabilities,
+            cutoff=cutoff,
+            type_names=type_names,
+            after=after,
+            limit=limit,
+        )
+        if not candidates:
+            return 0, 0, after
+        ids = {chain_id for chain_id, _ in candidates}
+        keep = ops_maintenance.still_needed(
+            executor, self.models, chain_ids=ids, cutoff=cutoff, type_names=type_names
+        )
+        ops_maintenance.delete_chain_rows(executor, self.models, ids - keep)
+        last_id, last_created = candidates[-1]
+        return len(candidates), len(ids - keep), (last_created, last_id)
 
     # --- waiting and completing from application code -------------------------
 
