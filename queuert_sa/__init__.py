@@ -7,6 +7,7 @@ rows; workers complete them in the same transaction as the handler's own writes.
 
 from . import hooks as hooks
 from . import models as models
+from ._async_client import AsyncQueuert as AsyncQueuert
 from ._attempt import Attempt as Attempt
 from ._attempt import Outcome as Outcome
 from ._attempt import Reschedule as Reschedule
@@ -64,6 +65,7 @@ from .state import prepare_engine as prepare_engine
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncQueuert",
     "Attempt",
     "Backoff",
     "BlockerReference",

@@ -1,0 +1,460 @@
+"""The asyncio client: ``AsyncQueuert`` for ``AsyncEngine``/``AsyncSession`` applications.
+
+There is one implementation of every operation, the synchronous one: each
+coroutine here runs it on the ``AsyncSession``'s own sync session through
+``run_sync``, in the caller's transaction. Post-commit wake-ups work as for
+``Session``: they hang on the sync session's events, which an ``AsyncSession``
+fires on COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
+from sqlalchemy.orm import Session
+
+from ._client import DEFAULT_PAGE_SIZE, Clock, Queuert, describe_job, utc_now
+from ._entities import Chain, Job, Page
+from ._errors import EngineMismatchError, SessionRequiredError, WaitChainTimeoutError
+from ._ids import coerce_id
+from ._job_types import ChainStart, JobType, JobTypes
+from .models import DEFAULT_MODELS, JobStatus, Models
+from .notify import NotifyAdapter
+from .state import Capabilities, immediate_engine
+
+if TYPE_CHECKING:
+    from ._attempt import Attempt
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+#: What mutating and reading coroutines accept: an ``AsyncSession``, or an
+#: ``async_scoped_session`` (which stands for its current session).
+AsyncSessionLike = AsyncSession | async_scoped_session[Any]
+
+
+class AsyncQueuert:
+    """The asyncio client: the methods of :class:`Queuert` as coroutines taking ``AsyncSession``.
+
+    ::
+
+        aqueuert = AsyncQueuert(async_engine, job_types)
+        async with AsyncSession(async_engine) as session, session.begin():
+            session.add(user)
+            await session.flush()
+            await aqueuert.start_chain(session, send_welcome, {"user_id": user.id})
+
+    Every call runs the same SQL as the sync client, on the session's sync
+    connection (``run_sync``), so behaviour, errors and the transaction rules
+    are those of :class:`Queuert`: nothing is committed here, and wake-ups go
+    out after the caller's COMMIT.
+
+    Args:
+        engine: The application's ``AsyncEngine`` (``postgresql+psycopg`` or
+            ``sqlite+aiosqlite``).
+        job_types, notify, models, clock: As for :class:`Queuert`.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        job_types: JobTypes,
+        *,
+        notify: NotifyAdapter | None = None,
+        models: Models = DEFAULT_MODELS,
+        clock: Clock = utc_now,
+    ) -> None:
+        if not isinstance(engine, AsyncEngine):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"AsyncQueuert needs a sqlalchemy AsyncEngine, got {type(engine).__name__}; "
+                "for an Engine use Queuert."
+            )
+        self.engine = engine
+        self.sync = Queuert(
+            engine.sync_engine, job_types, notify=notify, models=models, clock=clock
+        )
+        """The sync client this one delegates to (same registry, notify, models and clock)."""
+
+    def __repr__(self) -> str:
+        return f"<AsyncQueuert {self.engine.url!r} types={list(self.job_types.names)}>"
+
+    @property
+    def job_types(self) -> JobTypes:
+        return self.sync.job_types
+
+    @property
+    def notify(self) -> NotifyAdapter:
+        return self.sync.notify
+
+    @property
+    def models(self) -> Models:
+        return self.sync.models
+
+    @property
+    def clock(self) -> Clock:
+        return self.sync.clock
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.sync.capabilities
+
+    def immediate_engine(self) -> AsyncEngine:
+        """This engine with write-first transactions on SQLite (see :func:`immediate_engine`)."""
+        sync = immediate_engine(self.engine.sync_engine)
+        if sync is self.engine.sync_engine:
+            return self.engine
+        return self.engine.execution_options(**sync.get_execution_options())
+
+    # --- plumbing -----------------------------------------------------------------
+
+    def session_of(self, session: object) -> AsyncSession:
+        """The ``AsyncSession`` to write through; refuses anything else."""
+        if isinstance(session, async_scoped_session):
+            session = cast("async_scoped_session[AsyncSession]", session)()
+        if not isinstance(session, AsyncSession):
+            hint = " For a Session use Queuert." if isinstance(session, Session) else ""
+            raise SessionRequiredError(
+                f"Expected a sqlalchemy.ext.asyncio.AsyncSession, got {type(session).__name__}. "
+                f"Pass the session whose transaction the jobs should join.{hint}"
+            )
+        bind = session.bind
+        if isinstance(bind, AsyncEngine) and bind.dialect.name != self.engine.dialect.name:
+            raise EngineMismatchError(
+                f"The session is bound to a {bind.dialect.name} database but this AsyncQueuert "
+                f"was built for {self.engine.dialect.name}; use the session of the same database."
+            )
+        return session
+
+    async def _in(self, session: AsyncSessionLike, fn: Callable[[Session], R]) -> R:
+        return await self.session_of(session).run_sync(fn)
+
+    async def _read(self, session: AsyncSessionLike | None, fn: Callable[[Session], R]) -> R:
+        if session is not None:
+            return await self._in(session, fn)
+        async with AsyncSession(self.engine) as own:
+            return await own.run_sync(fn)
+
+    # --- producing ------------------------------------------------------------------
+
+    async def start_chain(
+        self,
+        session: AsyncSessionLike,
+        job_type: Callable[P, ChainStart[InT, OutT]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Chain[InT, Any]:
+        """Start a chain in ``session``'s transaction; see :meth:`Queuert.start_chain`."""
+        start = describe_job(job_type, *args, **kwargs)
+        chains = await self._in(session, lambda s: self.sync.start_chains(s, [start]))
+        return chains[0]
+
+    async def start_chains(
+        self, session: AsyncSessionLike, starts: Sequence[ChainStart[Any, Any]]
+    ) -> list[Chain[Any, Any]]:
+        """Start several chains with one INSERT; see :meth:`Queuert.start_chains`."""
+        return await self._in(session, lambda s: self.sync.start_chains(s, starts))
+
+    # --- reading ----------------------------------------------------------------------
+
+    @overload
+    async def get_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: None = None,
+        *,
+        session: AsyncSessionLike | None = None,
+    ) -> Chain[Any, Any]: ...
+
+    @overload
+    async def get_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[InT, Any],
+        *,
+        session: AsyncSessionLike | None = None,
+    ) -> Chain[InT, Any]: ...
+
+    async def get_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[Any, Any] | None = None,
+        *,
+        session: AsyncSessionLike | None = None,
+    ) -> Chain[Any, Any]:
+        """Read a chain; see :meth:`Queuert.get_chain`."""
+        return await self._read(session, lambda s: self.sync.get_chain(id, job_type, session=s))
+
+    @overload
+    async def get_job(
+        self,
+        id: uuid.UUID | str,
+        job_type: None = None,
+        *,
+        session: AsyncSessionLike | None = None,
+    ) -> Job[Any]: ...
+
+    @overload
+    async def get_job(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[InT, Any],
+        *,
+        session: AsyncSessionLike | None = None,
+    ) -> Job[InT]: ...
+
+    async def get_job(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[Any, Any] | None = None,
+        *,
+        session: AsyncSessionLike | None = None,
+    ) -> Job[Any]:
+        """Read a job; see :meth:`Queuert.get_job`."""
+        return await self._read(session, lambda s: self.sync.get_job(id, job_type, session=s))
+
+    async def get_job_blockers(
+        self, id: uuid.UUID | str, *, session: AsyncSessionLike | None = None
+    ) -> list[Chain[Any, Any]]:
+        """The chains a job waits (or waited) for; see :meth:`Queuert.get_job_blockers`."""
+        return await self._read(session, lambda s: self.sync.get_job_blockers(id, session=s))
+
+    async def list_chains(
+        self,
+        *,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        statuses: Iterable[JobStatus | str] | None = None,
+        chain_ids: Iterable[uuid.UUID | str] | None = None,
+        job_ids: Iterable[uuid.UUID | str] | None = None,
+        created_since: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        order: Literal["asc", "desc"] = "desc",
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        session: AsyncSessionLike | None = None,
+    ) -> Page[Chain[Any, Any]]:
+        """One page of chains; see :meth:`Queuert.list_chains`."""
+        return await self._read(
+            session,
+            lambda s: self.sync.list_chains(
+                types=types,
+                statuses=statuses,
+                chain_ids=chain_ids,
+                job_ids=job_ids,
+                created_since=created_since,
+                created_before=created_before,
+                order=order,
+                cursor=cursor,
+                limit=limit,
+                session=s,
+            ),
+        )
+
+    async def list_jobs(
+        self,
+        *,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        chain_types: Iterable[JobType[Any, Any] | str] | None = None,
+        statuses: Iterable[JobStatus | str] | None = None,
+        chain_ids: Iterable[uuid.UUID | str] | None = None,
+        job_ids: Iterable[uuid.UUID | str] | None = None,
+        created_since: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        order: Literal["asc", "desc"] = "desc",
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        session: AsyncSessionLike | None = None,
+    ) -> Page[Job[Any]]:
+        """One page of jobs; see :meth:`Queuert.list_jobs`."""
+        return await self._read(
+            session,
+            lambda s: self.sync.list_jobs(
+                types=types,
+                chain_types=chain_types,
+                statuses=statuses,
+                chain_ids=chain_ids,
+                job_ids=job_ids,
+                created_since=created_since,
+                created_before=created_before,
+                order=order,
+                cursor=cursor,
+                limit=limit,
+                session=s,
+            ),
+        )
+
+    async def list_chain_jobs(
+        self,
+        chain_id: uuid.UUID | str,
+        *,
+        order: Literal["asc", "desc"] = "asc",
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        session: AsyncSessionLike | None = None,
+    ) -> Page[Job[Any]]:
+        """One page of a chain's jobs; see :meth:`Queuert.list_chain_jobs`."""
+        return await self._read(
+            session,
+            lambda s: self.sync.list_chain_jobs(
+                chain_id, order=order, cursor=cursor, limit=limit, session=s
+            ),
+        )
+
+    async def list_blocked_jobs(
+        self,
+        chain_id: uuid.UUID | str,
+        *,
+        order: Literal["asc", "desc"] = "desc",
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        session: AsyncSessionLike | None = None,
+    ) -> Page[Job[Any]]:
+        """One page of the jobs blocked by a chain; see :meth:`Queuert.list_blocked_jobs`."""
+        return await self._read(
+            session,
+            lambda s: self.sync.list_blocked_jobs(
+                chain_id, order=order, cursor=cursor, limit=limit, session=s
+            ),
+        )
+
+    # --- operating ---------------------------------------------------------------------
+
+    async def trigger_job(self, session: AsyncSessionLike, id: uuid.UUID | str) -> Job[Any]:
+        """Make a pending job due now; see :meth:`Queuert.trigger_job`."""
+        return await self._in(session, lambda s: self.sync.trigger_job(s, id))
+
+    async def delete_chains(
+        self,
+        session: AsyncSessionLike,
+        ids: Iterable[uuid.UUID | str],
+        *,
+        cascade: bool = False,
+    ) -> list[Chain[Any, Any]]:
+        """Delete chains, all or nothing; see :meth:`Queuert.delete_chains`."""
+        if isinstance(ids, (str, uuid.UUID)):
+            raise TypeError("delete_chains takes a list of chain ids; wrap a single id in [...]")
+        wanted = list(ids)
+        return await self._in(
+            session, lambda s: self.sync.delete_chains(s, wanted, cascade=cascade)
+        )
+
+    async def complete_chain(
+        self,
+        session: AsyncSessionLike,
+        id: uuid.UUID | str,
+        job_type: JobType[InT, Any],
+        fn: Callable[[Attempt[Any, Any]], object],
+    ) -> Chain[InT, Any]:
+        """Complete (or continue) a chain's current job; see :meth:`Queuert.complete_chain`.
+
+        ``fn`` is a plain function (it runs inside the session's sync context):
+        it decides with ``completion.complete(...)``/``continue_with(...)``;
+        do any awaiting before the call.
+        """
+        return await self._in(session, lambda s: self.sync.complete_chain(s, id, job_type, fn))
+
+    async def cleanup(
+        self,
+        *,
+        older_than: dt.timedelta,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> int:
+        """Delete chains completed more than ``older_than`` ago; see :meth:`Queuert.cleanup`."""
+        if older_than < dt.timedelta(0):
+            raise ValueError(f"older_than must not be negative, got {older_than!r}")
+        if batch_size < 1 or (max_batches is not None and max_batches < 1):
+            raise ValueError("batch_size and max_batches must be at least 1")
+        cutoff = self.clock() - older_than
+        type_names = None if types is None else [t if isinstance(t, str) else t.name for t in types]
+        engine = self.immediate_engine()
+        after: tuple[dt.datetime, uuid.UUID] | None = None
+        deleted = batches = 0
+        while max_batches is None or batches < max_batches:
+            async with engine.begin() as conn:
+                examined, gone, after = await conn.run_sync(
+                    partial(
+                        self.sync.cleanup_batch,
+                        cutoff=cutoff,
+                        type_names=type_names,
+                        after=after,
+                        limit=batch_size,
+                    )
+                )
+            deleted += gone
+            batches += 1
+            if examined < batch_size:
+                break
+        return deleted
+
+    # --- waiting --------------------------------------------------------------------------
+
+    @overload
+    async def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: None = None,
+        *,
+        timeout: dt.timedelta = ...,
+        poll_interval: dt.timedelta = ...,
+    ) -> Chain[Any, Any]: ...
+
+    @overload
+    async def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[InT, Any],
+        *,
+        timeout: dt.timedelta = ...,
+        poll_interval: dt.timedelta = ...,
+    ) -> Chain[InT, Any]: ...
+
+    async def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: JobType[Any, Any] | None = None,
+        *,
+        timeout: dt.timedelta = dt.timedelta(seconds=30),
+        poll_interval: dt.timedelta = dt.timedelta(seconds=1),
+    ) -> Chain[Any, Any]:
+        """Wait (without blocking the event loop) until the chain completes; return it.
+
+        See :meth:`Queuert.await_chain`: woken by the notify adapter's
+        chain-completed message, else re-reads every ``poll_interval``;
+        :class:`WaitChainTimeoutError` after ``timeout``.
+        """
+        chain_id = coerce_id(id)
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake(_id: uuid.UUID) -> None:
+            # Adapters call back from their own threads.
+            loop.call_soon_threadsafe(woken.set)
+
+        subscription = self.notify.listen_chain_completed(chain_id, wake)
+        try:
+            deadline = loop.time() + timeout.total_seconds()
+            while True:
+                woken.clear()
+                chain = await self.get_chain(chain_id, job_type)
+                if chain.is_completed:
+                    return chain
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise WaitChainTimeoutError(chain_id, timeout=timeout.total_seconds())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        woken.wait(), min(poll_interval.total_seconds(), remaining)
+                    )
+        finally:
+            subscription.close()
