@@ -5,9 +5,10 @@ them through your ``Session``, so they commit or roll back with your business
 rows; workers complete them in the same transaction as the handler's own writes.
 """
 
+import typing as _typing
+
 from . import hooks as hooks
 from . import models as models
-from ._async_client import AsyncQueuert as AsyncQueuert
 from ._attempt import Attempt as Attempt
 from ._attempt import Outcome as Outcome
 from ._attempt import Reschedule as Reschedule
@@ -61,6 +62,11 @@ from .notify import InMemoryNotify as InMemoryNotify
 from .notify import NotifyAdapter as NotifyAdapter
 from .state import immediate_engine as immediate_engine
 from .state import prepare_engine as prepare_engine
+
+if _typing.TYPE_CHECKING:
+    # Imported on first use: sqlalchemy's asyncio support needs greenlet
+    # (the [asyncio] extra), which sync-only applications need not install.
+    from ._async_client import AsyncQueuert as AsyncQueuert
 
 __version__ = "0.1.0"
 
@@ -122,3 +128,20 @@ __all__ = [
     "models",
     "prepare_engine",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "AsyncQueuert":
+        try:
+            from ._async_client import AsyncQueuert
+        except ImportError as exc:
+            raise ImportError(
+                f"queuert_sa.AsyncQueuert needs SQLAlchemy's asyncio support ({exc}). Install "
+                "the extra: pip install 'queuert_sa[asyncio]'."
+            ) from exc
+        return AsyncQueuert
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"AsyncQueuert"})
