@@ -130,3 +130,25 @@ def notify() -> q.InMemoryNotify:
 @pytest.fixture
 def client(db: Db, notify: q.InMemoryNotify) -> q.Queuert:
     return q.Queuert(db.engine, app.job_types, notify=notify)
+
+
+# --- Redis (notify adapters) ---------------------------------------------------
+# ``QUEUERT_TEST_REDIS_URL`` - a Redis server for the notify tests. Defaults to
+# ``redis://127.0.0.1:6379/0``. Tests use their own channel names; no keys are written.
+
+REDIS_URL = os.environ.get("QUEUERT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a reachable Redis server; skips (or fails, in CI) when it is down."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable("Redis", f"{REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
