@@ -30,7 +30,11 @@ from .notify import NotifyAdapter
 from .state import Capabilities, immediate_engine
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from ._async_worker import AsyncWorker
     from ._attempt import Attempt
+    from ._retry import Backoff
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -458,3 +462,33 @@ class AsyncQueuert:
                     )
         finally:
             subscription.close()
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def worker(
+        self,
+        *,
+        concurrency: int = 1,
+        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
+        backoff: Backoff | None = None,
+        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
+        worker_id: str | None = None,
+        session_factory: async_sessionmaker[AsyncSession] | None = None,
+        handle_signals: Literal["auto", "never"] = "auto",
+    ) -> AsyncWorker:
+        """Create an asyncio worker; register handlers, then ``await worker.run()``.
+
+        See :class:`AsyncWorker` for the options.
+        """
+        from ._async_worker import AsyncWorker
+
+        return AsyncWorker(
+            self,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            backoff=backoff,
+            shutdown_grace=shutdown_grace,
+            worker_id=worker_id,
+            session_factory=session_factory,
+            handle_signals=handle_signals,
+        )

@@ -145,7 +145,7 @@ class _Waker:
             self._cond.notify_all()
 
 
-def _default_worker_id() -> str:
+def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -208,7 +208,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.backoff = backoff or DEFAULT_BACKOFF
         self.shutdown_grace = shutdown_grace
-        self.worker_id = worker_id or _default_worker_id()
+        self.worker_id = worker_id or default_worker_id()
         engine = client.engine
         self._session_factory: Callable[[], Session] = session_factory or (lambda: Session(engine))
         self.handle_signals = handle_signals
