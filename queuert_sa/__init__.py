@@ -67,11 +67,15 @@ if _typing.TYPE_CHECKING:
     # Imported on first use: sqlalchemy's asyncio support needs greenlet
     # (the [asyncio] extra), which sync-only applications need not install.
     from ._async_client import AsyncQueuert as AsyncQueuert
+    from ._async_worker import AsyncAttempt as AsyncAttempt
+    from ._async_worker import AsyncWorker as AsyncWorker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncAttempt",
     "AsyncQueuert",
+    "AsyncWorker",
     "Attempt",
     "Backoff",
     "BlockerReference",
@@ -130,18 +134,21 @@ __all__ = [
 ]
 
 
+_ASYNC_NAMES = ("AsyncAttempt", "AsyncQueuert", "AsyncWorker")
+
+
 def __getattr__(name: str) -> object:
-    if name == "AsyncQueuert":
+    if name in _ASYNC_NAMES:
         try:
-            from ._async_client import AsyncQueuert
+            from . import _async_client, _async_worker
         except ImportError as exc:
             raise ImportError(
-                f"queuert_sa.AsyncQueuert needs SQLAlchemy's asyncio support ({exc}). Install "
+                f"queuert_sa.{name} needs SQLAlchemy's asyncio support ({exc}). Install "
                 "the extra: pip install 'queuert_sa[asyncio]'."
             ) from exc
-        return AsyncQueuert
+        return getattr(_async_client, name, None) or getattr(_async_worker, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"AsyncQueuert"})
+    return sorted(set(globals()) | set(_ASYNC_NAMES))
