@@ -1,8 +1,16 @@
-"""The Flask example behaves as its docstring says, on a real SQLite file."""
+"""Examples behave as their docstrings say.
+
+The Flask app on a real SQLite file (imported); ``recurring.py`` and
+``operate.py`` run as scripts on their own temporary SQLite file and, with
+``--db``, on PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import importlib
+import itertools
+import re
+import subprocess
 import sys
 import threading
 import uuid
@@ -15,6 +23,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
+
+from .conftest import make_db
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,3 +74,128 @@ def test_invalid_signup_stores_neither_user_nor_job(flask_example: ModuleType) -
         assert s.execute(select(func.count()).select_from(flask_example.User)).scalar_one() == 0
         assert s.execute(select(func.count()).select_from(q.models.Job)).scalar_one() == 0
     assert app.test_client().get("/chains/not-a-uuid").status_code == 404
+
+
+# --- recurring.py and operate.py: run as scripts, on SQLite and on PostgreSQL ----------------
+
+
+def run_script(name: str, *args: str) -> str:
+    """Run ``examples/<name>`` with warnings as errors; its stdout (exit code 0 asserted).
+
+    Also asserted: it leaves no database file in the repository (the default
+    SQLite file lives in a temporary directory).
+    """
+    before = set(ROOT.glob("*.db")) | set((ROOT / "examples").glob("*.db"))
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(ROOT / "examples" / name), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(ROOT.glob("*.db")) | set((ROOT / "examples").glob("*.db")) == before
+    return result.stdout
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def example_db_args(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]:
+    """No arguments (the example's own temporary SQLite file), or ``--db`` a fresh PostgreSQL."""
+    if request.param == "sqlite":
+        yield []
+        return
+    database = make_db("postgresql", tmp_path)  # emptied; skips if PostgreSQL is down
+    database.engine.dispose()
+    yield ["--db", database.url]
+
+
+RUN_LINE = re.compile(
+    r"^run (\d+): at ([+-]\d+\.\d+) s \(due ([+-]\d+\.\d+) s\) by worker-[ab]; "
+    r"next run scheduled$"
+)
+
+
+def test_recurring_example_runs_once_per_period_and_keeps_one_open_chain(
+    example_db_args: list[str],
+) -> None:
+    lines = run_script("recurring.py", *example_db_args).splitlines()
+
+    started = re.fullmatch(r"bootstrap 1: started run 1, chain (\S+)", lines[0])
+    assert started, lines
+    assert lines[1] == "bootstrap 2: run 1 already open (pending), nothing started"
+    assert lines[2] == "bootstrap 3: run 1 already open (pending), nothing started"
+    assert any(
+        re.fullmatch(
+            r"bootstrap from a second instance: run \d already open \(\w+\), nothing started", line
+        )
+        for line in lines
+    ), lines
+
+    runs = [m for m in map(RUN_LINE.match, lines) if m]
+    numbers = [int(m[1]) for m in runs]
+    # 3.5 s with a 1 s period: runs at about 0, 1, 2 and 3 s, each exactly once, in order.
+    assert numbers == list(range(1, len(numbers) + 1)), lines
+    assert 3 <= len(numbers) <= 4, lines
+    due = [float(m[3]) for m in runs]
+    ran = [float(m[2]) for m in runs]
+    for earlier, later in itertools.pairwise(due):
+        assert later - earlier >= 0.99, lines  # never sooner than one period apart
+    for start, when in zip(ran, due, strict=True):
+        assert start >= when - 0.01, lines  # never before it was due
+
+    n = len(numbers)
+    assert "workers stopped" in lines
+    assert f"chains: {n + 1} ({n} completed, 1 open)" in lines
+    assert re.fullmatch(
+        rf"open chain: \S+ run {n + 1}, pending, (due in \d+\.\d\d s|due now)", lines[-1]
+    )
+
+
+def test_operate_example_prints_dedup_trigger_pages_refusal_and_cleanup(
+    example_db_args: list[str],
+) -> None:
+    out = run_script("operate.py", *example_db_args)
+    lines = out.splitlines()
+
+    # Deduplication: the second start in the same transaction returns the first chain.
+    assert "sync account 7: started sync 7 (pending)" in lines
+    assert "sync account 7: deduplicated, returned sync 7 (pending)" in lines
+    assert "== drain: processed 8 jobs (what is due)" in lines
+    assert (
+        "sync account 7 again, scope='any' within 1 h: deduplicated=True, "
+        "returned sync 7 (completed)"
+    ) in lines
+    # trigger_job: a report scheduled an hour ahead runs now; a completed job cannot be.
+    assert "weekly report: was due in 60 min, now due in 0 min (pending)" in lines
+    assert (
+        'drain: processed 1 job; weekly report output {"report": "weekly", "sent": true}' in lines
+    )
+    assert "trigger again refused: JobNotTriggerableError (status completed)" in lines
+    # Pagination: ten chains, four per page, newest first; nothing repeated or lost.
+    assert lines[lines.index("== list chains, 4 per page, newest first") + 1 :][:4] == [
+        "page 1: merge nightly (blocked), merge daily (completed), fetch c (pending), "
+        "fetch d (completed)",
+        "page 2: fetch b (completed), fetch a (completed), monthly report (pending), "
+        "weekly report (completed)",
+        "page 3: sync 8 (completed), sync 7 (completed)",
+        "open chains: monthly report (pending), fetch c (pending), merge nightly (blocked)",
+    ]
+    assert "a 'desc' cursor with order='asc': InvalidCursorError" in lines
+    assert "sync 7 #0: sync-account completed, output null" in lines
+    assert 'sync 7 #1: record-sync completed, output {"account_id": 7, "records": 3}' in lines
+    assert "merge daily waits for: fetch a (completed), fetch b (completed)" in lines
+    assert "jobs blocked by fetch a: merge daily" in lines
+    # Deletion: refused while merge daily needs fetch a; allowed together with it.
+    assert (
+        "delete fetch a refused: BlockerReferenceError: Cannot delete: 1 job(s) outside the "
+        "deletion set declare a chain in it as a blocker (chain fetch a blocks job merge daily "
+        "of chain merge daily). Nothing was deleted." in out
+    )
+    assert "delete fetch a with its dependent: deleted fetch a, merge daily" in lines
+    # Cleanup: the four completed chains nobody needs; open ones and fetch d (needed) stay.
+    assert "deleted 4 completed chains" in lines
+    assert (
+        "kept: monthly report (pending), fetch d (completed), fetch c (pending), "
+        "merge nightly (blocked)"
+    ) in lines
