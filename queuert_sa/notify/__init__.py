@@ -7,8 +7,11 @@ the transaction that produced the event has committed.
 
 Every adapter implements :class:`NotifyAdapter`; :class:`InMemoryNotify` is the
 in-process one (the default of ``Queuert``), enough when producers and workers
-share a process. Cross-process adapters (PostgreSQL LISTEN/NOTIFY, Redis) plug
-into the same protocol.
+share a process. The cross-process adapters live in their own modules, so that
+this package needs neither psycopg nor redis-py::
+
+    from queuert_sa.notify.postgres import PostgresNotify  # LISTEN/NOTIFY (extra "postgres")
+    from queuert_sa.notify.redis import RedisNotify        # pub/sub (extra "redis")
 """
 
 from __future__ import annotations
