@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import re
 import subprocess
 import sys
@@ -199,3 +200,35 @@ def test_operate_example_prints_dedup_trigger_pages_refusal_and_cleanup(
         "kept: monthly report (pending), fetch d (completed), fetch c (pending), "
         "merge nightly (blocked)"
     ) in lines
+
+
+# --- fastapi_app.py: its self-contained demo, on aiosqlite and on async psycopg ------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_fastapi_example_commits_order_with_chain_and_runs_atomic_then_staged(
+    kind: str, tmp_path: Path
+) -> None:
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'fastapi.db'}"
+    else:
+        database = make_db("postgresql", tmp_path)  # emptied; skips if PostgreSQL is down
+        database.engine.dispose()
+        url = database.url  # postgresql+psycopg works for the async engine too
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(ROOT / "examples" / "fastapi_app.py")],
+        cwd=tmp_path,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert out[1] == "refused: 422 quantity must be at least 1"
+    assert "chain completed: True" in out
+    assert "status: completed [('reserve-stock', 'completed'), ('charge-card', 'completed')]" in out
+    assert "order: paid True" in out
+    # The refused order rolled back with its chain: one order in the database.
+    assert out[-1] == "orders in the database: 1"
