@@ -1,25 +1,43 @@
 """Acceptance tests of the ``queuert-sa`` command line, run as a subprocess.
 
-Also the quickstart example, and the demo and the APP_PATH loader in-process.
+Also the quickstart example, the demo and the APP_PATH loader in-process, and
+the operator commands (``chains list``, ``chain show``, ``cleanup``) in-process
+through click's ``CliRunner`` and once as a subprocess, on both engines.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-from queuert_sa.cli import AppPathError, import_worker
+from queuert_sa.cli import (
+    AppPathError,
+    build_cli,
+    format_duration,
+    format_table,
+    import_worker,
+    parse_duration,
+    parse_time,
+)
 from queuert_sa.demo import Account, run_demo
+from queuert_sa.models import create_models
 
 from . import app
 from .conftest import Db
@@ -369,6 +387,9 @@ def test_import_worker_accepts_a_factory(monkeypatch: pytest.MonkeyPatch, tmp_pa
         (["--help"], "queuert-sa worker myapp.jobs:worker"),
         (["worker", "--help"], "APP_PATH is module:attribute"),
         (["demo", "--help"], "--db FILE"),
+        (["chains", "list", "--help"], "--cursor CURSOR"),
+        (["chain", "show", "--help"], "Usage: queuert-sa chain show [OPTIONS] ID"),
+        (["cleanup", "--help"], "--older-than DURATION"),
         (["--version"], "queuert-sa, version 0.1.0"),
     ],
 )
@@ -411,3 +432,516 @@ def test_quickstart_is_listed_in_the_examples_readme() -> None:
     readme = (ROOT / "examples" / "README.md").read_text()
     for example in sorted((ROOT / "examples").glob("*.py")):
         assert example.name in readme, f"{example.name} is missing from examples/README.md"
+
+
+# --- operator commands: chains list, chain show, cleanup ---------------------------------
+
+T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=dt.UTC)
+
+
+class FetchIn(TypedDict):
+    source: str
+
+
+class MergeIn(TypedDict):
+    title: str
+
+
+ops_types = q.JobTypes()
+fetch = ops_types.entry("fetch", input=FetchIn, output=dict)
+merge = ops_types.entry("merge", input=MergeIn, output=dict, blockers=q.many(fetch))
+
+
+class Clock:
+    """The injected clock of the clients that write the rows these tests read."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def chain_id(n: int) -> uuid.UUID:
+    return uuid.UUID(f"00000000-0000-7000-8000-{n:012d}")
+
+
+def operator(*args: str, db: Db | None = None, env: dict[str, str] | None = None) -> Result:
+    """``queuert-sa args...`` in-process (with ``--db`` when ``db`` is given)."""
+    argv = [*args, "--db", db.url] if db is not None else list(args)
+    return CliRunner().invoke(
+        build_cli(), argv, env=env, catch_exceptions=False, prog_name="queuert-sa"
+    )
+
+
+def start_at(
+    db: Db, when: dt.datetime, job_type: q.JobType[Any, Any], input: Any, *, id: uuid.UUID
+) -> q.Queuert:
+    client = q.Queuert(db.engine, app.job_types, clock=Clock(when))
+    with Session(db.engine) as session, session.begin():
+        client.start_chain(session, job_type, input, id=id)
+    return client
+
+
+def complete_at(db: Db, when: dt.datetime, job_type: q.JobType[Any, Any], id: uuid.UUID) -> None:
+    client = q.Queuert(db.engine, app.job_types, clock=Clock(when))
+    with Session(db.engine) as session, session.begin():
+        client.complete_chain(session, id, job_type, lambda c: c.complete(42))
+
+
+def some_chains(db: Db) -> None:
+    """work #1 (completed at T0+5m), signup #2 (moved on to greet#1), work #3 (pending)."""
+    start_at(db, T0, app.work, {"n": 1, "sleep": 0}, id=chain_id(1))
+    complete_at(db, T0 + dt.timedelta(minutes=5), app.work, chain_id(1))
+    signup = start_at(db, T0 + dt.timedelta(minutes=1), app.signup, {"user_id": 7}, id=chain_id(2))
+    with Session(db.engine) as session, session.begin():
+        signup.complete_chain(
+            session, chain_id(2), app.signup, lambda c: c.continue_with(app.greet, {"user_id": 7})
+        )
+    start_at(db, T0 + dt.timedelta(minutes=2), app.work, {"n": 3, "sleep": 0}, id=chain_id(3))
+
+
+def test_chains_list_prints_a_table_newest_first(db: Db) -> None:
+    some_chains(db)
+
+    result = operator("chains", "list", db=db)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "ID                                    TYPE    STATUS     CURRENT STEP  CREATED (UTC)        COMPLETED (UTC)",
+        "00000000-0000-7000-8000-000000000003  work    pending    work#0        2026-01-02 03:06:05  -",
+        "00000000-0000-7000-8000-000000000002  signup  pending    greet#1       2026-01-02 03:05:05  -",
+        "00000000-0000-7000-8000-000000000001  work    completed  work#0        2026-01-02 03:04:05  2026-01-02 03:09:05",
+    ]
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--type", "work"], [3, 1]),
+        (["--type", "signup", "--type", "work", "--asc"], [1, 2, 3]),
+        (["--status", "completed"], [1]),
+        (["--status", "completed", "--status", "pending", "--type", "signup"], [2]),
+        (["--since", "2026-01-02T03:05:05Z"], [3, 2]),
+        (["--before", "2026-01-02 03:05:05"], [1]),  # no offset: UTC
+        (["--since", "2026-01-02T04:04:06+01:00", "--before", "2026-01-02T03:06:00Z"], [2]),
+        (["--since", "1h"], []),  # a duration before now: all of them are older
+        (["--type", "no-such-type"], []),
+    ],
+)
+def test_chains_list_filters(db: Db, options: list[str], expected: list[int]) -> None:
+    some_chains(db)
+
+    result = operator("chains", "list", *options, db=db)
+
+    assert result.exit_code == 0, result.output
+    listed = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    if not expected:
+        assert result.stdout == "no chains found\n"
+    else:
+        assert listed == [str(chain_id(n)) for n in expected]
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+def test_chains_list_pages_through_the_printed_cursor(db: Db, order: str) -> None:
+    for n in range(1, 8):
+        start_at(db, T0 + dt.timedelta(seconds=n), app.work, {"n": n, "sleep": 0}, id=chain_id(n))
+    extra = ["--asc"] if order == "asc" else []
+
+    seen: list[str] = []
+    cursor: list[str] = []
+    for _ in range(10):
+        result = operator("chains", "list", "--limit", "3", *extra, *cursor, db=db)
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith("ID ")
+        if not lines[-1].startswith("next page: "):
+            seen += [line.split()[0] for line in lines[1:]]
+            break
+        seen += [line.split()[0] for line in lines[1:-1]]
+        cursor = lines[-1].removeprefix("next page: ").split()
+        assert cursor[0] == "--cursor"
+    expected = [str(chain_id(n)) for n in range(1, 8)]
+    assert seen == (expected if order == "asc" else expected[::-1])
+
+
+def test_chains_list_json(db: Db) -> None:
+    some_chains(db)
+
+    result = operator("chains", "list", "--json", "--limit", "2", db=db)
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [c["id"] for c in data["chains"]] == [str(chain_id(3)), str(chain_id(2))]
+    signup = data["chains"][1]
+    assert signup == {
+        "id": str(chain_id(2)),
+        "type_name": "signup",
+        "input": {"user_id": 7},
+        "status": "pending",
+        "output": None,
+        "created_at": "2026-01-02T03:05:05.678000+00:00",
+        "completed_at": None,
+        "current_job_id": signup["current_job_id"],
+        "current_type_name": "greet",
+        "current_index": 1,
+    }
+    uuid.UUID(signup["current_job_id"])
+    assert isinstance(data["next_cursor"], str)
+
+    rest = operator(
+        "chains", "list", "--json", "--limit", "2", "--cursor", data["next_cursor"], db=db
+    )
+    last = json.loads(rest.stdout)
+    assert [c["id"] for c in last["chains"]] == [str(chain_id(1))]
+    assert last["chains"][0]["output"] == 42
+    assert last["chains"][0]["completed_at"] == "2026-01-02T03:09:05.678000+00:00"
+    assert last["next_cursor"] is None
+
+
+def test_chains_list_console_script_reads_the_url_from_the_environment(db: Db) -> None:
+    some_chains(db)
+
+    result = run(
+        cli("chains", "list", "--status", "completed"), env=child_env(QUEUERT_DATABASE_URL=db.url)
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "ID                                    TYPE  STATUS     CURRENT STEP  CREATED (UTC)        COMPLETED (UTC)",
+        "00000000-0000-7000-8000-000000000001  work  completed  work#0        2026-01-02 03:04:05  2026-01-02 03:09:05",
+    ]
+    assert result.stderr == ""
+
+
+def test_chain_show_lists_every_step_with_its_last_error(db: Db) -> None:
+    client = q.Queuert(db.engine, app.job_types, clock=Clock(T0))
+    with Session(db.engine) as session, session.begin():
+        client.start_chain(session, app.signup, {"user_id": 7}, id=chain_id(1))
+    worker = client.worker()
+    worker.handler(app.signup)(
+        lambda a: a.continue_with(app.greet, {"user_id": a.input["user_id"]})
+    )
+
+    def greet_fails(attempt: q.Attempt[Any, Any]) -> q.Outcome:
+        raise RuntimeError("mail relay said 451: " + "try again later, " * 10)
+
+    worker.handler(app.greet)(greet_fails)
+    assert worker.drain() == 2
+    greet_id = client.list_chain_jobs(chain_id(1)).items[1].id
+
+    result = operator("chain", "show", str(chain_id(1)), db=db)
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:9] == [
+        "chain 00000000-0000-7000-8000-000000000001",
+        "  type       signup",
+        "  status     pending",
+        "  created    2026-01-02 03:04:05 UTC",
+        "  completed  -",
+        '  input      {"user_id": 7}',
+        "  output     -",
+        "",
+        "jobs (2):",
+    ]
+    header, root, greet = lines[9:12]
+    assert header == (
+        "#  JOB ID                                TYPE    STATUS     ATTEMPT  SCHEDULED (UTC)      "
+        "COMPLETED (UTC)      LAST ERROR"
+    )
+    assert root.split() == [
+        "0",
+        str(chain_id(1)),
+        "signup",
+        "completed",
+        "1",
+        "2026-01-02",
+        "03:04:05",
+        "2026-01-02",
+        "03:04:05",
+        "-",
+    ]
+    assert greet.split()[:5] == ["1", str(greet_id), "greet", "pending", "1"]
+    error = greet[header.index("LAST ERROR") :]
+    assert error.startswith("RuntimeError: mail relay said 451: try again later, ")
+    assert len(error) == 80
+    assert error.endswith("…")
+    assert len(lines) == 12  # no blockers, no dependents
+
+    data = json.loads(operator("chain", "show", str(chain_id(1)), "--json", db=db).stdout)
+    assert [job["type_name"] for job in data["jobs"]] == ["signup", "greet"]
+    assert data["jobs"][1]["last_attempt_error"].startswith("Traceback")  # the full text
+    assert data["jobs"][1]["blockers"] == []
+    assert data["dependents"] == []
+
+    client.clock = Clock(T0 + dt.timedelta(minutes=10))
+    with Session(db.engine) as session, session.begin():
+        client.complete_chain(
+            session, chain_id(1), app.signup, lambda c: c.complete({"greeting": "hi"})
+        )
+    done = operator("chain", "show", str(chain_id(1)), db=db).stdout.splitlines()
+    assert done[2:7] == [
+        "  status     completed",
+        "  created    2026-01-02 03:04:05 UTC",
+        "  completed  2026-01-02 03:14:05 UTC",
+        '  input      {"user_id": 7}',
+        '  output     {"greeting": "hi"}',
+    ]
+    assert done[11].split()[3] == "completed"
+    assert done[11].endswith("  -")  # a completed job keeps no error
+
+
+def test_chain_show_lists_blockers_and_dependents(db: Db) -> None:
+    client = q.Queuert(db.engine, ops_types, clock=Clock(T0))
+    with Session(db.engine) as session, session.begin():
+        a = client.start_chain(session, fetch, {"source": "a"}, id=chain_id(1))
+        b = client.start_chain(session, fetch, {"source": "b"}, id=chain_id(2))
+        client.start_chain(session, merge, {"title": "m"}, blockers=[a, b], id=chain_id(3))
+    with Session(db.engine) as session, session.begin():
+        client.complete_chain(session, a.id, fetch, lambda c: c.complete({"rows": 1}))
+
+    shown = operator("chain", "show", str(chain_id(3)), db=db)
+
+    assert shown.exit_code == 0, shown.output
+    tail = shown.stdout.splitlines()[-4:]
+    assert tail == [
+        "blockers (chains a job waits or waited for):",
+        "JOB  SLOT  CHAIN ID                              TYPE   STATUS     COMPLETED (UTC)",
+        "#0   0     00000000-0000-7000-8000-000000000001  fetch  completed  2026-01-02 03:04:05",
+        "#0   1     00000000-0000-7000-8000-000000000002  fetch  pending    -",
+    ]
+    assert "  status     blocked" in shown.stdout
+
+    blocker = operator("chain", "show", str(b.id), db=db)
+    assert blocker.stdout.splitlines()[-3:] == [
+        "dependents (jobs with this chain as a blocker, 1):",
+        "CHAIN ID                              STEP     STATUS   JOB ID",
+        "00000000-0000-7000-8000-000000000003  merge#0  blocked  00000000-0000-7000-8000-000000000003",
+    ]
+    data = json.loads(operator("chain", "show", str(chain_id(3)), "--json", db=db).stdout)
+    assert [c["id"] for c in data["jobs"][0]["blockers"]] == [str(a.id), str(b.id)]
+
+
+def test_chain_show_unknown_id_exits_1(db: Db) -> None:
+    missing = chain_id(99)
+    result = operator("chain", "show", str(missing), db=db)
+
+    assert result.exit_code == 1
+    where = db.engine.url.render_as_string(hide_password=True)
+    assert result.stderr == f"Error: no chain {missing} in {where}.\n"
+    assert result.stdout == ""
+
+
+def test_chain_show_of_a_continuation_id_names_its_chain(db: Db) -> None:
+    some_chains(db)
+    greet = q.Queuert(db.engine, app.job_types).list_chain_jobs(chain_id(2)).items[1]
+
+    result = operator("chain", "show", str(greet.id), db=db)
+
+    assert result.exit_code == 1
+    assert f"no chain {greet.id} in " in result.stderr
+    assert f"is job #1 (greet) of chain {chain_id(2)}" in result.stderr
+    assert f"Try: queuert-sa chain show {chain_id(2)}" in result.stderr
+
+
+def test_chain_show_bad_id_is_a_usage_error(db: Db) -> None:
+    result = operator("chain", "show", "not-a-uuid", db=db)
+
+    assert result.exit_code == 2
+    assert "Invalid value for 'ID': 'not-a-uuid' is not a valid UUID" in result.stderr
+
+
+def test_cleanup_deletes_chains_completed_long_ago(db: Db) -> None:
+    now = dt.datetime.now(dt.UTC)
+    month_ago, hour_ago = now - dt.timedelta(days=30), now - dt.timedelta(hours=1)
+    for n, job_type in ((1, app.work), (2, app.work), (3, app.staged_work)):
+        start_at(db, month_ago, job_type, {"n": n, "sleep": 0}, id=chain_id(n))
+        complete_at(db, month_ago, job_type, chain_id(n))
+    start_at(db, month_ago, app.work, {"n": 4, "sleep": 0}, id=chain_id(4))  # still open
+    start_at(db, hour_ago, app.work, {"n": 5, "sleep": 0}, id=chain_id(5))
+    complete_at(db, hour_ago, app.work, chain_id(5))  # completed recently
+
+    only_staged = operator("cleanup", "--older-than", "7d", "--type", "staged-work", db=db)
+    assert only_staged.exit_code == 0, only_staged.output
+    assert only_staged.stdout == "deleted 1 chain completed more than 7d ago\n"
+
+    rest = operator("cleanup", "--older-than", "1d12h", "--batch-size", "1", db=db)
+    assert rest.exit_code == 0, rest.output
+    assert rest.stdout == "deleted 2 chains completed more than 1d12h ago\n"
+
+    left = json.loads(operator("chains", "list", "--json", "--asc", db=db).stdout)
+    assert [c["id"] for c in left["chains"]] == [str(chain_id(4)), str(chain_id(5))]
+    again = operator("cleanup", "--older-than", "7d", "--json", db=db)
+    assert json.loads(again.stdout) == {"deleted": 0}
+
+
+@pytest.mark.parametrize("duration", ["7", "7x", "d", "1.5h", "-1d", "7 d", ""])
+def test_cleanup_bad_duration_is_a_usage_error(tmp_path: Path, duration: str) -> None:
+    result = operator("cleanup", "--older-than", duration, "--db", f"sqlite:///{tmp_path / 'x.db'}")
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--older-than'" in result.stderr
+    assert "use a whole number and a unit: 7d, 12h, 30m or 90s" in result.stderr
+
+
+def test_missing_tables_exit_1_with_the_schema_message(db: Db) -> None:
+    # Another table prefix names tables that do not exist, on both engines.
+    result = operator("chains", "list", "--table-prefix", "missing_", db=db)
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: list chains: queuert's tables are missing (")
+    assert "missing_job" in result.stderr
+    assert "alembic upgrade heads" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_tables_through_the_console_script(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    result = run(cli("chain", "show", str(chain_id(1)), "--db", f"sqlite:///{empty}"))
+
+    assert result.returncode == 1
+    assert "queuert's tables are missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_custom_table_prefix(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'custom.db'}"
+    engine = create_engine(url)
+    try:
+        models = create_models(table_prefix="ops_")
+        models.metadata.create_all(engine)
+        client = q.Queuert(engine, app.job_types, models=models, clock=Clock(T0))
+        with Session(engine) as session, session.begin():
+            client.start_chain(session, app.work, {"n": 1, "sleep": 0}, id=chain_id(1))
+    finally:
+        engine.dispose()
+
+    result = operator("chains", "list", "--table-prefix", "ops_", "--db", url)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].split()[:3] == [str(chain_id(1)), "work", "pending"]
+    assert operator("chains", "list", "--db", url).exit_code == 1  # default tables: missing
+
+
+def test_a_sqlite_file_that_does_not_exist_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "typo.db"
+    result = operator("chains", "list", "--db", f"sqlite:///{path}")
+
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: the SQLite database file {path} does not exist.\n"
+    assert not path.exists()
+
+
+def test_unreachable_database_exits_1_without_the_password() -> None:
+    result = operator("chains", "list", "--db", "postgresql+psycopg://ops:s3cret@127.0.0.1:1/app")
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "Error: database postgresql+psycopg://ops:***@127.0.0.1:1/app: "
+    )
+    assert "s3cret" not in result.output
+    assert "Traceback" not in result.output
+
+
+#: A --db that is never opened: each case fails before a connection is made.
+NO_DB = ["--db", "sqlite:///never-opened.db"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["chains", "list", "--db", "not a url"], "Invalid value for '--db': not a database URL"),
+        (["chains", "list", "--db", "nosuchdialect://x"], "Invalid value for '--db'"),
+        (["chains", "list"], "Missing option '--db' (env var: 'QUEUERT_DATABASE_URL')"),
+        (["chains", "list", "--status", "done", *NO_DB], "Invalid value for '--status'"),
+        (["chains", "list", "--limit", "0", *NO_DB], "Invalid value for '--limit'"),
+        (
+            ["chains", "list", "--since", "yesterday", *NO_DB],
+            "Invalid value for '--since': 'yesterday' is neither",
+        ),
+        (
+            ["chains", "list", "--table-prefix", "a-b", *NO_DB],
+            "Invalid value for '--table-prefix'",
+        ),
+        (["cleanup", *NO_DB], "Missing option '--older-than'"),
+    ],
+)
+def test_operator_usage_errors_exit_2(args: list[str], message: str) -> None:
+    result = operator(*args, env={"QUEUERT_DATABASE_URL": ""})
+
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_bad_cursor_is_a_usage_error(db: Db) -> None:
+    result = operator("chains", "list", "--cursor", "bm9wZQ", db=db)
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--cursor': Invalid cursor 'bm9wZQ'" in result.stderr
+
+
+def test_cursor_of_the_other_order_is_refused(db: Db) -> None:
+    for n in range(1, 4):
+        start_at(db, T0 + dt.timedelta(seconds=n), app.work, {"n": n, "sleep": 0}, id=chain_id(n))
+    cursor = json.loads(operator("chains", "list", "--json", "--limit", "1", db=db).stdout)[
+        "next_cursor"
+    ]
+
+    result = operator("chains", "list", "--asc", "--cursor", cursor, db=db)
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--cursor'" in result.stderr
+
+
+# --- operator commands: the parsers and the table, without a database ------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", dt.timedelta(days=7)),
+        ("12h", dt.timedelta(hours=12)),
+        ("30m", dt.timedelta(minutes=30)),
+        ("90s", dt.timedelta(seconds=90)),
+        ("1d12h", dt.timedelta(days=1, hours=12)),
+        (" 2H ", dt.timedelta(hours=2)),
+        ("0s", dt.timedelta(0)),
+    ],
+)
+def test_parse_duration(text: str, expected: dt.timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+def test_parse_duration_refuses_what_it_cannot_read() -> None:
+    for text in ("", "7", "h", "1.5h", "-1d", "1w", "7 d", "99999999999999d"):
+        with pytest.raises(ValueError, match=re.escape(repr(text))):
+            parse_duration(text)
+
+
+def test_format_duration_round_trips() -> None:
+    for text in ("7d", "12h", "30m", "90s", "1d12h", "0s"):
+        assert parse_duration(format_duration(parse_duration(text))) == parse_duration(text)
+    assert format_duration(dt.timedelta(seconds=90)) == "1m30s"
+
+
+def test_parse_time() -> None:
+    assert parse_time("2026-01-02", now=T0) == dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    assert parse_time("2026-01-02T05:00:00+02:00", now=T0) == dt.datetime(
+        2026, 1, 2, 3, tzinfo=dt.UTC
+    )
+    assert parse_time("2026-01-02T03:00Z", now=T0) == dt.datetime(2026, 1, 2, 3, tzinfo=dt.UTC)
+    assert parse_time("2h", now=T0) == T0 - dt.timedelta(hours=2)
+    with pytest.raises(ValueError, match="neither an ISO 8601 time"):
+        parse_time("last tuesday", now=T0)
+
+
+def test_format_table_fits_each_column_to_its_widest_cell() -> None:
+    assert format_table(("A", "LONG HEADER", "C"), [["wide cell", "x", ""], ["", "y", "z"]]) == [
+        "A          LONG HEADER  C",
+        "wide cell  x",
+        "           y            z",
+    ]
+    assert format_table(("ONLY",), []) == ["ONLY"]
