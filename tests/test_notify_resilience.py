@@ -1,0 +1,275 @@
+"""Notify adapters survive their backend going away: Redis killed, PostgreSQL backend ended.
+
+While the backend is down, ``notify_*`` must not raise and one warning is
+logged per connection; when it is back the listener subscribes again, wakes
+every listener once (messages sent meanwhile are lost) and delivers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from queuert_sa.notify import NotifyAdapter
+from queuert_sa.notify.postgres import PostgresNotify
+from queuert_sa.notify.redis import RedisNotify
+
+from .conftest import service_unavailable
+from .test_notify_conformance import Inbox, eventually, postgres_conninfo, unique_prefix
+
+__all__ = ["postgres_conninfo"]  # a fixture, imported to be used here
+
+RECOVERY_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def delivered_again(producer: NotifyAdapter, inbox: Inbox, type_name: str, count: int) -> bool:
+    """Notify repeatedly until the listener hears it: a notification sent before
+    the listener resubscribed is lost, which is allowed."""
+
+    def attempt() -> bool:
+        producer.notify_job_scheduled(type_name, count)
+        return inbox.wait_for(type_name, count, timeout=0.2)
+
+    return eventually(attempt, timeout=RECOVERY_TIMEOUT_S)
+
+
+def failures_logged(caplog: pytest.LogCaptureFixture, connection: str) -> int:
+    """How many failed attempts of ``connection`` were logged, at any level."""
+    return sum(
+        connection in r.getMessage() and "unavailable" in r.getMessage()
+        for r in caplog.records
+        if r.name == "queuert_sa.notify"
+    )
+
+
+def fail_repeatedly(caplog: pytest.LogCaptureFixture, producer: NotifyAdapter, reader: str) -> None:
+    """Keep the backend down until the reader and the publisher each failed three times."""
+    assert eventually(lambda: failures_logged(caplog, reader) >= 3)
+
+    def publish() -> bool:
+        producer.notify_job_scheduled("t", 5)  # must not raise
+        return failures_logged(caplog, "publisher") >= 3
+
+    assert eventually(publish)
+
+
+def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "queuert_sa.notify" and r.levelno == logging.WARNING
+    ]
+
+
+class RedisServer:
+    """A private ``redis-server`` on a fixed port that a test can kill and restart."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tmp_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self._dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        try:
+            assert eventually(lambda: self._pings(client), timeout=5), "redis-server did not start"
+        finally:
+            client.close()
+
+    @staticmethod
+    def _pings(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait()
+            self._process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        service_unavailable("redis-server", "the binary is not on PATH")
+    server = RedisServer(tmp_path)
+    yield server
+    server.kill()
+
+
+def test_redis_down_at_start_then_up(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = unique_prefix()
+    caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
+    with (
+        RedisNotify(redis_server.url, channel_prefix=prefix) as listener,
+        RedisNotify(redis_server.url, channel_prefix=prefix) as producer,
+    ):
+        inbox = Inbox()
+        started = time.monotonic()
+        listener.listen_job_scheduled(["t"], inbox)
+        for _ in range(20):
+            producer.notify_job_scheduled("t", 1)
+        assert time.monotonic() - started < 2, (
+            "listen/notify must not wait for a server that is down"
+        )
+        fail_repeatedly(caplog, producer, "subscriber")
+
+        redis_server.start()
+        assert inbox.wait_for("t", 1, timeout=RECOVERY_TIMEOUT_S), "no wake-up on connection"
+        assert delivered_again(producer, inbox, "t", 7)
+
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 2, warnings  # one for the subscriber, one for the publisher
+    assert any("subscriber" in w for w in warnings)
+    assert any("publisher" in w for w in warnings)
+
+
+def test_redis_killed_and_restarted(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_server.start()
+    prefix = unique_prefix()
+    caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
+    with (
+        RedisNotify(redis_server.url, channel_prefix=prefix) as listener,
+        RedisNotify(redis_server.url, channel_prefix=prefix) as producer,
+    ):
+        inbox, chain_inbox = Inbox(), Inbox()
+        chain_id = uuid.uuid4()
+        listener.listen_job_scheduled(["t"], inbox)
+        listener.listen_chain_completed(chain_id, chain_inbox)
+        producer.notify_job_scheduled("t", 3)
+        assert inbox.wait_for("t", 3)
+
+        redis_server.kill()
+        producer.notify_chain_completed(chain_id)  # must not raise
+        fail_repeatedly(caplog, producer, "subscriber")
+        redis_server.start()
+
+        # Back: every listener is woken once (what was sent meanwhile is lost) ...
+        assert inbox.wait_for("t", 1, timeout=RECOVERY_TIMEOUT_S)
+        assert chain_inbox.wait_for(chain_id)
+        # ... and new notifications arrive again.
+        assert delivered_again(producer, inbox, "t", 7)
+
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 2, warnings  # once per connection, not once per failure
+
+
+def test_postgres_listener_reconnects_after_its_backend_is_terminated(
+    postgres_conninfo: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"qt-notify-{uuid.uuid4().hex[:8]}"
+    prefix = unique_prefix()
+    caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
+    with (
+        PostgresNotify(postgres_conninfo, channel_prefix=prefix, application_name=name) as listener,
+        PostgresNotify(postgres_conninfo, channel_prefix=prefix) as producer,
+    ):
+        inbox, chain_inbox = Inbox(), Inbox()
+        chain_id = uuid.uuid4()
+        listener.listen_job_scheduled(["t"], inbox)
+        listener.listen_chain_completed(chain_id, chain_inbox)
+        producer.notify_job_scheduled("t", 3)
+        assert inbox.wait_for("t", 3)
+
+        with psycopg.connect(postgres_conninfo, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (f"{name} listen",),
+            ).fetchall()
+        assert ended == [(True,)]
+
+        assert inbox.wait_for("t", 1, timeout=RECOVERY_TIMEOUT_S), "no wake-up after reconnecting"
+        assert chain_inbox.wait_for(chain_id)
+        assert delivered_again(producer, inbox, "t", 7)
+
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert "listener" in warnings[0]
+
+
+def test_postgres_down_at_start_does_not_block_or_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    started = time.monotonic()
+    with PostgresNotify(url, channel_prefix=unique_prefix()) as notify:
+        notify.listen_job_scheduled(["t"], Inbox())
+        notify.listen_chain_completed(uuid.uuid4(), Inbox())
+        for _ in range(20):
+            notify.notify_job_scheduled("t", 1)
+            notify.notify_chain_completed(uuid.uuid4())
+        assert time.monotonic() - started < 2
+        fail_repeatedly(caplog, notify, "listener")
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 2, warnings  # listener and publisher, once each
+
+
+def test_postgres_publisher_replaces_a_dead_connection_without_losing_a_notification(
+    postgres_conninfo: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"qt-notify-{uuid.uuid4().hex[:8]}"
+    prefix = unique_prefix()
+    caplog.set_level(logging.WARNING, logger="queuert_sa.notify")
+    with (
+        PostgresNotify(postgres_conninfo, channel_prefix=prefix) as listener,
+        PostgresNotify(postgres_conninfo, channel_prefix=prefix, application_name=name) as producer,
+    ):
+        inbox = Inbox()
+        listener.listen_job_scheduled(["t"], inbox)
+        producer.notify_job_scheduled("t", 1)
+        assert inbox.wait_for("t", 1)
+
+        with psycopg.connect(postgres_conninfo, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (f"{name} publish",),
+            ).fetchall()
+        assert ended == [(True,)]
+
+        producer.notify_job_scheduled("t", 2)  # once: on a fresh connection, not dropped
+        assert inbox.wait_for("t", 2)
+    assert outage_warnings(caplog) == []
