@@ -28,6 +28,7 @@ from ._job_types import ChainStart, JobType, JobTypes
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import NotifyAdapter
 from .state import Capabilities, immediate_engine
+from .state import operations as ops
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -385,16 +386,17 @@ class AsyncQueuert:
         after: tuple[dt.datetime, uuid.UUID] | None = None
         deleted = batches = 0
         while max_batches is None or batches < max_batches:
-            async with engine.begin() as conn:
-                examined, gone, after = await conn.run_sync(
-                    partial(
-                        self.sync.cleanup_batch,
-                        cutoff=cutoff,
-                        type_names=type_names,
-                        after=after,
-                        limit=batch_size,
+            with ops.database_errors("clean up chains", self.models):
+                async with engine.begin() as conn:
+                    examined, gone, after = await conn.run_sync(
+                        partial(
+                            self.sync.cleanup_batch,
+                            cutoff=cutoff,
+                            type_names=type_names,
+                            after=after,
+                            limit=batch_size,
+                        )
                     )
-                )
             deleted += gone
             batches += 1
             if examined < batch_size:

@@ -855,7 +855,9 @@ class Queuert:
 
         Retention for completed work. Each batch is its own short transaction
         (on this client's engine), so a large backlog never holds locks for
-        long; run it from a periodic job or a cron entry. Never deleted: open
+        long; run it from cron (``queuert-sa cleanup``) or a periodic *staged*
+        handler after ``prepare()`` (an atomic handler holds a transaction,
+        and on SQLite the write lock, that cleanup's batches would wait for). Never deleted: open
         chains, chains completed within ``older_than``, and chains that a kept
         chain declares as a blocker (a running dependent reads their
         outputs). With ``types``, only chains of those types go (and their
@@ -877,7 +879,8 @@ class Queuert:
         after: tuple[dt.datetime, uuid.UUID] | None = None
         deleted = batches = 0
         while max_batches is None or batches < max_batches:
-            with engine.begin() as conn:
+            # BEGIN (IMMEDIATE on SQLite) may itself fail: translate that too.
+            with ops.database_errors("clean up chains", self.models), engine.begin() as conn:
                 examined, gone, after = self.cleanup_batch(
                     conn, cutoff=cutoff, type_names=type_names, after=after, limit=batch_size
                 )
