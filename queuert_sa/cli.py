@@ -18,6 +18,7 @@ second SIGINT/SIGTERM abandons in-flight attempts.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import importlib
@@ -31,7 +32,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from . import __version__
 from ._client import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Queuert
@@ -44,6 +45,10 @@ from .models import DEFAULT_TABLE_PREFIX, JobStatus, create_models
 if TYPE_CHECKING:
     import click
     from sqlalchemy.orm import Session
+
+    from ._async_worker import AsyncWorker
+
+    AnyWorker = Worker | AsyncWorker
 
 __all__ = [
     "AppPathError",
@@ -112,8 +117,17 @@ def _describe(value: object) -> str:
     return f"{article} {kind_name} object ({text})"
 
 
-def import_worker(app_path: str) -> Worker:
-    """Import the :class:`~queuert_sa.Worker` that ``app_path`` names.
+def _worker_types() -> tuple[type[Any], ...]:
+    """``Worker``, and ``AsyncWorker`` when SQLAlchemy's asyncio support is installed."""
+    try:
+        from ._async_worker import AsyncWorker
+    except ImportError:
+        return (Worker,)
+    return (Worker, AsyncWorker)
+
+
+def import_worker(app_path: str) -> AnyWorker:
+    """Import the :class:`~queuert_sa.Worker` (or ``AsyncWorker``) that ``app_path`` names.
 
     ``app_path`` is ``module:attribute``; the attribute may be dotted
     (``myapp.jobs:container.worker``). It is either a ``Worker`` or a function
@@ -147,15 +161,15 @@ def import_worker(app_path: str) -> Worker:
         except AttributeError:
             hint = ""
             if depth == 0:
-                found = sorted(k for k, v in vars(target).items() if isinstance(v, Worker))
+                found = sorted(k for k, v in vars(target).items() if isinstance(v, _worker_types()))
                 if found:
                     hint = f" Workers defined there: {', '.join(found)}."
             raise AppPathError(app_path, f"{owner!r} has no attribute {name!r}.{hint}") from None
         except BaseException as exc:
             exc.add_note(f"queuert-sa: raised while reading {name!r} of {owner!r}")
             raise
-    if isinstance(target, Worker):
-        return target
+    if isinstance(target, _worker_types()):
+        return cast("AnyWorker", target)
     if not callable(target) or inspect.isclass(target):
         raise AppPathError(
             app_path,
@@ -177,12 +191,19 @@ def import_worker(app_path: str) -> Worker:
     except BaseException as exc:
         exc.add_note(f"queuert-sa: raised by the worker factory {app_path!r}")
         raise
-    if not isinstance(made, Worker):
+    if not isinstance(made, _worker_types()):
         raise AppPathError(
             app_path,
             f"the factory returned {_describe(made)}, not a queuert_sa.Worker.",
         )
-    return made
+    return cast("AnyWorker", made)
+
+
+async def _run_async(worker: AsyncWorker) -> bool:
+    try:
+        return await worker.run()
+    finally:
+        await worker.client.engine.dispose()
 
 
 def _configure_logging(level: str) -> None:
@@ -611,7 +632,7 @@ def build_cli() -> click.Group:
         engine_url = loaded.client.engine.url.render_as_string(hide_password=True)
         log.info("running %s from %s on %s", loaded, app_path, engine_url)
         try:
-            clean = loaded.run()
+            clean = loaded.run() if isinstance(loaded, Worker) else asyncio.run(_run_async(loaded))
         except QueuertError as exc:
             raise click.ClickException(str(exc)) from exc
         if not clean:

@@ -113,6 +113,31 @@ def build_worker(
     return worker
 
 
+def build_async_worker() -> q.AsyncWorker:
+    """An asyncio worker for ``work`` jobs (``queuert-sa worker tests.app:build_async_worker``).
+
+    Same effects as :func:`build_worker`, from an ``async def`` handler on an
+    ``AsyncSession``; the URL in ``QUEUERT_APP_URL`` is switched to its async
+    driver (aiosqlite for SQLite; psycopg serves both).
+    """
+    from sqlalchemy import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = make_url(os.environ["QUEUERT_APP_URL"])
+    if url.get_backend_name() == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    client = q.AsyncQueuert(create_async_engine(url), job_types)
+    worker = client.worker(poll_interval=dt.timedelta(milliseconds=200))
+
+    @worker.handler(work)
+    async def do_work(attempt: q.AsyncAttempt[WorkIn, int]) -> q.Outcome:
+        attempt.session.add(Effect(job_id=str(attempt.job.id), label="work"))
+        await attempt.session.flush()
+        return attempt.complete(attempt.input["n"] * 2)
+
+    return worker
+
+
 def worker_from_env() -> q.Worker:
     return build_worker(concurrency=int(os.environ.get("QUEUERT_APP_CONCURRENCY", "1")))
 

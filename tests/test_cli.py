@@ -158,6 +158,46 @@ def test_run_demo_commits_each_step_with_the_business_writes(tmp_path: Path) -> 
 # --- worker ------------------------------------------------------------------------
 
 
+def test_worker_command_runs_an_async_worker_and_stops_on_sigterm(
+    db: Db, tmp_path: Path, spawned: list[subprocess.Popen[str]]
+) -> None:
+    client = q.Queuert(db.engine, app.job_types)
+    with Session(db.engine) as session, session.begin():
+        chain = client.start_chain(session, app.work, {"n": 4, "sleep": 0})
+
+    log = tmp_path / "worker.log"
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(
+            cli("worker", "tests.app:build_async_worker", "--log-level", "info"),
+            cwd=ROOT,
+            env=child_env(QUEUERT_APP_URL=db.url),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    spawned.append(proc)
+
+    wait_for(
+        lambda: client.get_chain(chain.id).is_completed,
+        "the chain to complete",
+        proc=proc,
+        log=log,
+    )
+    assert client.get_chain(chain.id).output == 8
+    with Session(db.engine) as session:
+        assert app.count_effects(session, "work") == 1
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        returncode = proc.wait(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"worker still running {DEADLINE_S:g} s after SIGTERM:\n{log.read_text()}")
+    output = log.read_text()
+    assert returncode == 0, output
+    assert "async worker" in output and "started" in output
+    assert "Traceback" not in output
+
+
 def test_worker_processes_jobs_and_stops_on_sigterm(
     db: Db, tmp_path: Path, spawned: list[subprocess.Popen[str]]
 ) -> None:
