@@ -194,7 +194,8 @@ def test_worker_command_runs_an_async_worker_and_stops_on_sigterm(
         pytest.fail(f"worker still running {DEADLINE_S:g} s after SIGTERM:\n{log.read_text()}")
     output = log.read_text()
     assert returncode == 0, output
-    assert "async worker" in output and "started" in output
+    assert "async worker" in output
+    assert "started" in output
     assert "Traceback" not in output
 
 
