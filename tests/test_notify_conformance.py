@@ -32,7 +32,7 @@ from queuert_sa.notify import InMemoryNotify, NotifyAdapter
 from queuert_sa.notify.postgres import PostgresNotify, libpq_conninfo
 from queuert_sa.notify.redis import RedisNotify
 
-from .conftest import POSTGRES_URL, service_unavailable
+from .conftest import POSTGRES_URL, REDIS_URL, service_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -302,7 +302,7 @@ def test_a_producer_in_another_process_wakes_the_listener(backend: Backend) -> N
         "CHAIN": str(chain_id),
         "PYTHONPATH": str(ROOT),
         "PG": POSTGRES_URL,
-        "REDIS": os.environ.get("QUEUERT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "REDIS": REDIS_URL,
     }
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=30)
 
