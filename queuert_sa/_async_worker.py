@@ -494,6 +494,9 @@ class AsyncWorker:
         if self._sync_worker is not None:
             sync_worker = self._sync_worker
             clean = await asyncio.to_thread(sync_worker.stop, dt.timedelta(seconds=grace))
+            if clean:
+                # Its engine is ours (made in _thread_worker): close its connections.
+                sync_worker.client.engine.dispose()
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
@@ -821,7 +824,10 @@ class AsyncWorker:
                     await savepoint.rollback()
                 except Exception:
                     log.debug("rolling back the handler's savepoint failed", exc_info=True)
-            if isinstance(exc, asyncio.CancelledError) and not self._stopping.is_set():
+            if isinstance(exc, asyncio.CancelledError):
+                # Cut off (stop() after the grace period, a second signal): the
+                # whole transaction, acquisition included, rolls back as the
+                # session closes, so the job is pending again as it was.
                 raise
             return exc
 
@@ -835,6 +841,8 @@ class AsyncWorker:
                 async with attempt.transaction():
                     pass
             return None
+        except asyncio.CancelledError:
+            raise  # cut off: a committed lease is left to expire, then reaped
         except BaseException as exc:
             return exc
 

@@ -19,7 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     RowMapping,
-    and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 
@@ -286,10 +287,14 @@ def retention_candidates(
     if type_names is not None:
         conditions.append(table.c.chain_type_name.in_(list(type_names)))
     if after is not None:
+        # A row comparison, so the walk resumes from this key in the index
+        # (an OR of the two parts makes both engines rescan the backlog).
+        key = tuple_(table.c.created_at, table.c.id)
         conditions.append(
-            or_(
-                table.c.created_at > after[0],
-                and_(table.c.created_at == after[0], table.c.id > after[1]),
+            key
+            > tuple_(
+                bindparam(None, after[0], type_=table.c.created_at.type),
+                bindparam(None, after[1], type_=table.c.id.type),
             )
         )
     stmt = (
