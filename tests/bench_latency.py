@@ -3,15 +3,14 @@
     python -m tests.bench_latency [--db URL] [--redis URL] [--jobs 200] [--none-jobs 3]
 
 For each notify setup and each worker kind (thread ``Worker``, asyncio
-``AsyncWorker``): one worker with ``poll_interval`` 30 s sits idle; the
-producer commits one single-job chain at a time and waits until its handler
-has started before committing the next. The producer and the worker have
-separate adapter instances, so every wake-up travels through the backend
-(PostgreSQL NOTIFY on its own connection, Redis PUBLISH), as between
-processes. Prints p50/p95/p99/max in milliseconds.
+``AsyncWorker``): one worker, in a process of its own with ``poll_interval``
+30 s, sits idle; the producer (this process) commits one single-job chain at
+a time and waits until its handler has started before committing the next.
+Every wake-up travels through the backend, as between an application and its
+worker processes. Prints p50/p95/p99/max in milliseconds (commit returned →
+handler called, both read from the machine's monotonic clock).
 
-Setups: ``memory`` (in-process adapter shared by producer and worker, the
-floor), ``postgres`` (LISTEN/NOTIFY), ``redis`` (pub/sub) and ``none``
+Setups: ``postgres`` (LISTEN/NOTIFY), ``redis`` (pub/sub) and ``none``
 (adapters that deliver nothing: the worker finds each job at its next poll;
 few jobs, since each waits up to 30 s).
 """
@@ -21,20 +20,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import multiprocessing
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import create_engine, make_url
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-from queuert_sa.notify import InMemoryNotify, NotifyAdapter
 
 POLL = dt.timedelta(seconds=30)
 
@@ -68,9 +65,6 @@ class _Silent:
 
 def _adapters(setup: str, db_url: str, redis_url: str) -> tuple[Any, Any]:
     """(producer's adapter, worker's adapter)."""
-    if setup == "memory":
-        shared = InMemoryNotify()
-        return shared, shared
     if setup == "none":
         return _Silent(), _Silent()
     if setup == "postgres":
@@ -96,95 +90,102 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _produce(
-    engine: Engine, producer: q.Queuert, job_type: Any, started: dict[str, float], jobs: int
-) -> list[float]:
-    """Commit ``jobs`` chains one at a time; the commit→start latency of each (ms)."""
-    latencies: list[float] = []
-    arrived = threading.Event()
-    for n in range(jobs):
-        key = f"j{n}"
-        arrived.clear()
-        started.pop("__event__", None)
-        with Session(engine) as session, session.begin():
-            producer.start_chain(session, job_type, {"key": key})
-            # COMMIT happens as the block exits; time it right after.
-        committed = time.perf_counter()
-        deadline = committed + POLL.total_seconds() * 1.5
-        while key not in started:
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"job {key} did not start within {deadline - committed:.0f} s")
-            time.sleep(0.0002)
-        latencies.append((started[key] - committed) * 1000)
-        time.sleep(0.005)  # let the worker settle back to idle
-    return latencies
+def _worker_process(
+    setup: str,
+    kind: str,
+    db_url: str,
+    redis_url: str,
+    started: Any,
+    ready: Any,
+    stop: Any,
+) -> None:
+    """A worker in its own process: puts ``(key, time.monotonic())`` as each handler starts.
 
-
-def run_sync(setup: str, db_url: str, redis_url: str, jobs: int) -> list[float]:
-    engine = create_engine(db_url, pool_size=5)
+    ``time.monotonic()`` is CLOCK_MONOTONIC on Linux, one clock for every
+    process of the machine, so the producer can subtract its commit time.
+    """
+    _, notify = _adapters(setup, db_url, redis_url)
     job_types = q.JobTypes()
     ping = job_types.entry("ping", input=dict, output=None)
-    producer_notify, worker_notify = _adapters(setup, db_url, redis_url)
-    producer = q.Queuert(engine, job_types, notify=producer_notify)
-    consumer = q.Queuert(engine, job_types, notify=worker_notify)
-    started: dict[str, float] = {}
-    worker = consumer.worker(poll_interval=POLL, handle_signals="never")
-
-    @worker.handler(ping)
-    def handle(attempt: q.Attempt[dict[str, Any], None]) -> q.Outcome:
-        started[attempt.input["key"]] = time.perf_counter()
-        return attempt.complete(None)
-
-    worker.start()
-    time.sleep(0.3)  # idle, subscribed
-    try:
-        return _produce(engine, producer, ping, started, jobs)
-    finally:
-        worker.stop()
-        producer_notify.close()
-        worker_notify.close()
-        engine.dispose()
-
-
-def run_async(setup: str, db_url: str, redis_url: str, jobs: int) -> list[float]:
-    url = make_url(db_url)
-    async_url = url.set(drivername="sqlite+aiosqlite") if url.get_backend_name() == "sqlite" else url
-    engine = create_engine(db_url, pool_size=5)
-    job_types = q.JobTypes()
-    ping = job_types.entry("ping", input=dict, output=None)
-    producer_notify, worker_notify = _adapters(setup, db_url, redis_url)
-    producer = q.Queuert(engine, job_types, notify=producer_notify)
-    started: dict[str, float] = {}
-    result: list[float] = []
-
-    async def main() -> None:
-        aengine = create_async_engine(async_url)
-        consumer = q.AsyncQueuert(aengine, job_types, notify=worker_notify)
-        worker = consumer.worker(poll_interval=POLL, handle_signals="never")
+    if kind == "sync":
+        engine = create_engine(db_url)
+        worker = q.Queuert(engine, job_types, notify=notify).worker(
+            poll_interval=POLL, handle_signals="never"
+        )
 
         @worker.handler(ping)
-        async def handle(attempt: q.AsyncAttempt[dict[str, Any], None]) -> q.Outcome:
-            started[attempt.input["key"]] = time.perf_counter()
+        def handle(attempt: q.Attempt[dict[str, Any], None]) -> q.Outcome:
+            started.put((attempt.input["key"], time.monotonic()))
             return attempt.complete(None)
 
-        await worker.start()
-        await asyncio.sleep(0.3)
-        try:
-            # The producer is a sync app thread; the loop keeps serving the worker.
-            result.extend(
-                await asyncio.to_thread(_produce, engine, producer, ping, started, jobs)
+        worker.start()
+        ready.set()
+        stop.wait()
+        worker.stop()
+        engine.dispose()
+    else:
+
+        async def main() -> None:
+            url = make_url(db_url)
+            if url.get_backend_name() == "sqlite":
+                url = url.set(drivername="sqlite+aiosqlite")
+            aengine = create_async_engine(url)
+            aworker = q.AsyncQueuert(aengine, job_types, notify=notify).worker(
+                poll_interval=POLL, handle_signals="never"
             )
-        finally:
-            await worker.stop()
+
+            @aworker.handler(ping)
+            async def handle(attempt: q.AsyncAttempt[dict[str, Any], None]) -> q.Outcome:
+                started.put((attempt.input["key"], time.monotonic()))
+                return attempt.complete(None)
+
+            await aworker.start()
+            ready.set()
+            await asyncio.to_thread(stop.wait)
+            await aworker.stop()
             await aengine.dispose()
 
-    try:
         asyncio.run(main())
+    notify.close()
+
+
+def measure(setup: str, kind: str, db_url: str, redis_url: str, jobs: int) -> list[float]:
+    """Commit ``jobs`` chains one at a time; the commit→start latency of each (ms)."""
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Queue()
+    ready, stop = ctx.Event(), ctx.Event()
+    process = ctx.Process(
+        target=_worker_process,
+        args=(setup, kind, db_url, redis_url, started, ready, stop),
+        daemon=True,
+    )
+    process.start()
+    engine = create_engine(db_url)
+    producer_notify, _ = _adapters(setup, db_url, redis_url)
+    job_types = q.JobTypes()
+    ping = job_types.entry("ping", input=dict, output=None)
+    producer = q.Queuert(engine, job_types, notify=producer_notify)
+    latencies: list[float] = []
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the worker process did not start")
+        time.sleep(0.5)  # idle and subscribed
+        for n in range(jobs):
+            key = f"j{n}"
+            with Session(engine) as session, session.begin():
+                producer.start_chain(session, ping, {"key": key})
+            committed = time.monotonic()  # the wake-up is sent during the COMMIT, before this
+            got, at = started.get(timeout=POLL.total_seconds() * 1.5)
+            if got != key:
+                raise RuntimeError(f"expected {key}, the worker started {got}")
+            latencies.append(max(at - committed, 0.0) * 1000)
+            time.sleep(0.01)  # let the worker settle back to idle
     finally:
+        stop.set()
+        process.join(30)
         producer_notify.close()
-        worker_notify.close()
         engine.dispose()
-    return result
+    return latencies
 
 
 def main() -> None:
@@ -193,9 +194,7 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--none-jobs", type=int, default=3)
-    parser.add_argument(
-        "--setups", default="memory,postgres,redis,none", help="comma-separated setups"
-    )
+    parser.add_argument("--setups", default="postgres,redis,none", help="comma-separated setups")
     parser.add_argument("--workers", default="sync,async", help="sync,async")
     args = parser.parse_args()
 
@@ -209,8 +208,7 @@ def main() -> None:
     for setup in args.setups.split(","):
         for kind in args.workers.split(","):
             jobs = args.none_jobs if setup == "none" else args.jobs
-            run = run_sync if kind == "sync" else run_async
-            samples = run(setup, args.db, args.redis, jobs)
+            samples = measure(setup, kind, args.db, args.redis, jobs)
             p = _percentiles(samples)
             print(
                 f"{setup:<10} {kind:<6} {jobs:>5} {p['p50']:>8.2f} {p['p95']:>8.2f} "
