@@ -40,6 +40,7 @@ from ._entities import Chain, Job
 from ._errors import ChainNotFoundError, InvalidCursorError, JobNotFoundError, QueuertError
 from ._job_types import JobTypes
 from ._worker import Worker
+from .bench import PHASES
 from .models import DEFAULT_TABLE_PREFIX, JobStatus, create_models
 
 if TYPE_CHECKING:
@@ -878,6 +879,59 @@ def build_cli() -> click.Group:
             click.echo(
                 f"deleted {deleted} {noun} completed more than {format_duration(older_than)} ago"
             )
+
+    @cli.command()
+    @click.option(
+        "--db",
+        "db_url",
+        default=None,
+        metavar="URL",
+        help="Database to measure (its own schema or tables, removed afterwards). "
+        "Default: a temporary SQLite file.",
+    )
+    @click.option("--chains", default=5000, show_default=True, type=click.IntRange(1))
+    @click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1))
+    @click.option(
+        "--mode",
+        "modes",
+        multiple=True,
+        type=click.Choice(PHASES),
+        help="Phase to run (repeatable). Default: all.",
+    )
+    @click.option("--no-reference", is_flag=True, help="Skip the raw-SQL reference figure.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    def bench(
+        db_url: str | None,
+        chains: int,
+        concurrency: int,
+        modes: tuple[str, ...],
+        no_reference: bool,
+        as_json: bool,
+    ) -> None:
+        """Measure throughput on your database: starts, atomic and staged processing.
+
+        Prints chains/s and jobs/s beside what the database does with the same
+        acquire + complete SQL and no Python (pgbench on PostgreSQL when
+        installed; raw sqlite3 on SQLite).
+        """
+        from .bench import run_bench
+
+        def progress(line: str) -> None:
+            if not as_json:
+                click.echo(line, err=True)
+
+        try:
+            report = run_bench(
+                db_url,
+                chains=chains,
+                concurrency=concurrency,
+                phases=modes or PHASES,
+                reference=not no_reference,
+                progress=progress,
+            )
+        except QueuertError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(to_json(report.as_json()) if as_json else report.table())
 
     return cli
 

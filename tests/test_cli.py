@@ -986,3 +986,55 @@ def test_format_table_fits_each_column_to_its_widest_cell() -> None:
         "           y            z",
     ]
     assert format_table(("ONLY",), []) == ["ONLY"]
+
+
+# --- bench ----------------------------------------------------------------------------
+
+
+def test_bench_runs_every_phase_and_the_reference_on_a_temporary_sqlite_file(
+    tmp_path: Path,
+) -> None:
+    result = run(
+        cli("bench", "--chains", "30", "--concurrency", "2", "--json"),
+        env=child_env(TMPDIR=str(tmp_path)),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["database"].startswith("sqlite:///")
+    assert [f["phase"] for f in report["figures"]] == [
+        "start-single",
+        "start-batched",
+        "atomic",
+        "staged",
+        "async-atomic",
+        "async-staged",
+    ]
+    assert all(f["count"] == 30 and f["rate"] > 0 for f in report["figures"])
+    assert report["reference"]["count"] == 30  # every due job acquired and completed once
+    assert list(tmp_path.iterdir()) == []  # its temporary database is removed
+
+
+def test_bench_on_postgresql_leaves_no_schema_behind(pg: Db) -> None:
+    db = pg
+    result = run(
+        cli("bench", "--db", db.url, "--chains", "20", "--concurrency", "2"),
+        env=child_env(),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "atomic" in result.stdout
+    assert "of reference" in result.stdout
+    assert "reference:" in result.stdout
+    with db.engine.connect() as conn:
+        schemas = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_namespace WHERE starts_with(nspname, 'queuert_bench_')"
+        ).scalar_one()
+    assert schemas == 0
+
+
+def test_bench_refuses_an_unknown_mode() -> None:
+    result = run(cli("bench", "--mode", "fastest"))
+
+    assert result.returncode == 2
+    assert "Invalid value for '--mode'" in result.stderr

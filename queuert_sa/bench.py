@@ -1,0 +1,422 @@
+"""``queuert-sa bench``: throughput of this library on your database, beside the database's own.
+
+Phases (each on ``chains`` single-job chains of a no-op type):
+
+* **start single** — one ``start_chain`` per transaction (chains/s);
+* **start batched** — ``start_chains`` with 100 per transaction (chains/s);
+* **atomic** / **staged** — one worker with ``concurrency`` slots drains a
+  queue of ``chains`` due jobs (jobs/s); staged runs an empty ``prepare()``
+  then completes in ``transaction()``;
+* **async-atomic** / **async-staged** — the same with the asyncio worker.
+
+The reference figure is the same acquire + complete SQL, one transaction per
+job, driven without Python: ``pgbench`` with ``concurrency`` clients on
+PostgreSQL (when ``pgbench`` is installed), a raw ``sqlite3`` loop on SQLite.
+
+Everything runs in a schema (PostgreSQL) or file (SQLite) of its own, removed
+at the end; the application's tables are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+from ._attempt import Attempt, Outcome
+from ._client import Queuert
+from ._job_types import JobTypes
+from .models import Models, create_models
+
+#: Every phase, in the order they run.
+PHASES = ("start-single", "start-batched", "atomic", "staged", "async-atomic", "async-staged")
+
+_BATCH = 100
+
+
+class _NoopIn(TypedDict):
+    i: int
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured phase."""
+
+    phase: str
+    count: int
+    seconds: float
+    unit: str
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``run_bench`` measured."""
+
+    database: str
+    chains: int
+    concurrency: int
+    figures: list[Figure]
+    reference: Figure | None
+    reference_note: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "chains": self.chains,
+            "concurrency": self.concurrency,
+            "figures": [{**asdict(f), "rate": round(f.rate, 1)} for f in self.figures],
+            "reference": None
+            if self.reference is None
+            else {**asdict(self.reference), "rate": round(self.reference.rate, 1)},
+            "reference_note": self.reference_note,
+        }
+
+    def table(self) -> str:
+        ref = self.reference.rate if self.reference else None
+        lines = [
+            f"database: {self.database}",
+            f"{self.chains} chains per phase, worker concurrency {self.concurrency}",
+            "",
+            f"{'phase':<16} {'rate':>12}  {'unit':<9} {'seconds':>8}  {'of reference':>12}",
+        ]
+        for f in self.figures:
+            share = f"{100 * f.rate / ref:>11.0f}%" if ref and f.unit == "jobs/s" else f"{'':>12}"
+            lines.append(f"{f.phase:<16} {f.rate:>12,.0f}  {f.unit:<9} {f.seconds:>8.2f}  {share}")
+        if self.reference is not None:
+            lines.append(
+                f"{'reference':<16} {self.reference.rate:>12,.0f}  {'jobs/s':<9} "
+                f"{self.reference.seconds:>8.2f}  {'100%':>12}"
+            )
+        lines.append(f"reference: {self.reference_note}")
+        return "\n".join(lines)
+
+
+# --- the isolated schema ------------------------------------------------------------
+
+
+@contextmanager
+def _bench_database(url: str | None) -> Generator[tuple[Engine, Models, str]]:
+    """An engine and a set of tables of the bench's own; dropped afterwards."""
+    tmpdir: str | None = None
+    if url is None:
+        tmpdir = tempfile.mkdtemp(prefix="queuert-bench-")
+        url = f"sqlite:///{Path(tmpdir) / 'bench.db'}"
+    parsed = make_url(url)
+    schema: str | None = None
+    if parsed.get_backend_name() == "postgresql":
+        schema = f"queuert_bench_{uuid.uuid4().hex[:8]}"
+        models = create_models(schema=schema)
+    else:
+        models = create_models(table_prefix=f"queuert_bench_{uuid.uuid4().hex[:6]}_")
+    engine = create_engine(url, pool_size=20, max_overflow=10)
+    try:
+        with engine.begin() as conn:
+            if schema is not None:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            models.metadata.create_all(conn)
+        yield engine, models, parsed.render_as_string(hide_password=True)
+    finally:
+        try:
+            with engine.begin() as conn:
+                if schema is not None:
+                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                else:
+                    models.metadata.drop_all(conn)
+        finally:
+            engine.dispose()
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _client(engine: Engine, models: Models) -> tuple[Queuert, Any]:
+    job_types = JobTypes()
+    noop = job_types.entry("noop", input=_NoopIn, output=int)
+    return Queuert(engine, job_types, models=models), noop
+
+
+def _clear(engine: Engine, models: Models) -> None:
+    with engine.begin() as conn:
+        conn.execute(models.job_blocker_table.delete())
+        conn.execute(models.job_table.delete())
+
+
+def _fill(client: Queuert, noop: Any, chains: int) -> None:
+    with Session(client.engine) as session, session.begin():
+        for offset in range(0, chains, 1000):
+            client.start_chains(
+                session, [noop({"i": i}) for i in range(offset, min(offset + 1000, chains))]
+            )
+
+
+# --- phases ----------------------------------------------------------------------
+
+
+def _start_single(client: Queuert, noop: Any, chains: int) -> float:
+    started = time.perf_counter()
+    for i in range(chains):
+        with Session(client.engine) as session, session.begin():
+            client.start_chain(session, noop, {"i": i})
+    return time.perf_counter() - started
+
+
+def _start_batched(client: Queuert, noop: Any, chains: int) -> float:
+    started = time.perf_counter()
+    for offset in range(0, chains, _BATCH):
+        with Session(client.engine) as session, session.begin():
+            client.start_chains(
+                session, [noop({"i": i}) for i in range(offset, min(offset + _BATCH, chains))]
+            )
+    return time.perf_counter() - started
+
+
+def _process_sync(client: Queuert, noop: Any, chains: int, concurrency: int, staged: bool) -> float:
+    worker = client.worker(
+        concurrency=concurrency,
+        poll_interval=dt.timedelta(milliseconds=100),
+        handle_signals="never",
+    )
+    if staged:
+
+        @worker.handler(noop, mode="staged")
+        def handle_staged(attempt: Attempt[_NoopIn, int]) -> Outcome:
+            with attempt.prepare():
+                pass
+            with attempt.transaction():
+                return attempt.complete(attempt.input["i"])
+
+    else:
+
+        @worker.handler(noop)
+        def handle(attempt: Attempt[_NoopIn, int]) -> Outcome:
+            return attempt.complete(attempt.input["i"])
+
+    started = time.perf_counter()
+    worker.start()
+    try:
+        while worker.completed < chains:
+            time.sleep(0.002)
+        return time.perf_counter() - started
+    finally:
+        worker.stop()
+
+
+def _async_url(url: URL) -> URL:
+    if url.get_backend_name() == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def _process_async(
+    engine: Engine, models: Models, chains: int, concurrency: int, staged: bool
+) -> float:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from ._async_client import AsyncQueuert
+    from ._async_worker import AsyncAttempt
+
+    async def main() -> float:
+        aengine = create_async_engine(_async_url(engine.url), pool_size=concurrency + 5)
+        job_types = JobTypes()
+        noop = job_types.entry("noop", input=_NoopIn, output=int)
+        client = AsyncQueuert(aengine, job_types, models=models)
+        worker = client.worker(
+            concurrency=concurrency,
+            poll_interval=dt.timedelta(milliseconds=100),
+            handle_signals="never",
+        )
+        if staged:
+
+            @worker.handler(noop, mode="staged")
+            async def handle_staged(attempt: AsyncAttempt[_NoopIn, int]) -> Outcome:
+                async with attempt.prepare():
+                    pass
+                async with attempt.transaction():
+                    return attempt.complete(attempt.input["i"])
+
+        else:
+
+            @worker.handler(noop)
+            async def handle(attempt: AsyncAttempt[_NoopIn, int]) -> Outcome:
+                return attempt.complete(attempt.input["i"])
+
+        started = time.perf_counter()
+        await worker.start()
+        try:
+            while worker.completed < chains:
+                await asyncio.sleep(0.002)
+            return time.perf_counter() - started
+        finally:
+            await worker.stop()
+            await aengine.dispose()
+
+    return asyncio.run(main())
+
+
+# --- the reference ---------------------------------------------------------------------
+
+
+def _pgbench_reference(
+    engine: Engine, models: Models, chains: int, concurrency: int
+) -> tuple[Figure | None, str]:
+    pgbench = shutil.which("pgbench")
+    if pgbench is None:
+        return None, "pgbench is not installed (PostgreSQL client tools); no reference figure"
+    table = models.job_table
+    name = f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
+    script = (
+        "BEGIN;\n"
+        f"WITH taken AS (UPDATE {name} SET status = 'running', attempt = attempt + 1, "
+        "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
+        f"WHERE id = (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
+        "AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT 1 "
+        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING id) "
+        "SELECT coalesce(quote_literal(max(id::text)), 'NULL') AS job FROM taken \\gset\n"
+        f"UPDATE {name} SET status = 'completed', output = '1', completed_at = now(), "
+        "completed_by = 'pgbench', leased_by = NULL, leased_until = NULL "
+        "WHERE id = :job::uuid;\n"
+        "END;\n"
+    )
+    per_client = max(chains // concurrency, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "acquire_complete.sql"
+        path.write_text(script)
+        url = engine.url.set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        result = subprocess.run(
+            [pgbench, "-n", "-c", str(concurrency), "-j", str(min(concurrency, os.cpu_count() or 1)),
+             "-t", str(per_client), "-f", str(path), conninfo],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )  # fmt: skip
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", result.stdout)
+    if result.returncode != 0 or match is None:
+        return None, f"pgbench failed: {(result.stderr or result.stdout).strip()[:200]}"
+    tps = float(match.group(1))
+    jobs = per_client * concurrency
+    return (
+        Figure("reference", jobs, jobs / tps, "jobs/s"),
+        f"pgbench, {concurrency} clients, one transaction per acquire + complete (no Python)",
+    )
+
+
+def _sqlite_reference(engine: Engine, models: Models, chains: int) -> tuple[Figure, str]:
+    database = engine.url.database or ""
+    table = f'"{models.job_table.name}"'
+    conn = sqlite3.connect(database, isolation_level=None, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        acquire = (
+            f"UPDATE {table} SET status = 'running', attempt = attempt + 1, "
+            "last_attempt_at = ?, leased_by = 'raw', leased_until = ? "
+            f"WHERE id = (SELECT id FROM {table} WHERE type_name = 'noop' AND "
+            "status = 'pending' AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT 1) "
+            "RETURNING id"
+        )
+        complete = (
+            f"UPDATE {table} SET status = 'completed', output = '1', completed_at = ?, "
+            "completed_by = 'raw', leased_by = NULL, leased_until = NULL WHERE id = ?"
+        )
+        done = 0
+        started = time.perf_counter()
+        while True:
+            # The text SQLAlchemy stores for a UTC datetime on SQLite.
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute(acquire, (now, now, now)).fetchone()
+            if row is None:
+                conn.execute("COMMIT")
+                break
+            conn.execute(complete, (now, row[0]))
+            conn.execute("COMMIT")
+            done += 1
+        seconds = time.perf_counter() - started
+    finally:
+        conn.close()
+    return (
+        Figure("reference", done, seconds, "jobs/s"),
+        "Python's sqlite3 with no ORM, one BEGIN IMMEDIATE transaction per acquire + complete",
+    )
+
+
+# --- the whole run ----------------------------------------------------------------------
+
+
+def run_bench(
+    url: str | None = None,
+    *,
+    chains: int = 5000,
+    concurrency: int = 10,
+    phases: Sequence[str] = PHASES,
+    reference: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Run the phases on ``url`` (default: a temporary SQLite file); the figures."""
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        raise ValueError(f"unknown phase(s) {unknown}; choose from {', '.join(PHASES)}")
+
+    def say(line: str) -> None:
+        if progress is not None:
+            progress(line)
+
+    figures: list[Figure] = []
+    ref: Figure | None = None
+    note = "not measured"
+    with _bench_database(url) as (engine, models, shown):
+        client, noop = _client(engine, models)
+        for phase in phases:
+            say(f"{phase} ...")
+            _clear(engine, models)
+            if phase == "start-single":
+                figures.append(
+                    Figure(phase, chains, _start_single(client, noop, chains), "chains/s")
+                )
+                continue
+            if phase == "start-batched":
+                figures.append(
+                    Figure(phase, chains, _start_batched(client, noop, chains), "chains/s")
+                )
+                continue
+            _fill(client, noop, chains)
+            staged = phase.endswith("staged")
+            if phase.startswith("async"):
+                seconds = _process_async(engine, models, chains, concurrency, staged)
+            else:
+                seconds = _process_sync(client, noop, chains, concurrency, staged)
+            figures.append(Figure(phase, chains, seconds, "jobs/s"))
+        if reference:
+            say("reference ...")
+            _clear(engine, models)
+            _fill(client, noop, chains)
+            if client.capabilities.skip_locked:
+                ref, note = _pgbench_reference(engine, models, chains, concurrency)
+            else:
+                ref, note = _sqlite_reference(engine, models, chains)
+    return Report(shown, chains, concurrency, figures, ref, note)
+
+
+def report_json(report: Report) -> str:
+    return json.dumps(report.as_json(), indent=2)
