@@ -185,6 +185,15 @@ def test_subscription_is_active_when_listen_returns(backend: Backend) -> None:
         producer.notify_chain_completed(chain_id)
         assert completed.wait_for(chain_id)
 
+    # The worker's first listen may be the ownership one (AsyncWorker): it opens the connection.
+    producer, listener = backend.pair()
+    producer.notify_job_scheduled("warm-up", 1)
+    lost = Inbox()
+    job_id = uuid.uuid4()
+    listener.listen_job_ownership_lost(lost)
+    producer.notify_job_ownership_lost(job_id)
+    assert lost.wait_for(job_id)
+
 
 def test_closed_subscription_receives_nothing_more(backend: Backend) -> None:
     producer, listener = backend.pair()
@@ -221,6 +230,67 @@ def test_chain_completed_reaches_the_listeners_of_that_chain_only(backend: Backe
     assert jobs.calls == [("t", 4)]
 
 
+def test_job_ownership_lost_reaches_every_ownership_listener_with_every_job_id(
+    backend: Backend,
+) -> None:
+    """One listener per worker hears every job's message (it ignores jobs it does not hold)."""
+    producer, listener = backend.pair()
+    # Remote: another instance, as a second worker process, hears them too.
+    other = backend.make() if backend.remote else listener
+    first, second, third = Inbox(), Inbox(), Inbox()
+    listener.listen_job_ownership_lost(first)
+    listener.listen_job_ownership_lost(second)
+    other.listen_job_ownership_lost(third)
+    job_1, job_2 = uuid.uuid4(), uuid.uuid4()
+
+    producer.notify_job_ownership_lost(job_1)
+    producer.notify_job_ownership_lost(job_2)
+
+    for inbox in (first, second, third):
+        assert inbox.wait_for(job_2)
+        assert inbox.calls == [(job_1,), (job_2,)]
+
+
+def test_each_message_reaches_only_the_listeners_of_its_kind(backend: Backend) -> None:
+    """A chain id, a job id and a type name may look alike; each message has its own listeners."""
+    producer, listener = backend.pair()
+    same_id, sentinel = uuid.uuid4(), uuid.uuid4()
+    lost, completed, jobs, last = Inbox(), Inbox(), Inbox(), Inbox()
+    listener.listen_job_ownership_lost(lost)
+    listener.listen_chain_completed(same_id, completed)
+    listener.listen_job_scheduled([str(same_id)], jobs)
+    listener.listen_chain_completed(sentinel, last)
+
+    producer.notify_chain_completed(same_id)
+    producer.notify_job_scheduled(str(same_id), 1)
+    producer.notify_job_ownership_lost(same_id)
+    producer.notify_chain_completed(sentinel)
+
+    assert last.wait_for(sentinel)
+    assert lost.calls == [(same_id,)]
+    assert completed.calls == [(same_id,)]
+    assert jobs.calls == [(str(same_id), 1)]
+
+
+def test_closed_ownership_subscription_receives_nothing_more(backend: Backend) -> None:
+    producer, listener = backend.pair()
+    closing, staying = Inbox(), Inbox()
+    subscription = listener.listen_job_ownership_lost(closing)
+    listener.listen_job_ownership_lost(staying)
+    job_1, job_2, job_3 = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    producer.notify_job_ownership_lost(job_1)
+    assert closing.wait_for(job_1)
+
+    subscription.close()
+    subscription.close()  # idempotent
+    producer.notify_job_ownership_lost(job_2)
+    producer.notify_job_ownership_lost(job_3)
+
+    assert staying.wait_for(job_3)
+    assert closing.calls == [(job_1,)]
+    assert staying.calls == [(job_1,), (job_2,), (job_3,)]
+
+
 def test_a_listener_that_raises_does_not_stop_later_deliveries(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -231,10 +301,15 @@ def test_a_listener_that_raises_does_not_stop_later_deliveries(
     chain_id = uuid.uuid4()
     failing_chain = Inbox(fail=True)
     listener.listen_chain_completed(chain_id, failing_chain)
+    failing_lost, healthy_lost = Inbox(fail=True), Inbox()
+    listener.listen_job_ownership_lost(failing_lost)
+    listener.listen_job_ownership_lost(healthy_lost)
+    job_id = uuid.uuid4()
 
     with caplog.at_level(logging.ERROR, logger="queuert_sa.notify"):
         producer.notify_job_scheduled("t", 1)
         producer.notify_chain_completed(chain_id)
+        producer.notify_job_ownership_lost(job_id)
         producer.notify_job_scheduled("t", 2)
         assert healthy.wait_for("t", 2)
         assert failing.wait_for("t", 2)
@@ -242,9 +317,10 @@ def test_a_listener_that_raises_does_not_stop_later_deliveries(
     assert failing.calls == [("t", 1), ("t", 2)]
     assert healthy.calls == [("t", 1), ("t", 2)]
     assert failing_chain.calls == [(chain_id,)]
+    assert failing_lost.calls == healthy_lost.calls == [(job_id,)]
     assert (
         sum("listener" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
-        == 3
+        == 4
     )
 
 
@@ -261,8 +337,10 @@ def test_close_is_idempotent_stops_delivery_and_later_calls_do_not_raise(
     listener.close()
     listener.notify_job_scheduled("t", 2)
     listener.notify_chain_completed(uuid.uuid4())
+    listener.notify_job_ownership_lost(uuid.uuid4())
     listener.listen_job_scheduled(["t"], inbox).close()
     listener.listen_chain_completed(uuid.uuid4(), inbox).close()
+    listener.listen_job_ownership_lost(inbox).close()
 
     if backend.remote:
         # The closed listener's thread is gone; a live instance still hears the producer.
@@ -277,10 +355,11 @@ def test_close_is_idempotent_stops_delivery_and_later_calls_do_not_raise(
 @remote_only
 def test_a_producer_in_another_process_wakes_the_listener(backend: Backend) -> None:
     listener = backend.make()
-    scheduled, completed = Inbox(), Inbox()
-    chain_id = uuid.uuid4()
+    scheduled, completed, lost = Inbox(), Inbox(), Inbox()
+    chain_id, job_id = uuid.uuid4(), uuid.uuid4()
     listener.listen_job_scheduled(["send-mail"], scheduled)
     listener.listen_chain_completed(chain_id, completed)
+    listener.listen_job_ownership_lost(lost)
 
     if backend.kind == "postgres":
         make = "from queuert_sa.notify.postgres import PostgresNotify as A; target = env['PG']"
@@ -294,12 +373,14 @@ def test_a_producer_in_another_process_wakes_the_listener(backend: Backend) -> N
             "with A(target, channel_prefix=env['PREFIX']) as notify:",
             "    notify.notify_job_scheduled('send-mail', 3)",
             "    notify.notify_chain_completed(uuid.UUID(env['CHAIN']))",
+            "    notify.notify_job_ownership_lost(uuid.UUID(env['JOB']))",
         ]
     )
     env = {
         **os.environ,
         "PREFIX": backend.prefix,
         "CHAIN": str(chain_id),
+        "JOB": str(job_id),
         "PYTHONPATH": str(ROOT),
         "PG": POSTGRES_URL,
         "REDIS": REDIS_URL,
@@ -308,6 +389,7 @@ def test_a_producer_in_another_process_wakes_the_listener(backend: Backend) -> N
 
     assert scheduled.wait_for("send-mail", 3)
     assert completed.wait_for(chain_id)
+    assert lost.wait_for(job_id)
 
 
 @remote_only
@@ -358,8 +440,11 @@ def test_postgres_conninfo_conversion_and_refusals() -> None:
     engine.dispose()
     with pytest.raises(ValueError, match="PostgreSQL"):
         libpq_conninfo(make_url("sqlite:///x.db"))
-    with pytest.raises(ValueError, match="too long"):
-        PostgresNotify("postgresql://h/db", channel_prefix="p" * 60)
+    with pytest.raises(ValueError, match=r"too long.*at most 44 bytes"):
+        PostgresNotify("postgresql://h/db", channel_prefix="p" * 45)
+    notify = PostgresNotify("postgresql://h/db", channel_prefix="p" * 44)  # connects on first use
+    assert len(notify.job_ownership_lost_channel) == 63
+    notify.close()
 
 
 def test_postgres_close_releases_its_connections(postgres_conninfo: str) -> None:

@@ -2,7 +2,9 @@
 
 While the backend is down, ``notify_*`` must not raise and one warning is
 logged per connection; when it is back the listener subscribes again, wakes
-every listener once (messages sent meanwhile are lost) and delivers again.
+every job-scheduled and chain-completed listener once (messages sent meanwhile
+are lost) and delivers again. Ownership-lost listeners are not called on
+recovery: their message names a job, and the adapter has none to name.
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def delivered_again(producer: NotifyAdapter, inbox: Inbox, type_name: str, count
         return inbox.wait_for(type_name, count, timeout=0.2)
 
     return eventually(attempt, timeout=RECOVERY_TIMEOUT_S)
+
+
+def ownership_delivered_but_not_made_up(producer: NotifyAdapter, lost: Inbox) -> bool:
+    """After recovery (``delivered_again`` returned): the ownership listener heard no
+    made-up message during the wake-up, and hears a real one again.
+
+    The wake-up ran on the reader thread before the message ``delivered_again``
+    waited for, so a made-up call would be in ``lost.calls`` already."""
+    if lost.calls:
+        return False
+    job_id = uuid.uuid4()
+    producer.notify_job_ownership_lost(job_id)
+    return lost.wait_for(job_id) and lost.calls == [(job_id,)]
 
 
 def failures_logged(caplog: pytest.LogCaptureFixture, connection: str) -> int:
@@ -143,11 +158,13 @@ def test_redis_down_at_start_then_up(
         RedisNotify(redis_server.url, channel_prefix=prefix) as listener,
         RedisNotify(redis_server.url, channel_prefix=prefix) as producer,
     ):
-        inbox = Inbox()
+        inbox, lost = Inbox(), Inbox()
         started = time.monotonic()
         listener.listen_job_scheduled(["t"], inbox)
+        listener.listen_job_ownership_lost(lost)
         for _ in range(20):
             producer.notify_job_scheduled("t", 1)
+            producer.notify_job_ownership_lost(uuid.uuid4())
         assert time.monotonic() - started < 2, (
             "listen/notify must not wait for a server that is down"
         )
@@ -156,6 +173,7 @@ def test_redis_down_at_start_then_up(
         redis_server.start()
         assert inbox.wait_for("t", 1, timeout=RECOVERY_TIMEOUT_S), "no wake-up on connection"
         assert delivered_again(producer, inbox, "t", 7)
+        assert ownership_delivered_but_not_made_up(producer, lost)
 
     warnings = outage_warnings(caplog)
     assert len(warnings) == 2, warnings  # one for the subscriber, one for the publisher
@@ -173,15 +191,17 @@ def test_redis_killed_and_restarted(
         RedisNotify(redis_server.url, channel_prefix=prefix) as listener,
         RedisNotify(redis_server.url, channel_prefix=prefix) as producer,
     ):
-        inbox, chain_inbox = Inbox(), Inbox()
+        inbox, chain_inbox, lost = Inbox(), Inbox(), Inbox()
         chain_id = uuid.uuid4()
         listener.listen_job_scheduled(["t"], inbox)
         listener.listen_chain_completed(chain_id, chain_inbox)
+        listener.listen_job_ownership_lost(lost)
         producer.notify_job_scheduled("t", 3)
         assert inbox.wait_for("t", 3)
 
         redis_server.kill()
         producer.notify_chain_completed(chain_id)  # must not raise
+        producer.notify_job_ownership_lost(uuid.uuid4())  # must not raise
         fail_repeatedly(caplog, producer, "subscriber")
         redis_server.start()
 
@@ -190,6 +210,7 @@ def test_redis_killed_and_restarted(
         assert chain_inbox.wait_for(chain_id)
         # ... and new notifications arrive again.
         assert delivered_again(producer, inbox, "t", 7)
+        assert ownership_delivered_but_not_made_up(producer, lost)
 
     warnings = outage_warnings(caplog)
     assert len(warnings) == 2, warnings  # once per connection, not once per failure
@@ -205,10 +226,11 @@ def test_postgres_listener_reconnects_after_its_backend_is_terminated(
         PostgresNotify(postgres_conninfo, channel_prefix=prefix, application_name=name) as listener,
         PostgresNotify(postgres_conninfo, channel_prefix=prefix) as producer,
     ):
-        inbox, chain_inbox = Inbox(), Inbox()
+        inbox, chain_inbox, lost = Inbox(), Inbox(), Inbox()
         chain_id = uuid.uuid4()
         listener.listen_job_scheduled(["t"], inbox)
         listener.listen_chain_completed(chain_id, chain_inbox)
+        listener.listen_job_ownership_lost(lost)
         producer.notify_job_scheduled("t", 3)
         assert inbox.wait_for("t", 3)
 
@@ -223,6 +245,7 @@ def test_postgres_listener_reconnects_after_its_backend_is_terminated(
         assert inbox.wait_for("t", 1, timeout=RECOVERY_TIMEOUT_S), "no wake-up after reconnecting"
         assert chain_inbox.wait_for(chain_id)
         assert delivered_again(producer, inbox, "t", 7)
+        assert ownership_delivered_but_not_made_up(producer, lost)
 
     warnings = outage_warnings(caplog)
     assert len(warnings) == 1, warnings
@@ -238,9 +261,11 @@ def test_postgres_down_at_start_does_not_block_or_raise(
     with PostgresNotify(url, channel_prefix=unique_prefix()) as notify:
         notify.listen_job_scheduled(["t"], Inbox())
         notify.listen_chain_completed(uuid.uuid4(), Inbox())
+        notify.listen_job_ownership_lost(Inbox())
         for _ in range(20):
             notify.notify_job_scheduled("t", 1)
             notify.notify_chain_completed(uuid.uuid4())
+            notify.notify_job_ownership_lost(uuid.uuid4())
         assert time.monotonic() - started < 2
         fail_repeatedly(caplog, notify, "listener")
     warnings = outage_warnings(caplog)

@@ -61,6 +61,23 @@ class NotifyAdapter(Protocol):
         """Call ``callback(chain_id)`` when that chain completes."""
         ...
 
+    def notify_job_ownership_lost(self, job_id: uuid.UUID) -> None:
+        """The running job ``job_id`` was taken from its attempt.
+
+        Sent after a commit that completed (``complete_chain``), deleted
+        (``delete_chains``) or reaped (lease expired) a job that a staged
+        attempt was running, so that attempt learns it at once instead of at
+        its next lease renewal.
+        """
+        ...
+
+    def listen_job_ownership_lost(self, callback: Callable[[uuid.UUID], None]) -> Subscription:
+        """Call ``callback(job_id)`` for every ownership-lost message (of any job).
+
+        A worker listens once and ignores jobs it does not hold.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections; idempotent. Later notifications are dropped."""
         ...

@@ -1,10 +1,14 @@
 """What the cross-process adapters (PostgreSQL, Redis) have in common.
 
 Both read their backend on one background thread and hand each message to the
-callbacks registered in a :class:`Listeners`; both reconnect on the same
-:class:`Backoff` and report an outage once through :class:`Outage`; both use
-one wire format for job-scheduled messages, so a reader of either backend sees
-the same payloads.
+callbacks registered in a :class:`Listeners` (``Listeners.deliver`` decodes
+it); both reconnect on the same :class:`Backoff` and report an outage once
+through :class:`Outage`; both use one wire format per message, so a reader of
+either backend sees the same payloads:
+
+* ``job_scheduled`` — ``{"type": type_name, "count": n}`` (JSON);
+* ``chain_completed`` — the chain id;
+* ``job_ownership_lost`` — the job id.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TypeVar, cast
+from typing import Literal, TypeVar, cast
 
 log = logging.getLogger("queuert_sa.notify")
 
@@ -26,6 +30,10 @@ _V = TypeVar("_V")
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; Redis has no such
 #: limit, but one format for both keeps payloads portable.
 MAX_PAYLOAD_BYTES = 7999
+
+#: The messages of the protocol; each adapter gives each its own channel,
+#: ``<channel_prefix><separator><kind>``.
+Kind = Literal["job_scheduled", "chain_completed", "job_ownership_lost"]
 
 #: First and longest delay between reconnection attempts (seconds).
 BACKOFF_INITIAL_S = 0.1
@@ -53,7 +61,8 @@ def decode_job_scheduled(payload: str) -> tuple[str, int] | None:
     return type_name, count
 
 
-def decode_chain_completed(payload: str) -> uuid.UUID | None:
+def decode_id(payload: str) -> uuid.UUID | None:
+    """The id of a chain-completed (chain id) or ownership-lost (job id) payload; None if none."""
     try:
         return uuid.UUID(payload)
     except ValueError:
@@ -85,8 +94,9 @@ class _Subscription:
 
 
 class Listeners:
-    """Callbacks by job type and by chain id; a message is dispatched to a snapshot.
+    """Callbacks by job type, by chain id, and for ownership-lost messages.
 
+    A message is dispatched to a snapshot of the callbacks registered for it.
     Callbacks run on the adapter's reader thread, one message after another, in
     the order of registration. A callback that raises is logged and the others
     (and later messages) are still delivered.
@@ -96,6 +106,7 @@ class Listeners:
         self._lock = threading.Lock()
         self._scheduled: dict[str, dict[object, Callable[[str, int], None]]] = {}
         self._completed: dict[uuid.UUID, dict[object, Callable[[uuid.UUID], None]]] = {}
+        self._ownership: dict[object, Callable[[uuid.UUID], None]] = {}
 
     def add_job_scheduled(
         self, type_names: Iterable[str], callback: Callable[[str, int], None]
@@ -126,6 +137,17 @@ class Listeners:
 
         return _Subscription(release)
 
+    def add_job_ownership_lost(self, callback: Callable[[uuid.UUID], None]) -> _Subscription:
+        token = object()
+        with self._lock:
+            self._ownership[token] = callback
+
+        def release() -> None:
+            with self._lock:
+                self._ownership.pop(token, None)
+
+        return _Subscription(release)
+
     @staticmethod
     def _forget(table: dict[_K, dict[object, _V]], key: _K, token: object) -> None:
         callbacks = table.get(key)
@@ -133,6 +155,24 @@ class Listeners:
             callbacks.pop(token, None)
             if not callbacks:
                 del table[key]
+
+    def deliver(self, kind: Kind, payload: str) -> None:
+        """Decode a message that arrived on ``kind``'s channel and dispatch it.
+
+        A payload that does not decode (another program on the channel) is ignored.
+        """
+        if kind == "job_scheduled":
+            scheduled = decode_job_scheduled(payload)
+            if scheduled is not None:
+                self.job_scheduled(*scheduled)
+            return
+        some_id = decode_id(payload)
+        if some_id is None:
+            return
+        if kind == "chain_completed":
+            self.chain_completed(some_id)
+        else:
+            self.job_ownership_lost(some_id)
 
     def job_scheduled(self, type_name: str, count: int) -> None:
         with self._lock:
@@ -146,11 +186,26 @@ class Listeners:
         for callback in callbacks:
             _call(callback, chain_id)
 
-    def wake_all(self) -> None:
-        """Call every callback once: after an outage, messages may have been missed.
+    def job_ownership_lost(self, job_id: uuid.UUID) -> None:
+        with self._lock:
+            callbacks = list(self._ownership.values())
+        for callback in callbacks:
+            _call(callback, job_id)
 
-        A spurious wake-up costs a worker one look for work and ``await_chain``
-        one read of the chain; a missed one costs up to a poll interval.
+    def wake_after_outage(self) -> None:
+        """Wake the listeners that may have missed a message during an outage.
+
+        Job-scheduled listeners are called with count 1 and chain-completed
+        listeners with their chain id: a spurious wake-up costs a worker one
+        look for work and ``await_chain`` one read of the chain; a missed one
+        costs up to a poll interval.
+
+        Ownership-lost listeners are *not* called. Their message names a job,
+        and the adapter does not know which jobs a listener's worker holds, so
+        there is nothing truthful to send; a made-up id would be ignored. A
+        missed ownership-lost message costs at most the attempt's next lease
+        renewal (half its lease), which finds the loss, and
+        ``attempt.transaction()`` re-checks ownership before every write.
         """
         with self._lock:
             scheduled = [
@@ -172,6 +227,7 @@ class Listeners:
         with self._lock:
             self._scheduled.clear()
             self._completed.clear()
+            self._ownership.clear()
 
 
 def _call(callback: Callable[..., None], *args: object) -> None:

@@ -37,8 +37,13 @@ class InMemoryNotify:
         self._lock = threading.Lock()
         self._scheduled: dict[str, set[Callable[[str, int], None]]] = defaultdict(set)
         self._completed: dict[uuid.UUID, set[Callable[[uuid.UUID], None]]] = defaultdict(set)
+        self._ownership: set[Callable[[uuid.UUID], None]] = set()
         self._closed = False
-        self.sent: dict[str, int] = {"job_scheduled": 0, "chain_completed": 0}
+        self.sent: dict[str, int] = {
+            "job_scheduled": 0,
+            "chain_completed": 0,
+            "job_ownership_lost": 0,
+        }
 
     def notify_job_scheduled(self, type_name: str, count: int = 1) -> None:
         with self._lock:
@@ -95,8 +100,31 @@ class InMemoryNotify:
 
         return _Listener(unsubscribe)
 
+    def notify_job_ownership_lost(self, job_id: uuid.UUID) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self.sent["job_ownership_lost"] += 1
+            callbacks = list(self._ownership)
+        for callback in callbacks:
+            try:
+                callback(job_id)
+            except Exception:
+                log.exception("notify listener %r failed", callback)
+
+    def listen_job_ownership_lost(self, callback: Callable[[uuid.UUID], None]) -> _Listener:
+        with self._lock:
+            self._ownership.add(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._ownership.discard(callback)
+
+        return _Listener(unsubscribe)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._scheduled.clear()
             self._completed.clear()
+            self._ownership.clear()

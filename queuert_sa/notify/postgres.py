@@ -29,10 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._cross_process import (
     Backoff,
+    Kind,
     Listeners,
     Outage,
-    decode_chain_completed,
-    decode_job_scheduled,
     encode_job_scheduled,
     payload_fits,
 )
@@ -97,18 +96,21 @@ class PostgresNotify:
       it. queuert calls it after the producing transaction committed, so the
       NOTIFY needs no transaction of its own. Concurrent notifications take
       turns on it.
-    * *listen* — opened by the first ``listen_*`` call; ``LISTEN``s on both
-      channels and is read by one daemon thread, which calls the callbacks
-      (keep them short: they delay the messages behind them).
+    * *listen* — opened by the first ``listen_*`` call; ``LISTEN``s on the
+      three channels and is read by one daemon thread, which calls the
+      callbacks (keep them short: they delay the messages behind them).
 
     Channels: ``<channel_prefix>_job_scheduled`` (payload
-    ``{"type": type_name, "count": n}``) and ``<channel_prefix>_chain_completed``
-    (payload: the chain id).
+    ``{"type": type_name, "count": n}``), ``<channel_prefix>_chain_completed``
+    (payload: the chain id) and ``<channel_prefix>_job_ownership_lost``
+    (payload: the job id).
 
     Resilience: if the database is unreachable, at start or later, one warning
     is logged per connection and outage; the listener reconnects in the
     background (0.1 s, doubling, at most 5 s apart), LISTENs again and then
-    wakes every listener once, since messages sent meanwhile are lost.
+    wakes every job-scheduled and chain-completed listener once, since
+    messages sent meanwhile are lost (ownership-lost listeners are not called:
+    a missed one is found by the attempt's next lease renewal).
     ``notify_*`` never raises: while the database is down it drops the
     notification (a hint — workers still poll). A ``listen_*`` call made while
     the database is down returns at once; the subscription takes effect when
@@ -121,9 +123,9 @@ class PostgresNotify:
         url_or_engine: A SQLAlchemy ``Engine``/``AsyncEngine`` or URL (the
             ``+psycopg`` driver part is dropped), or a libpq URL or
             ``key=value`` connection string.
-        channel_prefix: Start of both channel names (default ``"queuert"``).
+        channel_prefix: Start of the channel names (default ``"queuert"``).
             Processes that should wake each other use the same prefix. The
-            channel names must fit in 63 bytes.
+            channel names must fit in 63 bytes, so the prefix has at most 44.
         application_name: Shown in ``pg_stat_activity`` as
             ``"<application_name> listen"`` and ``"<application_name> publish"``
             (default ``"queuert_sa.notify"``).
@@ -153,12 +155,21 @@ class PostgresNotify:
         self.job_scheduled_channel = f"{channel_prefix}_job_scheduled"
         #: Channel of chain-completed notifications.
         self.chain_completed_channel = f"{channel_prefix}_chain_completed"
-        for channel in (self.job_scheduled_channel, self.chain_completed_channel):
-            if len(channel.encode()) > _MAX_CHANNEL_BYTES:
-                raise ValueError(
-                    f"channel_prefix {channel_prefix!r} is too long: PostgreSQL channel "
-                    f"names have at most {_MAX_CHANNEL_BYTES} bytes ({channel!r})."
-                )
+        #: Channel of job-ownership-lost notifications.
+        self.job_ownership_lost_channel = f"{channel_prefix}_job_ownership_lost"
+        self._kinds: dict[str, Kind] = {
+            self.job_scheduled_channel: "job_scheduled",
+            self.chain_completed_channel: "chain_completed",
+            self.job_ownership_lost_channel: "job_ownership_lost",
+        }
+        longest = max(self._kinds, key=lambda channel: len(channel.encode()))
+        if len(longest.encode()) > _MAX_CHANNEL_BYTES:
+            limit = _MAX_CHANNEL_BYTES - (len(longest.encode()) - len(channel_prefix.encode()))
+            raise ValueError(
+                f"channel_prefix {channel_prefix!r} is too long: PostgreSQL channel names "
+                f"have at most {_MAX_CHANNEL_BYTES} bytes ({longest!r}); use a prefix of at "
+                f"most {limit} bytes."
+            )
         self.application_name = application_name
         self._connect_timeout = max(2, math.ceil(connect_timeout.total_seconds()))
         self._health_check_s = health_check_interval.total_seconds()
@@ -200,6 +211,9 @@ class PostgresNotify:
 
     def notify_chain_completed(self, chain_id: uuid.UUID) -> None:
         self._publish(self.chain_completed_channel, str(chain_id))
+
+    def notify_job_ownership_lost(self, job_id: uuid.UUID) -> None:
+        self._publish(self.job_ownership_lost_channel, str(job_id))
 
     def _publish(self, channel: str, payload: str) -> None:
         if self._closed or not payload_fits(payload):
@@ -246,6 +260,11 @@ class PostgresNotify:
         self._start_reading()
         return subscription
 
+    def listen_job_ownership_lost(self, callback: Callable[[uuid.UUID], None]) -> Subscription:
+        subscription = self._listeners.add_job_ownership_lost(callback)
+        self._start_reading()
+        return subscription
+
     def _start_reading(self) -> None:
         """Start the reader on first use; return once its first connection attempt ended.
 
@@ -284,13 +303,13 @@ class PostgresNotify:
                     self._stop.wait(backoff.next_delay())
                     continue
                 try:
-                    for channel in (self.job_scheduled_channel, self.chain_completed_channel):
+                    for channel in self._kinds:
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     backoff.reset()
                     was_down = self._listen_outage.recovered()
                     self._first_attempt_done.set()
                     if was_down:
-                        self._listeners.wake_all()
+                        self._listeners.wake_after_outage()
                     self._pump(conn, selector)
                 except Exception as exc:
                     if not self._stop.is_set():
@@ -324,14 +343,9 @@ class PostgresNotify:
 
     def _deliver(self, notifies: Iterable[psycopg.Notify]) -> None:
         for notify in list(notifies):
-            if notify.channel == self.job_scheduled_channel:
-                scheduled = decode_job_scheduled(notify.payload)
-                if scheduled is not None:
-                    self._listeners.job_scheduled(*scheduled)
-            elif notify.channel == self.chain_completed_channel:
-                chain_id = decode_chain_completed(notify.payload)
-                if chain_id is not None:
-                    self._listeners.chain_completed(chain_id)
+            kind = self._kinds.get(notify.channel)
+            if kind is not None:
+                self._listeners.deliver(kind, notify.payload)
 
     def _drain_wake(self) -> None:
         if self._wake_recv is not None:

@@ -23,10 +23,9 @@ from redis.retry import Retry
 
 from ._cross_process import (
     Backoff,
+    Kind,
     Listeners,
     Outage,
-    decode_chain_completed,
-    decode_job_scheduled,
     encode_job_scheduled,
     payload_fits,
 )
@@ -64,25 +63,30 @@ class RedisNotify:
     has no LISTEN/NOTIFY) but whose workers run in other processes.
 
     ``notify_*`` is a ``PUBLISH`` through the client's connection pool. The
-    first ``listen_*`` call opens one pub/sub connection, ``SUBSCRIBE``s to both
+    first ``listen_*`` call opens one pub/sub connection, ``SUBSCRIBE``s to its
     channels and waits for Redis to confirm; one daemon thread reads it and
     calls the callbacks (keep them short: they delay the messages behind them).
 
     Channels: ``<channel_prefix>:job_scheduled`` (payload
     ``{"type": type_name, "count": n}``, the same format as
-    ``PostgresNotify``) and ``<channel_prefix>:chain_completed`` (payload: the
-    chain id), plus a private control channel per adapter used to wake its
-    reader on ``close()``.
+    ``PostgresNotify``), ``<channel_prefix>:chain_completed`` (payload: the
+    chain id) and ``<channel_prefix>:job_ownership_lost`` (payload: the job
+    id), plus a private control channel per adapter used to wake its reader on
+    ``close()``.
 
     Every listening process receives the count of a job-scheduled message and
     wakes up to that many of its idle slots; there is no shared "wake budget"
     across processes, so with several worker processes a batch may wake more
     slots than there are jobs (the extra ones find nothing and sleep again).
+    Measured, that costs no latency and about one empty look for work per job
+    and idle process; see "Does a wake budget matter?" in ``docs/notify.md``.
 
     Resilience: if Redis is unreachable, at start or later, one warning is
     logged per connection and outage; the reader reconnects in the background
     (0.1 s, doubling, at most 5 s apart), subscribes again and then wakes every
-    listener once, since messages published meanwhile are lost. ``notify_*``
+    job-scheduled and chain-completed listener once, since messages published
+    meanwhile are lost (ownership-lost listeners are not called: a missed one
+    is found by the attempt's next lease renewal). ``notify_*``
     never raises: while Redis is down it drops the notification (a hint —
     workers still poll). A ``listen_*`` call made while Redis is down returns
     at once; the subscription takes effect when Redis is back.
@@ -138,6 +142,13 @@ class RedisNotify:
         self.job_scheduled_channel = f"{channel_prefix}:job_scheduled"
         #: Channel of chain-completed notifications.
         self.chain_completed_channel = f"{channel_prefix}:chain_completed"
+        #: Channel of job-ownership-lost notifications.
+        self.job_ownership_lost_channel = f"{channel_prefix}:job_ownership_lost"
+        self._kinds: dict[str, Kind] = {
+            self.job_scheduled_channel: "job_scheduled",
+            self.chain_completed_channel: "chain_completed",
+            self.job_ownership_lost_channel: "job_ownership_lost",
+        }
         self._control_channel = f"{channel_prefix}:notify-control:{uuid.uuid4().hex}"
         self._connect_timeout_s = timeout_s
         self._health_check_s = health_check_interval.total_seconds()
@@ -174,6 +185,9 @@ class RedisNotify:
     def notify_chain_completed(self, chain_id: uuid.UUID) -> None:
         self._publish(self.chain_completed_channel, str(chain_id))
 
+    def notify_job_ownership_lost(self, job_id: uuid.UUID) -> None:
+        self._publish(self.job_ownership_lost_channel, str(job_id))
+
     def _publish(self, channel: str, payload: str) -> None:
         if self._closed or not payload_fits(payload) or not self._publish_outage.may_try():
             return
@@ -203,6 +217,11 @@ class RedisNotify:
         self, chain_id: uuid.UUID, callback: Callable[[uuid.UUID], None]
     ) -> Subscription:
         subscription = self._listeners.add_chain_completed(chain_id, callback)
+        self._start_reading()
+        return subscription
+
+    def listen_job_ownership_lost(self, callback: Callable[[uuid.UUID], None]) -> Subscription:
+        subscription = self._listeners.add_job_ownership_lost(callback)
         self._start_reading()
         return subscription
 
@@ -237,7 +256,7 @@ class RedisNotify:
                 was_down = self._listen_outage.recovered()
                 self._first_attempt_done.set()
                 if was_down:
-                    self._listeners.wake_all()
+                    self._listeners.wake_after_outage()
                 self._pump(pubsub)
             except Exception as exc:
                 if not self._stop.is_set():
@@ -248,8 +267,8 @@ class RedisNotify:
                 with contextlib.suppress(Exception):
                     pubsub.close()
 
-    def _channels(self) -> tuple[str, str, str]:
-        return self.job_scheduled_channel, self.chain_completed_channel, self._control_channel
+    def _channels(self) -> tuple[str, ...]:
+        return (*self._kinds, self._control_channel)
 
     def _subscribe(self, pubsub: PubSub) -> None:
         """SUBSCRIBE and wait until Redis confirmed every channel."""
@@ -281,7 +300,7 @@ class RedisNotify:
                 ):
                     # redis-py reconnected and resubscribed on its own (a client
                     # with retries): messages may have been lost meanwhile.
-                    self._listeners.wake_all()
+                    self._listeners.wake_after_outage()
                 self._deliver(message)
             elif time.monotonic() >= idle_until:
                 pubsub.ping()
@@ -290,16 +309,9 @@ class RedisNotify:
     def _deliver(self, message: dict[str, object]) -> None:
         if message.get("type") != "message":
             return
-        channel = _text(message.get("channel"))
-        payload = _text(message.get("data"))
-        if channel == self.job_scheduled_channel:
-            scheduled = decode_job_scheduled(payload)
-            if scheduled is not None:
-                self._listeners.job_scheduled(*scheduled)
-        elif channel == self.chain_completed_channel:
-            chain_id = decode_chain_completed(payload)
-            if chain_id is not None:
-                self._listeners.chain_completed(chain_id)
+        kind = self._kinds.get(_text(message.get("channel")))
+        if kind is not None:
+            self._listeners.deliver(kind, _text(message.get("data")))
 
     # --- closing ------------------------------------------------------------------
 
