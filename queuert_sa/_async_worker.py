@@ -336,6 +336,8 @@ class AsyncWorker:
         self._stop_requested = asyncio.Event()
         self._waker = _Waker(concurrency)
         self._subscription: Subscription | None = None
+        self._ownership: Subscription | None = None
+        self._check: dict[uuid.UUID, asyncio.Event] = {}
         self._rng = random.Random()
         self.completed = 0
         """Attempts that finished their job (completed or continued)."""
@@ -489,6 +491,9 @@ class AsyncWorker:
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None
+        if self._ownership is not None:
+            self._ownership.close()
+            self._ownership = None
         grace = (timeout or self.shutdown_grace).total_seconds()
         clean = True
         if self._sync_worker is not None:
@@ -672,6 +677,7 @@ class AsyncWorker:
         )
         try:
             client.notify.notify_job_scheduled(row["type_name"], 1)
+            client.notify.notify_job_ownership_lost(row["id"])
         except Exception:
             log.exception("notify after reaping failed")
         return True
@@ -709,6 +715,7 @@ class AsyncWorker:
             now = client.clock()
             names = tuple(self._handlers)
             lease_until = now + self._lease_bound
+            timeouts = {n: r.timeout for n, r in self._handlers.items() if r.mode == "atomic"}
             row = await session.run_sync(
                 lambda s: ops.acquire_job(
                     s,
@@ -719,6 +726,7 @@ class AsyncWorker:
                     lease_until=lease_until,
                     now=now,
                     exclude_ids=exclude,
+                    timeouts=timeouts,
                 )
             )
             if row is None:
@@ -749,10 +757,7 @@ class AsyncWorker:
                 attempt = AsyncAttempt(inner, session, self)
                 attempt._hold = hold  # pyright: ignore[reportPrivateUsage]
                 if registration.mode == "atomic":
-                    timeout = registration.timeout
-                    await session.run_sync(
-                        lambda s: ops.limit_transaction_time(s, client.capabilities, timeout)
-                    )
+                    # The acquiring statement set the server-side time limit.
                     error = await self._run_atomic(session, registration, attempt)
                 else:
                     error = await self._run_staged(registration, attempt)
@@ -868,6 +873,16 @@ class AsyncWorker:
         await session.close()
         # The external work runs without holding SQLite's write lock.
         attempt._hold.drop()  # pyright: ignore[reportPrivateUsage]
+        if self._ownership is None:
+            # Ownership-lost messages make the renewal task check at once.
+            loop = asyncio.get_running_loop()
+
+            def on_lost(job_id: uuid.UUID) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(self._check_now, job_id)
+
+            self._ownership = client.notify.listen_job_ownership_lost(on_lost)
+        self._check.setdefault(attempt.job.id, asyncio.Event())
         key = (attempt.job.id, attempt.job.attempt)
         self._leases[key] = asyncio.create_task(
             self._renew_loop(attempt, registration.lease), name=f"queuert-lease-{attempt.job.id}"
@@ -877,12 +892,23 @@ class AsyncWorker:
         task = self._leases.pop((attempt.job.id, attempt.job.attempt), None)
         if task is not None:
             task.cancel()
+            if not any(job_id == attempt.job.id for job_id, _ in self._leases):
+                self._check.pop(attempt.job.id, None)
+
+    def _check_now(self, job_id: uuid.UUID) -> None:
+        """An ownership-lost message: renew that job's lease now (finds out why it was lost)."""
+        event = self._check.get(job_id)
+        if event is not None:
+            event.set()
 
     async def _renew_loop(self, attempt: AsyncAttempt[Any, Any], lease: dt.timedelta) -> None:
         client = self.client
         delay = lease.total_seconds() / 2
+        check = self._check.setdefault(attempt.job.id, asyncio.Event())
         while True:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(check.wait(), delay)
+            check.clear()
             try:
                 async with self._write_transaction() as session:
 

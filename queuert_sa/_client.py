@@ -449,6 +449,9 @@ class Queuert:
             found[i] = dataclasses.replace(chain, deduplicated=True)
         return found
 
+    def _lost_after_commit(self, session: Session, job_id: uuid.UUID) -> None:
+        hooks.on_commit(session, partial(self.notify.notify_job_ownership_lost, job_id))
+
     def _wake_after_commit(self, session: Session, counts: Counter[str]) -> None:
         notify = self.notify
         for type_name, count in counts.items():
@@ -841,6 +844,10 @@ class Queuert:
         )
         by_id = {root["id"]: self._chain_from_rows(root, latest, None) for root, latest in rows}
         ops_maintenance.delete_chain_rows(session, self.models, doomed)
+        for _, latest in rows:
+            if latest["status"] == JobStatus.RUNNING:
+                # A staged attempt is running it: tell its worker after COMMIT.
+                self._lost_after_commit(session, latest["id"])
         return [by_id[chain_id] for chain_id in doomed if chain_id in by_id]
 
     def cleanup(
@@ -1034,6 +1041,9 @@ class Queuert:
             ],
         )
         result = fn(completion)
+        if completion.outcome is not None and latest["status"] == JobStatus.RUNNING:
+            # The lock waited out any atomic attempt: a staged one holds this job.
+            self._lost_after_commit(session, latest["id"])
         if completion.outcome is not None:
             if result is not None and not completion.owns(result):
                 raise TypeError(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from .models import JobStatus
+from .notify import Subscription
 from .state import operations as ops
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class LeaseKeeper:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._ownership: Subscription | None = None
 
     def held_ids(self) -> set[uuid.UUID]:
         """Jobs whose leases this worker is keeping (never reap those)."""
@@ -79,6 +81,10 @@ class LeaseKeeper:
 
     def hold(self, attempt: Attempt[Any, Any], lease: dt.timedelta) -> None:
         """Start renewing ``attempt``'s lease (its first lease was just committed)."""
+        if self._ownership is None:
+            # Ownership-lost messages make the keeper check a job at once
+            # instead of at its next renewal.
+            self._ownership = self._client.notify.listen_job_ownership_lost(self.check_now)
         with self._cond:
             self._held[_key(attempt)] = _Held(
                 attempt, lease, time.monotonic() + lease.total_seconds() / 2
@@ -91,12 +97,30 @@ class LeaseKeeper:
                 self._thread.start()
             self._cond.notify()
 
+    def check_now(self, job_id: uuid.UUID) -> None:
+        """Renew ``job_id``'s lease now if it is held (an ownership-lost message).
+
+        The renewal finds out whether the job is still ours and, if not, why,
+        and sets the attempt's signal. Messages about jobs not held are ignored.
+        """
+        with self._cond:
+            found = False
+            for (held_id, _), held in self._held.items():
+                if held_id == job_id:
+                    held.renew_at = 0.0
+                    found = True
+            if found:
+                self._cond.notify()
+
     def release(self, attempt: Attempt[Any, Any]) -> None:
         """Stop renewing (the attempt ended)."""
         with self._cond:
             self._held.pop(_key(attempt), None)
 
     def close(self) -> None:
+        if self._ownership is not None:
+            self._ownership.close()
+            self._ownership = None
         with self._cond:
             self._closed = True
             self._cond.notify()

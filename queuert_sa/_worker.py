@@ -312,6 +312,10 @@ class Worker:
         )
 
     @property
+    def _atomic_timeouts(self) -> dict[str, dt.timedelta]:
+        return {n: r.timeout for n, r in self._handlers.items() if r.mode == "atomic"}
+
+    @property
     def type_names(self) -> tuple[str, ...]:
         """The job types this worker processes."""
         return tuple(self._handlers)
@@ -612,6 +616,8 @@ class Worker:
         )
         try:
             client.notify.notify_job_scheduled(row["type_name"], 1)
+            # The worker that held the lease may be alive but stalled: tell it.
+            client.notify.notify_job_ownership_lost(row["id"])
         except Exception:
             log.exception("notify after reaping failed")
         return True
@@ -659,13 +665,14 @@ class Worker:
                 lease_until=now + self._handlers_lease_bound,
                 now=now,
                 exclude_ids=exclude,
+                timeouts=self._atomic_timeouts,
             )
             if row is None:
                 session.rollback()
                 return _Step()
             registration = self._handlers[row["type_name"]]
             if registration.mode == "atomic":
-                ops.limit_transaction_time(session, client.capabilities, registration.timeout)
+                # The server-side time limit was set by the acquiring statement.
                 error = self._run_handler(session, registration, row)
             else:
                 attempt, error = self._run_staged(session, registration, row, hold)

@@ -405,3 +405,40 @@ def test_exception_after_the_outcome_committed_leaves_the_job_done(
     row = job_row(db, job_id)
     assert (row.status, row.output, row.last_attempt_error) == ("completed", 5, None)
     assert (worker.completed, worker.failed) == (1, 0)
+
+
+@pytest.mark.parametrize("how", ["complete_chain", "delete_chains"])
+def test_ownership_lost_message_tells_the_staged_attempt_at_once(
+    db: Db, client: q.Queuert, how: str
+) -> None:
+    chain_id = start(client, db, staged_work)
+    worker = client.worker()
+    noticed: list[tuple[str | None, float]] = []
+
+    @worker.handler(staged_work, mode="staged", lease=dt.timedelta(seconds=60))
+    def slow(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.prepare():
+            pass
+        with Session(db.engine) as s, s.begin():
+            if how == "complete_chain":
+                client.complete_chain(s, chain_id, staged_work, lambda c: c.complete(99))
+            else:
+                client.delete_chains(s, [chain_id])
+        committed = time.monotonic()
+        # The next renewal is 30 s away: only the message can set the signal in time.
+        assert attempt.signal.wait(5)
+        noticed.append((attempt.signal.reason, time.monotonic() - committed))
+        with attempt.transaction():
+            return attempt.complete(1)
+
+    assert worker.drain() == 1
+    assert isinstance(client.notify, q.InMemoryNotify)
+    assert client.notify.sent["job_ownership_lost"] == 1
+    ((reason, delay),) = noticed
+    assert reason == ("already_completed" if how == "complete_chain" else "not_found")
+    assert delay < 2.5
+    if how == "complete_chain":
+        assert client.get_chain(chain_id).output == 99
+    else:
+        with pytest.raises(q.ChainNotFoundError):
+            client.get_chain(chain_id)
