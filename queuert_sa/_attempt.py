@@ -406,7 +406,7 @@ class Attempt(Generic[InT, OutT]):
             if created and status == JobStatus.PENDING:
                 name = continuation.target.name
                 hooks.on_commit(session, partial(notify.notify_job_scheduled, name, 1))
-        ops.complete_job(
+        has_dependents = ops.complete_job(
             session,
             client.models,
             job_id=self.job.id,
@@ -418,8 +418,12 @@ class Attempt(Generic[InT, OutT]):
             chain_id = self.job.chain_id
             hooks.on_commit(session, partial(notify.notify_chain_completed, chain_id))
             # The chain is complete: jobs waiting on it may be free now.
-            unblocked = ops.unblock_dependents(
-                session, client.models, client.capabilities, chain_id=chain_id, now=now
+            unblocked = (
+                ops.unblock_dependents(
+                    session, client.models, client.capabilities, chain_id=chain_id, now=now
+                )
+                if has_dependents
+                else []
             )
             for type_name, count in Counter(row["type_name"] for row in unblocked).items():
                 hooks.on_commit(session, partial(notify.notify_job_scheduled, type_name, count))

@@ -11,21 +11,25 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     CursorResult,
     RowMapping,
     Select,
+    String,
     Table,
     Update,
     bindparam,
     case,
     func,
+    literal,
+    literal_column,
     or_,
     select,
     text,
@@ -108,6 +112,11 @@ class NewJob:
     trace_context: str | None = None
 
 
+#: The status a pending job has, as a SQL literal: partial indexes are defined
+#: with it, and a bound parameter would not let every planner match them.
+_PENDING: ColumnElement[str] = literal_column("'pending'", String())
+
+
 def _job(models: Models) -> Table:
     return models.job_table
 
@@ -151,6 +160,53 @@ def get_chain(
     return rows[0], rows[-1]
 
 
+@functools.cache
+def _acquire_statement(
+    models: Models,
+    skip_locked: bool,
+    with_exclude: bool,
+    timeouts: tuple[tuple[str, int], ...],
+) -> Update:
+    # Built once per worker shape: constructing the statement (and its cache
+    # key) costs more Python time than the server spends running it.
+    table = _job(models)
+    conditions = [
+        table.c.type_name.in_(bindparam("type_names", expanding=True)),
+        table.c.status == _PENDING,
+        table.c.scheduled_at <= bindparam("now", type_=table.c.scheduled_at.type),
+    ]
+    if with_exclude:
+        conditions.append(
+            table.c.id.not_in(bindparam("exclude_ids", expanding=True, type_=table.c.id.type))
+        )
+    candidate = (
+        select(table.c.id).where(*conditions).order_by(table.c.scheduled_at, table.c.id).limit(1)
+    )
+    if skip_locked:
+        candidate = candidate.with_for_update(skip_locked=True, key_share=True)
+    returning: list[Any] = list(table.c)
+    for setting in ("idle_in_transaction_session_timeout", "statement_timeout") if timeouts else ():
+        # SET LOCAL of the attempt's timeout, in the acquiring round trip (it
+        # runs once, for the row acquired; other types keep the current value).
+        value = case(
+            *((table.c.type_name == literal(name), literal(f"{ms}ms")) for name, ms in timeouts),
+            else_=func.current_setting(setting),
+        )
+        returning.append(func.set_config(setting, value, True).label(f"_{setting}"))
+    base = (
+        update(table)
+        .where(table.c.id == candidate.scalar_subquery())
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=table.c.attempt + 1,
+            last_attempt_at=bindparam("now", type_=table.c.last_attempt_at.type),
+            leased_by=bindparam("worker_id", type_=table.c.leased_by.type),
+            leased_until=bindparam("lease_until", type_=table.c.leased_until.type),
+        )
+    )
+    return cast("Update", base.returning(*returning))  # pyright: ignore[reportUnknownMemberType]
+
+
 def acquire_job(
     executor: Executor,
     models: Models,
@@ -161,40 +217,37 @@ def acquire_job(
     lease_until: dt.datetime,
     now: dt.datetime,
     exclude_ids: Collection[uuid.UUID] = (),
+    timeouts: Mapping[str, dt.timedelta] | None = None,
 ) -> RowMapping | None:
     """Take the oldest due pending job of these types: status ``running``, ``attempt + 1``.
 
     PostgreSQL skips rows other acquirers hold (``FOR UPDATE SKIP LOCKED``);
     SQLite relies on the caller holding the write lock (``BEGIN IMMEDIATE``).
-    ``exclude_ids`` are never taken.
+    ``exclude_ids`` are never taken. With ``timeouts`` (per type name), the
+    server ends the acquiring transaction if it idles or a statement runs
+    longer than the acquired job's timeout (see :func:`limit_transaction_time`);
+    PostgreSQL only, and in the same round trip.
     """
-    table = _job(models)
-    conditions = [
-        table.c.type_name.in_(type_names),
-        table.c.status == JobStatus.PENDING,
-        table.c.scheduled_at <= now,
-    ]
+    limits = (
+        tuple(sorted((name, _ms(value)) for name, value in timeouts.items()))
+        if timeouts and caps.server_timeouts
+        else ()
+    )
+    stmt = _acquire_statement(models, caps.skip_locked, bool(exclude_ids), limits)
+    params: dict[str, Any] = {
+        "type_names": list(type_names),
+        "now": now,
+        "worker_id": worker_id,
+        "lease_until": lease_until,
+    }
     if exclude_ids:
-        conditions.append(table.c.id.not_in(exclude_ids))
-    candidate = (
-        select(table.c.id).where(*conditions).order_by(table.c.scheduled_at, table.c.id).limit(1)
-    )
-    if caps.skip_locked:
-        candidate = candidate.with_for_update(skip_locked=True, key_share=True)
-    stmt = (
-        update(table)
-        .where(table.c.id == candidate.scalar_subquery())
-        .values(
-            status=JobStatus.RUNNING,
-            attempt=table.c.attempt + 1,
-            last_attempt_at=now,
-            leased_by=worker_id,
-            leased_until=lease_until,
-        )
-        .returning(*table.c)
-    )
+        params["exclude_ids"] = list(exclude_ids)
     with database_errors("acquire job", models):
-        return executor.execute(stmt).mappings().first()
+        return executor.execute(stmt, params).mappings().first()
+
+
+def _ms(value: dt.timedelta) -> int:
+    return max(int(value.total_seconds() * 1000), 1)
 
 
 def next_due_at(
@@ -220,6 +273,29 @@ def _as_utc(value: Any) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+@functools.cache
+def _complete_statement(models: Models) -> Update:
+    table = _job(models)
+    blocker = models.job_blocker_table
+    # Whether any job declares this chain as a blocker: most chains have no
+    # dependents, and then the unblocking step is skipped (no extra round trip).
+    dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == table.c.chain_id)
+    return (
+        update(table)
+        .where(table.c.id == bindparam("job_id", type_=table.c.id.type))
+        .values(
+            status=JobStatus.COMPLETED,
+            output=bindparam("output", type_=table.c.output.type),
+            completed_at=bindparam("now", type_=table.c.completed_at.type),
+            completed_by=bindparam("worker_id", type_=table.c.completed_by.type),
+            leased_by=None,
+            leased_until=None,
+            last_attempt_error=None,
+        )
+        .returning(dependents.exists().label("has_dependents"))
+    )
+
+
 def complete_job(
     executor: Executor,
     models: Models,
@@ -228,24 +304,15 @@ def complete_job(
     output: Any,
     worker_id: str | None,
     now: dt.datetime,
-) -> None:
-    """Mark a job completed with ``output`` (``None`` for a job that continued)."""
-    table = _job(models)
-    stmt = (
-        update(table)
-        .where(table.c.id == job_id)
-        .values(
-            status=JobStatus.COMPLETED,
-            output=output,
-            completed_at=now,
-            completed_by=worker_id,
-            leased_by=None,
-            leased_until=None,
-            last_attempt_error=None,
-        )
-    )
+) -> bool:
+    """Mark a job completed with ``output`` (``None`` for a job that continued).
+
+    Returns whether any job declares this job's chain as a blocker.
+    """
+    stmt = _complete_statement(models)
+    params = {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
     with database_errors("complete job", models):
-        executor.execute(stmt)
+        return bool(executor.execute(stmt, params).scalar())
 
 
 def insert_continuation(
