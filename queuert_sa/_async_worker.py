@@ -119,6 +119,14 @@ class _Waker:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
 
+    def hint_idle(self) -> None:
+        """Wake one slot that is asleep now, if any (no hint is kept for later)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     def hint(self, count: int = 1) -> None:
         for _ in range(count):
             while self._waiters:
@@ -582,7 +590,7 @@ class AsyncWorker:
                 step = await self._process_one()
                 failures = 0
                 if step.job_id is not None:
-                    self._waker.hint()
+                    self._waker.hint_idle()  # this slot looks again itself
                     continue
                 if await self._reap_one():
                     continue

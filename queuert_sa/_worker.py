@@ -126,16 +126,28 @@ class _Waker:
         self._hints = 0
         self._limit = limit
         self._closed = False
+        self._idle = 0
 
     def hint(self, count: int = 1) -> None:
         with self._cond:
             self._hints = min(self._hints + count, self._limit)
             self._cond.notify(count)
 
+    def hint_idle(self) -> None:
+        """Wake one slot that is asleep now, if any (no hint is kept for later)."""
+        with self._cond:
+            if self._idle > self._hints:
+                self._hints += 1
+                self._cond.notify(1)
+
     def wait(self, timeout: float) -> None:
         with self._cond:
             if self._hints == 0 and not self._closed:
-                self._cond.wait(timeout)
+                self._idle += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._idle -= 1
             if self._hints > 0:
                 self._hints -= 1
 
@@ -473,8 +485,10 @@ class Worker:
                 step = self._process_one(slot=True)
                 failures = 0
                 if step.job_id is not None:
-                    # Work begets work: wake one idle slot to look for more.
-                    self._waker.hint()
+                    # Work begets work: wake one idle slot to look for more
+                    # (this slot looks again itself; a kept hint would only
+                    # make it look twice).
+                    self._waker.hint_idle()
                     continue
                 if self._reap_one():
                     continue
