@@ -108,6 +108,7 @@ def test_public_names_are_exactly_the_intended_ones() -> None:
         - set(q.__all__)
         - {
             "alembic",
+            "bench",
             "cli",
             "demo",
             "notify",
