@@ -567,7 +567,11 @@ class AsyncWorker:
         done = 0
         failed: set[uuid.UUID] = set()
         while max_jobs is None or done < max_jobs:
-            step = await self._process_one(exclude=failed) if self._handlers else _Step()
+            step = (
+                await self._process_one(exclude=failed, look_first=done == 0)
+                if self._handlers
+                else _Step()
+            )
             if step.job_id is None:
                 if self._handlers and await self._reap_one():
                     continue
@@ -585,9 +589,11 @@ class AsyncWorker:
 
     async def _slot_loop(self) -> None:
         failures = 0
+        busy = False
         while not self._stopping.is_set():
             try:
-                step = await self._process_one()
+                step = await self._process_one(look_first=not busy)
+                busy = step.job_id is not None
                 failures = 0
                 if step.job_id is not None:
                     self._waker.hint_idle()  # this slot looks again itself
@@ -690,8 +696,10 @@ class AsyncWorker:
             log.exception("notify after reaping failed")
         return True
 
-    async def _process_one(self, *, exclude: Collection[uuid.UUID] = ()) -> _Step:
-        if self._single_writer:
+    async def _process_one(
+        self, *, exclude: Collection[uuid.UUID] = (), look_first: bool = True
+    ) -> _Step:
+        if self._single_writer and look_first:
             # Look before taking the write lock, which blocks every writer.
             next_due = await self._next_due()
             if next_due is None or next_due > self.client.clock():

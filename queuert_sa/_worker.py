@@ -466,7 +466,7 @@ class Worker:
         done = 0
         failed: set[uuid.UUID] = set()
         while max_jobs is None or done < max_jobs:
-            step = self._process_one(exclude=failed)
+            step = self._process_one(exclude=failed, look_first=done == 0)
             if step.job_id is None:
                 if self._reap_one():
                     continue
@@ -480,9 +480,11 @@ class Worker:
 
     def _slot_loop(self) -> None:
         failures = 0
+        busy = False
         while not self._stopping.is_set():
             try:
-                step = self._process_one(slot=True)
+                step = self._process_one(slot=True, look_first=not busy)
+                busy = step.job_id is not None
                 failures = 0
                 if step.job_id is not None:
                     # Work begets work: wake one idle slot to look for more
@@ -640,16 +642,27 @@ class Worker:
         with self.client.engine.connect() as conn:
             return ops.next_due_at(conn, self.client.models, type_names=self.type_names)
 
-    def _process_one(self, *, slot: bool = False, exclude: Collection[uuid.UUID] = ()) -> _Step:
-        """Run at most one attempt; with nothing to run, say when the next job is due."""
+    def _process_one(
+        self,
+        *,
+        slot: bool = False,
+        exclude: Collection[uuid.UUID] = (),
+        look_first: bool = True,
+    ) -> _Step:
+        """Run at most one attempt; with nothing to run, say when the next job is due.
+
+        ``look_first=False`` (the previous pass ran a job, so more are likely
+        due) skips SQLite's read-only look before taking the write lock.
+        """
         if self._writer_lock is None:
             step = self._attempt(exclude, _WriterHold(None))
             return step if step.job_id is not None else _Step(next_due=self._next_due())
-        # Single writer: look before taking the write lock, which blocks every
-        # other writer of the database (including the application's requests).
-        next_due = self._next_due()
-        if next_due is None or next_due > self.client.clock():
-            return _Step(next_due=next_due)
+        if look_first:
+            # Single writer: look before taking the write lock, which blocks every
+            # other writer of the database (including the application's requests).
+            next_due = self._next_due()
+            if next_due is None or next_due > self.client.clock():
+                return _Step(next_due=next_due)
         hold = _WriterHold(self._writer_lock)
         hold.take()
         try:
