@@ -33,6 +33,6 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput figures: ``nox -s bench -- --db URL``."""
+    """Throughput figures: ``nox -s bench -- --db URL`` (runs ``queuert-sa bench``)."""
     session.install("-e", ".[dev]")
-    session.run("python", "-m", "tests.bench_throughput", *session.posargs)
+    session.run("queuert-sa", "bench", *session.posargs)
