@@ -26,7 +26,6 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, cast
 
 from sqlalchemy import create_engine
@@ -41,14 +40,24 @@ from ._errors import (
     HandlerError,
     JobAlreadyCompletedError,
     JobNotFoundError,
-    JobOwnershipError,
     JobTakenByAnotherWorkerError,
     WorkerConfigError,
 )
 from ._job_types import ChainStart, JobType
 from ._leases import lost_reason
 from ._retry import DEFAULT_BACKOFF, Backoff
-from ._worker import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Worker, default_worker_id
+from ._worker import (
+    DEFAULT_ATOMIC_TIMEOUT,
+    DEFAULT_LEASE,
+    HELD_JOB_RECHECK_S,
+    OWNERSHIP_ERRORS,
+    RECOVERY_INITIAL_S,
+    RECOVERY_MAX_S,
+    Registration,
+    Step,
+    Worker,
+    default_worker_id,
+)
 from .models import JobStatus
 from .notify import Subscription
 from .state import operations as ops
@@ -67,28 +76,6 @@ P = ParamSpec("P")
 
 AsyncHandler = Callable[["AsyncAttempt[InT, OutT]"], Awaitable[Outcome]]
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
-
-_HELD_JOB_RECHECK_S = 1.0
-_RECOVERY_INITIAL_S = 1.0
-_RECOVERY_MAX_S = 30.0
-_OWNERSHIP_ERRORS = (JobOwnershipError, JobNotFoundError)
-
-
-@dataclass(frozen=True)
-class _Registration:
-    job_type: JobType[Any, Any]
-    fn: Callable[[AsyncAttempt[Any, Any]], Awaitable[object]]
-    mode: Literal["atomic", "staged"]
-    backoff: Backoff
-    timeout: dt.timedelta
-    lease: dt.timedelta
-
-
-@dataclass(frozen=True)
-class _Step:
-    job_id: uuid.UUID | None = None
-    failed: bool = False
-    next_due: dt.datetime | None = None
 
 
 class _Hold:
@@ -336,7 +323,7 @@ class AsyncWorker:
         )
         self._single_writer = client.capabilities.single_writer
         self._writer: asyncio.Lock | None = None
-        self._handlers: dict[str, _Registration] = {}
+        self._handlers: dict[str, Registration] = {}
         self._sync_worker: Worker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._leases: dict[tuple[uuid.UUID, int], asyncio.Task[None]] = {}
@@ -393,7 +380,7 @@ class AsyncWorker:
                     resolved, mode=mode, backoff=backoff, timeout=timeout, lease=lease
                 )(fn)
                 return fn
-            self._handlers[resolved.name] = _Registration(
+            self._handlers[resolved.name] = Registration(
                 job_type=resolved,
                 fn=cast("Callable[[AsyncAttempt[Any, Any]], Awaitable[object]]", fn),
                 mode=mode,
@@ -570,7 +557,7 @@ class AsyncWorker:
             step = (
                 await self._process_one(exclude=failed, look_first=done == 0)
                 if self._handlers
-                else _Step()
+                else Step()
             )
             if step.job_id is None:
                 if self._handlers and await self._reap_one():
@@ -605,7 +592,7 @@ class AsyncWorker:
                 raise
             except Exception as exc:
                 failures += 1
-                delay = min(_RECOVERY_INITIAL_S * 2 ** (failures - 1), _RECOVERY_MAX_S)
+                delay = min(RECOVERY_INITIAL_S * 2 ** (failures - 1), RECOVERY_MAX_S)
                 if failures == 1:
                     log.exception(
                         "worker %s: loop failed; retrying in %.0f s", self.worker_id, delay
@@ -625,7 +612,7 @@ class AsyncWorker:
         timeout = self.poll_interval.total_seconds() * self._rng.uniform(0.95, 1.05)
         if next_due is not None:
             until_due = (next_due - self.client.clock()).total_seconds()
-            timeout = min(timeout, until_due if until_due > 0 else _HELD_JOB_RECHECK_S)
+            timeout = min(timeout, until_due if until_due > 0 else HELD_JOB_RECHECK_S)
         await self._waker.wait(timeout)
 
     @asynccontextmanager
@@ -698,30 +685,30 @@ class AsyncWorker:
 
     async def _process_one(
         self, *, exclude: Collection[uuid.UUID] = (), look_first: bool = True
-    ) -> _Step:
+    ) -> Step:
         if self._single_writer and look_first:
             # Look before taking the write lock, which blocks every writer.
             next_due = await self._next_due()
             if next_due is None or next_due > self.client.clock():
-                return _Step(next_due=next_due)
+                return Step(next_due=next_due)
         hold = _Hold(self._writer)
         await hold.take()
         try:
             if self._stopping.is_set() and self._tasks:
-                return _Step()
+                return Step()
             step = await self._attempt(exclude, hold)
         finally:
             hold.drop()
-        return step if step.job_id is not None else _Step(next_due=await self._next_due())
+        return step if step.job_id is not None else Step(next_due=await self._next_due())
 
-    async def _attempt(self, exclude: Collection[uuid.UUID], hold: _Hold) -> _Step:
+    async def _attempt(self, exclude: Collection[uuid.UUID], hold: _Hold) -> Step:
         from ._client import job_from_row
 
         client = self.client
         sync = client.sync
         session = self._session_factory()
         attempt: AsyncAttempt[Any, Any] | None = None
-        registration: _Registration | None = None
+        registration: Registration | None = None
         row: Any = None
         error: BaseException | None = None
         retry_at: dt.datetime | None = None
@@ -747,7 +734,7 @@ class AsyncWorker:
             )
             if row is None:
                 await session.rollback()
-                return _Step()
+                return Step()
             registration = self._handlers[row["type_name"]]
             job_type = registration.job_type
 
@@ -817,10 +804,10 @@ class AsyncWorker:
         self._count(row, error, retry_at)
         if error is not None and not isinstance(error, Exception):
             raise error
-        return _Step(job_id=row["id"], failed=error is not None)
+        return Step(job_id=row["id"], failed=error is not None)
 
     async def _run_atomic(
-        self, session: AsyncSession, registration: _Registration, attempt: AsyncAttempt[Any, Any]
+        self, session: AsyncSession, registration: Registration, attempt: AsyncAttempt[Any, Any]
     ) -> BaseException | None:
         job_type = registration.job_type
         savepoint = await session.begin_nested()
@@ -853,7 +840,7 @@ class AsyncWorker:
             return exc
 
     async def _run_staged(
-        self, registration: _Registration, attempt: AsyncAttempt[Any, Any]
+        self, registration: Registration, attempt: AsyncAttempt[Any, Any]
     ) -> BaseException | None:
         try:
             result = await registration.fn(attempt)
@@ -979,9 +966,9 @@ class AsyncWorker:
             yield session
 
     async def _reschedule_owned(
-        self, attempt: AsyncAttempt[Any, Any], registration: _Registration, error: BaseException
+        self, attempt: AsyncAttempt[Any, Any], registration: Registration, error: BaseException
     ) -> dt.datetime | None:
-        if isinstance(error, _OWNERSHIP_ERRORS) or attempt.signal.is_set():
+        if isinstance(error, OWNERSHIP_ERRORS) or attempt.signal.is_set():
             log.warning(
                 "job %s: staged attempt ended without its job (%s); not rescheduling",
                 attempt.job.id,
@@ -1002,12 +989,12 @@ class AsyncWorker:
                         now=client.clock(),
                     )
                 )
-        except _OWNERSHIP_ERRORS:
+        except OWNERSHIP_ERRORS:
             return None
         return retry_at
 
     async def _record_lost_attempt(
-        self, row: Any, registration: _Registration, error: BaseException, failure: Exception
+        self, row: Any, registration: Registration, error: BaseException, failure: Exception
     ) -> dt.datetime:
         client = self.client
         retry_at, text = self._retry(registration, error, row["attempt"])
@@ -1029,7 +1016,7 @@ class AsyncWorker:
         return retry_at
 
     def _retry(
-        self, registration: _Registration, error: BaseException, attempt: int
+        self, registration: Registration, error: BaseException, attempt: int
     ) -> tuple[dt.datetime, str]:
         return retry_decision(
             error,

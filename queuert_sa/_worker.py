@@ -66,11 +66,11 @@ DEFAULT_ATOMIC_TIMEOUT = dt.timedelta(minutes=5)
 DEFAULT_LEASE = dt.timedelta(seconds=60)
 
 #: With a due job held by another attempt, how soon to look again (seconds).
-_HELD_JOB_RECHECK_S = 1.0
+HELD_JOB_RECHECK_S = 1.0
 
 #: Delays after consecutive infrastructure failures (database down), capped.
-_RECOVERY_INITIAL_S = 1.0
-_RECOVERY_MAX_S = 30.0
+RECOVERY_INITIAL_S = 1.0
+RECOVERY_MAX_S = 30.0
 
 # SQLite admits one writer per database file. Worker threads of one process
 # queue on this lock instead of spinning in SQLite's busy handler.
@@ -89,9 +89,11 @@ def _writer_lock(engine: Engine) -> threading.Lock:
 
 
 @dataclass(frozen=True)
-class _Registration:
+class Registration:
+    """A handler as registered: its type, function and options (both workers)."""
+
     job_type: JobType[Any, Any]
-    fn: Callable[[Attempt[Any, Any]], object]
+    fn: Callable[..., Any]
     mode: Literal["atomic", "staged"]
     backoff: Backoff
     timeout: dt.timedelta
@@ -224,7 +226,7 @@ class Worker:
         engine = client.engine
         self._session_factory: Callable[[], Session] = session_factory or (lambda: Session(engine))
         self.handle_signals = handle_signals
-        self._handlers: dict[str, _Registration] = {}
+        self._handlers: dict[str, Registration] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
@@ -302,7 +304,7 @@ class Worker:
                 raise DuplicateHandlerError(resolved.name)
             if self._threads:
                 raise WorkerConfigError("register handlers before the worker starts")
-            self._handlers[resolved.name] = _Registration(
+            self._handlers[resolved.name] = Registration(
                 job_type=resolved,
                 fn=fn,
                 mode=mode,
@@ -497,7 +499,7 @@ class Worker:
                 self._sleep_until(step.next_due)
             except Exception as exc:
                 failures += 1
-                delay = min(_RECOVERY_INITIAL_S * 2 ** (failures - 1), _RECOVERY_MAX_S)
+                delay = min(RECOVERY_INITIAL_S * 2 ** (failures - 1), RECOVERY_MAX_S)
                 if failures == 1:
                     log.exception(
                         "worker %s: loop failed; retrying in %.0f s", self.worker_id, delay
@@ -526,12 +528,9 @@ class Worker:
         timeout = self.poll_interval.total_seconds() * self._rng.uniform(0.95, 1.05)
         if next_due is not None:
             until_due = (next_due - self.client.clock()).total_seconds()
-            if until_due > 0:
-                timeout = min(timeout, until_due)
-            else:
-                # Due, yet the acquire found nothing: another attempt holds it
-                # (its transaction is open). Look again soon, without spinning.
-                timeout = min(timeout, _HELD_JOB_RECHECK_S)
+            # Due, yet the acquire found nothing: another attempt holds it (its
+            # transaction is open). Look again soon, without spinning.
+            timeout = min(timeout, until_due if until_due > 0 else HELD_JOB_RECHECK_S)
         self._waker.wait(timeout)
 
     @contextmanager
@@ -554,7 +553,7 @@ class Worker:
         finally:
             hold.drop()
 
-    def _staged_driver(self, registration: _Registration, hold: _WriterHold) -> StagedDriver:
+    def _staged_driver(self, registration: Registration, hold: _WriterHold) -> StagedDriver:
         client = self.client
 
         def commit_prepare(attempt: Attempt[Any, Any]) -> None:
@@ -648,7 +647,7 @@ class Worker:
         slot: bool = False,
         exclude: Collection[uuid.UUID] = (),
         look_first: bool = True,
-    ) -> _Step:
+    ) -> Step:
         """Run at most one attempt; with nothing to run, say when the next job is due.
 
         ``look_first=False`` (the previous pass ran a job, so more are likely
@@ -656,24 +655,24 @@ class Worker:
         """
         if self._writer_lock is None:
             step = self._attempt(exclude, _WriterHold(None))
-            return step if step.job_id is not None else _Step(next_due=self._next_due())
+            return step if step.job_id is not None else Step(next_due=self._next_due())
         if look_first:
             # Single writer: look before taking the write lock, which blocks every
             # other writer of the database (including the application's requests).
             next_due = self._next_due()
             if next_due is None or next_due > self.client.clock():
-                return _Step(next_due=next_due)
+                return Step(next_due=next_due)
         hold = _WriterHold(self._writer_lock)
         hold.take()
         try:
             if slot and self._stopping.is_set():
-                return _Step()
+                return Step()
             step = self._attempt(exclude, hold)
         finally:
             hold.drop()
-        return step if step.job_id is not None else _Step(next_due=self._next_due())
+        return step if step.job_id is not None else Step(next_due=self._next_due())
 
-    def _attempt(self, exclude: Collection[uuid.UUID], hold: _WriterHold) -> _Step:
+    def _attempt(self, exclude: Collection[uuid.UUID], hold: _WriterHold) -> Step:
         client = self.client
         session = self._session_factory()
         attempt: Attempt[Any, Any] | None = None
@@ -696,7 +695,7 @@ class Worker:
             )
             if row is None:
                 session.rollback()
-                return _Step()
+                return Step()
             registration = self._handlers[row["type_name"]]
             if registration.mode == "atomic":
                 # The server-side time limit was set by the acquiring statement.
@@ -743,10 +742,10 @@ class Worker:
         self._count(row, error, retry_at)
         if error is not None and not isinstance(error, Exception):
             raise error  # SystemExit/KeyboardInterrupt, now that the attempt is recorded
-        return _Step(job_id=row["id"], failed=error is not None)
+        return Step(job_id=row["id"], failed=error is not None)
 
     def _run_staged(
-        self, session: Session, registration: _Registration, row: Any, hold: _WriterHold
+        self, session: Session, registration: Registration, row: Any, hold: _WriterHold
     ) -> tuple[Attempt[Any, Any] | None, BaseException | None]:
         """Run a staged handler; return the attempt and the exception that ended it."""
         from ._client import job_from_row
@@ -787,12 +786,12 @@ class Worker:
     def _reschedule_owned(
         self,
         attempt: Attempt[Any, Any],
-        registration: _Registration,
+        registration: Registration,
         error: BaseException,
         hold: _WriterHold,
     ) -> dt.datetime | None:
         """Reschedule a failed staged attempt if it still owns its job; else leave the job be."""
-        if isinstance(error, _OWNERSHIP_ERRORS) or attempt.signal.is_set():
+        if isinstance(error, OWNERSHIP_ERRORS) or attempt.signal.is_set():
             log.warning(
                 "job %s: staged attempt ended without its job (%s); not rescheduling",
                 attempt.job.id,
@@ -811,12 +810,12 @@ class Worker:
                     error=text,
                     now=client.clock(),
                 )
-        except _OWNERSHIP_ERRORS:
+        except OWNERSHIP_ERRORS:
             return None
         return retry_at
 
     def _record_lost_attempt(
-        self, row: Any, registration: _Registration, error: BaseException, failure: Exception
+        self, row: Any, registration: Registration, error: BaseException, failure: Exception
     ) -> dt.datetime:
         """The attempt's transaction failed to commit (all rolled back): count it, with backoff."""
         client = self.client
@@ -837,7 +836,7 @@ class Worker:
         return retry_at
 
     def _retry(
-        self, registration: _Registration, error: BaseException, attempt: int
+        self, registration: Registration, error: BaseException, attempt: int
     ) -> tuple[dt.datetime, str]:
         """When a failed attempt runs again, and the error text to keep."""
         return retry_decision(
@@ -867,7 +866,7 @@ class Worker:
             )
 
     def _run_handler(
-        self, session: Session, registration: _Registration, row: Any
+        self, session: Session, registration: Registration, row: Any
     ) -> BaseException | None:
         """Run the handler and write its outcome in a SAVEPOINT.
 
@@ -926,12 +925,12 @@ def _rollback_quietly(session: Session) -> None:
         log.debug("rollback failed (connection lost?)", exc_info=True)
 
 
-_OWNERSHIP_ERRORS = (JobOwnershipError, JobNotFoundError)
+OWNERSHIP_ERRORS = (JobOwnershipError, JobNotFoundError)
 
 
 @dataclass(frozen=True)
-class _Step:
-    """What one pass of a slot did."""
+class Step:
+    """What one pass of a slot did (both workers)."""
 
     job_id: uuid.UUID | None = None
     """The job attempted, or None if there was nothing to run."""
