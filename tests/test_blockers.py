@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
+from pathlib import Path
 from typing import Any, TypedDict
 
 import pytest
@@ -12,8 +14,9 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
+import queuert_sa._client as q_client
 
-from .conftest import Db
+from .conftest import Db, make_db
 from .test_worker import FakeClock
 
 
@@ -367,3 +370,67 @@ def test_producers_and_workers_under_load_do_not_deadlock(pg: Db) -> None:
         assert worker.stop()
     assert len(dependents) == 60
     assert worker.failed == 0
+
+
+def test_sqlite_writer_committing_between_the_blocker_read_and_the_insert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite (a file database): starting a chain with blockers takes the write lock
+    before it reads the blockers. Another transaction that commits a write meanwhile
+    waits for it, instead of the start failing with "database is locked" (a reader
+    whose snapshot is stale cannot become the writer)."""
+    db = make_db("sqlite", tmp_path)
+    try:
+        client = q.Queuert(db.engine, types)
+        with Session(db.engine) as s, s.begin():
+            a = start_fetch(client, s, fetch_a, "a")
+        read_blocker_chains = q_client.ops.read_blocker_chains
+        a_has_read = threading.Event()
+
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            found = read_blocker_chains(*args, **kwargs)
+            if threading.current_thread() is starter:
+                a_has_read.set()
+                time.sleep(0.3)
+            return found
+
+        monkeypatch.setattr(q_client.ops, "read_blocker_chains", slow)
+        committed: list[str] = []
+        results: dict[str, object] = {}
+
+        def start_dependent() -> None:
+            try:
+                with Session(db.engine) as s, s.begin():  # fresh: nothing read before
+                    results["dependent"] = client.start_chain(
+                        s, merge, {"title": "t"}, blockers=[a]
+                    )
+                committed.append("dependent")
+            except BaseException as exc:
+                results["dependent"] = exc
+
+        def start_other() -> None:
+            try:
+                assert a_has_read.wait(10)
+                with Session(db.engine) as s, s.begin():
+                    results["other"] = start_fetch(client, s, fetch_b, "b")
+                committed.append("other")
+            except BaseException as exc:
+                results["other"] = exc
+
+        starter = threading.Thread(target=start_dependent)
+        other = threading.Thread(target=start_other)
+        starter.start()
+        other.start()
+        starter.join(20)
+        other.join(20)
+
+        dependent, started = results["dependent"], results["other"]
+        assert isinstance(dependent, q.Chain), dependent
+        assert isinstance(started, q.Chain), started
+        assert committed == ["dependent", "other"]  # the other writer waited for the lock
+        assert dependent.status == "blocked"
+        assert client.get_chain(dependent.id).status == "blocked"
+        assert client.get_chain(started.id).status == "pending"
+        assert [c.id for c in client.get_job_blockers(dependent.id)] == [a.id]
+    finally:
+        db.engine.dispose()

@@ -22,6 +22,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
+import queuert_sa._client as q_client
 from queuert_sa.models import Job
 
 from .app import Greeting, UserIn, WorkIn, greet, job_types, signup, staged_work, work
@@ -530,3 +531,34 @@ def test_postgres_dedup_needs_read_committed(pg: Db, isolation: str) -> None:
     with pytest.raises(q.ChainNotFoundError):
         client.get_chain(plain.id)
     assert job_count(pg) == 0
+
+
+def test_matched_chain_deleted_between_lookup_and_read_starts_a_new_chain(
+    pg: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the advisory lock serialises starts, not deletions. A chain that
+    delete_chains (or cleanup) removes after the duplicate lookup found it is looked
+    up again, not assumed to exist: the start creates a new chain."""
+    client = q.Queuert(pg.engine, job_types)
+    doomed = start(client, pg, q.Dedup("k"))
+    find_duplicate = q_client.ops_maintenance.find_duplicate
+    deletions: list[uuid.UUID] = []
+
+    def deleted_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        found = find_duplicate(*args, **kwargs)
+        if not deletions:  # another transaction deletes the match and commits now
+            with Session(pg.engine) as other, other.begin():
+                deletions.extend(c.id for c in client.delete_chains(other, [doomed.id]))
+        return found
+
+    monkeypatch.setattr(q_client.ops_maintenance, "find_duplicate", deleted_meanwhile)
+    fresh = start(client, pg, q.Dedup("k"), n=2)
+
+    assert deletions == [doomed.id]
+    assert fresh.deduplicated is False
+    assert fresh.id != doomed.id
+    assert fresh.input == {"n": 2, "sleep": 0}
+    assert job_count(pg) == 1
+    with pytest.raises(q.ChainNotFoundError):
+        client.get_chain(doomed.id)
+    assert client.get_chain(fresh.id).status == "pending"

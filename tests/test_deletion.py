@@ -12,12 +12,14 @@ attempt that lost its job to a deletion writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
+import time
 import uuid
 from typing import Any, TypedDict
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
@@ -519,3 +521,68 @@ def test_await_chain_on_a_deleted_chain_raises_chain_not_found(
     assert not waiter.is_alive()
     assert len(outcome) == 1
     assert isinstance(outcome[0], q.ChainNotFoundError)
+
+
+def test_delete_while_an_atomic_attempt_continues_the_chain(
+    pg: Db, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: deleting a chain whose atomic attempt is about to continue_with waits
+    for the attempt, follows the chain to its continuation and deletes it all; the
+    continuation's attempt (another slot of the worker) never deadlocks with the
+    deletion. Repeated: the deadlock depended on which transaction came first."""
+    client = q.Queuert(pg.engine, types)
+    worker = client.worker(concurrency=2, poll_interval=dt.timedelta(milliseconds=50))
+    started = threading.Event()
+
+    @worker.handler(steps)
+    def first_step(attempt: q.Attempt[SourceIn, None]) -> q.Outcome:
+        started.set()
+        time.sleep(0.5)
+        return attempt.continue_with(steps_2, {"source": attempt.input["source"]})
+
+    worker.handler(steps_2)(lambda a: a.complete(len(a.input["source"])))
+    caplog.set_level(logging.DEBUG, logger="queuert_sa")
+    worker.start()
+    try:
+        for round_ in range(3):
+            started.clear()
+            chain = start(client, pg, steps, f"round {round_}")
+            assert started.wait(10)
+            with Session(pg.engine) as s, s.begin():
+                gone = client.delete_chains(s, [chain.id])
+            assert [c.id for c in gone] == [chain.id]
+            assert gone[0].current_type_name == "steps-2"  # it waited for the attempt
+            assert client.list_chain_jobs(chain.id).items == []
+            assert job_count(pg) == 0
+    finally:
+        assert worker.stop()
+    assert worker.failed == 0
+    conflicts = [r for r in caplog.records if "TransactionConflictError" in r.getMessage()]
+    assert conflicts == []
+    assert "deadlock" not in caplog.text
+
+
+def test_more_than_ten_thousand_ids_are_refused_before_any_sql(db: Db) -> None:
+    client = new_client(db)
+    chain = start(client, db, fetch, "kept")
+    too_many = [uuid.uuid4() for _ in range(10_000)] + [chain.id]
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        with (
+            Session(db.engine) as s,
+            s.begin(),
+            pytest.raises(ValueError, match=r"at most 10000 ids"),
+        ):
+            client.delete_chains(s, too_many)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert statements == []
+    assert chain_ids(db) == {chain.id}
+    # The limit counts distinct ids: repeats are not refused.
+    assert delete(client, db, [chain.id] * 10_001) == [chain.id]
+    assert job_count(db) == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 import time
 import uuid
 from typing import Any, TypedDict
@@ -24,6 +25,7 @@ from sqlalchemy import Connection, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
+import queuert_sa._client as q_client
 from queuert_sa.models import DEFAULT_MODELS, Job, JobBlocker
 from queuert_sa.state import maintenance
 
@@ -257,6 +259,9 @@ def test_cleanup_refuses_bad_arguments(db: Db) -> None:
         client.cleanup(older_than=DAY, batch_size=0)
     with pytest.raises(ValueError, match=r"at least 1"):
         client.cleanup(older_than=DAY, max_batches=0)
+    # Each batch's ids are bound parameters (PostgreSQL takes at most 65,535).
+    with pytest.raises(ValueError, match=r"between 1 and 10000"):
+        client.cleanup(older_than=DAY, batch_size=10_001)
     with pytest.raises(TypeError, match=r"wrap a single one"):
         client.cleanup(older_than=DAY, types=fetch)  # type: ignore[arg-type]
 
@@ -422,3 +427,70 @@ def test_cleanup_batches_walk_the_chain_index_without_reading_the_whole_backlog(
                         problems.append(f"{label}: sorts every remaining candidate")
         conn.rollback()
     assert not problems, f"{db.kind}: {problems}"
+
+
+def test_cleanup_skips_a_chain_a_producer_is_attaching_as_a_blocker(
+    pg: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a producer holds an old completed chain's latest job while it attaches
+    the chain as a blocker (its blocker row's foreign key then needs the first job).
+    cleanup neither deadlocks with it nor deletes the chain from under it: the chain is
+    skipped, and goes with its dependent once both are old."""
+    local = q.JobTypes()
+    two = local.entry("two", input=SourceIn, continues_with=["two-2"])
+    two_2 = local.define("two-2", input=SourceIn, output=int)
+    needs = local.entry("needs", input=SourceIn, output=int, blockers=q.many(two))
+    clock = FakeClock()
+    client = q.Queuert(pg.engine, local, clock=clock)
+    with Session(pg.engine) as s, s.begin():
+        held = client.start_chain(s, two, {"source": "c"})
+    with Session(pg.engine) as s, s.begin():
+        client.complete_chain(s, held.id, two, lambda c: c.continue_with(two_2, {"source": "c"}))
+    with Session(pg.engine) as s, s.begin():
+        client.complete_chain(s, held.id, two, lambda c: c.complete(1))
+    clock.advance(2 * DAY)
+    assert job_count(pg) == 2
+
+    read_blocker_chains = q_client.ops.read_blocker_chains
+    producer_read = threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        found = read_blocker_chains(*args, **kwargs)
+        if threading.current_thread() is producer:
+            producer_read.set()
+            time.sleep(0.7)  # widen the window between the lock and the INSERT
+        return found
+
+    monkeypatch.setattr(q_client.ops, "read_blocker_chains", slow)
+    outcome: list[object] = []
+
+    def attach() -> None:
+        try:
+            with Session(pg.engine) as s, s.begin():
+                outcome.append(client.start_chain(s, needs, {"source": "d"}, blockers=[held]))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    producer = threading.Thread(target=attach)
+    producer.start()
+    try:
+        assert producer_read.wait(10)
+        assert client.cleanup(older_than=DAY) == 0  # held by the producer: skipped
+    finally:
+        producer.join(20)
+    assert len(outcome) == 1
+    dependent = outcome[0]
+    assert isinstance(dependent, q.Chain)
+    assert dependent.status == "pending"  # its blocker is completed
+    assert chain_ids(pg) == {held.id, dependent.id}
+    assert job_count(pg) == 3
+    assert blocker_count(pg) == 1
+
+    monkeypatch.undo()
+    with Session(pg.engine) as s, s.begin():
+        client.complete_chain(s, dependent.id, needs, lambda c: c.complete(2))
+    assert client.cleanup(older_than=DAY) == 0  # the dependent is recent
+    clock.advance(2 * DAY)
+    assert client.cleanup(older_than=DAY) == 2
+    assert chain_ids(pg) == set()
+    assert blocker_count(pg) == 0

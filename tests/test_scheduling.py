@@ -388,3 +388,25 @@ def test_reschedule_run_at_is_clamped_and_has_a_default_reason(db: Db) -> None:
     assert worker.drain() == 1
     assert client.get_chain(past.id).status == "completed"
     assert client.get_chain(later.id).status == "pending"
+
+
+def test_trigger_stores_utc_whatever_the_clocks_zone(db: Db) -> None:
+    """A clock returning aware datetimes in another zone (+05:30): the triggered job's
+    scheduled_at is that instant, stored as UTC (SQLite stored the local wall time as
+    if it were UTC: 5.5 hours in the future, so the job was not due)."""
+    utc = FakeClock()
+    india = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    client = q.Queuert(db.engine, types, clock=lambda: utc.now.astimezone(india))
+    chain = start(client, db, 1, run_in=dt.timedelta(hours=1))
+    utc.advance(dt.timedelta(minutes=1))
+
+    with Session(db.engine) as s, s.begin():
+        triggered = client.trigger_job(s, chain.id)
+    assert triggered.scheduled_at == utc.now
+    stored = client.get_job(chain.id).scheduled_at
+    assert stored == utc.now
+    assert stored.utcoffset() == dt.timedelta(0)
+
+    ran: list[int] = []
+    assert recording_worker(client, ran).drain() == 1  # due now, not at 5:30 from now
+    assert ran == [1]
