@@ -70,6 +70,9 @@ def utc_now() -> dt.datetime:
 DEFAULT_PAGE_SIZE = 50
 #: Largest page a listing returns.
 MAX_PAGE_SIZE = 1000
+#: Most chains ``cleanup`` examines per batch and ``delete_chains`` takes per
+#: call (the ids are bound parameters; PostgreSQL allows 65,535 per statement).
+MAX_BATCH_SIZE = 10_000
 
 
 def _type_names(types: Iterable[JobType[Any, Any] | str] | None) -> list[str] | None:
@@ -179,6 +182,11 @@ def resolve_blockers(
     whose blockers are all completed starts ``pending``, otherwise ``blocked``.
     """
     ids = {chain_id for _, chain_ids in wanted for chain_id in chain_ids}
+    if ids:
+        # SQLite: become the writer before reading, so the read is not stale
+        # when the INSERT comes (another writer committing in between would
+        # fail the transaction with "database is locked").
+        ops_maintenance.take_write_lock(session, client.models, client.capabilities)
     found = ops.read_blocker_chains(session, client.models, client.capabilities, ids) if ids else {}
     statuses: list[JobStatus] = []
     for job_type, chain_ids in wanted:
@@ -440,10 +448,25 @@ class Queuert:
                 since=now - dedup.window if dedup.window is not None else None,
                 exclude=dedup.exclude,
             )
-            if chain_id is None:
+            rows = None
+            for _ in range(10):
+                if chain_id is None:
+                    break
+                rows = ops.get_chain(session, self.models, chain_id)
+                if rows is not None:
+                    break
+                # Deleted (delete_chains, cleanup) between the two reads: look again.
+                chain_id = ops_maintenance.find_duplicate(
+                    session,
+                    self.models,
+                    chain_type_name=job.chain_type_name,
+                    key=dedup.key,
+                    scope=dedup.scope,
+                    since=now - dedup.window if dedup.window is not None else None,
+                    exclude=dedup.exclude,
+                )
+            if rows is None:
                 continue
-            rows = ops.get_chain(session, self.models, chain_id)
-            assert rows is not None  # serialised by the lock: it cannot vanish meanwhile
             job_type = self.job_types.resolve(starts[i].job_type)
             chain = self._chain_from_rows(*rows, job_type)
             found[i] = dataclasses.replace(chain, deduplicated=True)
@@ -822,6 +845,11 @@ class Queuert:
             raise TypeError("delete_chains takes a list of chain ids; wrap a single id in [...]")
         session = self.session_of(session)
         wanted = list(dict.fromkeys(coerce_id(i) for i in ids))
+        if len(wanted) > MAX_BATCH_SIZE:
+            raise ValueError(
+                f"delete_chains takes at most {MAX_BATCH_SIZE} ids per call (got {len(wanted)}); "
+                "split the list (each call is its own all-or-nothing set)."
+            )
         found = ops_maintenance.lock_chains(session, self.models, self.capabilities, wanted)
         doomed = [chain_id for chain_id in wanted if chain_id in found]
         if cascade:
@@ -864,11 +892,16 @@ class Queuert:
         (on this client's engine), so a large backlog never holds locks for
         long; run it from cron (``queuert-sa cleanup``) or a periodic *staged*
         handler after ``prepare()`` (an atomic handler holds a transaction,
-        and on SQLite the write lock, that cleanup's batches would wait for). Never deleted: open
-        chains, chains completed within ``older_than``, and chains that a kept
-        chain declares as a blocker (a running dependent reads their
-        outputs). With ``types``, only chains of those types go (and their
-        blockers stay while a dependent of another type needs them).
+        and on SQLite the write lock, that cleanup's batches would wait for).
+
+        Never deleted: open chains, chains completed within ``older_than``,
+        and the blocker chains of those (a dependent that has not finished
+        may still read its blockers' outputs). A completed dependent does not
+        protect its blockers: they go once old, and its blocker rows with
+        them. On PostgreSQL a chain that another transaction holds (e.g. a
+        producer attaching it as a blocker) is skipped, not waited for. With
+        ``types``, only chains of those types go (and their blockers stay
+        while a dependent of another type needs them).
 
         Args:
             older_than: How long a completed chain is kept.
@@ -878,8 +911,10 @@ class Queuert:
         """
         if older_than < dt.timedelta(0):
             raise ValueError(f"older_than must not be negative, got {older_than!r}")
-        if batch_size < 1 or (max_batches is not None and max_batches < 1):
-            raise ValueError("batch_size and max_batches must be at least 1")
+        if not 1 <= batch_size <= MAX_BATCH_SIZE or (max_batches is not None and max_batches < 1):
+            raise ValueError(
+                f"batch_size must be between 1 and {MAX_BATCH_SIZE} and max_batches at least 1"
+            )
         cutoff = self.clock() - older_than
         type_names = _type_names(types)
         engine = immediate_engine(self.engine)
@@ -919,7 +954,9 @@ class Queuert:
         )
         if not candidates:
             return 0, 0, after
-        ids = {chain_id for chain_id, _ in candidates}
+        ids = ops_maintenance.lock_whole_chains(
+            executor, self.models, self.capabilities, {chain_id for chain_id, _ in candidates}
+        )
         keep = ops_maintenance.still_needed(
             executor, self.models, chain_ids=ids, cutoff=cutoff, type_names=type_names
         )
@@ -1012,6 +1049,7 @@ class Queuert:
         session = self.session_of(session)
         chain_id = coerce_id(id)
         chain_type = self.job_types.resolve(job_type)
+        ops_maintenance.take_write_lock(session, self.models, self.capabilities)
         found = ops.lock_chain(session, self.models, self.capabilities, chain_id)
         if found is None:
             raise ChainNotFoundError(chain_id)

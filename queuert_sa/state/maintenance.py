@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    func,
     literal_column,
     or_,
     select,
@@ -34,7 +36,7 @@ from sqlalchemy import (
 from queuert_sa.models import JobStatus, Models
 
 from .capabilities import Capabilities
-from .operations import Executor, database_errors
+from .operations import Executor, database_errors, read_blocker_chains
 
 _ROOT: ColumnElement[int] = literal_column("0")
 _COMPLETED: ColumnElement[str] = literal_column("'completed'")
@@ -155,10 +157,12 @@ def trigger_job(
     A job already due keeps its ``scheduled_at`` (its place in the queue).
     """
     table = models.job_table
+    # Bound with the column's type, so any aware ``now`` is stored as UTC.
+    due = bindparam(None, now, type_=table.c.scheduled_at.type)
     stmt = (
         update(table)
         .where(table.c.id == job_id, table.c.status == JobStatus.PENDING)
-        .values(scheduled_at=case((table.c.scheduled_at > now, now), else_=table.c.scheduled_at))
+        .values(scheduled_at=case((table.c.scheduled_at > due, due), else_=table.c.scheduled_at))
         .returning(*table.c)
     )
     with database_errors("trigger job", models):
@@ -173,14 +177,21 @@ def lock_chains(
 ) -> set[uuid.UUID]:
     """Lock every job of these chains for deletion; the ids of the chains that exist.
 
-    ``FOR UPDATE`` waits for an atomic attempt holding one of the jobs to end,
-    and keeps workers (``SKIP LOCKED``) and new dependents (whose foreign key
-    takes ``KEY SHARE``) off them until the caller's transaction ends.
+    Each chain's latest job is locked first, waiting for an atomic attempt
+    on it to end (and following the chain if that attempt continued it), so
+    no worker can take or continue the chain afterwards. Then every job is
+    locked ``FOR UPDATE``, which also keeps new dependents (whose foreign
+    key takes ``KEY SHARE``) off them until the caller's transaction ends.
+    Locking the first job before the latest would deadlock with an attempt
+    whose continuation's foreign key needs that first job.
     """
     if not chain_ids:
         return set()
     table = models.job_table
     take_write_lock(executor, models, caps)
+    if caps.skip_locked:
+        # One statement for all chains: each latest job, re-read until newest.
+        read_blocker_chains(executor, models, caps, chain_ids)
     stmt = (
         select(table.c.id, table.c.chain_id, table.c.chain_index)
         .where(table.c.chain_id.in_(list(chain_ids)))
@@ -191,6 +202,35 @@ def lock_chains(
     with database_errors("lock chains", models):
         rows = executor.execute(stmt).all()
     return {row.chain_id for row in rows if row.chain_index == 0 and row.id == row.chain_id}
+
+
+def lock_whole_chains(
+    executor: Executor, models: Models, caps: Capabilities, chain_ids: Collection[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Of these chains, those whose every job this transaction could lock without waiting.
+
+    For retention on PostgreSQL: a chain any of whose jobs another
+    transaction holds (a producer attaching it as a blocker holds its latest
+    job) is skipped, never waited for. Without row locks (SQLite, one writer)
+    every chain qualifies.
+    """
+    if not chain_ids or not caps.skip_locked:
+        return set(chain_ids)
+    table = models.job_table
+    ids = list(chain_ids)
+    locked = (
+        select(table.c.id, table.c.chain_id)
+        .where(table.c.chain_id.in_(ids))
+        .with_for_update(skip_locked=True)
+    )
+    total = (
+        select(table.c.chain_id, func.count())
+        .where(table.c.chain_id.in_(ids))
+        .group_by(table.c.chain_id)
+    )
+    with database_errors("lock chains to clean up", models):
+        got = Counter(row.chain_id for row in executor.execute(locked))
+        return {chain_id for chain_id, n in executor.execute(total) if got[chain_id] == n}
 
 
 def blocker_chains_of(
