@@ -329,6 +329,7 @@ class AsyncWorker:
         self._leases: dict[tuple[uuid.UUID, int], asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._running = False
         self._waker = _Waker(concurrency)
         self._subscription: Subscription | None = None
         self._ownership: Subscription | None = None
@@ -439,8 +440,10 @@ class AsyncWorker:
         self._tasks = [t for t in self._tasks if not t.done()]
         if self._tasks:
             return
-        self._stopping.clear()
-        self._stop_requested.clear()
+        # asyncio primitives belong to one event loop: make them for this one.
+        self._stopping = asyncio.Event()
+        if not self._running:
+            self._stop_requested = asyncio.Event()
         if self._sync_worker is not None:
             await asyncio.to_thread(self._sync_worker.start)
         if not self._handlers:
@@ -490,13 +493,15 @@ class AsyncWorker:
             self._ownership.close()
             self._ownership = None
         grace = (timeout or self.shutdown_grace).total_seconds()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         clean = True
+        sync_stop: asyncio.Future[bool] | None = None
         if self._sync_worker is not None:
-            sync_worker = self._sync_worker
-            clean = await asyncio.to_thread(sync_worker.stop, dt.timedelta(seconds=grace))
-            if clean:
-                # Its engine is ours (made in _thread_worker): close its connections.
-                sync_worker.client.engine.dispose()
+            # Both kinds of attempts get the same grace period, concurrently.
+            sync_stop = asyncio.ensure_future(
+                asyncio.to_thread(self._sync_worker.stop, dt.timedelta(seconds=grace))
+            )
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
@@ -510,15 +515,25 @@ class AsyncWorker:
                 await asyncio.gather(*pending, return_exceptions=True)
                 clean = False
             self._tasks = []
+        if sync_stop is not None and self._sync_worker is not None:
+            sync_clean = await asyncio.wait_for(sync_stop, max(deadline - loop.time(), 0) + 5)
+            if sync_clean:
+                # Its engine is ours (made in _thread_worker): close its connections.
+                self._sync_worker.client.engine.dispose()
+            clean = clean and sync_clean
         for task in list(self._leases.values()):
             task.cancel()
         self._leases.clear()
+        if self._ownership is not None:
+            self._ownership.close()
+            self._ownership = None
         return clean
 
     async def run(self) -> bool:
         """Run until SIGINT/SIGTERM (or :meth:`stop`), then stop gracefully; see :meth:`Worker.run`."""
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
+        self._stop_requested = asyncio.Event()
         if self.handle_signals == "auto" and threading.current_thread() is threading.main_thread():
 
             def on_signal(signum: int) -> None:
@@ -533,13 +548,16 @@ class AsyncWorker:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal, sig)
                 installed.append(sig)
+        self._running = True
         try:
             await self.start()
             await self._stop_requested.wait()
         finally:
+            self._running = False
             for sig in installed:
                 loop.remove_signal_handler(sig)
-        return await self.stop()
+            clean = await self.stop()
+        return clean
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop gracefully (from the event loop's thread)."""
@@ -553,19 +571,25 @@ class AsyncWorker:
             self._writer = asyncio.Lock()
         done = 0
         failed: set[uuid.UUID] = set()
-        while max_jobs is None or done < max_jobs:
-            step = (
-                await self._process_one(exclude=failed, look_first=done == 0)
-                if self._handlers
-                else Step()
-            )
-            if step.job_id is None:
-                if self._handlers and await self._reap_one():
-                    continue
-                break
-            done += 1
-            if step.failed:
-                failed.add(step.job_id)
+        try:
+            while max_jobs is None or done < max_jobs:
+                step = (
+                    await self._process_one(exclude=failed, look_first=done == 0)
+                    if self._handlers
+                    else Step()
+                )
+                if step.job_id is None:
+                    if self._handlers and await self._reap_one():
+                        continue
+                    break
+                done += 1
+                if step.failed:
+                    failed.add(step.job_id)
+        finally:
+            if not self._tasks and self._ownership is not None:
+                # Its callback is bound to this event loop: a later run makes its own.
+                self._ownership.close()
+                self._ownership = None
         if self._sync_worker is not None and (max_jobs is None or done < max_jobs):
             rest = None if max_jobs is None else max_jobs - done
             sync_worker = self._sync_worker
@@ -1065,7 +1089,12 @@ async def _rollback_quietly(session: AsyncSession) -> None:
     try:
         await session.rollback()
     except Exception:
-        log.debug("rollback failed (connection lost?)", exc_info=True)
+        log.debug("rollback failed (connection lost?); discarding the connection", exc_info=True)
+        # A connection whose rollback failed (e.g. cancelled in the middle of a
+        # statement) may still hold its transaction, and on SQLite the write
+        # lock: close it now rather than when it is garbage-collected.
+        with contextlib.suppress(Exception):
+            await session.invalidate()
 
 
 def sync_url(url: URL) -> URL:

@@ -467,15 +467,21 @@ class Worker:
             raise WorkerConfigError("The worker has no handlers to drain with.")
         done = 0
         failed: set[uuid.UUID] = set()
-        while max_jobs is None or done < max_jobs:
-            step = self._process_one(exclude=failed, look_first=done == 0)
-            if step.job_id is None:
-                if self._reap_one():
-                    continue
-                break
-            done += 1
-            if step.failed:
-                failed.add(step.job_id)
+        try:
+            while max_jobs is None or done < max_jobs:
+                step = self._process_one(exclude=failed, look_first=done == 0)
+                if step.job_id is None:
+                    if self._reap_one():
+                        continue
+                    break
+                done += 1
+                if step.failed:
+                    failed.add(step.job_id)
+        finally:
+            if not self._threads:
+                # No slot threads running: the lease keeper (and its
+                # ownership-lost subscription) is not needed after this call.
+                self._leases.close()
         return done
 
     # --- the slot loop -----------------------------------------------------------

@@ -836,3 +836,55 @@ async def test_200_jobs_with_8_slots_each_done_exactly_once(db: Db) -> None:
             assert peak == 1  # SQLite: attempts that write run one at a time
         else:
             assert peak > 1, "the 8 slots never overlapped"
+
+
+# --- one worker, several event loops; drain leaves nothing behind ---------------------
+
+
+def test_one_async_worker_runs_in_two_event_loops_in_turn(db: Db) -> None:
+    """A module-level worker under per-test event loops: each run starts and stops cleanly."""
+    engine = create_async_engine(async_url(db))
+    client = q.AsyncQueuert(engine, types)
+    worker = client.worker(poll_interval=dt.timedelta(seconds=30), handle_signals="never")
+
+    @worker.handler(work)
+    async def handle(attempt: q.AsyncAttempt[WorkIn, int]) -> q.Outcome:
+        return attempt.complete(attempt.input["n"])
+
+    async def one_run() -> tuple[bool, int]:
+        async with engine.begin() as conn:
+            await conn.run_sync(q.metadata.create_all)
+        async with AsyncSession(engine) as s, s.begin():
+            chain = await client.start_chain(s, work, {"n": 5})
+        runner = asyncio.create_task(worker.run())
+        done = await client.await_chain(chain.id, timeout=dt.timedelta(seconds=10))
+        worker.request_stop()
+        clean = await asyncio.wait_for(runner, 10)
+        await engine.dispose()  # its pooled connections belong to this loop
+        return clean, done.output
+
+    assert asyncio.run(one_run()) == (True, 5)
+    # Was: "Event ... is bound to a different event loop" in the second loop.
+    assert asyncio.run(one_run()) == (True, 5)
+
+
+def test_drain_with_a_staged_handler_leaves_no_thread_or_listener(db: Db) -> None:
+    notify = q.InMemoryNotify()
+    client = q.Queuert(db.engine, types, notify=notify)
+    worker = client.worker()
+
+    @worker.handler(work, mode="staged")
+    def handle(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.prepare():
+            pass
+        with attempt.transaction():
+            return attempt.complete(attempt.input["n"])
+
+    for n in range(3):
+        with Session(db.engine) as s, s.begin():
+            client.start_chain(s, work, {"n": n})
+        assert worker.drain() == 1
+
+    keepers = [t for t in threading.enumerate() if t.name == "queuert-lease-keeper"]
+    assert keepers == []
+    assert notify._ownership == set()  # pyright: ignore[reportPrivateUsage]
