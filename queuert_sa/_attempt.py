@@ -179,7 +179,8 @@ class Attempt(Generic[InT, OutT]):
         self._client = client
         self.job_type = job_type
         self.job = job
-        self.session = session
+        self._session = session
+        self._on_first_use: Callable[[], None] | None = None
         self.worker_id = worker_id
         self.mode = mode
         self.signal = AttemptSignal()
@@ -194,6 +195,23 @@ class Attempt(Generic[InT, OutT]):
         self.written = False
         """True once the outcome is written (staged mode)."""
         self._transaction_opened = False
+
+    @property
+    def session(self) -> Session:
+        """The attempt's session (see the class documentation for each mode)."""
+        opener = self._on_first_use
+        if opener is not None:
+            self._on_first_use = None
+            opener()
+        return self._session
+
+    def on_first_use(self, opener: Callable[[], None]) -> None:
+        """Run ``opener`` when the handler first reads :attr:`session` (called by the worker).
+
+        An atomic attempt opens its SAVEPOINT there, so a handler that never
+        touches the session costs no SAVEPOINT round trips.
+        """
+        self._on_first_use = opener
 
     # --- staged mode ---------------------------------------------------------------
 
@@ -363,7 +381,7 @@ class Attempt(Generic[InT, OutT]):
         """
         from ._client import resolve_blockers, scheduled_time
 
-        session = session or self.session
+        session = session or self._session
         outcome = self._outcome
         assert outcome is not None
         client = self._client

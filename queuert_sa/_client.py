@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
@@ -211,7 +211,7 @@ def resolve_blockers(
     return statuses
 
 
-def job_from_row(row: RowMapping, job_type: JobType[Any, Any] | None = None) -> Job[Any]:
+def job_from_row(row: Mapping[Any, Any], job_type: JobType[Any, Any] | None = None) -> Job[Any]:
     """Snapshot a job row; the input is decoded when its type is known."""
     raw_input = row["input"]
     return Job(

@@ -703,9 +703,10 @@ class Worker:
                 session.rollback()
                 return Step()
             registration = self._handlers[row["type_name"]]
+            lost = False
             if registration.mode == "atomic":
                 # The server-side time limit was set by the acquiring statement.
-                error = self._run_handler(session, registration, row)
+                error, lost = self._run_handler(session, registration, row)
             else:
                 attempt, error = self._run_staged(session, registration, row, hold)
                 if attempt is not None and attempt.written and isinstance(error, Exception):
@@ -724,6 +725,9 @@ class Worker:
                 # in a transaction of its own, if the job is still ours.
                 if error is not None:
                     retry_at = self._reschedule_owned(attempt, registration, error, hold)
+            elif lost:
+                assert error is not None
+                retry_at = self._record_lost_attempt(row, registration, error, None)
             else:
                 try:
                     if error is not None:
@@ -821,12 +825,22 @@ class Worker:
         return retry_at
 
     def _record_lost_attempt(
-        self, row: Any, registration: Registration, error: BaseException, failure: Exception
+        self,
+        row: Any,
+        registration: Registration,
+        error: BaseException,
+        failure: Exception | None,
     ) -> dt.datetime:
-        """The attempt's transaction failed to commit (all rolled back): count it, with backoff."""
+        """The attempt's transaction failed to commit (all rolled back): count it, with backoff.
+
+        ``failure`` is what ended the transaction; None when writing the
+        outcome failed and the worker rolled the transaction back itself.
+        """
         client = self.client
         retry_at, text = self._retry(registration, error, row["attempt"])
-        if error is failure:
+        if failure is None:
+            text = f"writing the attempt's outcome failed; nothing was kept: {text}"
+        elif error is failure:
             text = f"the attempt's COMMIT failed: {text}"
         else:
             text = f"the attempt's transaction failed ({failure}) after: {text}"
@@ -873,16 +887,28 @@ class Worker:
 
     def _run_handler(
         self, session: Session, registration: Registration, row: Any
-    ) -> BaseException | None:
+    ) -> tuple[BaseException | None, bool]:
         """Run the handler and write its outcome in a SAVEPOINT.
 
         Returns the exception that ended it, with everything the attempt wrote
-        undone, or None when the outcome is written.
+        undone, or None when the outcome is written; and whether the whole
+        transaction was rolled back (the acquisition with it).
+
+        The SAVEPOINT opens when the handler first reads ``attempt.session``:
+        a handler that only computes its output costs no SAVEPOINT round
+        trips. Its outcome is then written without one, and if that write
+        fails the worker rolls back the whole transaction (nothing of the
+        attempt is kept) and records the attempt afresh.
         """
         from ._client import job_from_row
 
         job_type = registration.job_type
-        savepoint = session.begin_nested()
+        savepoint: SessionTransaction | None = None
+
+        def open_savepoint() -> None:
+            nonlocal savepoint
+            savepoint = session.begin_nested()
+
         try:
             attempt = Attempt(
                 client=self.client,
@@ -892,8 +918,9 @@ class Worker:
                 worker_id=self.worker_id,
                 blockers=self._blockers_of(session, job_type, row["id"]),
             )
+            attempt.on_first_use(open_savepoint)
             result = registration.fn(attempt)
-            if not _transaction_open(session, savepoint):
+            if savepoint is not None and not _transaction_open(session, savepoint):
                 raise HandlerError(
                     f"The handler of {job_type.name!r} committed, rolled back or closed "
                     "attempt.session; the worker owns that transaction. Write through it and "
@@ -908,20 +935,35 @@ class Worker:
                     job_id=row["id"],
                     type_name=job_type.name,
                 )
-            # The handler's own pending writes first, so their errors are theirs.
-            session.flush()
-            attempt.write_outcome()
-            savepoint.commit()
-            return None
         except BaseException as exc:
-            if _transaction_open(session, savepoint):
+            if savepoint is not None and _transaction_open(session, savepoint):
                 try:
                     savepoint.rollback()
                 except Exception:
                     # The connection is gone (e.g. the server ended a timed-out
                     # transaction); the commit path records the attempt.
                     log.debug("rolling back the handler's savepoint failed", exc_info=True)
-            return exc
+            return exc, False
+        if savepoint is None:
+            try:
+                attempt.write_outcome(session)
+            except BaseException as exc:
+                _rollback_quietly(session)
+                return exc, True
+            return None, False
+        try:
+            # The handler's own pending writes first, so their errors are theirs.
+            session.flush()
+            attempt.write_outcome(session)
+            savepoint.commit()
+            return None, False
+        except BaseException as exc:
+            if _transaction_open(session, savepoint):
+                try:
+                    savepoint.rollback()
+                except Exception:
+                    log.debug("rolling back the handler's savepoint failed", exc_info=True)
+            return exc, False
 
 
 def _rollback_quietly(session: Session) -> None:

@@ -232,6 +232,56 @@ def test_database_error_inside_handler_is_isolated_by_the_savepoint(
         assert s.execute(select(func.count()).select_from(User)).scalar_one() == 0
 
 
+def test_outcome_that_fails_to_write_without_a_savepoint_keeps_nothing(
+    db: Db, client: q.Queuert
+) -> None:
+    # A handler that never reads attempt.session runs without a SAVEPOINT; if
+    # writing its outcome fails, the whole transaction is rolled back and the
+    # attempt is recorded afresh: no continuation, no completion, attempt 1.
+    taken = new_user_chain(client, db)
+    chain = new_user_chain(client, db)
+    worker = client.worker()
+
+    @worker.handler(signup)
+    def clash(attempt: q.Attempt[UserIn, None]) -> q.Outcome:
+        if attempt.job.id == taken.id:
+            return attempt.continue_with(greet, {"user_id": 1})
+        # The next job reuses an id that exists: its INSERT fails.
+        return attempt.continue_with(greet, {"user_id": 1}, id=taken.id)
+
+    assert worker.drain() == 2
+    job = client.get_job(chain.id)
+    assert (job.status, job.attempt, job.completed_at) == ("pending", 1, None)
+    assert job.last_attempt_error is not None
+    assert "writing the attempt's outcome failed" in job.last_attempt_error
+    assert IntegrityError.__name__ in job.last_attempt_error
+    assert len(jobs_of_chain(db, chain.id)) == 1
+    assert (worker.completed, worker.failed) == (1, 1)
+    # The other chain moved on normally.
+    assert [j.status for j in jobs_of_chain(db, taken.id)] == ["completed", "pending"]
+
+
+def test_handler_that_reads_the_session_late_still_gets_a_savepoint(
+    db: Db, client: q.Queuert
+) -> None:
+    chain = start(client, db, work)
+    worker = client.worker()
+
+    @worker.handler(work)
+    def late(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        outcome = attempt.complete(attempt.input["n"])
+        session = attempt.session  # first use after the outcome: still isolated
+        session.add(Effect(job_id=str(attempt.job.id), label="late"))
+        session.flush()
+        raise RuntimeError("after writing")
+        return outcome
+
+    assert worker.drain() == 1
+    job = client.get_job(chain.id)
+    assert (job.status, job.attempt, job.output) == ("pending", 1, None)
+    assert effects(db) == 0
+
+
 def test_threaded_worker_wakes_on_commit_not_on_poll(db: Db, client: q.Queuert) -> None:
     worker = client.worker(concurrency=3, poll_interval=dt.timedelta(seconds=60))
     done = threading.Event()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     CursorResult,
+    Dialect,
     RowMapping,
     Select,
     String,
@@ -46,6 +47,7 @@ from queuert_sa._errors import (
 )
 from queuert_sa.models import JobStatus, Models
 
+from . import driver
 from .capabilities import Capabilities
 
 Executor = Session | Connection
@@ -171,12 +173,17 @@ def _acquire_statement(
     skip_locked: bool,
     with_exclude: bool,
     timeouts: tuple[tuple[str, int], ...],
+    type_names: tuple[str, ...] | None = None,
 ) -> Update:
     # Built once per worker shape: constructing the statement (and its cache
-    # key) costs more Python time than the server spends running it.
+    # key) costs more Python time than the server spends running it. With
+    # ``type_names`` they are part of the statement (the driver-level form
+    # has no expanding parameters).
     table = _job(models)
     conditions = [
-        table.c.type_name.in_(bindparam("type_names", expanding=True)),
+        table.c.type_name.in_(bindparam("type_names", expanding=True))
+        if type_names is None
+        else table.c.type_name.in_([literal(name, String()) for name in type_names]),
         table.c.status == _PENDING,
         table.c.scheduled_at <= bindparam("now", type_=table.c.scheduled_at.type),
     ]
@@ -223,7 +230,7 @@ def acquire_job(
     now: dt.datetime,
     exclude_ids: Collection[uuid.UUID] = (),
     timeouts: Mapping[str, dt.timedelta] | None = None,
-) -> RowMapping | None:
+) -> Mapping[Any, Any] | None:
     """Take the oldest due pending job of these types: status ``running``, ``attempt + 1``.
 
     PostgreSQL skips rows other acquirers hold (``FOR UPDATE SKIP LOCKED``);
@@ -238,17 +245,38 @@ def acquire_job(
         if timeouts and caps.server_timeouts
         else ()
     )
+    params: dict[str, Any] = {"now": now, "worker_id": worker_id, "lease_until": lease_until}
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    if not exclude_ids and driver.supported(connection.dialect):
+        fast = _driver_acquire(
+            models, connection.dialect, caps.skip_locked, limits, tuple(type_names)
+        )
+        with database_errors("acquire job", models):
+            rows = fast.execute(connection, params)
+        return rows[0] if rows else None
     stmt = _acquire_statement(models, caps.skip_locked, bool(exclude_ids), limits)
-    params: dict[str, Any] = {
-        "type_names": list(type_names),
-        "now": now,
-        "worker_id": worker_id,
-        "lease_until": lease_until,
-    }
+    params["type_names"] = list(type_names)
     if exclude_ids:
         params["exclude_ids"] = list(exclude_ids)
     with database_errors("acquire job", models):
         return executor.execute(stmt, params).mappings().first()
+
+
+@functools.cache
+def _driver_acquire(
+    models: Models,
+    dialect: Dialect,
+    skip_locked: bool,
+    timeouts: tuple[tuple[str, int], ...],
+    type_names: tuple[str, ...],
+) -> driver.DriverStatement:
+    statement = _acquire_statement(models, skip_locked, False, timeouts, type_names)
+    return driver.DriverStatement(statement, dialect)
+
+
+@functools.cache
+def _driver_complete(models: Models, dialect: Dialect) -> driver.DriverStatement:
+    return driver.DriverStatement(_complete_statement(models), dialect)
 
 
 def _ms(value: dt.timedelta) -> int:
@@ -314,8 +342,14 @@ def complete_job(
 
     Returns whether any job declares this job's chain as a blocker.
     """
-    stmt = _complete_statement(models)
     params = {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    if driver.supported(connection.dialect):
+        fast = _driver_complete(models, connection.dialect)
+        with database_errors("complete job", models):
+            rows = fast.execute(connection, params)
+        return bool(rows and rows[0]["has_dependents"])
+    stmt = _complete_statement(models)
     with database_errors("complete job", models):
         return bool(executor.execute(stmt, params).scalar())
 

@@ -1,0 +1,135 @@
+"""The worker's fixed statements, executed on the driver's own cursor.
+
+A worker runs the same two statements (acquire, complete) for every job. Going
+through ``Session.execute`` costs several times the Python time of the driver
+call itself (execution context, result wrapping, cache-key walk), and on two
+cores that Python time is the throughput limit. A :class:`DriverStatement` is
+compiled once by SQLAlchemy, for the engine's dialect, and then executed on the
+DBAPI cursor of the connection SQLAlchemy already holds, inside the same
+transaction: SQLAlchemy still owns the connection, its transaction, the pool
+and the commit. Bind and result processing use each column type's own
+processors, so values go in and come out as they would through SQLAlchemy.
+
+Only the drivers measured with it take this path (psycopg 3 and the standard
+``sqlite3``, both synchronous); any other driver runs the same statement
+through SQLAlchemy. Driver errors are wrapped as SQLAlchemy wraps them, and a
+connection the dialect reports as lost is invalidated, as SQLAlchemy would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from sqlalchemy import Connection, Dialect
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.sql.dml import UpdateBase
+
+#: Synchronous drivers the driver-level path is used (and tested) with.
+SUPPORTED_DRIVERS = frozenset({("postgresql", "psycopg"), ("sqlite", "pysqlite")})
+
+_CURSOR_KEY = "queuert_sa.driver_cursor"
+
+Processor = Callable[[Any], Any]
+
+
+def supported(dialect: Dialect) -> bool:
+    """Whether statements on this dialect may run on the driver's cursor."""
+    return not dialect.is_async and (dialect.name, dialect.driver) in SUPPORTED_DRIVERS
+
+
+class DriverStatement:
+    """One DML statement with RETURNING, compiled once for one dialect."""
+
+    __slots__ = ("_fixed", "_order", "_prepare", "_results", "_variable", "keys", "sql")
+
+    def __init__(self, statement: UpdateBase, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        if compiled.positional and compiled.positiontup is None:  # pragma: no cover
+            raise ValueError("positional statement without parameter order")
+        self.sql = compiled.string
+        if "POSTCOMPILE" in self.sql:
+            raise ValueError("expanding parameters cannot run on the driver's cursor")
+        self._order: list[str] | None = (
+            list(compiled.positiontup or ()) if compiled.positional else None
+        )
+        defaults = compiled.construct_params(_check=False)
+        self._fixed: dict[str, Any] = {}
+        self._variable: dict[str, Processor | None] = {}
+        used = set(self._order) if self._order is not None else None
+        for name, bind in compiled.binds.items():
+            if (name not in used) if used is not None else (f"%({name})s" not in self.sql):
+                continue  # an alias SQLAlchemy keeps for anonymous parameters
+            processor = cast(
+                "Processor | None", bind.type.dialect_impl(dialect).bind_processor(dialect)
+            )
+            if bind.required:
+                self._variable[name] = processor
+            else:
+                value = defaults.get(name)
+                self._fixed[name] = processor(value) if processor is not None else value
+        columns = list(statement.exported_columns)
+        self.keys: list[str] = [str(c.key) for c in columns]
+        self._results: list[Processor | None] = [
+            cast("Processor | None", c.type.dialect_impl(dialect).result_processor(dialect, None))
+            for c in columns
+        ]
+        # psycopg prepares a statement server side after five runs; these run
+        # for every job, so prepare them at once.
+        self._prepare = dialect.name == "postgresql"
+
+    def _parameters(self, params: Mapping[str, Any]) -> dict[str, Any] | list[Any]:
+        values = dict(self._fixed)
+        for name, processor in self._variable.items():
+            value = params[name]
+            values[name] = processor(value) if processor is not None else value
+        if self._order is None:
+            return values
+        return [values[name] for name in self._order]
+
+    def execute(self, connection: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run in ``connection``'s transaction; the RETURNING rows as dicts."""
+        fairy = connection.connection
+        cursor: Any = fairy.info.get(_CURSOR_KEY)
+        if cursor is None:
+            dbapi_connection: Any = fairy.dbapi_connection
+            cursor = fairy.info[_CURSOR_KEY] = dbapi_connection.cursor()
+        parameters = self._parameters(params)
+        try:
+            if self._prepare:
+                cursor.execute(self.sql, parameters, prepare=True)
+            else:
+                cursor.execute(self.sql, parameters)
+            rows = cursor.fetchall()
+        except Exception as exc:
+            raise _wrap(connection, exc, self.sql, parameters) from exc
+        processors = self._results
+        keys = self.keys
+        return [
+            {
+                key: (proc(value) if proc is not None else value)
+                for key, proc, value in zip(keys, processors, row, strict=True)
+            }
+            for row in rows
+        ]
+
+
+def _wrap(connection: Connection, exc: Exception, sql: str, parameters: Any) -> Exception:
+    """The driver error as SQLAlchemy would raise it; invalidate a lost connection."""
+    dialect = connection.dialect
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc
+    fairy = connection.connection
+    fairy.info.pop(_CURSOR_KEY, None)
+    lost = dialect.is_disconnect(exc, fairy.dbapi_connection, None)
+    if lost and not connection.invalidated:
+        connection.invalidate(exc)
+    return sa_exc.DBAPIError.instance(
+        sql,
+        parameters,
+        exc,
+        dbapi.Error,
+        connection_invalidated=lost,
+        dialect=dialect,
+    )
