@@ -564,14 +564,24 @@ class Worker:
 
         def commit_prepare(attempt: Attempt[Any, Any]) -> None:
             session = attempt.session
-            ops.renew_lease(
-                session,
-                client.models,
-                job_id=attempt.job.id,
-                worker_id=self.worker_id,
-                attempt=attempt.job.attempt,
-                leased_until=client.clock() + registration.lease,
-            )
+            now = client.clock()
+            acquired_at = attempt.job.last_attempt_at
+            # The acquiring statement wrote a provisional lease (the longest of
+            # this worker's handlers). It stands when it is this handler's and
+            # prepare() took under a tenth of it; else the lease is set anew.
+            if (
+                registration.lease != self._handlers_lease_bound
+                or acquired_at is None
+                or now - acquired_at >= registration.lease / 10
+            ):
+                ops.renew_lease(
+                    session,
+                    client.models,
+                    job_id=attempt.job.id,
+                    worker_id=self.worker_id,
+                    attempt=attempt.job.attempt,
+                    leased_until=now + registration.lease,
+                )
             session.commit()
             attempt.prepared = True
             session.close()

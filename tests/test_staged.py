@@ -156,6 +156,38 @@ def test_lease_is_renewed_while_the_handler_outlives_it(db: Db, client: q.Queuer
     assert effects(db, "slow") == 1
 
 
+@pytest.mark.parametrize("other", ["none", "longer-atomic"])
+def test_prepare_commits_the_handlers_lease(db: Db, client: q.Queuert, other: str) -> None:
+    # The acquiring statement writes a provisional lease (the longest of the
+    # worker's handlers); prepare() leaves the job leased for this handler's
+    # own lease, whether it keeps the provisional one or sets it anew.
+    job_id = start(client, db)
+    worker = client.worker()
+    lease = dt.timedelta(seconds=90)
+    if other == "longer-atomic":
+        worker.handler(staged_work, timeout=dt.timedelta(hours=2))(lambda a: a.complete(0))
+    seen: list[tuple[dt.datetime, dt.datetime]] = []
+
+    @worker.handler(work, mode="staged", lease=lease)
+    def handle(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.prepare():
+            pass
+        row = job_row(db, attempt.job.id)
+        assert row.leased_until is not None and row.last_attempt_at is not None
+        seen.append((row.last_attempt_at, row.leased_until))
+        with attempt.transaction():
+            return attempt.complete(1)
+
+    before = dt.datetime.now(dt.UTC)
+    assert worker.drain() == 1
+    after = dt.datetime.now(dt.UTC)
+    ((acquired, leased_until),) = seen
+    assert before + lease <= leased_until <= after + lease
+    if other == "none":
+        assert leased_until == acquired + lease  # the provisional lease stood
+    assert job_row(db, job_id).status == "completed"
+
+
 @pytest.mark.parametrize("takeover", ["taken", "completed", "deleted"])
 def test_lost_job_makes_transaction_refuse_and_write_nothing(
     db: Db, client: q.Queuert, takeover: str

@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Dialect
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 
 #: Synchronous drivers the driver-level path is used (and tested) with.
@@ -39,11 +40,11 @@ def supported(dialect: Dialect) -> bool:
 
 
 class DriverStatement:
-    """One DML statement with RETURNING, compiled once for one dialect."""
+    """One SELECT, or DML statement with RETURNING, compiled once for one dialect."""
 
     __slots__ = ("_fixed", "_order", "_prepare", "_results", "_variable", "keys", "sql")
 
-    def __init__(self, statement: UpdateBase, dialect: Dialect) -> None:
+    def __init__(self, statement: UpdateBase | Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         if compiled.positional and compiled.positiontup is None:  # pragma: no cover
             raise ValueError("positional statement without parameter order")

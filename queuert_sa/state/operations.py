@@ -433,17 +433,37 @@ def record_failed_attempt(
 
 def lock_job(
     executor: Executor, models: Models, caps: Capabilities, job_id: uuid.UUID
-) -> RowMapping | None:
+) -> Mapping[Any, Any] | None:
     """Read a job and lock its row until the transaction ends (``FOR UPDATE``).
 
     On SQLite the caller's write transaction (``BEGIN IMMEDIATE``) is the lock.
     """
-    table = _job(models)
-    stmt = select(table).where(table.c.id == job_id)
-    if caps.skip_locked:
-        stmt = stmt.with_for_update(key_share=True)
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    if driver.supported(connection.dialect):
+        fast = _driver_lock(models, connection.dialect, caps.skip_locked)
+        with database_errors("lock job", models):
+            rows = fast.execute(connection, {"job_id": job_id})
+        return rows[0] if rows else None
     with database_errors("lock job", models):
-        return executor.execute(stmt).mappings().first()
+        return (
+            executor.execute(_lock_statement(models, caps.skip_locked), {"job_id": job_id})
+            .mappings()
+            .first()
+        )
+
+
+@functools.cache
+def _lock_statement(models: Models, skip_locked: bool) -> Select[Any]:
+    table = _job(models)
+    stmt = select(table).where(table.c.id == bindparam("job_id", type_=table.c.id.type))
+    if skip_locked:
+        stmt = stmt.with_for_update(key_share=True)
+    return stmt
+
+
+@functools.cache
+def _driver_lock(models: Models, dialect: Dialect, skip_locked: bool) -> driver.DriverStatement:
+    return driver.DriverStatement(_lock_statement(models, skip_locked), dialect)
 
 
 def renew_lease(
@@ -460,20 +480,40 @@ def renew_lease(
     The attempt number is part of ownership: after a reap, the same worker may
     take the job again as a later attempt, and the stale attempt must not renew.
     """
+    params = {
+        "job_id": job_id,
+        "worker_id": worker_id,
+        "attempt_number": attempt,
+        "new_leased_until": leased_until,
+    }
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    if driver.supported(connection.dialect):
+        fast = _driver_renew(models, connection.dialect)
+        with database_errors("renew lease", models):
+            return bool(fast.execute(connection, params))
+    with database_errors("renew lease", models):
+        return executor.execute(_renew_statement(models), params).first() is not None
+
+
+@functools.cache
+def _renew_statement(models: Models) -> Update:
     table = _job(models)
-    stmt = (
+    return (
         update(table)
         .where(
-            table.c.id == job_id,
-            table.c.leased_by == worker_id,
-            table.c.attempt == attempt,
+            table.c.id == bindparam("job_id", type_=table.c.id.type),
+            table.c.leased_by == bindparam("worker_id", type_=table.c.leased_by.type),
+            table.c.attempt == bindparam("attempt_number", type_=table.c.attempt.type),
             table.c.status == JobStatus.RUNNING,
         )
-        .values(leased_until=leased_until)
+        .values(leased_until=bindparam("new_leased_until", type_=table.c.leased_until.type))
         .returning(table.c.id)
     )
-    with database_errors("renew lease", models):
-        return executor.execute(stmt).first() is not None
+
+
+@functools.cache
+def _driver_renew(models: Models, dialect: Dialect) -> driver.DriverStatement:
+    return driver.DriverStatement(_renew_statement(models), dialect)
 
 
 def has_expired_lease(
