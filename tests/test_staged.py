@@ -173,7 +173,8 @@ def test_prepare_commits_the_handlers_lease(db: Db, client: q.Queuert, other: st
         with attempt.prepare():
             pass
         row = job_row(db, attempt.job.id)
-        assert row.leased_until is not None and row.last_attempt_at is not None
+        assert row.leased_until is not None
+        assert row.last_attempt_at is not None
         seen.append((row.last_attempt_at, row.leased_until))
         with attempt.transaction():
             return attempt.complete(1)
