@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -280,6 +280,28 @@ def test_handler_that_reads_the_session_late_still_gets_a_savepoint(
     job = client.get_job(chain.id)
     assert (job.status, job.attempt, job.output) == ("pending", 1, None)
     assert effects(db) == 0
+
+
+def test_sql_listeners_see_the_workers_own_statements(db: Db, client: q.Queuert) -> None:
+    # The worker runs its fixed statements on the driver's cursor only when
+    # nothing listens to SQLAlchemy's cursor events (logging, tracing).
+    seen: list[str] = []
+
+    def listener(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        seen.append(statement)
+
+    chain = start(client, db, work, n=4)
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        worker = client.worker()
+        worker.handler(work)(lambda a: a.complete(a.input["n"]))
+        assert worker.drain() == 1
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert client.get_chain(chain.id, work).output == 4
+    updates = [s for s in seen if s.lstrip().upper().startswith("UPDATE")]
+    assert any("leased_by" in s and "attempt" in s for s in updates)  # the acquire
+    assert any("completed_by" in s for s in updates)  # the completion
 
 
 def test_threaded_worker_wakes_on_commit_not_on_poll(db: Db, client: q.Queuert) -> None:

@@ -11,8 +11,8 @@ and the commit. Bind and result processing use each column type's own
 processors, so values go in and come out as they would through SQLAlchemy.
 
 Only the drivers measured with it take this path (psycopg 3 and the standard
-``sqlite3``, both synchronous); any other driver runs the same statement
-through SQLAlchemy. Driver errors are wrapped as SQLAlchemy wraps them, and a
+``sqlite3``, both synchronous), and only when nothing listens to SQLAlchemy's
+cursor events; otherwise the same statement runs through SQLAlchemy. Driver errors are wrapped as SQLAlchemy wraps them, and a
 connection the dialect reports as lost is invalidated, as SQLAlchemy would.
 """
 
@@ -34,9 +34,21 @@ _CURSOR_KEY = "queuert_sa.driver_cursor"
 Processor = Callable[[Any], Any]
 
 
-def supported(dialect: Dialect) -> bool:
-    """Whether statements on this dialect may run on the driver's cursor."""
-    return not dialect.is_async and (dialect.name, dialect.driver) in SUPPORTED_DRIVERS
+def supported(connection: Connection) -> bool:
+    """Whether statements on this connection may run on the driver's cursor.
+
+    Not when the engine logs its SQL (``echo``) or has cursor-execute event
+    listeners (SQL logging, OpenTelemetry's SQLAlchemy instrumentation): they
+    would not see these statements, so the worker then goes through
+    SQLAlchemy as for any other driver.
+    """
+    dialect = connection.dialect
+    if dialect.is_async or (dialect.name, dialect.driver) not in SUPPORTED_DRIVERS:
+        return False
+    dispatch = connection.dispatch
+    return not (
+        dispatch.before_cursor_execute or dispatch.after_cursor_execute or connection.engine.echo
+    )
 
 
 class DriverStatement:

@@ -247,7 +247,7 @@ def acquire_job(
     )
     params: dict[str, Any] = {"now": now, "worker_id": worker_id, "lease_until": lease_until}
     connection = executor.connection() if isinstance(executor, Session) else executor
-    if not exclude_ids and driver.supported(connection.dialect):
+    if not exclude_ids and driver.supported(connection):
         fast = _driver_acquire(
             models, connection.dialect, caps.skip_locked, limits, tuple(type_names)
         )
@@ -344,7 +344,7 @@ def complete_job(
     """
     params = {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
     connection = executor.connection() if isinstance(executor, Session) else executor
-    if driver.supported(connection.dialect):
+    if driver.supported(connection):
         fast = _driver_complete(models, connection.dialect)
         with database_errors("complete job", models):
             rows = fast.execute(connection, params)
@@ -439,7 +439,7 @@ def lock_job(
     On SQLite the caller's write transaction (``BEGIN IMMEDIATE``) is the lock.
     """
     connection = executor.connection() if isinstance(executor, Session) else executor
-    if driver.supported(connection.dialect):
+    if driver.supported(connection):
         fast = _driver_lock(models, connection.dialect, caps.skip_locked)
         with database_errors("lock job", models):
             rows = fast.execute(connection, {"job_id": job_id})
@@ -487,7 +487,7 @@ def renew_lease(
         "new_leased_until": leased_until,
     }
     connection = executor.connection() if isinstance(executor, Session) else executor
-    if driver.supported(connection.dialect):
+    if driver.supported(connection):
         fast = _driver_renew(models, connection.dialect)
         with database_errors("renew lease", models):
             return bool(fast.execute(connection, params))
