@@ -8,6 +8,7 @@ errors are translated into :mod:`queuert_sa` errors here, at the boundary.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import uuid
@@ -132,9 +133,27 @@ def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> N
     """Insert new jobs in one statement (one round trip for any batch size)."""
     if not jobs:
         return
-    table = _job(models)
     with database_errors("insert jobs", models):
-        executor.execute(table.insert(), [job.row() for job in jobs])
+        connection = executor.connection() if isinstance(executor, Session) else executor
+    if driver.supported(connection):
+        fast = _driver_insert_jobs(models, connection.dialect)
+        with database_errors("insert jobs", models):
+            fast.execute_many(connection, [job.__dict__ for job in jobs])
+        return
+    with database_errors("insert jobs", models):
+        executor.execute(_job(models).insert(), [job.row() for job in jobs])
+
+
+_NEW_JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(NewJob))
+
+
+@functools.cache
+def _driver_insert_jobs(models: Models, dialect: Dialect) -> driver.DriverStatement:
+    table = _job(models)
+    statement = table.insert().values(
+        {name: bindparam(name, type_=table.c[name].type) for name in _NEW_JOB_COLUMNS}
+    )
+    return driver.DriverStatement(statement, dialect)
 
 
 def get_job(executor: Executor, models: Models, job_id: uuid.UUID) -> RowMapping | None:
@@ -246,7 +265,8 @@ def acquire_job(
         else ()
     )
     params: dict[str, Any] = {"now": now, "worker_id": worker_id, "lease_until": lease_until}
-    connection = executor.connection() if isinstance(executor, Session) else executor
+    with database_errors("acquire job", models):
+        connection = executor.connection() if isinstance(executor, Session) else executor
     if not exclude_ids and driver.supported(connection):
         fast = _driver_acquire(
             models, connection.dialect, caps.skip_locked, limits, tuple(type_names)
@@ -343,7 +363,8 @@ def complete_job(
     Returns whether any job declares this job's chain as a blocker.
     """
     params = {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
-    connection = executor.connection() if isinstance(executor, Session) else executor
+    with database_errors("complete job", models):
+        connection = executor.connection() if isinstance(executor, Session) else executor
     if driver.supported(connection):
         fast = _driver_complete(models, connection.dialect)
         with database_errors("complete job", models):
@@ -438,7 +459,8 @@ def lock_job(
 
     On SQLite the caller's write transaction (``BEGIN IMMEDIATE``) is the lock.
     """
-    connection = executor.connection() if isinstance(executor, Session) else executor
+    with database_errors("lock job", models):
+        connection = executor.connection() if isinstance(executor, Session) else executor
     if driver.supported(connection):
         fast = _driver_lock(models, connection.dialect, caps.skip_locked)
         with database_errors("lock job", models):
@@ -486,7 +508,8 @@ def renew_lease(
         "attempt_number": attempt,
         "new_leased_until": leased_until,
     }
-    connection = executor.connection() if isinstance(executor, Session) else executor
+    with database_errors("renew lease", models):
+        connection = executor.connection() if isinstance(executor, Session) else executor
     if driver.supported(connection):
         fast = _driver_renew(models, connection.dialect)
         with database_errors("renew lease", models):
