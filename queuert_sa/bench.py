@@ -9,9 +9,15 @@ Phases (each on ``chains`` single-job chains of a no-op type):
   then completes in ``transaction()``;
 * **async-atomic** / **async-staged** — the same with the asyncio worker.
 
-The reference figure is the same acquire + complete SQL, one transaction per
-job, driven without Python: ``pgbench`` with ``concurrency`` clients on
-PostgreSQL (when ``pgbench`` is installed), a raw ``sqlite3`` loop on SQLite.
+Each phase is printed beside a reference: the same SQL driven without
+Python, so the report reads "x % of what this database does".
+
+* processing: acquire + complete, one transaction per job — ``pgbench`` with
+  ``concurrency`` clients on PostgreSQL (when ``pgbench`` is installed), a raw
+  ``sqlite3`` loop on SQLite;
+* starts: the same job rows inserted one (or 100) per transaction from one
+  client — ``pgbench`` with server-generated rows, or ``sqlite3`` with rows
+  prepared before the clock starts.
 
 Everything runs in a schema (PostgreSQL) or file (SQLite) of its own, removed
 at the end; the application's tables are never touched.
@@ -69,6 +75,23 @@ class Figure:
         return self.count / self.seconds if self.seconds > 0 else float("inf")
 
 
+#: Reference kinds, and the phases each one is the reference of.
+REFERENCES = {
+    "start-single": ("start-single",),
+    "start-batched": ("start-batched",),
+    "process": ("atomic", "staged", "async-atomic", "async-staged"),
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the database does with the same SQL and no Python, for some phases."""
+
+    kind: str
+    figure: Figure | None
+    note: str
+
+
 @dataclass(frozen=True)
 class Report:
     """What ``run_bench`` measured."""
@@ -77,38 +100,60 @@ class Report:
     chains: int
     concurrency: int
     figures: list[Figure]
-    reference: Figure | None
-    reference_note: str
+    references: list[Reference]
+
+    @property
+    def reference(self) -> Figure | None:
+        """The processing reference (acquire + complete, one transaction per job)."""
+        return self._reference_for("atomic")
+
+    def _reference_for(self, phase: str) -> Figure | None:
+        for ref in self.references:
+            if phase in REFERENCES[ref.kind]:
+                return ref.figure
+        return None
 
     def as_json(self) -> dict[str, Any]:
+        def figure(f: Figure | None) -> dict[str, Any] | None:
+            return None if f is None else {**asdict(f), "rate": round(f.rate, 1)}
+
+        figures: list[dict[str, Any]] = []
+        for f in self.figures:
+            ref = self._reference_for(f.phase)
+            share = round(f.rate / ref.rate, 3) if ref is not None and ref.rate > 0 else None
+            figures.append({**asdict(f), "rate": round(f.rate, 1), "of_reference": share})
         return {
             "database": self.database,
             "chains": self.chains,
             "concurrency": self.concurrency,
-            "figures": [{**asdict(f), "rate": round(f.rate, 1)} for f in self.figures],
-            "reference": None
-            if self.reference is None
-            else {**asdict(self.reference), "rate": round(self.reference.rate, 1)},
-            "reference_note": self.reference_note,
+            "figures": figures,
+            "reference": figure(self.reference),
+            "references": [
+                {"kind": r.kind, "figure": figure(r.figure), "note": r.note}
+                for r in self.references
+            ],
         }
 
     def table(self) -> str:
-        ref = self.reference.rate if self.reference else None
         lines = [
             f"database: {self.database}",
             f"{self.chains} chains per phase, worker concurrency {self.concurrency}",
             "",
-            f"{'phase':<16} {'rate':>12}  {'unit':<9} {'seconds':>8}  {'of reference':>12}",
+            f"{'phase':<26} {'rate':>10}  {'unit':<9} {'seconds':>8}  {'of reference':>12}",
         ]
         for f in self.figures:
-            share = f"{100 * f.rate / ref:>11.0f}%" if ref and f.unit == "jobs/s" else f"{'':>12}"
-            lines.append(f"{f.phase:<16} {f.rate:>12,.0f}  {f.unit:<9} {f.seconds:>8.2f}  {share}")
-        if self.reference is not None:
-            lines.append(
-                f"{'reference':<16} {self.reference.rate:>12,.0f}  {'jobs/s':<9} "
-                f"{self.reference.seconds:>8.2f}  {'100%':>12}"
-            )
-        lines.append(f"reference: {self.reference_note}")
+            ref = self._reference_for(f.phase)
+            share = f"{100 * f.rate / ref.rate:>11.0f}%" if ref and ref.rate > 0 else f"{'':>12}"
+            lines.append(f"{f.phase:<26} {f.rate:>10,.0f}  {f.unit:<9} {f.seconds:>8.2f}  {share}")
+        for r in self.references:
+            if r.figure is not None:
+                f = r.figure
+                lines.append(
+                    f"{'reference ' + r.kind:<26} {f.rate:>10,.0f}  {f.unit:<9} "
+                    f"{f.seconds:>8.2f}  {'100%':>12}"
+                )
+        for r in self.references:
+            lines.append(f"reference {r.kind}: {r.note}")
         return "\n".join(lines)
 
 
@@ -273,39 +318,37 @@ def _process_async(
     return asyncio.run(main())
 
 
-# --- the reference ---------------------------------------------------------------------
+# --- the references ----------------------------------------------------------------------
 
 
-def _pgbench_reference(
-    engine: Engine, models: Models, chains: int, concurrency: int
-) -> tuple[Figure | None, str]:
+def _table_name(models: Models) -> str:
+    table = models.job_table
+    return f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
+
+
+_PG_ROW = "id, 'noop', id, 'noop', 0, '{\"i\": 1}'::jsonb, 'pending', now(), now(), 0"
+_COLUMNS = (
+    "id, type_name, chain_id, chain_type_name, chain_index, input, status, created_at, "
+    "scheduled_at, attempt"
+)
+
+
+def _pgbench(
+    engine: Engine, script: str, clients: int, transactions: int
+) -> tuple[float | None, str]:
+    """Transactions per second of ``script`` run by pgbench (prepared statements)."""
     pgbench = shutil.which("pgbench")
     if pgbench is None:
         return None, "pgbench is not installed (PostgreSQL client tools); no reference figure"
-    table = models.job_table
-    name = f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
-    script = (
-        "BEGIN;\n"
-        f"WITH taken AS (UPDATE {name} SET status = 'running', attempt = attempt + 1, "
-        "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
-        f"WHERE id = (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
-        "AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT 1 "
-        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING id) "
-        "SELECT coalesce(quote_literal(max(id::text)), 'NULL') AS job FROM taken \\gset\n"
-        f"UPDATE {name} SET status = 'completed', output = '1', completed_at = now(), "
-        "completed_by = 'pgbench', leased_by = NULL, leased_until = NULL "
-        "WHERE id = :job::uuid;\n"
-        "END;\n"
-    )
-    per_client = max(chains // concurrency, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "acquire_complete.sql"
+        path = Path(tmp) / "script.sql"
         path.write_text(script)
         url = engine.url.set(drivername="postgresql")
         conninfo = url.render_as_string(hide_password=False)
         result = subprocess.run(
-            [pgbench, "-n", "-c", str(concurrency), "-j", str(min(concurrency, os.cpu_count() or 1)),
-             "-t", str(per_client), "-f", str(path), conninfo],
+            [pgbench, "-n", "-M", "prepared", "-c", str(clients),
+             "-j", str(min(clients, os.cpu_count() or 1)), "-t", str(transactions),
+             "-f", str(path), conninfo],
             capture_output=True,
             text=True,
             timeout=600,
@@ -314,20 +357,113 @@ def _pgbench_reference(
     match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", result.stdout)
     if result.returncode != 0 or match is None:
         return None, f"pgbench failed: {(result.stderr or result.stdout).strip()[:200]}"
-    tps = float(match.group(1))
+    return float(match.group(1)), ""
+
+
+def _pg_process_reference(
+    engine: Engine, models: Models, chains: int, concurrency: int
+) -> Reference:
+    name = _table_name(models)
+    script = (
+        "BEGIN;\n"
+        f"WITH taken AS (UPDATE {name} SET status = 'running', attempt = attempt + 1, "
+        "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
+        f"WHERE id = (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
+        "AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT 1 "
+        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING id) "
+        "SELECT coalesce(max(id::text), '00000000-0000-0000-0000-000000000000') AS job "
+        "FROM taken \\gset\n"
+        f"UPDATE {name} SET status = 'completed', output = '1', completed_at = now(), "
+        "completed_by = 'pgbench', leased_by = NULL, leased_until = NULL "
+        "WHERE id = :job::uuid;\n"
+        "END;\n"
+    )
+    per_client = max(chains // concurrency, 1)
+    tps, error = _pgbench(engine, script, concurrency, per_client)
+    if tps is None:
+        return Reference("process", None, error)
     jobs = per_client * concurrency
-    return (
-        Figure("reference", jobs, jobs / tps, "jobs/s"),
-        f"pgbench, {concurrency} clients, one transaction per acquire + complete (no Python)",
+    return Reference(
+        "process",
+        Figure("reference-process", jobs, jobs / tps, "jobs/s"),
+        f"pgbench, {concurrency} clients, one transaction per acquire + complete",
     )
 
 
-def _sqlite_reference(engine: Engine, models: Models, chains: int) -> tuple[Figure, str]:
-    database = engine.url.database or ""
+def _pg_start_references(engine: Engine, models: Models, chains: int) -> list[Reference]:
+    name = _table_name(models)
+    single = (
+        "BEGIN;\n"
+        f"INSERT INTO {name} ({_COLUMNS}) SELECT {_PG_ROW} FROM (SELECT gen_random_uuid() AS id) g;\n"
+        "END;\n"
+    )
+    batched = (
+        "BEGIN;\n"
+        f"INSERT INTO {name} ({_COLUMNS}) SELECT {_PG_ROW} "
+        f"FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, {_BATCH})) g;\n"
+        "END;\n"
+    )
+    references: list[Reference] = []
+    for kind, script, per_tx in (("start-single", single, 1), ("start-batched", batched, _BATCH)):
+        _clear(engine, models)
+        transactions = max(chains // per_tx, 1)
+        tps, error = _pgbench(engine, script, 1, transactions)
+        if tps is None:
+            references.append(Reference(kind, None, error))
+            continue
+        rows = transactions * per_tx
+        references.append(
+            Reference(
+                kind,
+                Figure(f"reference-{kind}", rows, transactions / tps, "chains/s"),
+                f"pgbench, 1 client, {per_tx} row(s) generated by the server per INSERT "
+                "and transaction",
+            )
+        )
+    return references
+
+
+def _sqlite_connect(engine: Engine) -> sqlite3.Connection:
+    conn = sqlite3.connect(engine.url.database or "", isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode = WAL")
+    return conn
+
+
+def _sqlite_start_references(engine: Engine, models: Models, chains: int) -> list[Reference]:
     table = f'"{models.job_table.name}"'
-    conn = sqlite3.connect(database, isolation_level=None, timeout=30)
+    insert = (
+        f"INSERT INTO {table} ({_COLUMNS}) VALUES (?, 'noop', ?, 'noop', 0, ?, 'pending', ?, ?, 0)"
+    )
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    ids = [uuid.uuid4().hex for _ in range(chains)]
+    rows = [(i, i, json.dumps({"i": n}), now, now) for n, i in enumerate(ids)]
+    references: list[Reference] = []
+    for kind, per_tx in (("start-single", 1), ("start-batched", _BATCH)):
+        _clear(engine, models)
+        conn = _sqlite_connect(engine)
+        try:
+            started = time.perf_counter()
+            for offset in range(0, chains, per_tx):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(insert, rows[offset : offset + per_tx])
+                conn.execute("COMMIT")
+            seconds = time.perf_counter() - started
+        finally:
+            conn.close()
+        references.append(
+            Reference(
+                kind,
+                Figure(f"reference-{kind}", chains, seconds, "chains/s"),
+                f"Python's sqlite3 with no ORM, {per_tx} prepared row(s) per transaction",
+            )
+        )
+    return references
+
+
+def _sqlite_process_reference(engine: Engine, models: Models) -> Reference:
+    table = f'"{models.job_table.name}"'
+    conn = _sqlite_connect(engine)
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
         acquire = (
             f"UPDATE {table} SET status = 'running', attempt = attempt + 1, "
             "last_attempt_at = ?, leased_by = 'raw', leased_until = ? "
@@ -355,8 +491,9 @@ def _sqlite_reference(engine: Engine, models: Models, chains: int) -> tuple[Figu
         seconds = time.perf_counter() - started
     finally:
         conn.close()
-    return (
-        Figure("reference", done, seconds, "jobs/s"),
+    return Reference(
+        "process",
+        Figure("reference-process", done, seconds, "jobs/s"),
         "Python's sqlite3 with no ORM, one BEGIN IMMEDIATE transaction per acquire + complete",
     )
 
@@ -383,8 +520,7 @@ def run_bench(
             progress(line)
 
     figures: list[Figure] = []
-    ref: Figure | None = None
-    note = "not measured"
+    references: list[Reference] = []
     with _bench_database(url) as (engine, models, shown):
         client, noop = _client(engine, models)
         for phase in phases:
@@ -409,13 +545,24 @@ def run_bench(
             figures.append(Figure(phase, chains, seconds, "jobs/s"))
         if reference:
             say("reference ...")
-            _clear(engine, models)
-            _fill(client, noop, chains)
-            if client.capabilities.skip_locked:
-                ref, note = _pgbench_reference(engine, models, chains, concurrency)
-            else:
-                ref, note = _sqlite_reference(engine, models, chains)
-    return Report(shown, chains, concurrency, figures, ref, note)
+            wanted = {kind for kind, covered in REFERENCES.items() if set(covered) & set(phases)}
+            postgres = client.capabilities.skip_locked
+            if wanted & {"start-single", "start-batched"}:
+                starts = (
+                    _pg_start_references(engine, models, chains)
+                    if postgres
+                    else _sqlite_start_references(engine, models, chains)
+                )
+                references.extend(r for r in starts if r.kind in wanted)
+            if "process" in wanted:
+                _clear(engine, models)
+                _fill(client, noop, chains)
+                references.append(
+                    _pg_process_reference(engine, models, chains, concurrency)
+                    if postgres
+                    else _sqlite_process_reference(engine, models)
+                )
+    return Report(shown, chains, concurrency, figures, references)
 
 
 def report_json(report: Report) -> str:

@@ -128,7 +128,14 @@ class DriverStatement:
                 values[name] = value
             batch.append(values if order is None else [values[name] for name in order])
         try:
-            cursor.executemany(self.sql, batch)
+            if len(batch) == 1:
+                # One row: psycopg's executemany would open a pipeline (extra syncs).
+                if self._prepare:
+                    cursor.execute(self.sql, batch[0], prepare=True)
+                else:
+                    cursor.execute(self.sql, batch[0])
+            else:
+                cursor.executemany(self.sql, batch)
         except Exception as exc:
             raise _wrap(connection, exc, self.sql, batch[:1]) from exc
 
