@@ -304,6 +304,30 @@ def test_sql_listeners_see_the_workers_own_statements(db: Db, client: q.Queuert)
     assert any("completed_by" in s for s in updates)  # the completion
 
 
+@pytest.mark.parametrize("mode", ["atomic", "staged"])
+def test_type_names_with_quotes_and_percent_signs_are_processed(db: Db, mode: str) -> None:
+    # The worker's statements carry the type names as SQL literals.
+    types = q.JobTypes()
+    odd = types.entry("it's 100%s %(done)", input=WorkIn, output=int)
+    client = q.Queuert(db.engine, types)
+    with Session(db.engine) as s, s.begin():
+        chain = client.start_chain(s, odd, {"n": 3, "sleep": 0})
+    worker = client.worker()
+
+    @worker.handler(odd, mode=mode)  # type: ignore[call-overload]
+    def handle(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        if mode == "staged":
+            with attempt.prepare():
+                pass
+            with attempt.transaction():
+                return attempt.complete(attempt.input["n"])
+        return attempt.complete(attempt.input["n"])
+
+    assert worker.drain() == 1
+    done = client.get_chain(chain.id, odd)
+    assert (done.status, done.output) == ("completed", 3)
+
+
 def test_threaded_worker_wakes_on_commit_not_on_poll(db: Db, client: q.Queuert) -> None:
     worker = client.worker(concurrency=3, poll_interval=dt.timedelta(seconds=60))
     done = threading.Event()

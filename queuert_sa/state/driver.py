@@ -78,8 +78,13 @@ class DriverStatement:
             )
             if bind.required:
                 self._variable[name] = processor
+                continue
+            value = defaults.get(name)
+            inline = self._literal(bind, value, dialect) if self._order is None else None
+            if inline is not None:
+                # A constant: in the SQL text, so psycopg does not convert it per run.
+                self.sql = self.sql.replace(f"%({name})s", inline)
             else:
-                value = defaults.get(name)
                 self._fixed[name] = processor(value) if processor is not None else value
         columns = list(statement.exported_columns)
         self.keys: list[str] = [str(c.key) for c in columns]
@@ -90,6 +95,19 @@ class DriverStatement:
         # psycopg prepares a statement server side after five runs; these run
         # for every job, so prepare them at once.
         self._prepare = dialect.name == "postgresql"
+
+    @staticmethod
+    def _literal(bind: Any, value: Any, dialect: Dialect) -> str | None:
+        """``value`` as SQL text for a pyformat statement, or None if the type has no literal.
+
+        The dialect's literal processor quotes it and doubles ``%`` for pyformat.
+        """
+        if value is None:
+            return "NULL"
+        render = bind.type.dialect_impl(dialect).literal_processor(dialect)
+        if render is None:
+            return None
+        return str(render(value))
 
     def _parameters(self, params: Mapping[str, Any]) -> dict[str, Any] | list[Any]:
         values = dict(self._fixed)
