@@ -624,9 +624,11 @@ class Worker:
         if self._writer_lock is not None:
             # Single writer: look with a read before taking the write lock.
             with client.engine.connect() as conn:
-                if not ops.has_expired_lease(
+                expired = ops.has_expired_lease(
                     conn, client.models, type_names=self.type_names, now=client.clock()
-                ):
+                )
+                conn.commit()
+                if not expired:
                     return False
         with self._write_transaction(_WriterHold(self._writer_lock)) as session:
             row = ops.reap_expired_lease(
@@ -655,7 +657,11 @@ class Worker:
 
     def _next_due(self) -> dt.datetime | None:
         with self.client.engine.connect() as conn:
-            return ops.next_due_at(conn, self.client.models, type_names=self.type_names)
+            due = ops.next_due_at(conn, self.client.models, type_names=self.type_names)
+            # Ended by COMMIT: the pool's reset would roll back, which makes
+            # psycopg drop every prepared statement of the connection.
+            conn.commit()
+            return due
 
     def _process_one(
         self,
@@ -710,7 +716,9 @@ class Worker:
                 timeouts=self._atomic_timeouts,
             )
             if row is None:
-                session.rollback()
+                # Commit, not roll back: the transaction wrote nothing, and a
+                # ROLLBACK makes psycopg drop every prepared statement.
+                session.commit()
                 return Step()
             registration = self._handlers[row["type_name"]]
             lost = False

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -326,6 +326,28 @@ def test_type_names_with_quotes_and_percent_signs_are_processed(db: Db, mode: st
     assert worker.drain() == 1
     done = client.get_chain(chain.id, odd)
     assert (done.status, done.output) == ("completed", 3)
+
+
+@pytest.mark.parametrize("threshold", ["default", "off"])
+def test_prepared_statements_follow_the_drivers_setting(pg: Db, threshold: str) -> None:
+    # Behind PgBouncer (transaction pooling) applications turn psycopg's
+    # server-side prepared statements off; the worker must not prepare its own.
+    connect_args = {"prepare_threshold": None} if threshold == "off" else {}
+    engine = create_engine(pg.url, pool_size=1, max_overflow=0, connect_args=connect_args)
+    try:
+        client = q.Queuert(engine, job_types)
+        with Session(engine) as s, s.begin():
+            client.start_chains(s, [work({"n": n, "sleep": 0}) for n in range(3)])
+        worker = client.worker()
+        worker.handler(work)(lambda a: a.complete(a.input["n"]))
+        assert worker.drain() == 3
+        with engine.connect() as conn:  # the pool's one connection, used by the worker
+            prepared = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_prepared_statements WHERE starts_with(statement, 'UPDATE')"
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert (prepared > 0) == (threshold == "default")
 
 
 def test_threaded_worker_wakes_on_commit_not_on_poll(db: Db, client: q.Queuert) -> None:

@@ -93,7 +93,8 @@ class DriverStatement:
             for c in columns
         ]
         # psycopg prepares a statement server side after five runs; these run
-        # for every job, so prepare them at once.
+        # for every job, so prepare them at once (unless the application turned
+        # preparing off, e.g. prepare_threshold=None behind PgBouncer).
         self._prepare = dialect.name == "postgresql"
 
     @staticmethod
@@ -148,7 +149,7 @@ class DriverStatement:
         try:
             if len(batch) == 1:
                 # One row: psycopg's executemany would open a pipeline (extra syncs).
-                if self._prepare:
+                if self._prepare and cursor.connection.prepare_threshold is not None:
                     cursor.execute(self.sql, batch[0], prepare=True)
                 else:
                     cursor.execute(self.sql, batch[0])
@@ -162,7 +163,7 @@ class DriverStatement:
         cursor = _cursor(connection)
         parameters = self._parameters(params)
         try:
-            if self._prepare:
+            if self._prepare and cursor.connection.prepare_threshold is not None:
                 cursor.execute(self.sql, parameters, prepare=True)
             else:
                 cursor.execute(self.sql, parameters)
