@@ -225,6 +225,11 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         engine = client.engine
         self._session_factory: Callable[[], Session] = session_factory or (lambda: Session(engine))
+        # A session of the worker's own is reachable only through
+        # attempt.session, so an atomic attempt may open its SAVEPOINT on first
+        # use; one from the application's factory (a scoped session) may be
+        # written through directly, so it gets its SAVEPOINT up front.
+        self._private_sessions = session_factory is None
         self.handle_signals = handle_signals
         self._handlers: dict[str, Registration] = {}
         self._threads: list[threading.Thread] = []
@@ -912,9 +917,9 @@ class Worker:
         undone, or None when the outcome is written; and whether the whole
         transaction was rolled back (the acquisition with it).
 
-        The SAVEPOINT opens when the handler first reads ``attempt.session``:
-        a handler that only computes its output costs no SAVEPOINT round
-        trips. Its outcome is then written without one, and if that write
+        The SAVEPOINT opens when the handler first reads ``attempt.session``
+        (at once with an application ``session_factory``): a handler that only
+        computes its output costs no SAVEPOINT round trips. Its outcome is then written without one, and if that write
         fails the worker rolls back the whole transaction (nothing of the
         attempt is kept) and records the attempt afresh.
         """
@@ -936,7 +941,10 @@ class Worker:
                 worker_id=self.worker_id,
                 blockers=self._blockers_of(session, job_type, row["id"]),
             )
-            attempt.on_first_use(open_savepoint)
+            if self._private_sessions:
+                attempt.on_first_use(open_savepoint)
+            else:
+                open_savepoint()
             result = registration.fn(attempt)
             if savepoint is not None and not _transaction_open(session, savepoint):
                 raise HandlerError(

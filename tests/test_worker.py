@@ -308,11 +308,13 @@ def test_sql_listeners_see_the_workers_own_statements(db: Db, client: q.Queuert)
 def test_type_names_with_quotes_and_percent_signs_are_processed(db: Db, mode: str) -> None:
     # The worker's statements carry the type names as SQL literals.
     types = q.JobTypes()
-    odd = types.entry("it's 100%s %(done)", input=WorkIn, output=int)
+    odd = types.entry("it's 100%s %(param_2)s", input=WorkIn, output=int)
+    plain = types.entry("b", input=WorkIn, output=int)
     client = q.Queuert(db.engine, types)
     with Session(db.engine) as s, s.begin():
         chain = client.start_chain(s, odd, {"n": 3, "sleep": 0})
     worker = client.worker()
+    worker.handler(plain)(lambda a: a.complete(0))
 
     @worker.handler(odd, mode=mode)  # type: ignore[call-overload]
     def handle(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:

@@ -11,15 +11,18 @@ and the commit. Bind and result processing use each column type's own
 processors, so values go in and come out as they would through SQLAlchemy.
 
 Only the drivers measured with it take this path (psycopg 3 and the standard
-``sqlite3``, both synchronous), and only when nothing listens to SQLAlchemy's
-cursor events; otherwise the same statement runs through SQLAlchemy. Driver errors are wrapped as SQLAlchemy wraps them, and a
-connection the dialect reports as lost is invalidated, as SQLAlchemy would.
+``sqlite3``, both synchronous), and only when nothing would notice the
+difference (see :func:`supported`); otherwise the same statement runs through
+SQLAlchemy. Driver errors go through SQLAlchemy's own error handling
+(``handle_error`` events, disconnect detection and pool invalidation,
+``hide_parameters``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+import re
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, NoReturn, cast
 
 from sqlalchemy import Connection, Dialect
 from sqlalchemy import exc as sa_exc
@@ -37,18 +40,48 @@ Processor = Callable[[Any], Any]
 def supported(connection: Connection) -> bool:
     """Whether statements on this connection may run on the driver's cursor.
 
-    Not when the engine logs its SQL (``echo``) or has cursor-execute event
-    listeners (SQL logging, OpenTelemetry's SQLAlchemy instrumentation): they
-    would not see these statements, so the worker then goes through
-    SQLAlchemy as for any other driver.
+    Not when anything would miss them or route them elsewhere: SQL logging
+    (``echo``, or the ``sqlalchemy.engine`` logger at INFO), cursor-execute
+    event listeners (OpenTelemetry's SQLAlchemy instrumentation), or a
+    ``schema_translate_map``. Then the worker goes through SQLAlchemy, as it
+    does for any other driver.
     """
     dialect = connection.dialect
     if dialect.is_async or (dialect.name, dialect.driver) not in SUPPORTED_DRIVERS:
         return False
     dispatch = connection.dispatch
     return not (
-        dispatch.before_cursor_execute or dispatch.after_cursor_execute or connection.engine.echo
+        dispatch.before_cursor_execute
+        or dispatch.after_cursor_execute
+        or getattr(connection, "_echo", False)
+        or connection.get_execution_options().get("schema_translate_map")
     )
+
+
+#: Attribute of a dialect holding its compiled statements (they refer to the
+#: dialect through their type processors, so a weak mapping keyed by the
+#: dialect would keep it alive; an attribute goes with it).
+_STATEMENTS_ATTR = "_queuert_sa_driver_statements"
+
+
+def cached(
+    dialect: Dialect, key: Hashable, build: Callable[[], UpdateBase | Select[Any]]
+) -> DriverStatement:
+    """The statement ``build()`` compiled for ``dialect``, once per (dialect, key).
+
+    Kept on the dialect (one per engine), so an engine's statements go with it.
+    """
+    per_dialect: dict[Hashable, DriverStatement] | None = getattr(dialect, _STATEMENTS_ATTR, None)
+    if per_dialect is None:
+        per_dialect = {}
+        setattr(dialect, _STATEMENTS_ATTR, per_dialect)
+    statement = per_dialect.get(key)
+    if statement is None:
+        statement = per_dialect[key] = DriverStatement(build(), dialect)
+    return statement
+
+
+_PYFORMAT = re.compile(r"%\((\w+)\)s")
 
 
 class DriverStatement:
@@ -70,6 +103,7 @@ class DriverStatement:
         self._fixed: dict[str, Any] = {}
         self._variable: dict[str, Processor | None] = {}
         used = set(self._order) if self._order is not None else None
+        literals: dict[str, str] = {}
         for name, bind in compiled.binds.items():
             if (name not in used) if used is not None else (f"%({name})s" not in self.sql):
                 continue  # an alias SQLAlchemy keeps for anonymous parameters
@@ -83,9 +117,14 @@ class DriverStatement:
             inline = self._literal(bind, value, dialect) if self._order is None else None
             if inline is not None:
                 # A constant: in the SQL text, so psycopg does not convert it per run.
-                self.sql = self.sql.replace(f"%({name})s", inline)
+                literals[name] = inline
             else:
                 self._fixed[name] = processor(value) if processor is not None else value
+        if literals:
+            # One pass over the compiled text: a literal may itself contain "%(x)s".
+            self.sql = _PYFORMAT.sub(
+                lambda m: literals.get(m.group(1), m.group(0)), compiled.string
+            )
         columns = list(statement.exported_columns)
         self.keys: list[str] = [str(c.key) for c in columns]
         self._results: list[Processor | None] = [
@@ -112,9 +151,18 @@ class DriverStatement:
 
     def _parameters(self, params: Mapping[str, Any]) -> dict[str, Any] | list[Any]:
         values = dict(self._fixed)
-        for name, processor in self._variable.items():
-            value = params[name]
-            values[name] = processor(value) if processor is not None else value
+        try:
+            for name, processor in self._variable.items():
+                value = params[name]
+                values[name] = processor(value) if processor is not None else value
+        except Exception as exc:
+            # As SQLAlchemy reports a value its type refuses.
+            raise sa_exc.StatementError(
+                f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}",
+                self.sql,
+                None,
+                exc,
+            ) from exc
         if self._order is None:
             return values
         return [values[name] for name in self._order]
@@ -141,7 +189,15 @@ class DriverStatement:
                     if seen is not None and seen[0] is value:
                         value = seen[1]
                     else:
-                        converted = processor(value)
+                        try:
+                            converted = processor(value)
+                        except Exception as exc:
+                            raise sa_exc.StatementError(
+                                f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}",
+                                self.sql,
+                                None,
+                                exc,
+                            ) from exc
                         memo[name] = (value, converted)
                         value = converted
                 values[name] = value
@@ -155,8 +211,8 @@ class DriverStatement:
                     cursor.execute(self.sql, batch[0])
             else:
                 cursor.executemany(self.sql, batch)
-        except Exception as exc:
-            raise _wrap(connection, exc, self.sql, batch[:1]) from exc
+        except BaseException as exc:
+            _handle(connection, exc, self.sql, batch, cursor)
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Run in ``connection``'s transaction; the RETURNING rows as dicts."""
@@ -168,8 +224,8 @@ class DriverStatement:
             else:
                 cursor.execute(self.sql, parameters)
             rows = cursor.fetchall()
-        except Exception as exc:
-            raise _wrap(connection, exc, self.sql, parameters) from exc
+        except BaseException as exc:
+            _handle(connection, exc, self.sql, parameters, cursor)
         processors = self._results
         keys = self.keys
         return [
@@ -191,22 +247,16 @@ def _cursor(connection: Connection) -> Any:
     return cursor
 
 
-def _wrap(connection: Connection, exc: Exception, sql: str, parameters: Any) -> Exception:
-    """The driver error as SQLAlchemy would raise it; invalidate a lost connection."""
-    dialect = connection.dialect
-    dbapi = dialect.loaded_dbapi
-    if not isinstance(exc, dbapi.Error):
-        return exc
-    fairy = connection.connection
-    fairy.info.pop(_CURSOR_KEY, None)
-    lost = dialect.is_disconnect(exc, fairy.dbapi_connection, None)
-    if lost and not connection.invalidated:
-        connection.invalidate(exc)
-    return sa_exc.DBAPIError.instance(
-        sql,
-        parameters,
-        exc,
-        dbapi.Error,
-        connection_invalidated=lost,
-        dialect=dialect,
-    )
+def _handle(
+    connection: Connection, exc: BaseException, sql: str, parameters: Any, cursor: Any
+) -> NoReturn:
+    """Raise ``exc`` as SQLAlchemy would from ``Connection.execute``.
+
+    SQLAlchemy's own handler: ``handle_error`` listeners, disconnect detection
+    (invalidating the connection, and the pool's older connections with it),
+    ``hide_parameters``, and exit exceptions invalidating the connection. It
+    is private API, pinned by this package's tests.
+    """
+    connection.connection.info.pop(_CURSOR_KEY, None)
+    handler = connection._handle_dbapi_exception  # pyright: ignore[reportPrivateUsage]
+    handler(exc, sql, parameters, cursor, None)

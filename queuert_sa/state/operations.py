@@ -129,12 +129,19 @@ def _job(models: Models) -> Table:
     return models.job_table
 
 
+def _connection(executor: Executor, models: Models) -> Connection:
+    """The connection statements on queuert's tables run on (a Session's ``binds`` apply)."""
+    if isinstance(executor, Session):
+        return executor.connection(bind_arguments={"clause": models.job_table})
+    return executor
+
+
 def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> None:
     """Insert new jobs in one statement (one round trip for any batch size)."""
     if not jobs:
         return
     with database_errors("insert jobs", models):
-        connection = executor.connection() if isinstance(executor, Session) else executor
+        connection = _connection(executor, models)
     if driver.supported(connection):
         fast = _driver_insert_jobs(models, connection.dialect)
         with database_errors("insert jobs", models):
@@ -147,13 +154,14 @@ def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> N
 _NEW_JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(NewJob))
 
 
-@functools.cache
 def _driver_insert_jobs(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    table = _job(models)
-    statement = table.insert().values(
-        {name: bindparam(name, type_=table.c[name].type) for name in _NEW_JOB_COLUMNS}
-    )
-    return driver.DriverStatement(statement, dialect)
+    def build() -> Any:
+        table = _job(models)
+        return table.insert().values(
+            {name: bindparam(name, type_=table.c[name].type) for name in _NEW_JOB_COLUMNS}
+        )
+
+    return driver.cached(dialect, ("insert_jobs", models), build)
 
 
 def get_job(executor: Executor, models: Models, job_id: uuid.UUID) -> RowMapping | None:
@@ -266,7 +274,7 @@ def acquire_job(
     )
     params: dict[str, Any] = {"now": now, "worker_id": worker_id, "lease_until": lease_until}
     with database_errors("acquire job", models):
-        connection = executor.connection() if isinstance(executor, Session) else executor
+        connection = _connection(executor, models)
     if not exclude_ids and driver.supported(connection):
         fast = _driver_acquire(
             models, connection.dialect, caps.skip_locked, limits, tuple(type_names)
@@ -282,7 +290,6 @@ def acquire_job(
         return executor.execute(stmt, params).mappings().first()
 
 
-@functools.cache
 def _driver_acquire(
     models: Models,
     dialect: Dialect,
@@ -290,13 +297,15 @@ def _driver_acquire(
     timeouts: tuple[tuple[str, int], ...],
     type_names: tuple[str, ...],
 ) -> driver.DriverStatement:
-    statement = _acquire_statement(models, skip_locked, False, timeouts, type_names)
-    return driver.DriverStatement(statement, dialect)
+    return driver.cached(
+        dialect,
+        ("acquire", models, skip_locked, timeouts, type_names),
+        lambda: _acquire_statement(models, skip_locked, False, timeouts, type_names),
+    )
 
 
-@functools.cache
 def _driver_complete(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    return driver.DriverStatement(_complete_statement(models), dialect)
+    return driver.cached(dialect, ("complete", models), lambda: _complete_statement(models))
 
 
 def _ms(value: dt.timedelta) -> int:
@@ -364,7 +373,7 @@ def complete_job(
     """
     params = {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
     with database_errors("complete job", models):
-        connection = executor.connection() if isinstance(executor, Session) else executor
+        connection = _connection(executor, models)
     if driver.supported(connection):
         fast = _driver_complete(models, connection.dialect)
         with database_errors("complete job", models):
@@ -460,7 +469,7 @@ def lock_job(
     On SQLite the caller's write transaction (``BEGIN IMMEDIATE``) is the lock.
     """
     with database_errors("lock job", models):
-        connection = executor.connection() if isinstance(executor, Session) else executor
+        connection = _connection(executor, models)
     if driver.supported(connection):
         fast = _driver_lock(models, connection.dialect, caps.skip_locked)
         with database_errors("lock job", models):
@@ -483,9 +492,10 @@ def _lock_statement(models: Models, skip_locked: bool) -> Select[Any]:
     return stmt
 
 
-@functools.cache
 def _driver_lock(models: Models, dialect: Dialect, skip_locked: bool) -> driver.DriverStatement:
-    return driver.DriverStatement(_lock_statement(models, skip_locked), dialect)
+    return driver.cached(
+        dialect, ("lock", models, skip_locked), lambda: _lock_statement(models, skip_locked)
+    )
 
 
 def renew_lease(
@@ -509,7 +519,7 @@ def renew_lease(
         "new_leased_until": leased_until,
     }
     with database_errors("renew lease", models):
-        connection = executor.connection() if isinstance(executor, Session) else executor
+        connection = _connection(executor, models)
     if driver.supported(connection):
         fast = _driver_renew(models, connection.dialect)
         with database_errors("renew lease", models):
@@ -534,9 +544,8 @@ def _renew_statement(models: Models) -> Update:
     )
 
 
-@functools.cache
 def _driver_renew(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    return driver.DriverStatement(_renew_statement(models), dialect)
+    return driver.cached(dialect, ("renew", models), lambda: _renew_statement(models))
 
 
 def has_expired_lease(

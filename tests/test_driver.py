@@ -1,0 +1,160 @@
+"""The worker's statements on the driver's cursor behave as they would through SQLAlchemy.
+
+Each test sets up something an application does (a scoped session, error
+listeners, ``hide_parameters``, a schema map, per-table binds, SQL logging)
+and checks the outcome a user would see. Several failed before the
+driver-level path learned to honour them.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import uuid
+import weakref
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Dialect, ExceptionContext, create_engine, event, func, select, text
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+import queuert_sa as q
+from queuert_sa.models import Job
+
+from .app import Base, Effect, WorkIn, job_types, work
+from .conftest import Db
+
+
+def start(client: q.Queuert, engine: object, n: int = 1) -> q.Chain[WorkIn, int]:
+    with Session(client.engine) as s, s.begin():
+        return client.start_chain(s, work, {"n": n, "sleep": 0})
+
+
+def test_handler_writing_through_a_scoped_session_then_failing_keeps_nothing(db: Db) -> None:
+    # Flask-SQLAlchemy style: the attempt's session is the application's
+    # scoped session, which the handler may use without attempt.session.
+    scoped = scoped_session(sessionmaker(db.engine))
+    client = q.Queuert(db.engine, job_types)
+    chain = start(client, db.engine)
+    worker = client.worker(session_factory=scoped)
+
+    @worker.handler(work)
+    def partial(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        scoped.add(Effect(job_id=str(attempt.job.id), label="partial"))
+        scoped.flush()
+        raise RuntimeError("after a partial write")
+
+    try:
+        assert worker.drain() == 1
+    finally:
+        scoped.remove()
+    job = client.get_job(chain.id)
+    assert (job.status, job.attempt) == ("pending", 1)
+    with Session(db.engine) as s:
+        assert s.execute(select(func.count()).select_from(Effect)).scalar_one() == 0
+
+
+def test_database_errors_reach_handle_error_listeners_and_hide_parameters(db: Db) -> None:
+    engine = create_engine(db.url, hide_parameters=True)
+    seen: list[str] = []
+
+    def on_error(context: ExceptionContext) -> None:
+        seen.append(type(context.original_exception).__name__)
+
+    event.listen(engine, "handle_error", on_error)
+    client = q.Queuert(engine, job_types)
+    try:
+        taken = uuid.uuid4()
+        with Session(engine) as s, s.begin():
+            client.start_chain(s, work, {"n": 1, "sleep": 0}, id=taken)
+        with Session(engine) as s, pytest.raises(q.DatabaseError) as info:
+            client.start_chains(s, [work({"n": 4111_1111_1111_1111, "sleep": 0}, id=taken)])
+    finally:
+        engine.dispose()
+    assert seen  # SQLAlchemy's error handling ran for the driver-level INSERT
+    rendered = f"{info.value} {info.value.__cause__}"
+    assert "4111111111111111" not in rendered
+    assert "hidden due to hide_parameters" in rendered
+
+
+def test_schema_translate_map_routes_jobs_to_the_mapped_schema(pg: Db) -> None:
+    schema = f"tenant_{uuid.uuid4().hex[:8]}"
+    with pg.engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    tenant = pg.engine.execution_options(schema_translate_map={None: schema})
+    try:
+        q.metadata.create_all(tenant)
+        client = q.Queuert(tenant, job_types)
+        chain = start(client, tenant, n=5)
+        worker = client.worker()
+        worker.handler(work)(lambda a: a.complete(a.input["n"]))
+        assert worker.drain() == 1
+        assert client.get_chain(chain.id, work).output == 5
+        with pg.engine.connect() as conn:
+            in_public = conn.execute(select(func.count()).select_from(Job)).scalar_one()
+            in_tenant = conn.execute(
+                text(f'SELECT status FROM "{schema}".queuert_job WHERE id = :id'),
+                {"id": chain.id},
+            ).scalar_one()
+        assert (in_public, in_tenant) == (0, "completed")
+    finally:
+        with pg.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def test_session_binds_route_job_rows_to_the_queue_database(tmp_path: Path) -> None:
+    app_engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    queue_engine = create_engine(f"sqlite:///{tmp_path / 'queue.db'}")
+    q.prepare_engine(app_engine)
+    q.prepare_engine(queue_engine)
+    Base.metadata.create_all(app_engine)
+    q.metadata.create_all(queue_engine)
+    client = q.Queuert(queue_engine, job_types)
+    binds = {t: queue_engine for t in q.metadata.sorted_tables}
+    try:
+        with Session(bind=app_engine, binds=binds) as s, s.begin():
+            s.add(Effect(job_id="-", label="business row"))
+            chain = client.start_chain(s, work, {"n": 2, "sleep": 0})
+        with queue_engine.connect() as conn:
+            assert conn.execute(select(Job.status).where(Job.id == chain.id)).scalar_one() == (
+                "pending"
+            )
+        with app_engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(Effect)).scalar_one() == 1
+    finally:
+        app_engine.dispose()
+        queue_engine.dispose()
+
+
+def test_sql_logged_through_the_logging_module_includes_the_workers_statements(
+    db: Db, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = q.Queuert(db.engine, job_types)
+    chain = start(client, db.engine, n=6)
+    worker = client.worker()
+    worker.handler(work)(lambda a: a.complete(a.input["n"]))
+    with caplog.at_level(logging.INFO, logger="sqlalchemy.engine"):
+        assert worker.drain() == 1
+    assert client.get_chain(chain.id, work).output == 6
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy.engine")]
+    assert any("completed_by" in m for m in logged)
+
+
+def test_compiled_statements_go_with_their_engine(tmp_path: Path) -> None:
+    # An application (or a test suite) that makes and drops engines must not
+    # accumulate the worker's compiled statements.
+    dialects: list[weakref.ref[Dialect]] = []
+    for i in range(3):
+        engine = create_engine(f"sqlite:///{tmp_path / f'q{i}.db'}")
+        q.prepare_engine(engine)
+        q.metadata.create_all(engine)
+        client = q.Queuert(engine, job_types)
+        start(client, engine)
+        worker = client.worker()
+        worker.handler(work)(lambda a: a.complete(0))
+        assert worker.drain() == 1
+        engine.dispose()
+        dialects.append(weakref.ref(engine.dialect))
+        del engine, client, worker
+    gc.collect()
+    assert [ref() for ref in dialects] == [None, None, None]
