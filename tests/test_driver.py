@@ -8,11 +8,13 @@ driver-level path learned to honour them.
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import logging
 import uuid
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Dialect, ExceptionContext, create_engine, event, func, select, text
@@ -158,3 +160,54 @@ def test_compiled_statements_go_with_their_engine(tmp_path: Path) -> None:
         del engine, client, worker
     gc.collect()
     assert [ref() for ref in dialects] == [None, None, None]
+
+
+def test_batched_start_writes_the_same_rows_as_sqlalchemy_would(db: Db) -> None:
+    # The driver-level INSERT (an unnest of column arrays on PostgreSQL, an
+    # executemany on SQLite) against the same batch through SQLAlchemy.
+    now = dt.datetime(2026, 11, 22, 9, 30, 15, 123456, tzinfo=dt.UTC)
+    inputs: list[Any] = [
+        {"n": 1, "sleep": 0},
+        {"n": 2, "sleep": 0.25, "note": "naïve ✓ 'quoted' %(x)s"},
+        {"n": 3, "sleep": 0, "nested": {"a": [1, None, {"b": True}]}},
+    ]
+
+    def batch(client: q.Queuert) -> list[uuid.UUID]:
+        starts = [
+            work(inputs[0]),
+            work(inputs[1], run_in=dt.timedelta(minutes=5)),
+            work(inputs[2], dedup=q.Dedup(f"key-{uuid.uuid4()}")),
+            work(inputs[0], run_at=now + dt.timedelta(hours=1)),
+        ]
+        with Session(client.engine) as s, s.begin():
+            return [c.id for c in client.start_chains(s, starts)]
+
+    def rows(ids: list[uuid.UUID]) -> list[tuple[Any, ...]]:
+        with Session(db.engine) as s:
+            by_id = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
+            return [
+                (
+                    j.type_name,
+                    j.chain_type_name,
+                    j.chain_index,
+                    j.input,
+                    j.status,
+                    j.created_at,
+                    j.scheduled_at,
+                    j.attempt,
+                    j.deduplication_key is not None,
+                    j.chain_id == j.id,
+                )
+                for j in (by_id[i] for i in ids)
+            ]
+
+    driver_level = rows(batch(q.Queuert(db.engine, job_types, clock=lambda: now)))
+    forced = create_engine(db.url)
+    event.listen(forced, "before_cursor_execute", lambda *args: None)
+    try:
+        through_sqlalchemy = rows(batch(q.Queuert(forced, job_types, clock=lambda: now)))
+    finally:
+        forced.dispose()
+    assert driver_level == through_sqlalchemy
+    assert [r[3] for r in driver_level] == [inputs[0], inputs[1], inputs[2], inputs[0]]
+    assert driver_level[1][6] == now + dt.timedelta(minutes=5)

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NoReturn, cast
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Connection, Dialect, Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
@@ -71,14 +71,20 @@ def cached(
 
     Kept on the dialect (one per engine), so an engine's statements go with it.
     """
-    per_dialect: dict[Hashable, DriverStatement] | None = getattr(dialect, _STATEMENTS_ATTR, None)
-    if per_dialect is None:
-        per_dialect = {}
-        setattr(dialect, _STATEMENTS_ATTR, per_dialect)
+    per_dialect = cache_of(dialect)
     statement = per_dialect.get(key)
     if statement is None:
         statement = per_dialect[key] = DriverStatement(build(), dialect)
-    return statement
+    return cast("DriverStatement", statement)
+
+
+def cache_of(dialect: Dialect) -> dict[Hashable, Any]:
+    """The dialect's own cache of compiled statements (created on first use)."""
+    per_dialect: dict[Hashable, Any] | None = getattr(dialect, _STATEMENTS_ATTR, None)
+    if per_dialect is None:
+        per_dialect = {}
+        setattr(dialect, _STATEMENTS_ATTR, per_dialect)
+    return per_dialect
 
 
 _PYFORMAT = re.compile(r"%\((\w+)\)s")
@@ -235,6 +241,74 @@ class DriverStatement:
             }
             for row in rows
         ]
+
+
+class ArrayInsert:
+    """Many rows in one INSERT on PostgreSQL: one array parameter per column, ``unnest``.
+
+    One statement whatever the batch size (prepared once), instead of one
+    execution per row: the server parses, plans and runs it once.
+    """
+
+    __slots__ = ("_columns", "sql")
+
+    def __init__(self, table: Table, columns: Sequence[str], dialect: Dialect) -> None:
+        preparer = dialect.identifier_preparer
+        arrays = ", ".join(
+            f"%({name})s::{table.c[name].type.compile(dialect=dialect)}[]" for name in columns
+        )
+        self.sql = (
+            f"INSERT INTO {preparer.format_table(table)} "
+            f"({', '.join(preparer.quote(name) for name in columns)}) "
+            f"SELECT * FROM unnest({arrays})"
+        )
+        self._columns = [
+            (
+                name,
+                cast(
+                    "Processor | None",
+                    table.c[name].type.dialect_impl(dialect).bind_processor(dialect),
+                ),
+            )
+            for name in columns
+        ]
+
+    def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert ``rows`` in ``connection``'s transaction."""
+        cursor = _cursor(connection)
+        arrays: dict[str, list[Any]] = {}
+        for name, processor in self._columns:
+            values = [row[name] for row in rows]
+            if processor is not None:
+                values = _convert(processor, values, self.sql)
+            arrays[name] = values
+        try:
+            if cursor.connection.prepare_threshold is not None:
+                cursor.execute(self.sql, arrays, prepare=True)
+            else:
+                cursor.execute(self.sql, arrays)
+        except BaseException as exc:
+            _handle(connection, exc, self.sql, arrays, cursor)
+
+
+def _convert(processor: Processor, values: list[Any], sql: str) -> list[Any]:
+    """``processor`` over ``values``, once per distinct object in a row (None stays None)."""
+    out: list[Any] = []
+    last: Any = None
+    converted: Any = None
+    try:
+        for value in values:
+            if value is None:
+                out.append(None)
+                continue
+            if value is not last:
+                last, converted = value, processor(value)
+            out.append(converted)
+    except Exception as exc:
+        raise sa_exc.StatementError(
+            f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}", sql, None, exc
+        ) from exc
+    return out
 
 
 def _cursor(connection: Connection) -> Any:

@@ -143,15 +143,28 @@ def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> N
     with database_errors("insert jobs", models):
         connection = _connection(executor, models)
     if driver.supported(connection):
-        fast = _driver_insert_jobs(models, connection.dialect)
+        rows = [job.__dict__ for job in jobs]
+        dialect = connection.dialect
         with database_errors("insert jobs", models):
-            fast.execute_many(connection, [job.__dict__ for job in jobs])
+            if len(rows) > 1 and dialect.name == "postgresql":
+                _driver_insert_jobs_arrays(models, dialect).execute(connection, rows)
+            else:
+                _driver_insert_jobs(models, dialect).execute_many(connection, rows)
         return
     with database_errors("insert jobs", models):
         executor.execute(_job(models).insert(), [job.row() for job in jobs])
 
 
 _NEW_JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(NewJob))
+
+
+def _driver_insert_jobs_arrays(models: Models, dialect: Dialect) -> driver.ArrayInsert:
+    key = ("insert_jobs_arrays", models)
+    per_dialect: dict[Any, Any] = driver.cache_of(dialect)
+    statement = per_dialect.get(key)
+    if statement is None:
+        statement = per_dialect[key] = driver.ArrayInsert(_job(models), _NEW_JOB_COLUMNS, dialect)
+    return cast("driver.ArrayInsert", statement)
 
 
 def _driver_insert_jobs(models: Models, dialect: Dialect) -> driver.DriverStatement:
