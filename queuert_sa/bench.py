@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 
 from ._attempt import Attempt, Outcome
 from ._client import Queuert
+from ._ids import new_id
 from ._job_types import JobTypes
 from .models import Models, create_models
 
@@ -327,6 +328,14 @@ def _table_name(models: Models) -> str:
 
 
 _PG_ROW = "id, 'noop', id, 'noop', 0, '{\"i\": 1}'::jsonb, 'pending', now(), now(), 0"
+
+#: A time-ordered id, like queuert's UUIDv7: the millisecond clock in the first
+#: six bytes of a random UUID (random ids would split index pages all over).
+_PG_ORDERED_ID = (
+    "encode(overlay(uuid_send(gen_random_uuid()) placing "
+    "substring(int8send((extract(epoch from clock_timestamp()) * 1000)::bigint) from 3) "
+    "from 1 for 6), 'hex')::uuid"
+)
 _COLUMNS = (
     "id, type_name, chain_id, chain_type_name, chain_index, input, status, created_at, "
     "scheduled_at, attempt"
@@ -394,13 +403,13 @@ def _pg_start_references(engine: Engine, models: Models, chains: int) -> list[Re
     name = _table_name(models)
     single = (
         "BEGIN;\n"
-        f"INSERT INTO {name} ({_COLUMNS}) SELECT {_PG_ROW} FROM (SELECT gen_random_uuid() AS id) g;\n"
+        f"INSERT INTO {name} ({_COLUMNS}) SELECT {_PG_ROW} FROM (SELECT {_PG_ORDERED_ID} AS id) g;\n"
         "END;\n"
     )
     batched = (
         "BEGIN;\n"
         f"INSERT INTO {name} ({_COLUMNS}) SELECT {_PG_ROW} "
-        f"FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, {_BATCH})) g;\n"
+        f"FROM (SELECT {_PG_ORDERED_ID} AS id FROM generate_series(1, {_BATCH})) g;\n"
         "END;\n"
     )
     references: list[Reference] = []
@@ -435,7 +444,8 @@ def _sqlite_start_references(engine: Engine, models: Models, chains: int) -> lis
         f"INSERT INTO {table} ({_COLUMNS}) VALUES (?, 'noop', ?, 'noop', 0, ?, 'pending', ?, ?, 0)"
     )
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    ids = [uuid.uuid4().hex for _ in range(chains)]
+    # Time-ordered ids, as queuert's own (UUIDv7), stored as SQLAlchemy stores a UUID.
+    ids = [new_id().hex for _ in range(chains)]
     rows = [(i, i, json.dumps({"i": n}), now, now) for n, i in enumerate(ids)]
     references: list[Reference] = []
     for kind, per_tx in (("start-single", 1), ("start-batched", _BATCH)):
