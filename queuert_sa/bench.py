@@ -7,6 +7,8 @@ Phases (each on ``chains`` single-job chains of a no-op type):
 * **atomic** / **staged** — one worker with ``concurrency`` slots drains a
   queue of ``chains`` due jobs (jobs/s); staged runs an empty ``prepare()``
   then completes in ``transaction()``;
+* **atomic-session** — atomic, with a handler that reads ``attempt.session``
+  (so its SAVEPOINT opens, as for any handler that writes through it);
 * **async-atomic** / **async-staged** — the same with the asyncio worker.
 
 Each phase is printed beside a reference: the same SQL driven without
@@ -53,7 +55,15 @@ from ._job_types import JobTypes
 from .models import Models, create_models
 
 #: Every phase, in the order they run.
-PHASES = ("start-single", "start-batched", "atomic", "staged", "async-atomic", "async-staged")
+PHASES = (
+    "start-single",
+    "start-batched",
+    "atomic",
+    "atomic-session",
+    "staged",
+    "async-atomic",
+    "async-staged",
+)
 
 _BATCH = 100
 
@@ -80,7 +90,7 @@ class Figure:
 REFERENCES = {
     "start-single": ("start-single",),
     "start-batched": ("start-batched",),
-    "process": ("atomic", "staged", "async-atomic", "async-staged"),
+    "process": ("atomic", "atomic-session", "staged", "async-atomic", "async-staged"),
 }
 
 
@@ -236,7 +246,14 @@ def _start_batched(client: Queuert, noop: Any, chains: int) -> float:
     return time.perf_counter() - started
 
 
-def _process_sync(client: Queuert, noop: Any, chains: int, concurrency: int, staged: bool) -> float:
+def _process_sync(
+    client: Queuert,
+    noop: Any,
+    chains: int,
+    concurrency: int,
+    staged: bool,
+    session: bool = False,
+) -> float:
     worker = client.worker(
         concurrency=concurrency,
         poll_interval=dt.timedelta(milliseconds=100),
@@ -255,6 +272,8 @@ def _process_sync(client: Queuert, noop: Any, chains: int, concurrency: int, sta
 
         @worker.handler(noop)
         def handle(attempt: Attempt[_NoopIn, int]) -> Outcome:
+            if session:
+                attempt.session.info["bench"] = True  # first use: the SAVEPOINT opens
             return attempt.complete(attempt.input["i"])
 
     started = time.perf_counter()
@@ -551,7 +570,9 @@ def run_bench(
             if phase.startswith("async"):
                 seconds = _process_async(engine, models, chains, concurrency, staged)
             else:
-                seconds = _process_sync(client, noop, chains, concurrency, staged)
+                seconds = _process_sync(
+                    client, noop, chains, concurrency, staged, session=phase == "atomic-session"
+                )
             figures.append(Figure(phase, chains, seconds, "jobs/s"))
         if reference:
             say("reference ...")

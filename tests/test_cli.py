@@ -1006,6 +1006,7 @@ def test_bench_runs_every_phase_and_the_reference_on_a_temporary_sqlite_file(
         "start-single",
         "start-batched",
         "atomic",
+        "atomic-session",
         "staged",
         "async-atomic",
         "async-staged",
