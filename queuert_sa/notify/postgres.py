@@ -289,41 +289,40 @@ class PostgresNotify:
             self._first_attempt_done.wait(self._connect_timeout + 1)
 
     def _read_forever(self) -> None:
-        wake_recv = self._wake_recv
-        assert wake_recv is not None
         backoff = Backoff()
-        with selectors.DefaultSelector() as selector:
-            selector.register(wake_recv, selectors.EVENT_READ, _WAKE)
-            while not self._stop.is_set():
-                try:
-                    conn = self._connect("listen")
-                except Exception as exc:
+        while not self._stop.is_set():
+            try:
+                conn = self._connect("listen")
+            except Exception as exc:
+                self._listen_outage.failed(exc)
+                self._first_attempt_done.set()
+                self._stop.wait(backoff.next_delay())
+                continue
+            try:
+                for channel in self._kinds:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                backoff.reset()
+                was_down = self._listen_outage.recovered()
+                self._first_attempt_done.set()
+                if was_down:
+                    self._listeners.wake_after_outage()
+                self._pump(conn)
+            except Exception as exc:
+                if not self._stop.is_set():
                     self._listen_outage.failed(exc)
                     self._first_attempt_done.set()
                     self._stop.wait(backoff.next_delay())
-                    continue
-                try:
-                    for channel in self._kinds:
-                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                    backoff.reset()
-                    was_down = self._listen_outage.recovered()
-                    self._first_attempt_done.set()
-                    if was_down:
-                        self._listeners.wake_after_outage()
-                    self._pump(conn, selector)
-                except Exception as exc:
-                    if not self._stop.is_set():
-                        self._listen_outage.failed(exc)
-                        self._first_attempt_done.set()
-                        self._stop.wait(backoff.next_delay())
-                finally:
-                    with contextlib.suppress(Exception):
-                        conn.close()
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
-    def _pump(self, conn: psycopg.Connection[TupleRow], selector: selectors.BaseSelector) -> None:
+    def _pump(self, conn: psycopg.Connection[TupleRow]) -> None:
         """Deliver notifications until stopped; raises when the connection is lost."""
-        key = selector.register(conn.fileno(), selectors.EVENT_READ)
-        try:
+        assert self._wake_recv is not None
+        # One selector per connection: nothing to unregister when it is lost.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_recv, selectors.EVENT_READ, _WAKE)
+            selector.register(conn.fileno(), selectors.EVENT_READ)
             # Notifications that arrived while LISTEN ran wait in psycopg's backlog.
             self._deliver(conn.notifies(timeout=0))
             idle_until = time.monotonic() + self._health_check_s
@@ -337,9 +336,6 @@ class PostgresNotify:
                     self._drain_wake()
                 self._deliver(conn.notifies(timeout=0))
                 idle_until = time.monotonic() + self._health_check_s
-        finally:
-            with contextlib.suppress(Exception):
-                selector.unregister(key.fileobj)
 
     def _deliver(self, notifies: Iterable[psycopg.Notify]) -> None:
         for notify in list(notifies):
