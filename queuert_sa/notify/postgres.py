@@ -30,11 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ._cross_process import (
     Backoff,
     Kind,
-    Listeners,
     Outage,
+    deliver,
     encode_job_scheduled,
     payload_fits,
 )
+from ._listeners import Listeners
 
 if TYPE_CHECKING:
     from . import NotifyAdapter, Subscription
@@ -341,7 +342,7 @@ class PostgresNotify:
         for notify in list(notifies):
             kind = self._kinds.get(notify.channel)
             if kind is not None:
-                self._listeners.deliver(kind, notify.payload)
+                deliver(self._listeners, kind, notify.payload)
 
     def _drain_wake(self) -> None:
         if self._wake_recv is not None:

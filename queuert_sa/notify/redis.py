@@ -24,11 +24,12 @@ from redis.retry import Retry
 from ._cross_process import (
     Backoff,
     Kind,
-    Listeners,
     Outage,
+    deliver,
     encode_job_scheduled,
     payload_fits,
 )
+from ._listeners import Listeners
 
 if TYPE_CHECKING:
     from . import NotifyAdapter, Subscription
@@ -311,7 +312,7 @@ class RedisNotify:
             return
         kind = self._kinds.get(_text(message.get("channel")))
         if kind is not None:
-            self._listeners.deliver(kind, _text(message.get("data")))
+            deliver(self._listeners, kind, _text(message.get("data")))
 
     # --- closing ------------------------------------------------------------------
 
