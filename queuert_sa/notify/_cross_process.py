@@ -13,15 +13,22 @@ either backend sees the same payloads:
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import logging
 import random
 import threading
 import time
 import uuid
-from typing import Literal, cast
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, ClassVar, Generic, Literal, Protocol, Self, TypeVar, cast
 
 from ._listeners import Listeners
+
+if TYPE_CHECKING:
+    from . import Subscription
 
 log = logging.getLogger("queuert_sa.notify")
 
@@ -163,3 +170,203 @@ class Outage:
         if was_down:
             log.info("%s is back", self.what)
         return was_down
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+_Conn = TypeVar("_Conn", bound=_Closeable)
+
+
+class CrossProcessNotify(ABC, Generic[_Conn]):
+    """The six protocol methods, the reader thread and ``close()`` of both adapters.
+
+    The reader thread starts with the first ``listen_*``, reconnects on
+    :class:`Backoff` and wakes the listeners after an outage. A subclass adds
+    the backend: sending one message (:meth:`_send`), the listening connection
+    ``_Conn`` (:meth:`_open_listener`, :meth:`_subscribe`, :meth:`_pump`,
+    :meth:`_wake_reader`) and ``close()``, which calls :meth:`_stop_reading`
+    and then releases its connections.
+    """
+
+    # Per backend: its name and the listening connection's name in log messages,
+    # what joins prefix and kind in channel names, and the reader thread's name.
+    _backend: ClassVar[str]
+    _listener_role: ClassVar[str]
+    _separator: ClassVar[str]
+    _thread_name: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        where: str,
+        channel_prefix: str,
+        connect_timeout_s: float,
+        health_check_interval: dt.timedelta,
+        reader_join_s: float,
+    ) -> None:
+        self._where = where
+        self._channel_prefix = channel_prefix
+        #: Channel of job-scheduled notifications.
+        self.job_scheduled_channel = f"{channel_prefix}{self._separator}job_scheduled"
+        #: Channel of chain-completed notifications.
+        self.chain_completed_channel = f"{channel_prefix}{self._separator}chain_completed"
+        #: Channel of job-ownership-lost notifications.
+        self.job_ownership_lost_channel = f"{channel_prefix}{self._separator}job_ownership_lost"
+        self._kinds: dict[str, Kind] = {
+            self.job_scheduled_channel: "job_scheduled",
+            self.chain_completed_channel: "chain_completed",
+            self.job_ownership_lost_channel: "job_ownership_lost",
+        }
+        self._connect_timeout_s = connect_timeout_s  # also bounds the first listen_*'s wait
+        self._health_check_s = health_check_interval.total_seconds()
+        self._reader_join_s = reader_join_s  # how long close() waits for the reader
+
+        self._listeners = Listeners()
+        self._lock = threading.Lock()  # _closed and starting the reader
+        self._closed = False
+        self._publish_outage = Outage(f"{self._backend} notify publisher ({where})")
+        self._reader: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._first_attempt_done = threading.Event()
+        self._listen_outage = Outage(f"{self._backend} notify {self._listener_role} ({where})")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._where} prefix={self._channel_prefix!r}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # --- publishing ---------------------------------------------------------------
+
+    def notify_job_scheduled(self, type_name: str, count: int = 1) -> None:
+        self._publish(self.job_scheduled_channel, encode_job_scheduled(type_name, count))
+
+    def notify_chain_completed(self, chain_id: uuid.UUID) -> None:
+        self._publish(self.chain_completed_channel, str(chain_id))
+
+    def notify_job_ownership_lost(self, job_id: uuid.UUID) -> None:
+        self._publish(self.job_ownership_lost_channel, str(job_id))
+
+    def _publish(self, channel: str, payload: str) -> None:
+        if not self._closed and payload_fits(payload):
+            self._send(channel, payload)
+
+    @abstractmethod
+    def _send(self, channel: str, payload: str) -> None:
+        """Send one message, or drop it while the backend is down; never raises."""
+
+    # --- listening ----------------------------------------------------------------
+
+    def listen_job_scheduled(
+        self, type_names: Iterable[str], callback: Callable[[str, int], None]
+    ) -> Subscription:
+        subscription = self._listeners.add_job_scheduled(type_names, callback)
+        self._start_reading()
+        return subscription
+
+    def listen_chain_completed(
+        self, chain_id: uuid.UUID, callback: Callable[[uuid.UUID], None]
+    ) -> Subscription:
+        subscription = self._listeners.add_chain_completed(chain_id, callback)
+        self._start_reading()
+        return subscription
+
+    def listen_job_ownership_lost(self, callback: Callable[[uuid.UUID], None]) -> Subscription:
+        subscription = self._listeners.add_job_ownership_lost(callback)
+        self._start_reading()
+        return subscription
+
+    def _start_reading(self) -> None:
+        """Start the reader on first use; return once its first attempt to subscribe ended.
+
+        After that the backend has the subscription (or is down, and the
+        subscription takes effect on reconnection), so a caller that listens
+        and then looks for work cannot miss a job committed in between.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            reader = self._reader
+            if reader is None:
+                self._prepare_reader()
+                reader = self._reader = threading.Thread(
+                    target=self._read_forever,
+                    name=f"{self._thread_name}[{self._channel_prefix}]",
+                    daemon=True,
+                )
+                reader.start()
+        if threading.current_thread() is not reader:
+            self._first_attempt_done.wait(self._connect_timeout_s + 1)
+
+    def _prepare_reader(self) -> None:
+        """Called once, under the lock, just before the reader thread starts."""
+
+    def _read_forever(self) -> None:
+        backoff = Backoff()
+        while not self._stop.is_set():
+            conn: _Conn | None = None
+            try:
+                conn = self._open_listener()
+                self._subscribe(conn)
+                backoff.reset()
+                was_down = self._listen_outage.recovered()
+                self._first_attempt_done.set()
+                if was_down:
+                    self._listeners.wake_after_outage()
+                self._pump(conn)
+            except Exception as exc:
+                if not self._stop.is_set():
+                    self._listen_outage.failed(exc)
+                    self._first_attempt_done.set()
+                    self._stop.wait(backoff.next_delay())
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+    @abstractmethod
+    def _open_listener(self) -> _Conn:
+        """A new listening connection; the reader closes it."""
+
+    @abstractmethod
+    def _subscribe(self, conn: _Conn) -> None:
+        """Subscribe ``conn`` to the channels; return once the backend confirmed it."""
+
+    @abstractmethod
+    def _pump(self, conn: _Conn) -> None:
+        """Deliver messages until stopped; raise when the connection is lost."""
+
+    def _deliver(self, channel: str, payload: str) -> None:
+        kind = self._kinds.get(channel)
+        if kind is not None:
+            deliver(self._listeners, kind, payload)
+
+    # --- closing ------------------------------------------------------------------
+
+    def _stop_reading(self) -> bool:
+        """Mark closed, drop the listeners, stop the reader; False if already closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            reader = self._reader
+        self._listeners.clear()
+        self._stop.set()
+        self._first_attempt_done.set()  # a listen_* waiting for the reader returns now
+        if reader is not None:
+            self._wake_reader()
+            if reader is not threading.current_thread():
+                reader.join(self._reader_join_s)
+        return True
+
+    @abstractmethod
+    def _wake_reader(self) -> None:
+        """Make a reader blocked in :meth:`_pump` see the stop now (best effort)."""

@@ -15,9 +15,6 @@ import selectors
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -27,18 +24,10 @@ from psycopg.rows import TupleRow
 from sqlalchemy import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._cross_process import (
-    Backoff,
-    Kind,
-    Outage,
-    deliver,
-    encode_job_scheduled,
-    payload_fits,
-)
-from ._listeners import Listeners
+from ._cross_process import CrossProcessNotify
 
 if TYPE_CHECKING:
-    from . import NotifyAdapter, Subscription
+    from . import NotifyAdapter
 
 __all__ = ["PostgresNotify"]
 
@@ -77,7 +66,7 @@ def libpq_conninfo(url_or_engine: str | URL | Engine | AsyncEngine) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-class PostgresNotify:
+class PostgresNotify(CrossProcessNotify[psycopg.Connection[TupleRow]]):
     """Notifications through PostgreSQL LISTEN/NOTIFY, across processes and hosts.
 
     ::
@@ -138,6 +127,11 @@ class PostgresNotify:
             replaced (default 30 seconds). TCP keepalives are on as well.
     """
 
+    _backend = "PostgreSQL"
+    _listener_role = "listener"
+    _separator = "_"
+    _thread_name = "queuert-notify-postgres"
+
     def __init__(
         self,
         url_or_engine: str | URL | Engine | AsyncEngine,
@@ -151,18 +145,15 @@ class PostgresNotify:
         params = conninfo_to_dict(self._conninfo)  # refuses a malformed string now
         where = f"{params.get('host') or 'local socket'}:{params.get('port') or 5432}"
         where += f"/{params.get('dbname') or params.get('user') or ''}"
-        self._where = where
-        #: Channel of job-scheduled notifications.
-        self.job_scheduled_channel = f"{channel_prefix}_job_scheduled"
-        #: Channel of chain-completed notifications.
-        self.chain_completed_channel = f"{channel_prefix}_chain_completed"
-        #: Channel of job-ownership-lost notifications.
-        self.job_ownership_lost_channel = f"{channel_prefix}_job_ownership_lost"
-        self._kinds: dict[str, Kind] = {
-            self.job_scheduled_channel: "job_scheduled",
-            self.chain_completed_channel: "chain_completed",
-            self.job_ownership_lost_channel: "job_ownership_lost",
-        }
+        self._connect_timeout = max(2, math.ceil(connect_timeout.total_seconds()))
+        super().__init__(
+            where=where,
+            channel_prefix=channel_prefix,
+            connect_timeout_s=self._connect_timeout,
+            health_check_interval=health_check_interval,
+            # The reader may be in a connection attempt when close() wakes it.
+            reader_join_s=self._connect_timeout + 2,
+        )
         longest = max(self._kinds, key=lambda channel: len(channel.encode()))
         if len(longest.encode()) > _MAX_CHANNEL_BYTES:
             limit = _MAX_CHANNEL_BYTES - (len(longest.encode()) - len(channel_prefix.encode()))
@@ -172,53 +163,16 @@ class PostgresNotify:
                 f"most {limit} bytes."
             )
         self.application_name = application_name
-        self._connect_timeout = max(2, math.ceil(connect_timeout.total_seconds()))
-        self._health_check_s = health_check_interval.total_seconds()
-
-        self._listeners = Listeners()
-        self._lock = threading.Lock()  # _closed and starting the reader
-        self._closed = False
 
         self._publisher: psycopg.Connection[TupleRow] | None = None
         self._publish_lock = threading.Lock()
-        self._publish_outage = Outage(f"PostgreSQL notify publisher ({where})")
-
-        self._reader: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._first_attempt_done = threading.Event()
-        self._listen_outage = Outage(f"PostgreSQL notify listener ({where})")
+        # close() writes to _wake_send to end the reader's select() at once.
         self._wake_recv: socket.socket | None = None
         self._wake_send: socket.socket | None = None
-        self._channel_prefix = channel_prefix
-
-    def __repr__(self) -> str:
-        return f"<PostgresNotify {self._where} prefix={self._channel_prefix!r}>"
-
-    def __enter__(self) -> PostgresNotify:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- publishing ---------------------------------------------------------------
 
-    def notify_job_scheduled(self, type_name: str, count: int = 1) -> None:
-        self._publish(self.job_scheduled_channel, encode_job_scheduled(type_name, count))
-
-    def notify_chain_completed(self, chain_id: uuid.UUID) -> None:
-        self._publish(self.chain_completed_channel, str(chain_id))
-
-    def notify_job_ownership_lost(self, job_id: uuid.UUID) -> None:
-        self._publish(self.job_ownership_lost_channel, str(job_id))
-
-    def _publish(self, channel: str, payload: str) -> None:
-        if self._closed or not payload_fits(payload):
-            return
+    def _send(self, channel: str, payload: str) -> None:
         with self._publish_lock:
             if self._closed or not self._publish_outage.may_try():
                 return
@@ -247,85 +201,25 @@ class PostgresNotify:
 
     # --- listening ----------------------------------------------------------------
 
-    def listen_job_scheduled(
-        self, type_names: Iterable[str], callback: Callable[[str, int], None]
-    ) -> Subscription:
-        subscription = self._listeners.add_job_scheduled(type_names, callback)
-        self._start_reading()
-        return subscription
+    def _prepare_reader(self) -> None:
+        self._wake_recv, self._wake_send = socket.socketpair()
+        self._wake_recv.setblocking(False)
 
-    def listen_chain_completed(
-        self, chain_id: uuid.UUID, callback: Callable[[uuid.UUID], None]
-    ) -> Subscription:
-        subscription = self._listeners.add_chain_completed(chain_id, callback)
-        self._start_reading()
-        return subscription
+    def _open_listener(self) -> psycopg.Connection[TupleRow]:
+        return self._connect("listen")
 
-    def listen_job_ownership_lost(self, callback: Callable[[uuid.UUID], None]) -> Subscription:
-        subscription = self._listeners.add_job_ownership_lost(callback)
-        self._start_reading()
-        return subscription
-
-    def _start_reading(self) -> None:
-        """Start the reader on first use; return once its first connection attempt ended.
-
-        After that the LISTENs are in place (or the database is down, and the
-        subscription takes effect on reconnection), so a caller that listens
-        and then looks for work cannot miss a job committed in between.
-        """
-        with self._lock:
-            if self._closed:
-                return
-            reader = self._reader
-            if reader is None:
-                self._wake_recv, self._wake_send = socket.socketpair()
-                self._wake_recv.setblocking(False)
-                reader = self._reader = threading.Thread(
-                    target=self._read_forever,
-                    name=f"queuert-notify-postgres[{self._channel_prefix}]",
-                    daemon=True,
-                )
-                reader.start()
-        if threading.current_thread() is not reader:
-            self._first_attempt_done.wait(self._connect_timeout + 1)
-
-    def _read_forever(self) -> None:
-        backoff = Backoff()
-        while not self._stop.is_set():
-            try:
-                conn = self._connect("listen")
-            except Exception as exc:
-                self._listen_outage.failed(exc)
-                self._first_attempt_done.set()
-                self._stop.wait(backoff.next_delay())
-                continue
-            try:
-                for channel in self._kinds:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                backoff.reset()
-                was_down = self._listen_outage.recovered()
-                self._first_attempt_done.set()
-                if was_down:
-                    self._listeners.wake_after_outage()
-                self._pump(conn)
-            except Exception as exc:
-                if not self._stop.is_set():
-                    self._listen_outage.failed(exc)
-                    self._first_attempt_done.set()
-                    self._stop.wait(backoff.next_delay())
-            finally:
-                with contextlib.suppress(Exception):
-                    conn.close()
+    def _subscribe(self, conn: psycopg.Connection[TupleRow]) -> None:
+        for channel in self._kinds:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
     def _pump(self, conn: psycopg.Connection[TupleRow]) -> None:
-        """Deliver notifications until stopped; raises when the connection is lost."""
         assert self._wake_recv is not None
         # One selector per connection: nothing to unregister when it is lost.
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_recv, selectors.EVENT_READ, _WAKE)
             selector.register(conn.fileno(), selectors.EVENT_READ)
             # Notifications that arrived while LISTEN ran wait in psycopg's backlog.
-            self._deliver(conn.notifies(timeout=0))
+            self._deliver_received(conn)
             idle_until = time.monotonic() + self._health_check_s
             while not self._stop.is_set():
                 events = selector.select(max(0.0, idle_until - time.monotonic()))
@@ -335,14 +229,13 @@ class PostgresNotify:
                     conn.execute("SELECT 1")
                 elif any(k.data == _WAKE for k, _ in events):
                     self._drain_wake()
-                self._deliver(conn.notifies(timeout=0))
+                self._deliver_received(conn)
                 idle_until = time.monotonic() + self._health_check_s
 
-    def _deliver(self, notifies: Iterable[psycopg.Notify]) -> None:
-        for notify in list(notifies):
-            kind = self._kinds.get(notify.channel)
-            if kind is not None:
-                deliver(self._listeners, kind, notify.payload)
+    def _deliver_received(self, conn: psycopg.Connection[TupleRow]) -> None:
+        # list() first: the callbacks run after psycopg's read, not in the middle of it.
+        for notify in list(conn.notifies(timeout=0)):
+            self._deliver(notify.channel, notify.payload)
 
     def _drain_wake(self) -> None:
         if self._wake_recv is not None:
@@ -364,28 +257,21 @@ class PostgresNotify:
 
     # --- closing ------------------------------------------------------------------
 
+    def _wake_reader(self) -> None:
+        if self._wake_send is not None:
+            with contextlib.suppress(OSError):
+                self._wake_send.send(b"\0")
+
     def close(self) -> None:
         """Stop the listener thread and close both connections; idempotent.
 
         Notifications sent after this are dropped; callbacks are not called again.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            reader = self._reader
-        self._listeners.clear()
-        self._stop.set()
-        self._first_attempt_done.set()  # a listen_* waiting for the reader returns now
-        if reader is not None:
-            if self._wake_send is not None:
-                with contextlib.suppress(OSError):
-                    self._wake_send.send(b"\0")
-            if reader is not threading.current_thread():
-                reader.join(self._connect_timeout + 2)
-            for end in (self._wake_send, self._wake_recv):
-                if end is not None:
-                    end.close()
+        if not self._stop_reading():
+            return
+        for end in (self._wake_send, self._wake_recv):
+            if end is not None:
+                end.close()
         with self._publish_lock:
             self._drop_publisher()
 
