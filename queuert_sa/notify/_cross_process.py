@@ -337,11 +337,11 @@ class CrossProcessNotify(ABC, Generic[_Conn]):
         """A new listening connection; the reader closes it."""
 
     @abstractmethod
-    def _subscribe(self, conn: _Conn) -> None:
+    def _subscribe(self, conn: _Conn, /) -> None:
         """Subscribe ``conn`` to the channels; return once the backend confirmed it."""
 
     @abstractmethod
-    def _pump(self, conn: _Conn) -> None:
+    def _pump(self, conn: _Conn, /) -> None:
         """Deliver messages until stopped; raise when the connection is lost."""
 
     def _deliver(self, channel: str, payload: str) -> None:

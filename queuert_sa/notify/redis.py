@@ -3,17 +3,20 @@
 Needs the ``redis`` extra (``pip install 'queuert_sa[redis]'``); import it from
 here, ``from queuert_sa.notify.redis import RedisNotify``, so that
 ``queuert_sa.notify`` itself does not require redis-py.
+
+This module owns what is particular to Redis: the client, ``PUBLISH``, and the
+pub/sub connection that subscribes, waits for Redis's confirmation and is read
+with a timeout (a control channel wakes it on ``close()``). The protocol
+methods, the reader thread and its reconnection, and the order of ``close()``
+come from ``CrossProcessNotify`` (``_cross_process``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, cast
 
 import redis
@@ -21,18 +24,10 @@ from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.retry import Retry
 
-from ._cross_process import (
-    Backoff,
-    Kind,
-    Outage,
-    deliver,
-    encode_job_scheduled,
-    payload_fits,
-)
-from ._listeners import Listeners
+from ._cross_process import CrossProcessNotify
 
 if TYPE_CHECKING:
-    from . import NotifyAdapter, Subscription
+    from . import NotifyAdapter
 
 __all__ = ["RedisNotify"]
 
@@ -50,7 +45,7 @@ class _Client(Protocol):
 _READ_TIMEOUT_S = 1.0
 
 
-class RedisNotify:
+class RedisNotify(CrossProcessNotify[PubSub]):
     """Notifications through Redis pub/sub, across processes and hosts.
 
     ::
@@ -107,6 +102,11 @@ class RedisNotify:
             (default 30 seconds).
     """
 
+    _backend = "Redis"
+    _listener_role = "subscriber"
+    _separator = ":"
+    _thread_name = "queuert-notify-redis"
+
     def __init__(
         self,
         client_or_url: redis.Redis | str,
@@ -137,60 +137,20 @@ class RedisNotify:
         where = (
             kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
         )
-        self._where = f"{where}/{kwargs.get('db', 0)}"
-        self._channel_prefix = channel_prefix
-        #: Channel of job-scheduled notifications.
-        self.job_scheduled_channel = f"{channel_prefix}:job_scheduled"
-        #: Channel of chain-completed notifications.
-        self.chain_completed_channel = f"{channel_prefix}:chain_completed"
-        #: Channel of job-ownership-lost notifications.
-        self.job_ownership_lost_channel = f"{channel_prefix}:job_ownership_lost"
-        self._kinds: dict[str, Kind] = {
-            self.job_scheduled_channel: "job_scheduled",
-            self.chain_completed_channel: "chain_completed",
-            self.job_ownership_lost_channel: "job_ownership_lost",
-        }
+        super().__init__(
+            where=f"{where}/{kwargs.get('db', 0)}",
+            channel_prefix=channel_prefix,
+            connect_timeout_s=timeout_s,
+            health_check_interval=health_check_interval,
+            # The reader may be waiting for a SUBSCRIBE confirmation or in one read.
+            reader_join_s=timeout_s + _READ_TIMEOUT_S + 1,
+        )
         self._control_channel = f"{channel_prefix}:notify-control:{uuid.uuid4().hex}"
-        self._connect_timeout_s = timeout_s
-        self._health_check_s = health_check_interval.total_seconds()
-
-        self._listeners = Listeners()
-        self._lock = threading.Lock()  # _closed and starting the reader
-        self._closed = False
-        self._publish_outage = Outage(f"Redis notify publisher ({self._where})")
-
-        self._reader: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._first_attempt_done = threading.Event()
-        self._listen_outage = Outage(f"Redis notify subscriber ({self._where})")
-
-    def __repr__(self) -> str:
-        return f"<RedisNotify {self._where} prefix={self._channel_prefix!r}>"
-
-    def __enter__(self) -> RedisNotify:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- publishing ---------------------------------------------------------------
 
-    def notify_job_scheduled(self, type_name: str, count: int = 1) -> None:
-        self._publish(self.job_scheduled_channel, encode_job_scheduled(type_name, count))
-
-    def notify_chain_completed(self, chain_id: uuid.UUID) -> None:
-        self._publish(self.chain_completed_channel, str(chain_id))
-
-    def notify_job_ownership_lost(self, job_id: uuid.UUID) -> None:
-        self._publish(self.job_ownership_lost_channel, str(job_id))
-
-    def _publish(self, channel: str, payload: str) -> None:
-        if self._closed or not payload_fits(payload) or not self._publish_outage.may_try():
+    def _send(self, channel: str, payload: str) -> None:
+        if not self._publish_outage.may_try():
             return
         # A pooled connection kept from before an outage fails on first use:
         # retry once (on a fresh connection) rather than drop the notification.
@@ -207,72 +167,13 @@ class RedisNotify:
 
     # --- listening ----------------------------------------------------------------
 
-    def listen_job_scheduled(
-        self, type_names: Iterable[str], callback: Callable[[str, int], None]
-    ) -> Subscription:
-        subscription = self._listeners.add_job_scheduled(type_names, callback)
-        self._start_reading()
-        return subscription
-
-    def listen_chain_completed(
-        self, chain_id: uuid.UUID, callback: Callable[[uuid.UUID], None]
-    ) -> Subscription:
-        subscription = self._listeners.add_chain_completed(chain_id, callback)
-        self._start_reading()
-        return subscription
-
-    def listen_job_ownership_lost(self, callback: Callable[[uuid.UUID], None]) -> Subscription:
-        subscription = self._listeners.add_job_ownership_lost(callback)
-        self._start_reading()
-        return subscription
-
-    def _start_reading(self) -> None:
-        """Start the reader on first use; return once its first subscription attempt ended.
-
-        After that Redis has confirmed the SUBSCRIBE (or is down, and the
-        subscription takes effect on reconnection), so a caller that listens
-        and then looks for work cannot miss a job committed in between.
-        """
-        with self._lock:
-            if self._closed:
-                return
-            reader = self._reader
-            if reader is None:
-                reader = self._reader = threading.Thread(
-                    target=self._read_forever,
-                    name=f"queuert-notify-redis[{self._channel_prefix}]",
-                    daemon=True,
-                )
-                reader.start()
-        if threading.current_thread() is not reader:
-            self._first_attempt_done.wait(self._connect_timeout_s + 1)
-
-    def _read_forever(self) -> None:
-        backoff = Backoff()
-        while not self._stop.is_set():
-            pubsub = self._client.pubsub()
-            try:
-                self._subscribe(pubsub)
-                backoff.reset()
-                was_down = self._listen_outage.recovered()
-                self._first_attempt_done.set()
-                if was_down:
-                    self._listeners.wake_after_outage()
-                self._pump(pubsub)
-            except Exception as exc:
-                if not self._stop.is_set():
-                    self._listen_outage.failed(exc)
-                    self._first_attempt_done.set()
-                    self._stop.wait(backoff.next_delay())
-            finally:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
+    def _open_listener(self) -> PubSub:
+        return self._client.pubsub()
 
     def _channels(self) -> tuple[str, ...]:
         return (*self._kinds, self._control_channel)
 
     def _subscribe(self, pubsub: PubSub) -> None:
-        """SUBSCRIBE and wait until Redis confirmed every channel."""
         pubsub.subscribe(*self._channels())
         pending = set(self._channels())
         deadline = time.monotonic() + self._connect_timeout_s
@@ -286,10 +187,9 @@ class RedisNotify:
             if message.get("type") == "subscribe":
                 pending.discard(_text(message.get("channel")))
             else:
-                self._deliver(message)
+                self._deliver_message(message)
 
     def _pump(self, pubsub: PubSub) -> None:
-        """Deliver messages until stopped; raises when the connection is lost."""
         idle_until = time.monotonic() + self._health_check_s
         while not self._stop.is_set():
             message = _read(pubsub, min(_READ_TIMEOUT_S, max(0.0, idle_until - time.monotonic())))
@@ -302,19 +202,21 @@ class RedisNotify:
                     # redis-py reconnected and resubscribed on its own (a client
                     # with retries): messages may have been lost meanwhile.
                     self._listeners.wake_after_outage()
-                self._deliver(message)
+                self._deliver_message(message)
             elif time.monotonic() >= idle_until:
                 pubsub.ping()
                 idle_until = time.monotonic() + self._health_check_s
 
-    def _deliver(self, message: dict[str, object]) -> None:
-        if message.get("type") != "message":
-            return
-        kind = self._kinds.get(_text(message.get("channel")))
-        if kind is not None:
-            deliver(self._listeners, kind, _text(message.get("data")))
+    def _deliver_message(self, message: dict[str, object]) -> None:
+        if message.get("type") == "message":
+            self._deliver(_text(message.get("channel")), _text(message.get("data")))
 
     # --- closing ------------------------------------------------------------------
+
+    def _wake_reader(self) -> None:
+        if not self._listen_outage.is_down:
+            with contextlib.suppress(Exception):
+                self._client.publish(self._control_channel, "close")
 
     def close(self) -> None:
         """Stop the reader thread and close its connection; idempotent.
@@ -322,21 +224,7 @@ class RedisNotify:
         A client made from a URL is closed too; a client passed in is not.
         Notifications sent after this are dropped; callbacks are not called again.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            reader = self._reader
-        self._listeners.clear()
-        self._stop.set()
-        self._first_attempt_done.set()  # a listen_* waiting for the reader returns now
-        if reader is not None:
-            if not self._listen_outage.is_down:
-                with contextlib.suppress(Exception):
-                    self._client.publish(self._control_channel, "close")
-            if reader is not threading.current_thread():
-                reader.join(self._connect_timeout_s + _READ_TIMEOUT_S + 1)
-        if self._owns_client:
+        if self._stop_reading() and self._owns_client:
             with contextlib.suppress(Exception):
                 self._client.close()
 
