@@ -1,10 +1,14 @@
 """What the cross-process adapters (PostgreSQL, Redis) have in common.
 
-Both read their backend on one background thread and hand each message to the
-callbacks registered in a :class:`Listeners` (:func:`deliver` decodes it;
-``_listeners`` holds the callbacks); both reconnect on the same :class:`Backoff` and report an outage once
-through :class:`Outage`; both use one wire format per message, so a reader of
-either backend sees the same payloads:
+:class:`CrossProcessNotify`, the base of both, holds the six protocol
+methods, the context manager, the reader thread and the start of ``close()``;
+each adapter adds only its connections, how it sends one message and how its
+reader subscribes and reads. The reader hands each message to the callbacks
+registered in a :class:`Listeners` (:func:`deliver` decodes it;
+``_listeners`` holds the callbacks); both adapters reconnect on the same
+:class:`Backoff` and report an outage once through :class:`Outage`; both use
+one wire format per message, so a reader of either backend sees the same
+payloads:
 
 * ``job_scheduled`` — ``{"type": type_name, "count": n}`` (JSON);
 * ``chain_completed`` — the chain id;

@@ -3,6 +3,12 @@
 Needs the ``postgres`` extra (``pip install 'queuert_sa[postgres]'``); import it
 from here, ``from queuert_sa.notify.postgres import PostgresNotify``, so that
 ``queuert_sa.notify`` itself does not require psycopg.
+
+This module owns what is particular to PostgreSQL: the connection string, the
+publishing connection, ``LISTEN`` and the ``select()`` loop that reads the
+listening connection. The protocol methods, the reader thread and its
+reconnection, and the order of ``close()`` come from ``CrossProcessNotify``
+(``_cross_process``).
 """
 
 from __future__ import annotations
