@@ -34,20 +34,25 @@ from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from . import __version__
-from ._client import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Queuert
-from ._entities import Chain, Job
-from ._errors import ChainNotFoundError, InvalidCursorError, JobNotFoundError, QueuertError
-from ._job_types import JobTypes
-from ._worker import Worker
-from .bench import PHASES
-from .models import DEFAULT_TABLE_PREFIX, JobStatus, create_models
+from queuert_sa import __version__
+from queuert_sa._client import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Queuert
+from queuert_sa._entities import Chain, Job
+from queuert_sa._errors import (
+    ChainNotFoundError,
+    InvalidCursorError,
+    JobNotFoundError,
+    QueuertError,
+)
+from queuert_sa._job_types import JobTypes
+from queuert_sa._worker import Worker
+from queuert_sa.bench import PHASES
+from queuert_sa.models import DEFAULT_TABLE_PREFIX, JobStatus, create_models
 
 if TYPE_CHECKING:
     import click
     from sqlalchemy.orm import Session
 
-    from ._async_worker import AsyncWorker
+    from queuert_sa._async_worker import AsyncWorker
 
     AnyWorker = Worker | AsyncWorker
 
@@ -121,7 +126,7 @@ def _describe(value: object) -> str:
 def _worker_types() -> tuple[type[Any], ...]:
     """``Worker``, and ``AsyncWorker`` when SQLAlchemy's asyncio support is installed."""
     try:
-        from ._async_worker import AsyncWorker
+        from queuert_sa._async_worker import AsyncWorker
     except ImportError:
         return (Worker,)
     return (Worker, AsyncWorker)
@@ -580,7 +585,7 @@ def build_cli() -> click.Group:
         completes, and prints each step and the chain's output. The source is the
         module queuert_sa.demo.
         """
-        from .demo import run_demo
+        from queuert_sa.demo import run_demo
 
         if db_path is not None:
             directory = os.path.dirname(os.path.abspath(db_path))
@@ -914,7 +919,7 @@ def build_cli() -> click.Group:
         acquire + complete SQL and no Python (pgbench on PostgreSQL when
         installed; raw sqlite3 on SQLite).
         """
-        from .bench import run_bench
+        from queuert_sa.bench import run_bench
 
         def progress(line: str) -> None:
             if not as_json:
@@ -949,7 +954,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(2)
     cli.main(args=list(argv) if argv is not None else None, prog_name="queuert-sa")
-
-
-if __name__ == "__main__":
-    main()
