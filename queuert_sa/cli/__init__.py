@@ -19,28 +19,21 @@ second SIGINT/SIGTERM abandons in-flight attempts.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
-import importlib
-import inspect
-import json
 import logging
 import os
-import re
 import sys
 import traceback
 import uuid
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from queuert_sa import __version__
 from queuert_sa._client import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Queuert
-from queuert_sa._entities import Chain, Job
 from queuert_sa._errors import (
     ChainNotFoundError,
     InvalidCursorError,
-    JobNotFoundError,
     QueuertError,
 )
 from queuert_sa._job_types import JobTypes
@@ -48,13 +41,19 @@ from queuert_sa._worker import Worker
 from queuert_sa.bench import PHASES
 from queuert_sa.models import DEFAULT_TABLE_PREFIX, JobStatus, create_models
 
+from ._app import AppPathError as AppPathError
+from ._app import import_worker as import_worker
+from ._format import CHAIN_HEADERS, chain_data, chain_row, to_json
+from ._format import format_duration as format_duration
+from ._format import format_table as format_table
+from ._format import parse_duration as parse_duration
+from ._format import parse_time as parse_time
+from ._report import missing_chain_message, read_chain_report
+
 if TYPE_CHECKING:
     import click
-    from sqlalchemy.orm import Session
 
     from queuert_sa._async_worker import AsyncWorker
-
-    AnyWorker = Worker | AsyncWorker
 
 __all__ = [
     "AppPathError",
@@ -78,133 +77,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-class AppPathError(QueuertError):
-    """``APP_PATH`` does not name a :class:`~queuert_sa.Worker` that can be imported."""
-
-    def __init__(self, app_path: str, problem: str) -> None:
-        super().__init__(f"{app_path!r}: {problem}")
-        self.app_path = app_path
-        self.problem = problem
-
-
-def _split_app_path(app_path: str) -> tuple[str, list[str]]:
-    module_name, sep, attribute = app_path.partition(":")
-    example = "e.g. myapp.jobs:worker or myapp.jobs:create_worker"
-    if not sep or ":" in attribute:
-        raise AppPathError(app_path, f"expected 'module:attribute' ({example}).")
-    for what, dotted in (("module", module_name), ("attribute", attribute)):
-        parts = dotted.split(".")
-        if not all(part.isidentifier() for part in parts):
-            raise AppPathError(
-                app_path,
-                f"{dotted!r} is not a valid {what} name; expected 'module:attribute' ({example}).",
-            )
-    return module_name, attribute.split(".")
-
-
-def _describe(value: object) -> str:
-    """How an object found at APP_PATH is named in error messages."""
-    if inspect.isclass(value):
-        return f"the class {value.__module__}.{value.__qualname__}"
-    if inspect.ismodule(value):
-        return f"the module {value.__name__}"
-    if inspect.isroutine(value):
-        return f"the function {getattr(value, '__module__', '?')}.{value.__qualname__}()"
-    kind = type(value)
-    kind_name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    article = "an" if kind_name[0] in "aeiou" else "a"
-    text = repr(value)
-    if text.startswith("<") or len(text) > 60:
-        return f"{article} {kind_name} object"
-    return f"{article} {kind_name} object ({text})"
-
-
-def _worker_types() -> tuple[type[Any], ...]:
-    """``Worker``, and ``AsyncWorker`` when SQLAlchemy's asyncio support is installed."""
-    try:
-        from queuert_sa._async_worker import AsyncWorker
-    except ImportError:
-        return (Worker,)
-    return (Worker, AsyncWorker)
-
-
-def import_worker(app_path: str) -> AnyWorker:
-    """Import the :class:`~queuert_sa.Worker` (or ``AsyncWorker``) that ``app_path`` names.
-
-    ``app_path`` is ``module:attribute``; the attribute may be dotted
-    (``myapp.jobs:container.worker``). It is either a ``Worker`` or a function
-    that takes no arguments and returns one (a factory).
-
-    Raises :class:`AppPathError` when the path is malformed, the module or
-    attribute does not exist, or the object is not a ``Worker``. Exceptions
-    raised by the application's own code (at import, in the factory) propagate
-    unchanged, with a note naming ``app_path``.
-    """
-    module_name, attributes = _split_app_path(app_path)
-    try:
-        target: object = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing == module_name or module_name.startswith(f"{missing}."):
-            raise AppPathError(
-                app_path,
-                f"no module named {missing!r} (searched the current directory "
-                f"{os.getcwd()} and sys.path; run from your project's root or set PYTHONPATH).",
-            ) from None
-        exc.add_note(f"queuert-sa: raised while importing {module_name!r} for {app_path!r}")
-        raise
-    except BaseException as exc:
-        exc.add_note(f"queuert-sa: raised while importing {module_name!r} for {app_path!r}")
-        raise
-    for depth, name in enumerate(attributes):
-        owner = f"{module_name}:{'.'.join(attributes[:depth])}" if depth else module_name
-        try:
-            target = getattr(target, name)
-        except AttributeError:
-            hint = ""
-            if depth == 0:
-                found = sorted(k for k, v in vars(target).items() if isinstance(v, _worker_types()))
-                if found:
-                    hint = f" Workers defined there: {', '.join(found)}."
-            raise AppPathError(app_path, f"{owner!r} has no attribute {name!r}.{hint}") from None
-        except BaseException as exc:
-            exc.add_note(f"queuert-sa: raised while reading {name!r} of {owner!r}")
-            raise
-    if isinstance(target, _worker_types()):
-        return cast("AnyWorker", target)
-    if not callable(target) or inspect.isclass(target):
-        raise AppPathError(
-            app_path,
-            f"found {_describe(target)}, not a queuert_sa.Worker instance. Point APP_PATH "
-            "at a Worker (worker = queuert.worker(...)) or at a function returning one.",
-        )
-    try:
-        inspect.signature(target).bind()
-    except TypeError:
-        raise AppPathError(
-            app_path,
-            f"found {_describe(target)}, which needs arguments; a worker factory must be "
-            "callable with none.",
-        ) from None
-    except ValueError:  # no signature available (some builtins): just try it
-        pass
-    try:
-        made = target()
-    except BaseException as exc:
-        exc.add_note(f"queuert-sa: raised by the worker factory {app_path!r}")
-        raise
-    if not isinstance(made, _worker_types()):
-        raise AppPathError(
-            app_path,
-            f"the factory returned {_describe(made)}, not a queuert_sa.Worker.",
-        )
-    return cast("AnyWorker", made)
-
-
 async def _run_async(worker: AsyncWorker) -> bool:
     try:
         return await worker.run()
@@ -216,279 +88,8 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
-# --- operator commands: parsing and formatting (pure; no click, no database) ---------
-
 #: Environment variable read when ``--db`` is not given.
 DATABASE_URL_ENV = "QUEUERT_DATABASE_URL"
-
-#: ``chain show`` cuts a job's last error to this many characters.
-ERROR_WIDTH = 80
-
-_DURATION_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
-_DURATION = re.compile(r"(?:\d+[dhms])+")
-_DURATION_PART = re.compile(r"(\d+)([dhms])")
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """``7d``, ``12h``, ``30m``, ``90s``, or a combination such as ``1d12h``, as a timedelta.
-
-    Raises ``ValueError`` with a message naming the accepted forms.
-    """
-    compact = text.strip().lower()
-    if not _DURATION.fullmatch(compact):
-        raise ValueError(
-            f"{text!r} is not a duration; use a whole number and a unit: 7d, 12h, 30m or 90s "
-            "(combined: 1d12h)."
-        )
-    seconds = sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(compact))
-    try:
-        return dt.timedelta(seconds=seconds)
-    except OverflowError:
-        raise ValueError(f"{text!r} is too long a duration.") from None
-
-
-def format_duration(value: dt.timedelta) -> str:
-    """The shortest ``parse_duration`` form of ``value`` (whole seconds): ``1d12h``, ``0s``."""
-    seconds = int(value.total_seconds())
-    parts: list[str] = []
-    for unit, size in _DURATION_UNITS.items():
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0s"
-
-
-def parse_time(text: str, *, now: dt.datetime) -> dt.datetime:
-    """An aware UTC time: ISO 8601 (UTC when it has no offset) or a duration before ``now``.
-
-    ``2026-11-22``, ``2026-11-22T05:00:00Z``, ``2026-11-22 06:00+01:00``, ``2h``.
-    Raises ``ValueError`` for anything else.
-    """
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        value = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither an ISO 8601 time (2026-11-22T05:00:00Z; UTC when it has no "
-            "offset) nor a duration before now (30m, 2h, 7d)."
-        ) from None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-def format_time(value: dt.datetime | None) -> str:
-    """A UTC time to the second (``2026-11-22 05:08:40``); ``-`` for none."""
-    if value is None:
-        return "-"
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned columns as wide as their widest cell, two spaces apart; one line per row."""
-    widths = [len(header) for header in headers]
-    for row in rows:
-        for column, cell in enumerate(row):
-            widths[column] = max(widths[column], len(cell))
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in (headers, *rows)
-    ]
-
-
-def error_line(text: str | None, width: int = ERROR_WIDTH) -> str:
-    """The last line of a stored error (a traceback's exception line), cut to ``width``."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if not lines:
-        return "-"
-    line = lines[-1]
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def to_json(value: object, *, indent: int | None = 2) -> str:
-    """JSON text of ``value``; UUIDs and datetimes (ISO 8601, UTC) as strings."""
-    return json.dumps(value, default=_json_default, indent=indent, ensure_ascii=False)
-
-
-def chain_data(chain: Chain[Any, Any]) -> dict[str, Any]:
-    """A chain as a JSON object (its ``Chain`` fields, less ``deduplicated``)."""
-    data = dataclasses.asdict(chain)
-    del data["deduplicated"]
-    return data
-
-
-def job_data(job: Job[Any]) -> dict[str, Any]:
-    """A job as a JSON object (its ``Job`` fields)."""
-    return dataclasses.asdict(job)
-
-
-CHAIN_HEADERS = ("ID", "TYPE", "STATUS", "CURRENT STEP", "CREATED (UTC)", "COMPLETED (UTC)")
-
-
-def chain_row(chain: Chain[Any, Any]) -> list[str]:
-    return [
-        str(chain.id),
-        chain.type_name,
-        chain.status.value,
-        f"{chain.current_type_name}#{chain.current_index}",
-        format_time(chain.created_at),
-        format_time(chain.completed_at),
-    ]
-
-
-@dataclasses.dataclass(frozen=True)
-class ChainReport:
-    """Everything ``chain show`` prints about one chain."""
-
-    chain: Chain[Any, Any]
-    jobs: list[Job[Any]]
-    #: Per job id, the chains that job declared as blockers, in slot order.
-    blockers: dict[uuid.UUID, list[Chain[Any, Any]]]
-    #: Jobs of other chains that declared this chain as a blocker.
-    dependents: list[Job[Any]]
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "chain": chain_data(self.chain),
-            "jobs": [
-                {**job_data(job), "blockers": [chain_data(c) for c in self.blockers[job.id]]}
-                for job in self.jobs
-            ],
-            "dependents": [job_data(job) for job in self.dependents],
-        }
-
-    def to_lines(self) -> list[str]:
-        chain = self.chain
-        lines = [f"chain {chain.id}"]
-        for key, value in (
-            ("type", chain.type_name),
-            ("status", chain.status.value),
-            ("created", f"{format_time(chain.created_at)} UTC"),
-            (
-                "completed",
-                "-" if chain.completed_at is None else f"{format_time(chain.completed_at)} UTC",
-            ),
-            ("input", to_json(chain.input, indent=None)),
-            ("output", to_json(chain.output, indent=None) if chain.is_completed else "-"),
-        ):
-            lines.append(f"  {key:<10} {value}")
-        lines += ["", f"jobs ({len(self.jobs)}):"]
-        lines += format_table(
-            (
-                "#",
-                "JOB ID",
-                "TYPE",
-                "STATUS",
-                "ATTEMPT",
-                "SCHEDULED (UTC)",
-                "COMPLETED (UTC)",
-                "LAST ERROR",
-            ),
-            [
-                [
-                    str(job.chain_index),
-                    str(job.id),
-                    job.type_name,
-                    job.status.value,
-                    str(job.attempt),
-                    format_time(job.scheduled_at),
-                    format_time(job.completed_at),
-                    error_line(job.last_attempt_error),
-                ]
-                for job in self.jobs
-            ],
-        )
-        blocker_rows = [
-            [
-                f"#{job.chain_index}",
-                str(slot),
-                str(blocker.id),
-                blocker.type_name,
-                blocker.status.value,
-                format_time(blocker.completed_at),
-            ]
-            for job in self.jobs
-            for slot, blocker in enumerate(self.blockers[job.id])
-        ]
-        if blocker_rows:
-            lines += ["", "blockers (chains a job waits or waited for):"]
-            lines += format_table(
-                ("JOB", "SLOT", "CHAIN ID", "TYPE", "STATUS", "COMPLETED (UTC)"), blocker_rows
-            )
-        if self.dependents:
-            lines += [
-                "",
-                f"dependents (jobs with this chain as a blocker, {len(self.dependents)}):",
-            ]
-            lines += format_table(
-                ("CHAIN ID", "STEP", "STATUS", "JOB ID"),
-                [
-                    [
-                        str(job.chain_id),
-                        f"{job.type_name}#{job.chain_index}",
-                        job.status.value,
-                        str(job.id),
-                    ]
-                    for job in self.dependents
-                ],
-            )
-        return lines
-
-
-def read_chain_report(client: Queuert, chain_id: uuid.UUID, session: Session) -> ChainReport:
-    """Read a chain, all its jobs, their blockers and its dependents in ``session``.
-
-    Raises :class:`ChainNotFoundError` for an unknown id.
-    """
-    chain = client.get_chain(chain_id, session=session)
-    jobs: list[Job[Any]] = []
-    cursor: str | None = None
-    while True:
-        page = client.list_chain_jobs(chain_id, cursor=cursor, limit=MAX_PAGE_SIZE, session=session)
-        jobs += page.items
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    blockers = {job.id: client.get_job_blockers(job.id, session=session) for job in jobs}
-    dependents: list[Job[Any]] = []
-    cursor = None
-    while True:
-        blocked = client.list_blocked_jobs(
-            chain_id, order="asc", cursor=cursor, limit=MAX_PAGE_SIZE, session=session
-        )
-        dependents += blocked.items
-        if blocked.next_cursor is None:
-            break
-        cursor = blocked.next_cursor
-    return ChainReport(chain, jobs, blockers, dependents)
-
-
-def missing_chain_message(
-    client: Queuert, chain_id: uuid.UUID, where: str, session: Session
-) -> str:
-    """Why ``chain show`` found nothing; points at the chain when the id is a continuation's."""
-    message = f"no chain {chain_id} in {where}."
-    try:
-        job = client.get_job(chain_id, session=session)
-    except JobNotFoundError:
-        return message
-    return (
-        f"{message} {chain_id} is job #{job.chain_index} ({job.type_name}) of chain "
-        f"{job.chain_id}; a chain's id is its first job's id. Try: queuert-sa chain show "
-        f"{job.chain_id}"
-    )
-
-
-# --- operator commands: the client ------------------------------------------------------
 
 
 @contextmanager
