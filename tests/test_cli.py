@@ -1049,7 +1049,6 @@ def test_bench_refuses_an_unknown_mode() -> None:
 
 
 def test_bench_modes_are_the_phases_of_the_bench_module() -> None:
-    # The command line keeps its own copy of the names, so as not to import bench.
     [modes] = [param for param in build_cli().commands["bench"].params if param.name == "modes"]
 
     assert isinstance(modes.type, click.Choice)

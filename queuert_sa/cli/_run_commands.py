@@ -21,6 +21,7 @@ from queuert_sa._errors import QueuertError
 from queuert_sa._worker import Worker
 
 from ._app import AppPathError, import_worker
+from ._bench_phases import PHASES
 from ._format import to_json
 
 if TYPE_CHECKING:
@@ -32,19 +33,6 @@ log = logging.getLogger("queuert_sa.cli")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
-#: ``queuert_sa.bench.PHASES``, repeated so that defining ``--mode`` does not import
-#: the 600-line bench module each time the command line starts; a test asserts the
-#: two agree.
-BENCH_PHASES = (
-    "start-single",
-    "start-batched",
-    "atomic",
-    "atomic-session",
-    "staged",
-    "async-atomic",
-    "async-staged",
-)
 
 
 async def _run_async(worker: AsyncWorker) -> bool:
@@ -158,7 +146,7 @@ def worker(app_path: str, log_level: str) -> None:
     "--mode",
     "modes",
     multiple=True,
-    type=click.Choice(BENCH_PHASES),
+    type=click.Choice(PHASES),
     help="Phase to run (repeatable). Default: all.",
 )
 @click.option("--no-reference", is_flag=True, help="Skip the raw-SQL reference figure.")
@@ -177,7 +165,7 @@ def bench(
     acquire + complete SQL and no Python (pgbench on PostgreSQL when
     installed; raw sqlite3 on SQLite).
     """
-    from queuert_sa.bench import run_bench  # here, not at the top: see BENCH_PHASES
+    from queuert_sa.bench import run_bench  # here, not at the top: see _bench_phases
 
     def progress(line: str) -> None:
         if not as_json:
@@ -188,7 +176,7 @@ def bench(
             db_url,
             chains=chains,
             concurrency=concurrency,
-            phases=modes or BENCH_PHASES,
+            phases=modes or PHASES,
             reference=not no_reference,
             progress=progress,
         )
