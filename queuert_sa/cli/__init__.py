@@ -19,7 +19,8 @@ This module owns :func:`main` and the root group; the rest is in
   options and the ``Queuert`` they use (click);
 * ``_app``: :func:`import_worker`, :class:`AppPathError`;
 * ``_format``: parsing and printing durations, times, tables and JSON;
-* ``_report``: what ``chain show`` reads and prints.
+* ``_report``: what ``chain show`` reads and prints;
+* ``_bench_phases``: the names ``bench --mode`` takes, without importing bench.
 """
 
 from __future__ import annotations
