@@ -52,18 +52,8 @@ from ._attempt import Attempt, Outcome
 from ._client import Queuert
 from ._ids import new_id
 from ._job_types import JobTypes
+from .cli._bench_phases import PHASES as PHASES
 from .models import Models, create_models
-
-#: Every phase, in the order they run.
-PHASES = (
-    "start-single",
-    "start-batched",
-    "atomic",
-    "atomic-session",
-    "staged",
-    "async-atomic",
-    "async-staged",
-)
 
 _BATCH = 100
 

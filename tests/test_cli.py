@@ -21,12 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
+from queuert_sa.bench import PHASES
 from queuert_sa.cli import (
     AppPathError,
     build_cli,
@@ -1044,3 +1046,20 @@ def test_bench_refuses_an_unknown_mode() -> None:
 
     assert result.returncode == 2
     assert "Invalid value for '--mode'" in result.stderr
+
+
+def test_bench_modes_are_the_phases_of_the_bench_module() -> None:
+    [modes] = [param for param in build_cli().commands["bench"].params if param.name == "modes"]
+
+    assert isinstance(modes.type, click.Choice)
+    assert tuple(modes.type.choices) == PHASES
+
+
+def test_the_bench_module_is_imported_only_when_bench_runs() -> None:
+    code = (
+        "import sys, queuert_sa.cli as c; c.build_cli(); print('queuert_sa.bench' in sys.modules)"
+    )
+    result = run([sys.executable, "-c", code])
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

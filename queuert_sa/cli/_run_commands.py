@@ -1,0 +1,185 @@
+"""The commands that run jobs: ``demo`` (an embedded SQLite file), ``worker``
+(the application's worker, until a signal) and ``bench`` (throughput on your
+database); and the logging set-up of ``demo`` and ``worker``.
+
+``queuert_sa.demo`` and ``queuert_sa.bench`` are imported only when their command
+runs. Imports click.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING
+
+import click
+
+from queuert_sa._errors import QueuertError
+from queuert_sa._worker import Worker
+
+from ._app import AppPathError, import_worker
+from ._bench_phases import PHASES
+from ._format import to_json
+
+if TYPE_CHECKING:
+    from queuert_sa._async_worker import AsyncWorker
+
+# The name the docs show in the worker's log lines; not __name__ (queuert_sa.cli._run_commands).
+log = logging.getLogger("queuert_sa.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+async def _run_async(worker: AsyncWorker) -> bool:
+    try:
+        return await worker.run()
+    finally:
+        await worker.client.engine.dispose()
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+
+@click.command()
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="SQLite file to use (created if missing). Default: demo.db in a new temporary "
+    "directory, kept afterwards.",
+)
+def demo(db_path: str | None) -> None:
+    """Run the demo chain end to end on an embedded SQLite file.
+
+    Starts a sign-up chain (signup -> provision-account -> send-welcome-email)
+    in the same transaction as a new Account row, runs a worker until the chain
+    completes, and prints each step and the chain's output. The source is the
+    module queuert_sa.demo.
+    """
+    # Imported here: the demo declares its own tables, which only this command needs.
+    from queuert_sa.demo import run_demo
+
+    if db_path is not None:
+        directory = os.path.dirname(os.path.abspath(db_path))
+        if not os.path.isdir(directory):
+            raise click.BadParameter(
+                f"the directory {directory} does not exist; create it or pick another path.",
+                param_hint="'--db'",
+            )
+    _configure_logging("warning")
+    try:
+        run_demo(db_path, out=click.echo)
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.argument("app_path", metavar="APP_PATH")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Logging level of the root logger (written to stderr).",
+)
+def worker(app_path: str, log_level: str) -> None:
+    """Run the worker named by APP_PATH until SIGINT/SIGTERM.
+
+    APP_PATH is module:attribute, e.g. myapp.jobs:worker, naming a
+    queuert_sa.Worker or a function that returns one (myapp.jobs:create_worker).
+    The current directory is put first on sys.path, so run it from your
+    project's root.
+
+    On SIGINT or SIGTERM the worker stops taking jobs, lets in-flight attempts
+    finish (up to its shutdown_grace) and exits 0; a second signal exits at once,
+    leaving in-flight jobs to be retried.
+    """
+    _configure_logging(log_level)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        loaded = import_worker(app_path)
+    except AppPathError as exc:
+        raise click.BadParameter(exc.problem, param_hint="APP_PATH") from exc
+    except Exception as exc:
+        # The application's own code failed: show where, then a one-line summary.
+        traceback.print_exc()
+        raise click.ClickException(
+            f"loading {app_path!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    engine_url = loaded.client.engine.url.render_as_string(hide_password=True)
+    log.info("running %s from %s on %s", loaded, app_path, engine_url)
+    try:
+        clean = loaded.run() if isinstance(loaded, Worker) else asyncio.run(_run_async(loaded))
+    except QueuertError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not clean:
+        log.error(
+            "queuert-sa worker %s stopped with attempts still running after the "
+            "shutdown grace period; their transactions roll back as the process exits",
+            loaded.worker_id,
+        )
+        sys.exit(1)
+    log.info("queuert-sa worker %s stopped", loaded.worker_id)
+
+
+@click.command()
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    metavar="URL",
+    help="Database to measure (its own schema or tables, removed afterwards). "
+    "Default: a temporary SQLite file.",
+)
+@click.option("--chains", default=5000, show_default=True, type=click.IntRange(1))
+@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    type=click.Choice(PHASES),
+    help="Phase to run (repeatable). Default: all.",
+)
+@click.option("--no-reference", is_flag=True, help="Skip the raw-SQL reference figure.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench(
+    db_url: str | None,
+    chains: int,
+    concurrency: int,
+    modes: tuple[str, ...],
+    no_reference: bool,
+    as_json: bool,
+) -> None:
+    """Measure throughput on your database: starts, atomic and staged processing.
+
+    Prints chains/s and jobs/s beside what the database does with the same
+    acquire + complete SQL and no Python (pgbench on PostgreSQL when
+    installed; raw sqlite3 on SQLite).
+    """
+    from queuert_sa.bench import run_bench  # here, not at the top: see _bench_phases
+
+    def progress(line: str) -> None:
+        if not as_json:
+            click.echo(line, err=True)
+
+    try:
+        report = run_bench(
+            db_url,
+            chains=chains,
+            concurrency=concurrency,
+            phases=modes or PHASES,
+            reference=not no_reference,
+            progress=progress,
+        )
+    except QueuertError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(to_json(report.as_json()) if as_json else report.table())
