@@ -9,9 +9,9 @@ import typing as _typing
 
 from . import hooks as hooks
 from . import models as models
+from ._attempt import AsyncAttempt as AsyncAttempt
 from ._attempt import Attempt as Attempt
 from ._attempt import Outcome as Outcome
-from ._attempt import Reschedule as Reschedule
 from ._client import Queuert as Queuert
 from ._entities import Chain as Chain
 from ._entities import Dedup as Dedup
@@ -55,7 +55,8 @@ from ._job_types import JobTypes as JobTypes
 from ._job_types import Many as Many
 from ._job_types import many as many
 from ._retry import Backoff as Backoff
-from ._worker import Worker as Worker
+from ._retry import Reschedule as Reschedule
+from ._worker._threads import Worker as Worker
 from .models import JobStatus as JobStatus
 from .models import metadata as metadata
 from .notify import InMemoryNotify as InMemoryNotify
@@ -67,8 +68,7 @@ if _typing.TYPE_CHECKING:
     # Imported on first use: sqlalchemy's asyncio support needs greenlet
     # (the [asyncio] extra), which sync-only applications need not install.
     from ._async_client import AsyncQueuert as AsyncQueuert
-    from ._async_worker import AsyncAttempt as AsyncAttempt
-    from ._async_worker import AsyncWorker as AsyncWorker
+    from ._worker._asyncio import AsyncWorker as AsyncWorker
 
 __version__ = "0.1.0"
 
@@ -134,19 +134,20 @@ __all__ = [
 ]
 
 
-_ASYNC_NAMES = ("AsyncAttempt", "AsyncQueuert", "AsyncWorker")
+_ASYNC_NAMES = ("AsyncQueuert", "AsyncWorker")
 
 
 def __getattr__(name: str) -> object:
     if name in _ASYNC_NAMES:
         try:
-            from . import _async_client, _async_worker
+            from . import _async_client
+            from ._worker import _asyncio
         except ImportError as exc:
             raise ImportError(
                 f"queuert_sa.{name} needs SQLAlchemy's asyncio support ({exc}). Install "
                 "the extra: pip install 'queuert_sa[asyncio]'."
             ) from exc
-        return getattr(_async_client, name, None) or getattr(_async_worker, name)
+        return getattr(_async_client, name, None) or getattr(_asyncio, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

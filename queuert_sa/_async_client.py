@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -20,22 +21,27 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overlo
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
 
-from ._client import DEFAULT_PAGE_SIZE, Clock, Queuert, describe_job, utc_now
+from . import _rules as rules
+from . import _transitions as transitions
+from ._client import Queuert
+from ._context import Clock, Context, utc_now
 from ._entities import Chain, Job, Page
 from ._errors import EngineMismatchError, SessionRequiredError, WaitChainTimeoutError
 from ._ids import coerce_id
 from ._job_types import ChainStart, JobType, JobTypes
+from ._rules import DEFAULT_PAGE_SIZE, describe_job
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import NotifyAdapter
 from .state import Capabilities, immediate_engine
 from .state import operations as ops
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
-    from ._async_worker import AsyncWorker
     from ._attempt import Attempt
     from ._retry import Backoff
+    from ._worker._asyncio import AsyncWorker
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -45,6 +51,8 @@ P = ParamSpec("P")
 #: What mutating and reading coroutines accept: an ``AsyncSession``, or an
 #: ``async_scoped_session`` (which stands for its current session).
 AsyncSessionLike = AsyncSession | async_scoped_session[Any]
+
+log = logging.getLogger("queuert_sa")
 
 
 class AsyncQueuert:
@@ -111,6 +119,11 @@ class AsyncQueuert:
     @property
     def capabilities(self) -> Capabilities:
         return self.sync.capabilities
+
+    @property
+    def ctx(self) -> Context:
+        """What the transitions and workers of this client share (the sync client's)."""
+        return self.sync.ctx
 
     def immediate_engine(self) -> AsyncEngine:
         """This engine with write-first transactions on SQLite (see :func:`immediate_engine`)."""
@@ -345,9 +358,7 @@ class AsyncQueuert:
         cascade: bool = False,
     ) -> list[Chain[Any, Any]]:
         """Delete chains, all or nothing; see :meth:`Queuert.delete_chains`."""
-        if isinstance(ids, (str, uuid.UUID)):
-            raise TypeError("delete_chains takes a list of chain ids; wrap a single id in [...]")
-        wanted = list(ids)
+        wanted = rules.deletion_ids(ids)
         return await self._in(
             session, lambda s: self.sync.delete_chains(s, wanted, cascade=cascade)
         )
@@ -376,31 +387,34 @@ class AsyncQueuert:
         max_batches: int | None = None,
     ) -> int:
         """Delete chains completed more than ``older_than`` ago; see :meth:`Queuert.cleanup`."""
-        if older_than < dt.timedelta(0):
-            raise ValueError(f"older_than must not be negative, got {older_than!r}")
-        if batch_size < 1 or (max_batches is not None and max_batches < 1):
-            raise ValueError("batch_size and max_batches must be at least 1")
-        cutoff = self.clock() - older_than
-        type_names = None if types is None else [t if isinstance(t, str) else t.name for t in types]
+        plan = rules.cleanup_plan(
+            now=self.clock(),
+            older_than=older_than,
+            types=types,
+            batch_size=batch_size,
+            max_batches=max_batches,
+        )
         engine = self.immediate_engine()
         after: tuple[dt.datetime, uuid.UUID] | None = None
         deleted = batches = 0
-        while max_batches is None or batches < max_batches:
+        while True:
             with ops.database_errors("clean up chains", self.models):
                 async with engine.begin() as conn:
                     examined, gone, after = await conn.run_sync(
                         partial(
-                            self.sync.cleanup_batch,
-                            cutoff=cutoff,
-                            type_names=type_names,
+                            transitions.cleanup_batch,
+                            ctx=self.ctx,
+                            cutoff=plan.cutoff,
+                            type_names=plan.type_names,
                             after=after,
-                            limit=batch_size,
+                            limit=plan.batch_size,
                         )
                     )
             deleted += gone
             batches += 1
-            if examined < batch_size:
+            if not plan.more(batches, examined):
                 break
+        log.info("cleanup deleted %d chains completed before %s", deleted, plan.cutoff.isoformat())
         return deleted
 
     # --- waiting --------------------------------------------------------------------------
@@ -477,12 +491,15 @@ class AsyncQueuert:
         worker_id: str | None = None,
         session_factory: async_sessionmaker[AsyncSession] | None = None,
         handle_signals: Literal["auto", "never"] = "auto",
+        thread_engine: Engine | None = None,
     ) -> AsyncWorker:
         """Create an asyncio worker; register handlers, then ``await worker.run()``.
 
-        See :class:`AsyncWorker` for the options.
+        See :class:`AsyncWorker` for the options. ``thread_engine`` is your
+        sync ``Engine`` for the same database, needed only for plain ``def``
+        handlers (they run on threads, on that engine).
         """
-        from ._async_worker import AsyncWorker
+        from ._worker._asyncio import AsyncWorker
 
         return AsyncWorker(
             self,
@@ -493,4 +510,5 @@ class AsyncQueuert:
             worker_id=worker_id,
             session_factory=session_factory,
             handle_signals=handle_signals,
+            thread_engine=thread_engine,
         )

@@ -1,38 +1,36 @@
-"""One attempt at a job: what a handler sees (``Attempt``) and what it must return (``Outcome``).
+"""One attempt at a job: what a handler sees and what it must return.
 
-The decisions after a handler ends (when to retry, what error text to keep)
-are pure functions here; the worker drivers only execute them.
+:class:`AttemptState` is the attempt without IO: the job, its blockers, what
+the handler decided, and how far a staged attempt got. :class:`Attempt` (for
+``def`` handlers, with a ``Session``) and :class:`AsyncAttempt` (for ``async
+def`` handlers, with an ``AsyncSession``) are two thin views over it. They
+only *record* the handler's decision; the worker writes it (see
+``_transitions.write_outcome``). A staged attempt reaches its worker through a
+:class:`StagedPort` or :class:`AsyncStagedPort`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import random
 import threading
-import traceback
 import uuid
-from collections import Counter
-from collections.abc import Callable, Generator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
-from . import hooks
 from ._entities import Chain, Job
-from ._errors import DeduplicationError, HandlerError
-from ._ids import coerce_id, new_id
-from ._job_types import ChainStart, JobType
-from ._json import JSONValue
-from ._retry import Backoff, backoff_delay
-from .models import JobStatus
-from .state import NewJob
-from .state import operations as ops
+from ._errors import HandlerError
+from ._job_types import ChainStart, JobType, JobTypes
+from ._rules import Completed, Decision, continuation, describe_job
 
 if TYPE_CHECKING:
-    from ._client import Queuert
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -40,33 +38,7 @@ NextInT = TypeVar("NextInT")
 BlockerOutT = TypeVar("BlockerOutT")
 P = ParamSpec("P")
 
-#: ``last_attempt_error`` is cut to this many characters.
-MAX_ERROR_CHARS = 10_000
-
-
-class Reschedule(Exception):
-    """Raise from a handler to retry the job at a chosen time instead of with backoff.
-
-    Everything the attempt wrote is rolled back, as for any exception; the job
-    becomes pending at ``run_at`` (or ``run_in`` from now) and ``reason`` is
-    recorded in ``last_attempt_error``.
-    """
-
-    def __init__(
-        self,
-        *,
-        run_at: dt.datetime | None = None,
-        run_in: dt.timedelta | None = None,
-        reason: str = "",
-    ) -> None:
-        if (run_at is None) == (run_in is None):
-            raise ValueError("Reschedule needs exactly one of run_at= or run_in=")
-        if run_at is not None and run_at.tzinfo is None:
-            raise ValueError("Reschedule(run_at=...) needs an aware datetime")
-        super().__init__(reason or "rescheduled by the handler")
-        self.run_at = run_at
-        self.run_in = run_in
-        self.reason = reason
+Mode = Literal["atomic", "staged", "workerless"]
 
 
 class Outcome:
@@ -98,16 +70,6 @@ class Outcome:
         return f"<Outcome continued with {self.next_type_name}>"
 
 
-@dataclass(frozen=True)
-class _Continuation:
-    target: JobType[Any, Any]
-    input: JSONValue
-    id: uuid.UUID
-    run_at: dt.datetime | None
-    run_in: dt.timedelta | None
-    blockers: list[uuid.UUID]
-
-
 class AttemptSignal:
     """Tells a staged handler that its attempt lost the job.
 
@@ -123,6 +85,7 @@ class AttemptSignal:
         self.reason: str | None = None
 
     def is_set(self) -> bool:
+        """True once the attempt lost its job."""
         return self._event.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -139,19 +102,232 @@ class AttemptSignal:
         return self.is_set()
 
 
-@dataclass(frozen=True)
-class StagedDriver:
-    """What a staged attempt needs from its worker."""
+class AttemptState:
+    """One attempt, without IO: the job, its blockers, the decision, the staged progress.
 
-    commit_prepare: Callable[[Attempt[Any, Any]], None]
-    """Commit the acquiring transaction (``running`` + lease) and start renewals."""
+    Shared by the handler's view (``Attempt``/``AsyncAttempt``) and the worker
+    flow, so both see one truth.
+    """
 
-    owned_transaction: Callable[[Attempt[Any, Any]], AbstractContextManager[Session]]
-    """A new transaction holding the job's row lock, after checking ownership."""
+    def __init__(
+        self,
+        *,
+        job_types: JobTypes,
+        job_type: JobType[Any, Any],
+        job: Job[Any],
+        worker_id: str | None,
+        mode: Mode,
+        blockers: Sequence[Chain[Any, Any]] = (),
+    ) -> None:
+        self.job_types = job_types
+        self.job_type = job_type
+        self.job = job
+        self.worker_id = worker_id
+        self.mode: Mode = mode
+        self.blockers: list[Chain[Any, Any]] = list(blockers)
+        self.signal = AttemptSignal()
+        self.outcome: Outcome | None = None
+        self.decision: Decision | None = None
+        self.prepare_opened = False
+        self.prepared = False
+        """Staged: the acquiring transaction (``running`` + lease) committed."""
+        self.transaction_opened = False
+        self.written = False
+        """Staged: the outcome committed."""
+        self.savepoint: object | None = None
+        """Atomic: the SAVEPOINT around the handler's writes, once opened."""
+
+    def _check_open(self, action: str) -> None:
+        if self.outcome is not None:
+            raise HandlerError(
+                f"{action}: the attempt at job {self.job.id} ({self.job.type_name!r}) already "
+                f"{self.outcome.kind}; call complete() or continue_with() once per attempt.",
+                job_id=self.job.id,
+                type_name=self.job.type_name,
+            )
+
+    def complete(self, output: object) -> Outcome:
+        """Record completion with ``output`` (validated and encoded now)."""
+        self._check_open("complete()")
+        self.decision = Completed(self.job_type.encode_output(output))
+        self.outcome = Outcome(kind="completed")
+        return self.outcome
+
+    def continue_with(self, start: ChainStart[Any, Any]) -> Outcome:
+        """Record a continuation (validated now; written with the completion)."""
+        self._check_open("continue_with()")
+        decided = continuation(self.job_types, self.job_type, start)
+        self.decision = decided
+        self.outcome = Outcome(
+            kind="continued", next_type_name=decided.target.name, next_job_id=decided.id
+        )
+        return self.outcome
+
+    def owns(self, result: object) -> bool:
+        """True if ``result`` is the outcome this attempt recorded."""
+        return result is not None and result is self.outcome
+
+    def require_staged(self, action: str) -> None:
+        """Refuse ``prepare()``/``transaction()`` outside staged mode."""
+        if self.mode != "staged":
+            raise HandlerError(
+                f"{action} is for staged handlers; register the handler with "
+                f"@worker.handler({self.job_type.name!r}, mode='staged'), or write through "
+                "attempt.session in atomic mode.",
+                job_id=self.job.id,
+                type_name=self.job_type.name,
+            )
+
+    def open_prepare(self) -> None:
+        """Mark ``prepare()`` as entered; refused twice or after the lease committed."""
+        self.require_staged("prepare()")
+        if self.prepare_opened or self.prepared:
+            raise HandlerError(
+                "prepare() runs once, before the external work and before transaction().",
+                job_id=self.job.id,
+                type_name=self.job_type.name,
+            )
+        self.prepare_opened = True
+
+    def open_transaction(self) -> None:
+        """Mark ``transaction()`` as entered; refused twice."""
+        self.require_staged("transaction()")
+        if self.transaction_opened:
+            raise HandlerError(
+                "transaction() runs once per attempt: record the outcome and its writes in "
+                "one block.",
+                job_id=self.job.id,
+                type_name=self.job_type.name,
+            )
+        self.transaction_opened = True
 
 
-class Attempt(Generic[InT, OutT]):
-    """What a handler gets: the job, its input, and the attempt's transactions.
+class StagedPort(Protocol):
+    """What a staged ``Attempt`` needs from its worker (thread driver)."""
+
+    def commit_prepare(self, state: AttemptState, session: Session) -> None:
+        """Commit the acquiring transaction (``running`` + lease) and start renewals."""
+        ...
+
+    def owned_transaction(self, state: AttemptState) -> AbstractContextManager[Session]:
+        """A new write transaction holding the job's row lock, after checking ownership."""
+        ...
+
+    def write_outcome(self, state: AttemptState, session: Session) -> None:
+        """Write the recorded outcome in ``session`` (an owned transaction)."""
+        ...
+
+
+class AsyncStagedPort(Protocol):
+    """What a staged ``AsyncAttempt`` needs from its worker (asyncio driver)."""
+
+    async def commit_prepare(self, state: AttemptState, session: AsyncSession) -> None:
+        """Commit the acquiring transaction (``running`` + lease) and start renewals."""
+        ...
+
+    def owned_transaction(self, state: AttemptState) -> AbstractAsyncContextManager[AsyncSession]:
+        """A new write transaction holding the job's row lock, after checking ownership."""
+        ...
+
+    async def write_outcome(self, state: AttemptState, session: AsyncSession) -> None:
+        """Write the recorded outcome in ``session`` (an owned transaction)."""
+        ...
+
+
+class _View(Generic[InT, OutT]):
+    """What both handler views offer: the job, its input and blockers, the decision calls."""
+
+    def __init__(self, state: AttemptState) -> None:
+        self._state = state
+
+    @property
+    def job(self) -> Job[InT]:
+        """A snapshot of the job as acquired (``attempt`` counts from 1)."""
+        return self._state.job
+
+    @property
+    def job_type(self) -> JobType[InT, OutT]:
+        """The job's type."""
+        return self._state.job_type
+
+    @property
+    def input(self) -> InT:
+        """The job's input, decoded with its type."""
+        return self.job.input
+
+    @property
+    def blockers(self) -> list[Chain[Any, Any]]:
+        """The completed chains this job waited for, in slot order (with their outputs)."""
+        return self._state.blockers
+
+    @property
+    def signal(self) -> AttemptSignal:
+        """Set when a staged attempt lost its job (see :class:`AttemptSignal`)."""
+        return self._state.signal
+
+    @property
+    def mode(self) -> Mode:
+        """``"atomic"``, ``"staged"``, or ``"workerless"`` (``complete_chain``)."""
+        return self._state.mode
+
+    @property
+    def worker_id(self) -> str | None:
+        """The worker running this attempt (None for ``complete_chain``)."""
+        return self._state.worker_id
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The outcome recorded by ``complete``/``continue_with`` so far."""
+        return self._state.outcome
+
+    def blocker_outputs(self, job_type: JobType[Any, BlockerOutT]) -> list[BlockerOutT]:
+        """Outputs of the completed blocker chains of ``job_type``, in slot order.
+
+        Typed with the type's declared output, so type checkers check what you
+        read from them. (A chain's output is its last job's; for a blocker type
+        that continues to other types, declare the final output on the entry.)
+        """
+        return [
+            job_type.decode_output(chain.output)
+            for chain in self._state.blockers
+            if chain.type_name == job_type.name
+        ]
+
+    def complete(self, output: OutT) -> Outcome:
+        """Finish the job, and with it the chain, with ``output``. Return the result.
+
+        ``output`` is validated now (JSON, or the declared dataclass); the
+        worker writes the completion when the handler returns, in the same
+        transaction as the handler's own writes.
+        """
+        return self._state.complete(output)
+
+    def continue_with(
+        self,
+        job_type: Callable[P, ChainStart[NextInT, Any]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Outcome:
+        """Finish this job by handing the chain to a next job of ``job_type``. Return the result.
+
+        Called as ``continue_with(job_type, input, *, id=None, run_at=None,
+        run_in=None, blockers=[...])``; type checkers check ``input`` against
+        ``job_type``.
+
+        ``job_type`` must be listed in this type's ``continues_with``. The next
+        job gets ``chain_index + 1``; if one already exists at that index (a
+        retried attempt, a race) it is reused, never duplicated.
+        """
+        return self._state.continue_with(describe_job(job_type, *args, **kwargs))
+
+    def owns(self, result: object) -> bool:
+        """True if ``result`` is the outcome this attempt recorded."""
+        return self._state.owns(result)
+
+
+class Attempt(_View[InT, OutT]):
+    """What a ``def`` handler gets: the job, its input, and the attempt's transactions.
 
     Atomic mode: ``session`` is the worker's transaction for this attempt;
     everything written through it commits together with the job's completion
@@ -166,65 +342,34 @@ class Attempt(Generic[InT, OutT]):
 
     def __init__(
         self,
-        *,
-        client: Queuert,
-        job_type: JobType[InT, OutT],
-        job: Job[InT],
+        state: AttemptState,
         session: Session,
-        worker_id: str | None,
-        mode: Literal["atomic", "staged", "workerless"] = "atomic",
-        driver: StagedDriver | None = None,
-        blockers: Sequence[Chain[Any, Any]] = (),
+        *,
+        port: StagedPort | None = None,
+        on_first_use: Callable[[], None] | None = None,
     ) -> None:
-        self._client = client
-        self.job_type = job_type
-        self.job = job
+        super().__init__(state)
         self._session = session
-        self._on_first_use: Callable[[], None] | None = None
-        self.worker_id = worker_id
-        self.mode = mode
-        self.signal = AttemptSignal()
-        self.blockers: list[Chain[Any, Any]] = list(blockers)
-        """The completed chains this job waited for, in slot order (with their outputs)."""
-        self._driver = driver
-        self._outcome: Outcome | None = None
-        self._output: JSONValue = None
-        self._continuation: _Continuation | None = None
-        self.prepared = False
-        """True once the acquiring transaction committed (staged mode)."""
-        self.written = False
-        """True once the outcome is written (staged mode)."""
-        self._transaction_opened = False
+        self._port = port
+        self._on_first_use = on_first_use
 
     @property
     def session(self) -> Session:
         """The attempt's session (see the class documentation for each mode)."""
         opener = self._on_first_use
         if opener is not None:
+            # The atomic SAVEPOINT opens here, so a handler that never touches
+            # the session costs no SAVEPOINT round trips.
             self._on_first_use = None
             opener()
         return self._session
 
-    def on_first_use(self, opener: Callable[[], None]) -> None:
-        """Run ``opener`` when the handler first reads :attr:`session` (called by the worker).
-
-        An atomic attempt opens its SAVEPOINT there, so a handler that never
-        touches the session costs no SAVEPOINT round trips.
-        """
-        self._on_first_use = opener
-
-    # --- staged mode ---------------------------------------------------------------
-
-    def _staged(self, action: str) -> StagedDriver:
-        if self.mode != "staged" or self._driver is None:
-            raise HandlerError(
-                f"{action} is for staged handlers; register the handler with "
-                f"@worker.handler({self.job_type.name!r}, mode='staged'), or write through "
-                "attempt.session in atomic mode.",
-                job_id=self.job.id,
-                type_name=self.job_type.name,
-            )
-        return self._driver
+    def _staged_port(self) -> StagedPort:
+        port = self._port
+        if port is None:
+            self._state.require_staged("prepare()/transaction()")
+            raise AssertionError("a staged attempt has a port")  # pragma: no cover
+        return port
 
     @contextmanager
     def prepare(self) -> Generator[Session]:
@@ -236,22 +381,18 @@ class Attempt(Generic[InT, OutT]):
         writes are rolled back and the job is retried. At most once, before
         :meth:`transaction`.
         """
-        driver = self._staged("prepare()")
-        if self.prepared:
-            raise HandlerError(
-                "prepare() runs once, before the external work and before transaction().",
-                job_id=self.job.id,
-                type_name=self.job_type.name,
-            )
-        savepoint = self.session.begin_nested()
+        self._state.open_prepare()
+        port = self._staged_port()
+        session = self.session
+        savepoint = session.begin_nested()
         try:
-            yield self.session
+            yield session
         except BaseException:
             if savepoint.is_active:
                 savepoint.rollback()
             raise
         savepoint.commit()
-        driver.commit_prepare(self)
+        port.commit_prepare(self._state, session)
 
     @contextmanager
     def transaction(self) -> Generator[Session]:
@@ -264,216 +405,66 @@ class Attempt(Generic[InT, OutT]):
         ``attempt.continue_with(...)`` inside the block: the outcome commits
         with the block's writes.
         """
-        driver = self._staged("transaction()")
-        if self._transaction_opened:
-            raise HandlerError(
-                "transaction() runs once per attempt: record the outcome and its writes in "
-                "one block.",
-                job_id=self.job.id,
-                type_name=self.job_type.name,
-            )
-        self._transaction_opened = True
-        if not self.prepared:
-            driver.commit_prepare(self)
-        with driver.owned_transaction(self) as session:
+        state = self._state
+        state.open_transaction()
+        port = self._staged_port()
+        if not state.prepared:
+            port.commit_prepare(state, self._session)
+        with port.owned_transaction(state) as session:
             yield session
-            if self._outcome is not None:
-                session.flush()
-                self.write_outcome(session)
-                self.written = True
-
-    def blocker_outputs(self, job_type: JobType[Any, BlockerOutT]) -> list[BlockerOutT]:
-        """Outputs of the completed blocker chains of ``job_type``, in slot order.
-
-        Typed with the type's declared output, so type checkers check what you
-        read from them. (A chain's output is its last job's; for a blocker type
-        that continues to other types, declare the final output on the entry.)
-        """
-        return [
-            job_type.decode_output(chain.output)
-            for chain in self.blockers
-            if chain.type_name == job_type.name
-        ]
-
-    @property
-    def input(self) -> InT:
-        """The job's input, decoded with its type."""
-        return self.job.input
-
-    @property
-    def outcome(self) -> Outcome | None:
-        """The outcome recorded by ``complete``/``continue_with`` so far."""
-        return self._outcome
-
-    def _check_open(self, action: str) -> None:
-        if self._outcome is not None:
-            raise HandlerError(
-                f"{action}: the attempt at job {self.job.id} ({self.job.type_name!r}) already "
-                f"{self._outcome.kind}; call complete() or continue_with() once per attempt.",
-                job_id=self.job.id,
-                type_name=self.job.type_name,
-            )
-
-    def complete(self, output: OutT) -> Outcome:
-        """Finish the job, and with it the chain, with ``output``. Return the result.
-
-        ``output`` is validated now (JSON, or the declared dataclass); the
-        worker writes the completion when the handler returns, in the same
-        transaction as the handler's own writes.
-        """
-        self._check_open("complete()")
-        self._output = self.job_type.encode_output(output)
-        self._outcome = Outcome(kind="completed")
-        return self._outcome
-
-    def continue_with(
-        self,
-        job_type: Callable[P, ChainStart[NextInT, Any]],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> Outcome:
-        """Finish this job by handing the chain to a next job of ``job_type``. Return the result.
-
-        Called as ``continue_with(job_type, input, *, id=None, run_at=None,
-        run_in=None)``; type checkers check ``input`` against ``job_type``.
-
-        ``job_type`` must be listed in this type's ``continues_with``. The next
-        job gets ``chain_index + 1``; if one already exists at that index (a
-        retried attempt, a race) it is reused, never duplicated.
-        """
-        from ._client import check_blocker_refs, check_schedule, describe_job
-
-        self._check_open("continue_with()")
-        start = describe_job(job_type, *args, **kwargs)
-        target = self._client.job_types.resolve(start.job_type)
-        self.job_type.require_continuation(target)
-        if start.dedup is not None:
-            raise DeduplicationError(
-                f"continue_with({target.name!r}, dedup=...): deduplication applies to starting "
-                "chains; a continuation belongs to its chain and is never duplicated. Start a "
-                "new chain with queuert.start_chain(attempt.session, ..., dedup=...) instead."
-            )
-        check_schedule(target.name, start.run_at, start.run_in)
-        self._continuation = _Continuation(
-            target=target,
-            input=target.encode_input(start.input),
-            id=coerce_id(start.id) if start.id is not None else new_id(),
-            run_at=start.run_at,
-            run_in=start.run_in,
-            blockers=check_blocker_refs(target, start.blockers),
-        )
-        self._outcome = Outcome(
-            kind="continued", next_type_name=target.name, next_job_id=self._continuation.id
-        )
-        return self._outcome
-
-    def owns(self, result: object) -> bool:
-        """True if ``result`` is the outcome this attempt recorded."""
-        return result is not None and result is self._outcome
-
-    def write_outcome(self, session: Session | None = None) -> None:
-        """Write the recorded outcome in ``session`` (default: ``self.session``).
-
-        Completes the job (with its output, or ``None`` when continuing),
-        inserts the continuation unless one exists at that ``chain_index``,
-        and buffers the post-commit notifications. Called by the worker.
-        """
-        from ._client import resolve_blockers, scheduled_time
-
-        session = session or self._session
-        outcome = self._outcome
-        assert outcome is not None
-        client = self._client
-        now = client.clock()
-        notify = client.notify
-        continuation = self._continuation
-        if continuation is None:
-            output = self._output
-        else:
-            output = None
-            status = JobStatus.PENDING
-            if continuation.blockers:
-                (status,) = resolve_blockers(
-                    client, session, [(continuation.target, continuation.blockers)]
-                )
-            created = ops.insert_continuation(
-                session,
-                client.models,
-                client.capabilities,
-                NewJob(
-                    id=continuation.id,
-                    type_name=continuation.target.name,
-                    chain_id=self.job.chain_id,
-                    chain_type_name=self.job.chain_type_name,
-                    chain_index=self.job.chain_index + 1,
-                    input=continuation.input,
-                    status=status,
-                    created_at=now,
-                    scheduled_at=scheduled_time(now, continuation.run_at, continuation.run_in),
-                    # Inherited, so "is this chain open?" is one indexed lookup.
-                    deduplication_key=self.job.deduplication_key,
-                ),
-            )
-            if created:
-                ops.insert_blockers(
-                    session,
-                    client.models,
-                    [(continuation.id, c, i) for i, c in enumerate(continuation.blockers)],
-                )
-            if created and status == JobStatus.PENDING:
-                name = continuation.target.name
-                hooks.on_commit(session, partial(notify.notify_job_scheduled, name, 1))
-        has_dependents = ops.complete_job(
-            session,
-            client.models,
-            job_id=self.job.id,
-            output=output,
-            worker_id=self.worker_id,
-            now=now,
-        )
-        if continuation is None:
-            chain_id = self.job.chain_id
-            hooks.on_commit(session, partial(notify.notify_chain_completed, chain_id))
-            # The chain is complete: jobs waiting on it may be free now.
-            unblocked = (
-                ops.unblock_dependents(
-                    session, client.models, client.capabilities, chain_id=chain_id, now=now
-                )
-                if has_dependents
-                else []
-            )
-            for type_name, count in Counter(row["type_name"] for row in unblocked).items():
-                hooks.on_commit(session, partial(notify.notify_job_scheduled, type_name, count))
+            if state.decision is not None:
+                port.write_outcome(state, session)
 
 
-def describe_error(exc: BaseException) -> str:
-    """The text kept in ``last_attempt_error``: the traceback, cut to a bounded size."""
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    if len(text) > MAX_ERROR_CHARS:
-        suffix = "… [truncated]"
-        text = text[: MAX_ERROR_CHARS - len(suffix)] + suffix
-    return text
+class AsyncAttempt(_View[InT, OutT]):
+    """What an ``async def`` handler gets: the job, its input and the attempt's ``AsyncSession``.
 
-
-def retry_decision(
-    exc: BaseException,
-    *,
-    attempt: int,
-    backoff: Backoff,
-    now: dt.datetime,
-    rng: random.Random | None = None,
-) -> tuple[dt.datetime, str]:
-    """When a failed attempt runs again, and the error text to record.
-
-    ``Reschedule`` picks its own time; any other exception waits the backoff
-    delay for this attempt number.
+    Atomic mode: ``session`` is the attempt's transaction; what you write
+    through it commits together with the job's completion, or not at all.
+    Staged mode: ``async with attempt.prepare() as s:`` (short; commits a
+    lease), the external work with no transaction open, then ``async with
+    attempt.transaction() as s:`` to write, after an ownership check.
     """
-    if isinstance(exc, Reschedule):
-        at = (
-            exc.run_at.astimezone(dt.UTC)
-            if exc.run_at is not None
-            else now + (exc.run_in or dt.timedelta(0))
-        )
-        return max(at, now), f"Reschedule: {exc.reason or 'rescheduled by the handler'}"
-    return now + backoff_delay(attempt, backoff, rng), describe_error(exc)
+
+    def __init__(
+        self, state: AttemptState, session: AsyncSession, *, port: AsyncStagedPort | None = None
+    ) -> None:
+        super().__init__(state)
+        self.session = session
+        """The attempt's ``AsyncSession`` (see the class documentation for each mode)."""
+        self._port = port
+
+    def _staged_port(self) -> AsyncStagedPort:
+        port = self._port
+        if port is None:
+            self._state.require_staged("prepare()/transaction()")
+            raise AssertionError("a staged attempt has a port")  # pragma: no cover
+        return port
+
+    @asynccontextmanager
+    async def prepare(self) -> AsyncGenerator[AsyncSession]:
+        """The short first transaction of a staged attempt (see :meth:`Attempt.prepare`)."""
+        self._state.open_prepare()
+        port = self._staged_port()
+        savepoint = await self.session.begin_nested()
+        try:
+            yield self.session
+        except BaseException:
+            if savepoint.is_active:
+                await savepoint.rollback()
+            raise
+        await savepoint.commit()
+        await port.commit_prepare(self._state, self.session)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncGenerator[AsyncSession]:
+        """The closing transaction of a staged attempt (see :meth:`Attempt.transaction`)."""
+        state = self._state
+        state.open_transaction()
+        port = self._staged_port()
+        if not state.prepared:
+            await port.commit_prepare(state, self.session)
+        async with port.owned_transaction(state) as session:
+            yield session
+            if state.decision is not None:
+                await port.write_outcome(state, session)

@@ -1,239 +1,61 @@
-"""The sync client: ``Queuert`` starts chains in the caller's transaction and reads them."""
+"""The sync client: ``Queuert`` starts chains in the caller's transaction and reads them.
+
+A façade: arguments are checked with :mod:`._rules`, writes are the units of
+:mod:`._transitions` on the caller's session, reads are state-layer queries
+turned into snapshots by :mod:`._snapshots`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
-from sqlalchemy import Engine, RowMapping
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, scoped_session
 
-from . import _cursor, hooks
-from ._entities import Chain, Dedup, Job, Page
+from . import _cursor
+from . import _rules as rules
+from . import _transitions as transitions
+from ._attempt import Attempt, AttemptState
+from ._context import Clock, Context, utc_now
+from ._entities import Chain, Job, Page
 from ._errors import (
-    BlockerReference,
-    BlockerReferenceError,
     ChainNotFoundError,
-    DeduplicationError,
     EngineMismatchError,
-    InvalidBlockersError,
-    InvalidScheduleError,
-    JobAlreadyCompletedError,
     JobNotFoundError,
-    JobNotTriggerableError,
     JobTypeMismatchError,
     SessionRequiredError,
     WaitChainTimeoutError,
 )
-from ._ids import coerce_id, new_id
+from ._ids import coerce_id
 from ._job_types import ChainStart, JobType, JobTypes
+from ._rules import DEFAULT_PAGE_SIZE
+from ._snapshots import chain_from_rows, chain_jobs_page, chain_page, job_from_row, job_page
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import InMemoryNotify, NotifyAdapter
-from .state import Capabilities, NewJob, immediate_engine, prepare_engine, queries
-from .state import maintenance as ops_maintenance
+from .state import Capabilities, immediate_engine, prepare_engine, queries
 from .state import operations as ops
 from .state.queries import Filters
 
 if TYPE_CHECKING:
-    from ._attempt import Attempt
     from ._retry import Backoff
-    from ._worker import Worker
+    from ._worker._threads import Worker
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
 R = TypeVar("R")
 P = ParamSpec("P")
 
-Clock = Callable[[], dt.datetime]
-
 log = logging.getLogger("queuert_sa")
 
 #: What mutating and reading calls accept: a ``Session``, or a ``scoped_session``
 #: (which stands for its current session).
 SessionLike = Session | scoped_session[Any]
-
-
-def utc_now() -> dt.datetime:
-    """The default clock: the current time in UTC."""
-    return dt.datetime.now(dt.UTC)
-
-
-#: Default page size of the listings.
-DEFAULT_PAGE_SIZE = 50
-#: Largest page a listing returns.
-MAX_PAGE_SIZE = 1000
-#: Most chains ``cleanup`` examines per batch and ``delete_chains`` takes per
-#: call (the ids are bound parameters; PostgreSQL allows 65,535 per statement).
-MAX_BATCH_SIZE = 10_000
-
-
-def _type_names(types: Iterable[JobType[Any, Any] | str] | None) -> list[str] | None:
-    if types is None:
-        return None
-    if isinstance(types, (str, JobType)):
-        raise TypeError("types= takes a list of job types or names; wrap a single one in [...]")
-    return [t if isinstance(t, str) else t.name for t in types]
-
-
-def _status_values(statuses: Iterable[JobStatus | str] | None) -> list[str] | None:
-    if statuses is None:
-        return None
-    if isinstance(statuses, str):
-        raise TypeError("statuses= takes a list of statuses; wrap a single one in [...]")
-    values: list[str] = []
-    for status in statuses:
-        try:
-            values.append(JobStatus(status).value)
-        except ValueError:
-            known = ", ".join(s.value for s in JobStatus)
-            raise ValueError(f"Unknown job status {status!r}; one of: {known}.") from None
-    return values
-
-
-def _ids(ids: Iterable[uuid.UUID | str] | None, name: str) -> list[uuid.UUID] | None:
-    if ids is None:
-        return None
-    if isinstance(ids, (str, uuid.UUID)):
-        raise TypeError(f"{name}= takes a list of ids; wrap a single id in [...]")
-    return [coerce_id(i) for i in ids]
-
-
-def _aware(value: dt.datetime | None, name: str) -> dt.datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValueError(f"{name}={value!r} is naive; pass an aware datetime (UTC).")
-    return value
-
-
-def _check_page(order: str, limit: int) -> None:
-    if order not in ("asc", "desc"):
-        raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit!r}")
-
-
-def check_schedule(type_name: str, run_at: dt.datetime | None, run_in: dt.timedelta | None) -> None:
-    """Raise :class:`InvalidScheduleError` for schedule options that cannot be honoured."""
-    if run_at is not None and run_in is not None:
-        raise InvalidScheduleError(
-            f"Job of type {type_name!r}: pass run_at= or run_in=, not both.", type_name=type_name
-        )
-    if run_at is not None and run_at.tzinfo is None:
-        raise InvalidScheduleError(
-            f"Job of type {type_name!r}: run_at={run_at!r} is naive; pass an aware datetime "
-            "(e.g. datetime.now(UTC) + delay).",
-            type_name=type_name,
-        )
-
-
-def scheduled_time(
-    now: dt.datetime, run_at: dt.datetime | None, run_in: dt.timedelta | None
-) -> dt.datetime:
-    """When a new job becomes due: ``run_at``/``run_in`` clamped to ``now``.
-
-    A past ``run_at`` never jumps the queue ahead of jobs already due. The
-    options must have passed :func:`check_schedule`.
-    """
-    if run_at is not None:
-        return max(run_at.astimezone(dt.UTC), now)
-    if run_in is not None:
-        return now + max(run_in, dt.timedelta(0))
-    return now
-
-
-def describe_job(
-    job_type: Callable[P, ChainStart[InT, OutT]], /, *args: P.args, **kwargs: P.kwargs
-) -> ChainStart[InT, OutT]:
-    """Build the ``ChainStart`` for ``job_type(*args, **kwargs)``, refusing non-job-types."""
-    candidate: object = job_type
-    if not isinstance(candidate, JobType):
-        raise TypeError(f"expected a JobType (from job_types.entry/define), got {candidate!r:.60}")
-    return job_type(*args, **kwargs)
-
-
-def check_blocker_refs(job_type: JobType[Any, Any], refs: Sequence[Any]) -> list[uuid.UUID]:
-    """Validate the blockers given for a job, before any SQL: count and ids."""
-    job_type.require_blocker_count(len(refs))
-    ids = [coerce_id(getattr(ref, "id", ref)) for ref in refs]
-    if len(set(ids)) != len(ids):
-        raise InvalidBlockersError(
-            f"Job type {job_type.name!r}: the same chain fills two blocker slots; each slot "
-            "takes a different chain.",
-            type_name=job_type.name,
-        )
-    return ids
-
-
-def resolve_blockers(
-    client: Queuert,
-    session: Session,
-    wanted: Sequence[tuple[JobType[Any, Any], list[uuid.UUID]]],
-) -> list[JobStatus]:
-    """Check that the blocker chains exist and fit their slots; the new jobs' statuses.
-
-    Locks each blocker chain's latest job (see ``read_blocker_chains``). A job
-    whose blockers are all completed starts ``pending``, otherwise ``blocked``.
-    """
-    ids = {chain_id for _, chain_ids in wanted for chain_id in chain_ids}
-    if ids:
-        # SQLite: become the writer before reading, so the read is not stale
-        # when the INSERT comes (another writer committing in between would
-        # fail the transaction with "database is locked").
-        ops_maintenance.take_write_lock(session, client.models, client.capabilities)
-    found = ops.read_blocker_chains(session, client.models, client.capabilities, ids) if ids else {}
-    statuses: list[JobStatus] = []
-    for job_type, chain_ids in wanted:
-        done = True
-        for index, chain_id in enumerate(chain_ids):
-            info = found.get(chain_id)
-            if info is None:
-                raise InvalidBlockersError(
-                    f"Job type {job_type.name!r}: blocker chain {chain_id} (slot {index}) does "
-                    "not exist (a chain's id is its first job's id).",
-                    type_name=job_type.name,
-                )
-            expected = job_type.blocker_type_at(index)
-            if expected is not None and info[0] != expected.name:
-                raise InvalidBlockersError(
-                    f"Job type {job_type.name!r}: blocker slot {index} takes a {expected.name!r} "
-                    f"chain; {chain_id} is a {info[0]!r} chain.",
-                    type_name=job_type.name,
-                )
-            done = done and info[1]
-        statuses.append(JobStatus.PENDING if done else JobStatus.BLOCKED)
-    return statuses
-
-
-def job_from_row(row: Mapping[Any, Any], job_type: JobType[Any, Any] | None = None) -> Job[Any]:
-    """Snapshot a job row; the input is decoded when its type is known."""
-    raw_input = row["input"]
-    return Job(
-        id=row["id"],
-        type_name=row["type_name"],
-        chain_id=row["chain_id"],
-        chain_type_name=row["chain_type_name"],
-        chain_index=row["chain_index"],
-        input=job_type.decode_input(raw_input) if job_type is not None else raw_input,
-        output=row["output"],
-        status=JobStatus(row["status"]),
-        created_at=row["created_at"],
-        scheduled_at=row["scheduled_at"],
-        completed_at=row["completed_at"],
-        completed_by=row["completed_by"],
-        attempt=row["attempt"],
-        last_attempt_at=row["last_attempt_at"],
-        last_attempt_error=row["last_attempt_error"],
-        leased_by=row["leased_by"],
-        leased_until=row["leased_until"],
-        deduplication_key=row["deduplication_key"],
-    )
 
 
 class Queuert:
@@ -276,14 +98,46 @@ class Queuert:
             )
         job_types.validate()
         self.engine = engine
-        self.job_types = job_types
-        self.notify: NotifyAdapter = notify if notify is not None else InMemoryNotify()
-        self.models = models
-        self.clock = clock
-        self.capabilities: Capabilities = prepare_engine(engine)
+        self.ctx = Context(
+            job_types=job_types,
+            models=models,
+            capabilities=prepare_engine(engine),
+            clock=clock,
+            notify=notify if notify is not None else InMemoryNotify(),
+        )
+        """What the transitions and workers of this client share."""
 
     def __repr__(self) -> str:
         return f"<Queuert {self.engine.url!r} types={list(self.job_types.names)}>"
+
+    @property
+    def job_types(self) -> JobTypes:
+        """The registry of job types."""
+        return self.ctx.job_types
+
+    @property
+    def models(self) -> Models:
+        """The job and blocker tables."""
+        return self.ctx.models
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the database can do (resolved once for the engine)."""
+        return self.ctx.capabilities
+
+    @property
+    def clock(self) -> Clock:
+        """Source of "now"; replaceable (tests inject a fake one), workers included."""
+        return self.ctx.clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self.ctx.clock = clock
+
+    @property
+    def notify(self) -> NotifyAdapter:
+        """Where post-commit wake-ups go."""
+        return self.ctx.notify
 
     # --- producing -----------------------------------------------------------
 
@@ -317,7 +171,7 @@ class Queuert:
             run_at: Earliest start (aware datetime), clamped to now.
             run_in: Earliest start as a delay from now.
         """
-        return self.start_chains(session, [describe_job(job_type, *args, **kwargs)])[0]
+        return self.start_chains(session, [rules.describe_job(job_type, *args, **kwargs)])[0]
 
     def start_chains(
         self, session: SessionLike, starts: Sequence[ChainStart[Any, Any]]
@@ -327,158 +181,7 @@ class Queuert:
         All-or-nothing with the caller's transaction, like :meth:`start_chain`.
         Every start is validated before any SQL is sent.
         """
-        session = self.session_of(session)
-        now = self.clock()
-        jobs: list[NewJob] = []
-        blockers: list[tuple[JobType[Any, Any], list[uuid.UUID]]] = []
-        for start in starts:
-            job_type = self.job_types.resolve(start.job_type)
-            job_type.require_entry()
-            check_schedule(job_type.name, start.run_at, start.run_in)
-            if start.dedup is not None and not isinstance(start.dedup, Dedup):  # pyright: ignore[reportUnnecessaryIsInstance]
-                raise DeduplicationError(
-                    f"dedup= takes a queuert_sa.Dedup, got {type(start.dedup).__name__}."
-                )
-            blockers.append((job_type, check_blocker_refs(job_type, start.blockers)))
-            encoded = job_type.encode_input(start.input)
-            job_id = coerce_id(start.id) if start.id is not None else new_id()
-            jobs.append(
-                NewJob(
-                    id=job_id,
-                    type_name=job_type.name,
-                    chain_id=job_id,
-                    chain_type_name=job_type.name,
-                    chain_index=0,
-                    input=encoded,
-                    status=JobStatus.PENDING,
-                    created_at=now,
-                    scheduled_at=scheduled_time(now, start.run_at, start.run_in),
-                    deduplication_key=start.dedup.key if start.dedup is not None else None,
-                )
-            )
-        duplicates = self._find_duplicates(session, starts, jobs, now)
-        fresh = [i for i in range(len(jobs)) if i not in duplicates]
-        if len(fresh) < len(jobs):
-            jobs = [jobs[i] for i in fresh]
-            blockers = [blockers[i] for i in fresh]
-        if any(chain_ids for _, chain_ids in blockers):
-            statuses = resolve_blockers(self, session, blockers)
-            jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
-        ops.insert_jobs(session, self.models, jobs)
-        ops.insert_blockers(
-            session,
-            self.models,
-            [
-                (job.id, chain_id, index)
-                for job, (_, chain_ids) in zip(jobs, blockers, strict=True)
-                for index, chain_id in enumerate(chain_ids)
-            ],
-        )
-        self._wake_after_commit(
-            session, Counter(job.type_name for job in jobs if job.status == JobStatus.PENDING)
-        )
-        created: dict[uuid.UUID, Chain[Any, Any]] = {
-            job.id: Chain(
-                id=job.id,
-                type_name=job.type_name,
-                input=starts[i].input,
-                status=job.status,
-                output=None,
-                created_at=job.created_at,
-                completed_at=None,
-                current_job_id=job.id,
-                current_type_name=job.type_name,
-                current_index=0,
-            )
-            for i, job in zip(fresh, jobs, strict=True)
-        }
-        results: list[Chain[Any, Any]] = []
-        fresh_jobs = iter(jobs)
-        for i in range(len(starts)):
-            duplicate = duplicates.get(i)
-            if duplicate is None:
-                results.append(created[next(fresh_jobs).id])
-            elif isinstance(duplicate, int):  # an earlier start of this batch
-                results.append(dataclasses.replace(results[duplicate], deduplicated=True))
-            else:
-                results.append(duplicate)
-        return results
-
-    def _find_duplicates(
-        self,
-        session: Session,
-        starts: Sequence[ChainStart[Any, Any]],
-        jobs: Sequence[NewJob],
-        now: dt.datetime,
-    ) -> dict[int, Chain[Any, Any] | int]:
-        """Which starts duplicate an existing chain (the chain) or an earlier start (its index).
-
-        Concurrent transactions with the same (chain type, key) are serialised
-        first (an advisory lock on PostgreSQL, the write lock on SQLite), so the
-        lookup sees any chain a concurrent start committed.
-        """
-        keyed = [(i, start.dedup) for i, start in enumerate(starts) if start.dedup is not None]
-        if not keyed:
-            return {}
-        keys = {(jobs[i].chain_type_name, dedup.key) for i, dedup in keyed}
-        isolation = ops_maintenance.lock_dedup_keys(session, self.models, self.capabilities, keys)
-        if isolation is not None and isolation != "read committed":
-            raise DeduplicationError(
-                f"Deduplication needs a READ COMMITTED transaction on PostgreSQL; this one is "
-                f"{isolation.upper()}, whose snapshot would miss a chain that a concurrent "
-                "transaction just committed. Start deduplicated chains in a READ COMMITTED "
-                "transaction (the default)."
-            )
-        found: dict[int, Chain[Any, Any] | int] = {}
-        first_of_key: dict[tuple[str, str], int] = {}
-        for i, dedup in keyed:
-            job = jobs[i]
-            batch_key = (job.chain_type_name, dedup.key)
-            if batch_key in first_of_key:
-                first = first_of_key[batch_key]
-                found[i] = found.get(first, first)
-                continue
-            first_of_key[batch_key] = i
-            chain_id = ops_maintenance.find_duplicate(
-                session,
-                self.models,
-                chain_type_name=job.chain_type_name,
-                key=dedup.key,
-                scope=dedup.scope,
-                since=now - dedup.window if dedup.window is not None else None,
-                exclude=dedup.exclude,
-            )
-            rows = None
-            for _ in range(10):
-                if chain_id is None:
-                    break
-                rows = ops.get_chain(session, self.models, chain_id)
-                if rows is not None:
-                    break
-                # Deleted (delete_chains, cleanup) between the two reads: look again.
-                chain_id = ops_maintenance.find_duplicate(
-                    session,
-                    self.models,
-                    chain_type_name=job.chain_type_name,
-                    key=dedup.key,
-                    scope=dedup.scope,
-                    since=now - dedup.window if dedup.window is not None else None,
-                    exclude=dedup.exclude,
-                )
-            if rows is None:
-                continue
-            job_type = self.job_types.resolve(starts[i].job_type)
-            chain = self._chain_from_rows(*rows, job_type)
-            found[i] = dataclasses.replace(chain, deduplicated=True)
-        return found
-
-    def _lost_after_commit(self, session: Session, job_id: uuid.UUID) -> None:
-        hooks.on_commit(session, partial(self.notify.notify_job_ownership_lost, job_id))
-
-    def _wake_after_commit(self, session: Session, counts: Counter[str]) -> None:
-        notify = self.notify
-        for type_name, count in counts.items():
-            hooks.on_commit(session, partial(notify.notify_job_scheduled, type_name, count))
+        return transitions.start_chains(self.session_of(session), self.ctx, starts)
 
     def session_of(self, session: object) -> Session:
         """The ``Session`` to write through; refuses what is not a usable sync session.
@@ -551,29 +254,7 @@ class Queuert:
                 raise JobTypeMismatchError(
                     expected=job_type.name, actual=root["type_name"], id=chain_id
                 )
-        return self._chain_from_rows(root, latest, job_type)
-
-    def _chain_from_rows(
-        self, root: RowMapping, latest: RowMapping, job_type: JobType[Any, Any] | None
-    ) -> Chain[Any, Any]:
-        status = JobStatus(latest["status"])
-        completed = status == JobStatus.COMPLETED
-        raw_output = latest["output"] if completed else None
-        output = raw_output
-        if completed and latest["type_name"] in self.job_types and raw_output is not None:
-            output = self.job_types.get(latest["type_name"]).decode_output(raw_output)
-        return Chain(
-            id=root["id"],
-            type_name=root["type_name"],
-            input=job_type.decode_input(root["input"]) if job_type else root["input"],
-            status=status,
-            output=output,
-            created_at=root["created_at"],
-            completed_at=latest["completed_at"] if completed else None,
-            current_job_id=latest["id"],
-            current_type_name=latest["type_name"],
-            current_index=latest["chain_index"],
-        )
+        return chain_from_rows(self.job_types, root, latest, job_type)
 
     @overload
     def get_job(
@@ -623,15 +304,7 @@ class Queuert:
         """The chains a job waits for (or waited for), in slot order."""
         job_id = coerce_id(id)
 
-        def read(ex: ops.Executor) -> list[Chain[Any, Any]]:
-            chains: list[Chain[Any, Any]] = []
-            for chain_id in ops.blocker_chain_ids(ex, self.models, job_id):
-                found = ops.get_chain(ex, self.models, chain_id)
-                if found is not None:
-                    chains.append(self._chain_from_rows(*found, None))
-            return chains
-
-        return self._read(session, read)
+        return self._read(session, lambda ex: transitions.job_blockers(ex, self.ctx, job_id))
 
     # --- listing -----------------------------------------------------------------
 
@@ -670,14 +343,14 @@ class Queuert:
         """
         filters = Filters(
             chain_type_names=None,
-            type_names=_type_names(types),
-            statuses=_status_values(statuses),
-            chain_ids=_ids(chain_ids, "chain_ids"),
-            job_ids=_ids(job_ids, "job_ids"),
-            created_since=_aware(created_since, "created_since"),
-            created_before=_aware(created_before, "created_before"),
+            type_names=rules.type_names(types),
+            statuses=rules.status_values(statuses),
+            chain_ids=rules.id_list(chain_ids, "chain_ids"),
+            job_ids=rules.id_list(job_ids, "job_ids"),
+            created_since=rules.aware(created_since, "created_since"),
+            created_before=rules.aware(created_before, "created_before"),
         )
-        _check_page(order, limit)
+        rules.check_page(order, limit)
         after = None if cursor is None else _cursor.decode_created(cursor, "chains", order)
         rows = self._read(
             session,
@@ -685,12 +358,7 @@ class Queuert:
                 ex, self.models, filters=filters, order=order, after=after, limit=limit
             ),
         )
-        chains = [self._chain_from_rows(root, latest, None) for root, latest in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = chains[-1]
-            next_cursor = _cursor.encode_created("chains", order, last.created_at, last.id)
-        return Page(chains, next_cursor)
+        return chain_page(self.job_types, rows, limit, order)
 
     def list_jobs(
         self,
@@ -713,15 +381,15 @@ class Queuert:
         chains; the other arguments are as for :meth:`list_chains`.
         """
         filters = Filters(
-            type_names=_type_names(types),
-            chain_type_names=_type_names(chain_types),
-            statuses=_status_values(statuses),
-            chain_ids=_ids(chain_ids, "chain_ids"),
-            job_ids=_ids(job_ids, "job_ids"),
-            created_since=_aware(created_since, "created_since"),
-            created_before=_aware(created_before, "created_before"),
+            type_names=rules.type_names(types),
+            chain_type_names=rules.type_names(chain_types),
+            statuses=rules.status_values(statuses),
+            chain_ids=rules.id_list(chain_ids, "chain_ids"),
+            job_ids=rules.id_list(job_ids, "job_ids"),
+            created_since=rules.aware(created_since, "created_since"),
+            created_before=rules.aware(created_before, "created_before"),
         )
-        _check_page(order, limit)
+        rules.check_page(order, limit)
         after = None if cursor is None else _cursor.decode_created(cursor, "jobs", order)
         rows = self._read(
             session,
@@ -729,7 +397,7 @@ class Queuert:
                 ex, self.models, filters=filters, order=order, after=after, limit=limit
             ),
         )
-        return self._job_page(rows, limit, "jobs", order)
+        return job_page(self.job_types, rows, limit, "jobs", order)
 
     def list_chain_jobs(
         self,
@@ -745,7 +413,7 @@ class Queuert:
         An unknown chain gives an empty page.
         """
         wanted = coerce_id(chain_id)
-        _check_page(order, limit)
+        rules.check_page(order, limit)
         after = None if cursor is None else _cursor.decode_index(cursor, "chain_jobs", order)
         rows = self._read(
             session,
@@ -753,11 +421,7 @@ class Queuert:
                 ex, self.models, chain_id=wanted, order=order, after=after, limit=limit
             ),
         )
-        jobs = [self._job_snapshot(row) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            next_cursor = _cursor.encode_index("chain_jobs", order, jobs[-1].chain_index)
-        return Page(jobs, next_cursor)
+        return chain_jobs_page(self.job_types, rows, limit, order)
 
     def list_blocked_jobs(
         self,
@@ -774,7 +438,7 @@ class Queuert:
         kept for as long as both chains exist.
         """
         wanted = coerce_id(chain_id)
-        _check_page(order, limit)
+        rules.check_page(order, limit)
         after = None if cursor is None else _cursor.decode_created(cursor, "blocked_jobs", order)
         rows = self._read(
             session,
@@ -782,21 +446,7 @@ class Queuert:
                 ex, self.models, chain_id=wanted, order=order, after=after, limit=limit
             ),
         )
-        return self._job_page(rows, limit, "blocked_jobs", order)
-
-    def _job_snapshot(self, row: RowMapping) -> Job[Any]:
-        known = row["type_name"] in self.job_types
-        return job_from_row(row, self.job_types.get(row["type_name"]) if known else None)
-
-    def _job_page(
-        self, rows: Sequence[RowMapping], limit: int, listing: str, order: str
-    ) -> Page[Job[Any]]:
-        jobs = [self._job_snapshot(row) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = jobs[-1]
-            next_cursor = _cursor.encode_created(listing, order, last.created_at, last.id)
-        return Page(jobs, next_cursor)
+        return job_page(self.job_types, rows, limit, "blocked_jobs", order)
 
     # --- operating: trigger, delete, clean up ----------------------------------
 
@@ -809,16 +459,7 @@ class Queuert:
         :class:`JobNotTriggerableError` for a job that is blocked, running or
         completed. Returns the job as updated.
         """
-        session = self.session_of(session)
-        job_id = coerce_id(id)
-        row = ops_maintenance.trigger_job(session, self.models, job_id=job_id, now=self.clock())
-        if row is None:
-            current = ops.get_job(session, self.models, job_id)
-            if current is None:
-                raise JobNotFoundError(job_id)
-            raise JobNotTriggerableError(job_id, status=str(current["status"]))
-        self._wake_after_commit(session, Counter({row["type_name"]: 1}))
-        return self._job_snapshot(row)
+        return transitions.trigger_job(self.session_of(session), self.ctx, coerce_id(id))
 
     def delete_chains(
         self,
@@ -841,42 +482,10 @@ class Queuert:
         job gone when it writes, and writes nothing. Returns the deleted
         chains as they were, the listed ones first.
         """
-        if isinstance(ids, (str, uuid.UUID)):
-            raise TypeError("delete_chains takes a list of chain ids; wrap a single id in [...]")
-        session = self.session_of(session)
-        wanted = list(dict.fromkeys(coerce_id(i) for i in ids))
-        if len(wanted) > MAX_BATCH_SIZE:
-            raise ValueError(
-                f"delete_chains takes at most {MAX_BATCH_SIZE} ids per call (got {len(wanted)}); "
-                "split the list (each call is its own all-or-nothing set)."
-            )
-        found = ops_maintenance.lock_chains(session, self.models, self.capabilities, wanted)
-        doomed = [chain_id for chain_id in wanted if chain_id in found]
-        if cascade:
-            frontier = set(doomed)
-            while frontier:
-                blockers = ops_maintenance.blocker_chains_of(session, self.models, frontier)
-                new = sorted(blockers - set(doomed))
-                frontier = ops_maintenance.lock_chains(session, self.models, self.capabilities, new)
-                doomed += [chain_id for chain_id in new if chain_id in frontier]
-        references = ops_maintenance.outside_references(session, self.models, doomed)
-        if references:
-            raise BlockerReferenceError([BlockerReference(*ref) for ref in references])
-        rows = queries.list_chains(
-            session,
-            self.models,
-            filters=Filters(chain_ids=doomed),
-            order="asc",
-            after=None,
-            limit=max(len(doomed), 1),
+        wanted = rules.deletion_ids(ids)
+        return transitions.delete_chains(
+            self.session_of(session), self.ctx, wanted, cascade=cascade
         )
-        by_id = {root["id"]: self._chain_from_rows(root, latest, None) for root, latest in rows}
-        ops_maintenance.delete_chain_rows(session, self.models, doomed)
-        for _, latest in rows:
-            if latest["status"] == JobStatus.RUNNING:
-                # A staged attempt is running it: tell its worker after COMMIT.
-                self._lost_after_commit(session, latest["id"])
-        return [by_id[chain_id] for chain_id in doomed if chain_id in by_id]
 
     def cleanup(
         self,
@@ -909,60 +518,33 @@ class Queuert:
             batch_size: Chains examined per transaction.
             max_batches: Stop after this many batches (default: until done).
         """
-        if older_than < dt.timedelta(0):
-            raise ValueError(f"older_than must not be negative, got {older_than!r}")
-        if not 1 <= batch_size <= MAX_BATCH_SIZE or (max_batches is not None and max_batches < 1):
-            raise ValueError(
-                f"batch_size must be between 1 and {MAX_BATCH_SIZE} and max_batches at least 1"
-            )
-        cutoff = self.clock() - older_than
-        type_names = _type_names(types)
+        plan = rules.cleanup_plan(
+            now=self.clock(),
+            older_than=older_than,
+            types=types,
+            batch_size=batch_size,
+            max_batches=max_batches,
+        )
         engine = immediate_engine(self.engine)
         after: tuple[dt.datetime, uuid.UUID] | None = None
         deleted = batches = 0
-        while max_batches is None or batches < max_batches:
+        while True:
             # BEGIN (IMMEDIATE on SQLite) may itself fail: translate that too.
             with ops.database_errors("clean up chains", self.models), engine.begin() as conn:
-                examined, gone, after = self.cleanup_batch(
-                    conn, cutoff=cutoff, type_names=type_names, after=after, limit=batch_size
+                examined, gone, after = transitions.cleanup_batch(
+                    conn,
+                    self.ctx,
+                    cutoff=plan.cutoff,
+                    type_names=plan.type_names,
+                    after=after,
+                    limit=plan.batch_size,
                 )
             deleted += gone
             batches += 1
-            if examined < batch_size:
+            if not plan.more(batches, examined):
                 break
-        log.info("cleanup deleted %d chains completed before %s", deleted, cutoff.isoformat())
+        log.info("cleanup deleted %d chains completed before %s", deleted, plan.cutoff.isoformat())
         return deleted
-
-    def cleanup_batch(
-        self,
-        executor: ops.Executor,
-        *,
-        cutoff: dt.datetime,
-        type_names: Sequence[str] | None,
-        after: tuple[dt.datetime, uuid.UUID] | None,
-        limit: int,
-    ) -> tuple[int, int, tuple[dt.datetime, uuid.UUID] | None]:
-        """One retention batch in the caller's transaction: (examined, deleted, next key)."""
-        candidates = ops_maintenance.retention_candidates(
-            executor,
-            self.models,
-            self.capabilities,
-            cutoff=cutoff,
-            type_names=type_names,
-            after=after,
-            limit=limit,
-        )
-        if not candidates:
-            return 0, 0, after
-        ids = ops_maintenance.lock_whole_chains(
-            executor, self.models, self.capabilities, {chain_id for chain_id, _ in candidates}
-        )
-        keep = ops_maintenance.still_needed(
-            executor, self.models, chain_ids=ids, cutoff=cutoff, type_names=type_names
-        )
-        ops_maintenance.delete_chain_rows(executor, self.models, ids - keep)
-        last_id, last_created = candidates[-1]
-        return len(candidates), len(ids - keep), (last_created, last_id)
 
     # --- waiting and completing from application code -------------------------
 
@@ -1044,52 +626,33 @@ class Queuert:
         :class:`JobAlreadyCompletedError` if the chain is already complete.
         Returns the chain as it is now in ``session``.
         """
-        from ._attempt import Attempt
-
         session = self.session_of(session)
         chain_id = coerce_id(id)
         chain_type = self.job_types.resolve(job_type)
-        ops_maintenance.take_write_lock(session, self.models, self.capabilities)
-        found = ops.lock_chain(session, self.models, self.capabilities, chain_id)
-        if found is None:
-            raise ChainNotFoundError(chain_id)
-        root, latest = found
-        if root["type_name"] != chain_type.name:
-            raise JobTypeMismatchError(
-                expected=chain_type.name, actual=root["type_name"], id=chain_id
-            )
-        if latest["status"] == JobStatus.COMPLETED:
-            raise JobAlreadyCompletedError(latest["id"])
-        current_type = self.job_types.get(latest["type_name"])
-        completion: Attempt[Any, Any] = Attempt(
-            client=self,
+        job, current_type, blockers = transitions.lock_current_job(
+            session, self.ctx, chain_id, chain_type
+        )
+        state = AttemptState(
+            job_types=self.job_types,
             job_type=current_type,
-            job=job_from_row(latest, current_type),
-            session=session,
+            job=job,
             worker_id=None,
             mode="workerless",
-            blockers=[
-                chain
-                for chain in (
-                    self.get_job_blockers(latest["id"], session=session)
-                    if current_type.blocker_types
-                    else ()
-                )
-                if chain.is_completed
-            ],
+            blockers=blockers,
         )
+        completion: Attempt[Any, Any] = Attempt(state, session)
         result = fn(completion)
-        if completion.outcome is not None and latest["status"] == JobStatus.RUNNING:
-            # The lock waited out any atomic attempt: a staged one holds this job.
-            self._lost_after_commit(session, latest["id"])
-        if completion.outcome is not None:
-            if result is not None and not completion.owns(result):
+        if state.decision is not None:
+            if result is not None and not state.owns(result):
                 raise TypeError(
                     f"complete_chain's function returned {result!r:.60}; return the outcome of "
                     "completion.complete()/continue_with(), or None"
                 )
+            if job.status == JobStatus.RUNNING:
+                # The lock waited out any atomic attempt: a staged one holds this job.
+                transitions.lost_after_commit(session, self.ctx, job.id)
             session.flush()
-            completion.write_outcome(session)
+            transitions.write_outcome(session, self.ctx, job, state.decision, None)
         return self.get_chain(chain_id, job_type, session=session)
 
     # --- workers -------------------------------------------------------------
@@ -1109,7 +672,7 @@ class Queuert:
 
         See :class:`Worker` for the meaning and defaults of each option.
         """
-        from ._worker import Worker
+        from ._worker._threads import Worker
 
         return Worker(
             self,

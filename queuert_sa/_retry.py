@@ -1,13 +1,45 @@
-"""The retry decision: how long a failed attempt waits before the next one.
+"""The retry decision: when a failed attempt runs again, and what error text is kept.
 
-Pure functions of (attempt, config, random source); no IO, no clock.
+Pure functions of (error, attempt number, config, ``now``, random source); no
+IO and no clock of their own. ``Reschedule`` is the handler's way to choose
+the time itself.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
+
+#: ``last_attempt_error`` is cut to this many characters.
+MAX_ERROR_CHARS = 10_000
+
+
+class Reschedule(Exception):
+    """Raise from a handler to retry the job at a chosen time instead of with backoff.
+
+    Everything the attempt wrote is rolled back, as for any exception; the job
+    becomes pending at ``run_at`` (or ``run_in`` from now) and ``reason`` is
+    recorded in ``last_attempt_error``.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_at: dt.datetime | None = None,
+        run_in: dt.timedelta | None = None,
+        reason: str = "",
+    ) -> None:
+        if (run_at is None) == (run_in is None):
+            raise ValueError("Reschedule needs exactly one of run_at= or run_in=")
+        if run_at is not None and run_at.tzinfo is None:
+            raise ValueError("Reschedule(run_at=...) needs an aware datetime")
+        super().__init__(reason or "rescheduled by the handler")
+        self.run_at = run_at
+        self.run_in = run_in
+        self.reason = reason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,3 +92,35 @@ def backoff_delay(attempt: int, backoff: Backoff, rng: random.Random | None = No
         spread = (rng or random).uniform(-backoff.jitter, backoff.jitter)
         base *= 1 + spread
     return timedelta(seconds=max(base, 0.0))
+
+
+def describe_error(exc: BaseException) -> str:
+    """The text kept in ``last_attempt_error``: the traceback, cut to a bounded size."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    if len(text) > MAX_ERROR_CHARS:
+        suffix = "… [truncated]"
+        text = text[: MAX_ERROR_CHARS - len(suffix)] + suffix
+    return text
+
+
+def retry_decision(
+    exc: BaseException,
+    *,
+    attempt: int,
+    backoff: Backoff,
+    now: dt.datetime,
+    rng: random.Random | None = None,
+) -> tuple[dt.datetime, str]:
+    """When a failed attempt runs again, and the error text to record.
+
+    ``Reschedule`` picks its own time; any other exception waits the backoff
+    delay for this attempt number.
+    """
+    if isinstance(exc, Reschedule):
+        at = (
+            exc.run_at.astimezone(dt.UTC)
+            if exc.run_at is not None
+            else now + (exc.run_in or dt.timedelta(0))
+        )
+        return max(at, now), f"Reschedule: {exc.reason or 'rescheduled by the handler'}"
+    return now + backoff_delay(attempt, backoff, rng), describe_error(exc)

@@ -288,7 +288,7 @@ def _process_async(
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from ._async_client import AsyncQueuert
-    from ._async_worker import AsyncAttempt
+    from ._attempt import AsyncAttempt
 
     async def main() -> float:
         aengine = create_async_engine(_async_url(engine.url), pool_size=concurrency + 5)

@@ -320,7 +320,7 @@ BAD_APP_PATHS = [
     ("local_app:make_worker", "the factory returned a str object ('not a worker')"),
     ("local_app:make_worker_with", "which needs arguments"),
     ("local_app:NotAWorker", "found the class local_app.NotAWorker"),
-    ("local_app:queuert_sa.Worker", "found the class queuert_sa._worker.Worker"),
+    ("local_app:queuert_sa.Worker", "found the class queuert_sa._worker._threads.Worker"),
 ]
 
 

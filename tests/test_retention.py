@@ -25,7 +25,7 @@ from sqlalchemy import Connection, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-import queuert_sa._client as q_client
+import queuert_sa._transitions as transitions
 from queuert_sa.models import DEFAULT_MODELS, Job, JobBlocker
 from queuert_sa.state import maintenance
 
@@ -451,7 +451,7 @@ def test_cleanup_skips_a_chain_a_producer_is_attaching_as_a_blocker(
     clock.advance(2 * DAY)
     assert job_count(pg) == 2
 
-    read_blocker_chains = q_client.ops.read_blocker_chains
+    read_blocker_chains = transitions.ops.read_blocker_chains
     producer_read = threading.Event()
 
     def slow(*args: Any, **kwargs: Any) -> Any:
@@ -461,7 +461,7 @@ def test_cleanup_skips_a_chain_a_producer_is_attaching_as_a_blocker(
             time.sleep(0.7)  # widen the window between the lock and the INSERT
         return found
 
-    monkeypatch.setattr(q_client.ops, "read_blocker_chains", slow)
+    monkeypatch.setattr(transitions.ops, "read_blocker_chains", slow)
     outcome: list[object] = []
 
     def attach() -> None:

@@ -12,9 +12,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-from queuert_sa._attempt import MAX_ERROR_CHARS, describe_error, retry_decision
 from queuert_sa._ids import new_id
-from queuert_sa._retry import backoff_delay
+from queuert_sa._retry import MAX_ERROR_CHARS, backoff_delay, describe_error, retry_decision
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 

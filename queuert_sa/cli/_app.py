@@ -13,10 +13,10 @@ import os
 from typing import TYPE_CHECKING, Any, cast
 
 from queuert_sa._errors import QueuertError
-from queuert_sa._worker import Worker
+from queuert_sa._worker._threads import Worker
 
 if TYPE_CHECKING:
-    from queuert_sa._async_worker import AsyncWorker
+    from queuert_sa._worker._asyncio import AsyncWorker
 
     AnyWorker = Worker | AsyncWorker
 
@@ -69,7 +69,7 @@ def _describe(value: object) -> str:
 def _worker_types() -> tuple[type[Any], ...]:
     """``Worker``, and ``AsyncWorker`` when SQLAlchemy's asyncio support is installed."""
     try:
-        from queuert_sa._async_worker import AsyncWorker
+        from queuert_sa._worker._asyncio import AsyncWorker
     except ImportError:
         return (Worker,)
     return (Worker, AsyncWorker)

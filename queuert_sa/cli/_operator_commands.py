@@ -20,9 +20,10 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from queuert_sa._client import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Queuert
+from queuert_sa._client import Queuert
 from queuert_sa._errors import ChainNotFoundError, InvalidCursorError, QueuertError
 from queuert_sa._job_types import JobTypes
+from queuert_sa._rules import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from queuert_sa.models import DEFAULT_TABLE_PREFIX, JobStatus, create_models
 
 from ._format import (

@@ -11,9 +11,10 @@ import dataclasses
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from queuert_sa._client import MAX_PAGE_SIZE, Queuert
+from queuert_sa._client import Queuert
 from queuert_sa._entities import Chain, Job
 from queuert_sa._errors import JobNotFoundError
+from queuert_sa._rules import MAX_PAGE_SIZE
 
 from ._format import chain_data, error_line, format_table, format_time, job_data, to_json
 

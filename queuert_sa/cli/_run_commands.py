@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 import click
 
 from queuert_sa._errors import QueuertError
-from queuert_sa._worker import Worker
+from queuert_sa._worker._threads import Worker
 
 from ._app import AppPathError, import_worker
 from ._bench_phases import PHASES
 from ._format import to_json
 
 if TYPE_CHECKING:
-    from queuert_sa._async_worker import AsyncWorker
+    from queuert_sa._worker._asyncio import AsyncWorker
 
 # The name the docs show in the worker's log lines; not __name__ (queuert_sa.cli._run_commands).
 log = logging.getLogger("queuert_sa.cli")

@@ -1,0 +1,48 @@
+"""What every layer above the state layer needs to know, in one frozen record.
+
+Clients, transitions, attempts and both worker drivers take a :class:`Context`
+instead of the ``Queuert`` façade: the registry, the tables, the database's
+capabilities, the clock and where post-commit notifications go. Nothing here
+does IO. One context is shared by a client and everything it made, so a clock
+or notify adapter replaced on the client (``queuert.clock = fake``, as tests
+do) is the one its workers see.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._job_types import JobTypes
+from .models import Models
+from .notify import NotifyAdapter
+from .state import Capabilities
+
+#: A source of "now": returns aware UTC datetimes. Tests inject a fake one.
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    """The default clock: the current time in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(kw_only=True, eq=False)
+class Context:
+    """The registry, tables, capabilities, clock and notify adapter of one client."""
+
+    job_types: JobTypes
+    """The job types this client and its workers know."""
+
+    models: Models
+    """The job and blocker tables."""
+
+    capabilities: Capabilities
+    """What the database can do (resolved once per engine)."""
+
+    clock: Clock
+    """Source of "now" for every decision and timestamp."""
+
+    notify: NotifyAdapter
+    """Where post-commit wake-ups and chain-completed signals go."""

@@ -1,0 +1,241 @@
+"""Pure rules of the domain: validation before any SQL, schedules, limits, decisions.
+
+Everything here is a function of its arguments (and ``now`` where time
+matters): no session, no engine, no clock of its own. The client, the chain
+transitions and the attempt all apply the same rules from here, so a start
+and a continuation are validated alike, and the sync and async clients share
+one set of argument checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from ._errors import DeduplicationError, InvalidBlockersError, InvalidScheduleError
+from ._ids import coerce_id, new_id
+from ._job_types import ChainStart, JobType, JobTypes
+from ._json import JSONValue
+from .models import JobStatus
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+P = ParamSpec("P")
+
+#: Default page size of the listings.
+DEFAULT_PAGE_SIZE = 50
+#: Largest page a listing returns.
+MAX_PAGE_SIZE = 1000
+#: Most chains ``cleanup`` examines per batch and ``delete_chains`` takes per
+#: call (the ids are bound parameters; PostgreSQL allows 65,535 per statement).
+MAX_BATCH_SIZE = 10_000
+
+
+# --- what an outcome decided (recorded by the attempt, written by the transitions) ---
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The job, and with it the chain, finished with ``output`` (already encoded)."""
+
+    output: JSONValue
+
+
+@dataclass(frozen=True)
+class Continued:
+    """The job finished by handing its chain to a next job (validated, not yet written)."""
+
+    target: JobType[Any, Any]
+    input: JSONValue
+    id: uuid.UUID
+    run_at: dt.datetime | None
+    run_in: dt.timedelta | None
+    blockers: list[uuid.UUID]
+
+
+Decision = Completed | Continued
+
+
+# --- starting and continuing ------------------------------------------------------
+
+
+def check_schedule(type_name: str, run_at: dt.datetime | None, run_in: dt.timedelta | None) -> None:
+    """Raise :class:`InvalidScheduleError` for schedule options that cannot be honoured."""
+    if run_at is not None and run_in is not None:
+        raise InvalidScheduleError(
+            f"Job of type {type_name!r}: pass run_at= or run_in=, not both.", type_name=type_name
+        )
+    if run_at is not None and run_at.tzinfo is None:
+        raise InvalidScheduleError(
+            f"Job of type {type_name!r}: run_at={run_at!r} is naive; pass an aware datetime "
+            "(e.g. datetime.now(UTC) + delay).",
+            type_name=type_name,
+        )
+
+
+def scheduled_time(
+    now: dt.datetime, run_at: dt.datetime | None, run_in: dt.timedelta | None
+) -> dt.datetime:
+    """When a new job becomes due: ``run_at``/``run_in`` clamped to ``now``.
+
+    A past ``run_at`` never jumps the queue ahead of jobs already due. The
+    options must have passed :func:`check_schedule`.
+    """
+    if run_at is not None:
+        return max(run_at.astimezone(dt.UTC), now)
+    if run_in is not None:
+        return now + max(run_in, dt.timedelta(0))
+    return now
+
+
+def describe_job(
+    job_type: Callable[P, ChainStart[InT, OutT]], /, *args: P.args, **kwargs: P.kwargs
+) -> ChainStart[InT, OutT]:
+    """Build the ``ChainStart`` for ``job_type(*args, **kwargs)``, refusing non-job-types."""
+    candidate: object = job_type
+    if not isinstance(candidate, JobType):
+        raise TypeError(f"expected a JobType (from job_types.entry/define), got {candidate!r:.60}")
+    return job_type(*args, **kwargs)
+
+
+def check_blocker_refs(job_type: JobType[Any, Any], refs: Sequence[Any]) -> list[uuid.UUID]:
+    """Validate the blockers given for a job, before any SQL: count and ids."""
+    job_type.require_blocker_count(len(refs))
+    ids = [coerce_id(getattr(ref, "id", ref)) for ref in refs]
+    if len(set(ids)) != len(ids):
+        raise InvalidBlockersError(
+            f"Job type {job_type.name!r}: the same chain fills two blocker slots; each slot "
+            "takes a different chain.",
+            type_name=job_type.name,
+        )
+    return ids
+
+
+def continuation(
+    job_types: JobTypes, current: JobType[Any, Any], start: ChainStart[Any, Any]
+) -> Continued:
+    """Validate ``continue_with(start)`` from a job of type ``current``; nothing is written."""
+    target = job_types.resolve(start.job_type)
+    current.require_continuation(target)
+    if start.dedup is not None:
+        raise DeduplicationError(
+            f"continue_with({target.name!r}, dedup=...): deduplication applies to starting "
+            "chains; a continuation belongs to its chain and is never duplicated. Start a "
+            "new chain with queuert.start_chain(attempt.session, ..., dedup=...) instead."
+        )
+    check_schedule(target.name, start.run_at, start.run_in)
+    return Continued(
+        target=target,
+        input=target.encode_input(start.input),
+        id=coerce_id(start.id) if start.id is not None else new_id(),
+        run_at=start.run_at,
+        run_in=start.run_in,
+        blockers=check_blocker_refs(target, start.blockers),
+    )
+
+
+# --- listing and operating arguments ----------------------------------------------
+
+
+def type_names(types: Iterable[JobType[Any, Any] | str] | None) -> list[str] | None:
+    """``types=`` as names; a single type or name (not in a list) is refused."""
+    if types is None:
+        return None
+    if isinstance(types, (str, JobType)):
+        raise TypeError("types= takes a list of job types or names; wrap a single one in [...]")
+    return [t if isinstance(t, str) else t.name for t in types]
+
+
+def status_values(statuses: Iterable[JobStatus | str] | None) -> list[str] | None:
+    """``statuses=`` as plain values, each checked against :class:`JobStatus`."""
+    if statuses is None:
+        return None
+    if isinstance(statuses, str):
+        raise TypeError("statuses= takes a list of statuses; wrap a single one in [...]")
+    values: list[str] = []
+    for status in statuses:
+        try:
+            values.append(JobStatus(status).value)
+        except ValueError:
+            known = ", ".join(s.value for s in JobStatus)
+            raise ValueError(f"Unknown job status {status!r}; one of: {known}.") from None
+    return values
+
+
+def id_list(ids: Iterable[uuid.UUID | str] | None, name: str) -> list[uuid.UUID] | None:
+    """A list-of-ids argument called ``name``, each coerced to a UUID."""
+    if ids is None:
+        return None
+    if isinstance(ids, (str, uuid.UUID)):
+        raise TypeError(f"{name}= takes a list of ids; wrap a single id in [...]")
+    return [coerce_id(i) for i in ids]
+
+
+def aware(value: dt.datetime | None, name: str) -> dt.datetime | None:
+    """``value`` if it is aware (or None); a naive datetime is refused."""
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name}={value!r} is naive; pass an aware datetime (UTC).")
+    return value
+
+
+def check_page(order: str, limit: int) -> None:
+    """Refuse an unknown order or a page size outside 1..MAX_PAGE_SIZE."""
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit!r}")
+
+
+def deletion_ids(ids: Iterable[uuid.UUID | str]) -> list[uuid.UUID]:
+    """``delete_chains``' ids, deduplicated in order; at most MAX_BATCH_SIZE of them."""
+    if isinstance(ids, (str, uuid.UUID)):
+        raise TypeError("delete_chains takes a list of chain ids; wrap a single id in [...]")
+    wanted = list(dict.fromkeys(coerce_id(i) for i in ids))
+    if len(wanted) > MAX_BATCH_SIZE:
+        raise ValueError(
+            f"delete_chains takes at most {MAX_BATCH_SIZE} ids per call (got {len(wanted)}); "
+            "split the list (each call is its own all-or-nothing set)."
+        )
+    return wanted
+
+
+@dataclass(frozen=True)
+class CleanupPlan:
+    """Checked ``cleanup`` arguments: what to delete and in what batches."""
+
+    cutoff: dt.datetime
+    type_names: list[str] | None
+    batch_size: int
+    max_batches: int | None
+
+    def more(self, batches: int, examined: int) -> bool:
+        """Whether to run another batch after ``batches`` ran and the last examined this many."""
+        if examined < self.batch_size:
+            return False
+        return self.max_batches is None or batches < self.max_batches
+
+
+def cleanup_plan(
+    *,
+    now: dt.datetime,
+    older_than: dt.timedelta,
+    types: Iterable[JobType[Any, Any] | str] | None,
+    batch_size: int,
+    max_batches: int | None,
+) -> CleanupPlan:
+    """Check ``cleanup``'s arguments (both clients) and fix its cutoff."""
+    if older_than < dt.timedelta(0):
+        raise ValueError(f"older_than must not be negative, got {older_than!r}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE or (max_batches is not None and max_batches < 1):
+        raise ValueError(
+            f"batch_size must be between 1 and {MAX_BATCH_SIZE} and max_batches at least 1"
+        )
+    return CleanupPlan(
+        cutoff=now - older_than,
+        type_names=type_names(types),
+        batch_size=batch_size,
+        max_batches=max_batches,
+    )

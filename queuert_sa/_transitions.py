@@ -1,0 +1,433 @@
+"""Chain transitions: every multi-statement change of job rows, written once.
+
+Each function is a unit of work on the caller's ``Session`` (or connection),
+inside its current transaction: it runs state-layer operations, buffers the
+post-commit notifications with :mod:`hooks`, and never commits. The sync
+client calls them directly, the async client through ``run_sync``, and both
+workers write an attempt's outcome with :func:`write_outcome` — as does
+``complete_chain`` for work finished outside a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from . import hooks
+from ._context import Context
+from ._entities import Chain, Dedup, Job
+from ._errors import (
+    BlockerReference,
+    BlockerReferenceError,
+    ChainNotFoundError,
+    DeduplicationError,
+    InvalidBlockersError,
+    JobAlreadyCompletedError,
+    JobNotFoundError,
+    JobNotTriggerableError,
+    JobTypeMismatchError,
+)
+from ._ids import coerce_id, new_id
+from ._job_types import ChainStart, JobType
+from ._rules import (
+    Completed,
+    Continued,
+    Decision,
+    check_blocker_refs,
+    check_schedule,
+    scheduled_time,
+)
+from ._snapshots import chain_from_rows, job_from_row, job_snapshot
+from .models import JobStatus
+from .state import NewJob, queries
+from .state import maintenance as ops_maintenance
+from .state import operations as ops
+from .state.queries import Filters
+
+#: How often a deduplicated start looks again when its match is deleted meanwhile.
+DEDUP_LOOKUPS = 10
+
+
+# --- notifications after COMMIT -----------------------------------------------------
+
+
+def wake_after_commit(session: Session, ctx: Context, counts: Counter[str]) -> None:
+    """Wake workers of these types (type name -> jobs) once the transaction commits."""
+    notify = ctx.notify
+    for type_name, count in counts.items():
+        hooks.on_commit(session, partial(notify.notify_job_scheduled, type_name, count))
+
+
+def lost_after_commit(session: Session, ctx: Context, job_id: uuid.UUID) -> None:
+    """Tell the staged attempt running ``job_id`` that it lost the job, after COMMIT."""
+    hooks.on_commit(session, partial(ctx.notify.notify_job_ownership_lost, job_id))
+
+
+# --- starting chains ------------------------------------------------------------------
+
+
+def resolve_blockers(
+    session: Session,
+    ctx: Context,
+    wanted: Sequence[tuple[JobType[Any, Any], list[uuid.UUID]]],
+) -> list[JobStatus]:
+    """Check that the blocker chains exist and fit their slots; the new jobs' statuses.
+
+    Locks each blocker chain's latest job (see ``read_blocker_chains``). A job
+    whose blockers are all completed starts ``pending``, otherwise ``blocked``.
+    """
+    ids = {chain_id for _, chain_ids in wanted for chain_id in chain_ids}
+    if ids:
+        # SQLite: become the writer before reading, so the read is not stale
+        # when the INSERT comes (another writer committing in between would
+        # fail the transaction with "database is locked").
+        ops_maintenance.take_write_lock(session, ctx.models, ctx.capabilities)
+    found = ops.read_blocker_chains(session, ctx.models, ctx.capabilities, ids) if ids else {}
+    statuses: list[JobStatus] = []
+    for job_type, chain_ids in wanted:
+        done = True
+        for index, chain_id in enumerate(chain_ids):
+            info = found.get(chain_id)
+            if info is None:
+                raise InvalidBlockersError(
+                    f"Job type {job_type.name!r}: blocker chain {chain_id} (slot {index}) does "
+                    "not exist (a chain's id is its first job's id).",
+                    type_name=job_type.name,
+                )
+            expected = job_type.blocker_type_at(index)
+            if expected is not None and info[0] != expected.name:
+                raise InvalidBlockersError(
+                    f"Job type {job_type.name!r}: blocker slot {index} takes a {expected.name!r} "
+                    f"chain; {chain_id} is a {info[0]!r} chain.",
+                    type_name=job_type.name,
+                )
+            done = done and info[1]
+        statuses.append(JobStatus.PENDING if done else JobStatus.BLOCKED)
+    return statuses
+
+
+def start_chains(
+    session: Session, ctx: Context, starts: Sequence[ChainStart[Any, Any]]
+) -> list[Chain[Any, Any]]:
+    """Insert the first jobs of ``starts`` (validated first), deduplicated, blockers resolved."""
+    now = ctx.clock()
+    jobs: list[NewJob] = []
+    blockers: list[tuple[JobType[Any, Any], list[uuid.UUID]]] = []
+    for start in starts:
+        job_type = ctx.job_types.resolve(start.job_type)
+        job_type.require_entry()
+        check_schedule(job_type.name, start.run_at, start.run_in)
+        if start.dedup is not None and not isinstance(start.dedup, Dedup):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise DeduplicationError(
+                f"dedup= takes a queuert_sa.Dedup, got {type(start.dedup).__name__}."
+            )
+        blockers.append((job_type, check_blocker_refs(job_type, start.blockers)))
+        encoded = job_type.encode_input(start.input)
+        job_id = coerce_id(start.id) if start.id is not None else new_id()
+        jobs.append(
+            NewJob(
+                id=job_id,
+                type_name=job_type.name,
+                chain_id=job_id,
+                chain_type_name=job_type.name,
+                chain_index=0,
+                input=encoded,
+                status=JobStatus.PENDING,
+                created_at=now,
+                scheduled_at=scheduled_time(now, start.run_at, start.run_in),
+                deduplication_key=start.dedup.key if start.dedup is not None else None,
+            )
+        )
+    duplicates = find_duplicates(session, ctx, starts, jobs, now)
+    fresh = [i for i in range(len(jobs)) if i not in duplicates]
+    if len(fresh) < len(jobs):
+        jobs = [jobs[i] for i in fresh]
+        blockers = [blockers[i] for i in fresh]
+    if any(chain_ids for _, chain_ids in blockers):
+        statuses = resolve_blockers(session, ctx, blockers)
+        jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
+    ops.insert_jobs(session, ctx.models, jobs)
+    ops.insert_blockers(
+        session,
+        ctx.models,
+        [
+            (job.id, chain_id, index)
+            for job, (_, chain_ids) in zip(jobs, blockers, strict=True)
+            for index, chain_id in enumerate(chain_ids)
+        ],
+    )
+    wake_after_commit(
+        session, ctx, Counter(job.type_name for job in jobs if job.status == JobStatus.PENDING)
+    )
+    created: dict[uuid.UUID, Chain[Any, Any]] = {
+        job.id: Chain(
+            id=job.id,
+            type_name=job.type_name,
+            input=starts[i].input,
+            status=job.status,
+            output=None,
+            created_at=job.created_at,
+            completed_at=None,
+            current_job_id=job.id,
+            current_type_name=job.type_name,
+            current_index=0,
+        )
+        for i, job in zip(fresh, jobs, strict=True)
+    }
+    results: list[Chain[Any, Any]] = []
+    fresh_jobs = iter(jobs)
+    for i in range(len(starts)):
+        duplicate = duplicates.get(i)
+        if duplicate is None:
+            results.append(created[next(fresh_jobs).id])
+        elif isinstance(duplicate, int):  # an earlier start of this batch
+            results.append(dataclasses.replace(results[duplicate], deduplicated=True))
+        else:
+            results.append(duplicate)
+    return results
+
+
+def find_duplicates(
+    session: Session,
+    ctx: Context,
+    starts: Sequence[ChainStart[Any, Any]],
+    jobs: Sequence[NewJob],
+    now: dt.datetime,
+) -> dict[int, Chain[Any, Any] | int]:
+    """Which starts duplicate an existing chain (the chain) or an earlier start (its index).
+
+    Concurrent transactions with the same (chain type, key) are serialised
+    first (an advisory lock on PostgreSQL, the write lock on SQLite), so the
+    lookup sees any chain a concurrent start committed.
+    """
+    keyed = [(i, start.dedup) for i, start in enumerate(starts) if start.dedup is not None]
+    if not keyed:
+        return {}
+    keys = {(jobs[i].chain_type_name, dedup.key) for i, dedup in keyed}
+    isolation = ops_maintenance.lock_dedup_keys(session, ctx.models, ctx.capabilities, keys)
+    if isolation is not None and isolation != "read committed":
+        raise DeduplicationError(
+            f"Deduplication needs a READ COMMITTED transaction on PostgreSQL; this one is "
+            f"{isolation.upper()}, whose snapshot would miss a chain that a concurrent "
+            "transaction just committed. Start deduplicated chains in a READ COMMITTED "
+            "transaction (the default)."
+        )
+    found: dict[int, Chain[Any, Any] | int] = {}
+    first_of_key: dict[tuple[str, str], int] = {}
+    for i, dedup in keyed:
+        job = jobs[i]
+        batch_key = (job.chain_type_name, dedup.key)
+        if batch_key in first_of_key:
+            first = first_of_key[batch_key]
+            found[i] = found.get(first, first)
+            continue
+        first_of_key[batch_key] = i
+        rows = None
+        for _ in range(DEDUP_LOOKUPS):
+            chain_id = ops_maintenance.find_duplicate(
+                session,
+                ctx.models,
+                chain_type_name=job.chain_type_name,
+                key=dedup.key,
+                scope=dedup.scope,
+                since=now - dedup.window if dedup.window is not None else None,
+                exclude=dedup.exclude,
+            )
+            if chain_id is None:
+                break
+            rows = ops.get_chain(session, ctx.models, chain_id)
+            if rows is not None:
+                break
+            # Deleted (delete_chains, cleanup) between the two reads: look again.
+        if rows is None:
+            continue
+        job_type = ctx.job_types.resolve(starts[i].job_type)
+        chain = chain_from_rows(ctx.job_types, *rows, job_type)
+        found[i] = dataclasses.replace(chain, deduplicated=True)
+    return found
+
+
+# --- finishing a job ------------------------------------------------------------------
+
+
+def write_outcome(
+    session: Session, ctx: Context, job: Job[Any], decision: Decision, worker_id: str | None
+) -> None:
+    """Write what an attempt (or ``complete_chain``) decided for ``job``.
+
+    Completes the job (with its output, or ``None`` when continuing), inserts
+    the continuation unless one exists at that ``chain_index``, unblocks the
+    jobs waiting for a completed chain, and buffers the post-commit
+    notifications.
+    """
+    now = ctx.clock()
+    notify = ctx.notify
+    if isinstance(decision, Continued):
+        _insert_continuation(session, ctx, job, decision, now)
+        output = None
+    else:
+        output = decision.output
+    has_dependents = ops.complete_job(
+        session, ctx.models, job_id=job.id, output=output, worker_id=worker_id, now=now
+    )
+    if isinstance(decision, Completed):
+        chain_id = job.chain_id
+        hooks.on_commit(session, partial(notify.notify_chain_completed, chain_id))
+        # The chain is complete: jobs waiting on it may be free now.
+        unblocked = (
+            ops.unblock_dependents(
+                session, ctx.models, ctx.capabilities, chain_id=chain_id, now=now
+            )
+            if has_dependents
+            else []
+        )
+        wake_after_commit(session, ctx, Counter(row["type_name"] for row in unblocked))
+
+
+def _insert_continuation(
+    session: Session, ctx: Context, job: Job[Any], next_job: Continued, now: dt.datetime
+) -> None:
+    status = JobStatus.PENDING
+    if next_job.blockers:
+        (status,) = resolve_blockers(session, ctx, [(next_job.target, next_job.blockers)])
+    created = ops.insert_continuation(
+        session,
+        ctx.models,
+        ctx.capabilities,
+        NewJob(
+            id=next_job.id,
+            type_name=next_job.target.name,
+            chain_id=job.chain_id,
+            chain_type_name=job.chain_type_name,
+            chain_index=job.chain_index + 1,
+            input=next_job.input,
+            status=status,
+            created_at=now,
+            scheduled_at=scheduled_time(now, next_job.run_at, next_job.run_in),
+            # Inherited, so "is this chain open?" is one indexed lookup.
+            deduplication_key=job.deduplication_key,
+        ),
+    )
+    if created:
+        ops.insert_blockers(
+            session, ctx.models, [(next_job.id, c, i) for i, c in enumerate(next_job.blockers)]
+        )
+    if created and status == JobStatus.PENDING:
+        wake_after_commit(session, ctx, Counter({next_job.target.name: 1}))
+
+
+def job_blockers(session: ops.Executor, ctx: Context, job_id: uuid.UUID) -> list[Chain[Any, Any]]:
+    """The chains a job waits for (or waited for), in slot order."""
+    chains: list[Chain[Any, Any]] = []
+    for chain_id in ops.blocker_chain_ids(session, ctx.models, job_id):
+        found = ops.get_chain(session, ctx.models, chain_id)
+        if found is not None:
+            chains.append(chain_from_rows(ctx.job_types, *found))
+    return chains
+
+
+def lock_current_job(
+    session: Session, ctx: Context, chain_id: uuid.UUID, chain_type: JobType[Any, Any]
+) -> tuple[Job[Any], JobType[Any, Any], list[Chain[Any, Any]]]:
+    """Lock a chain's open current job for ``complete_chain``: (job, its type, completed blockers).
+
+    Waits for an atomic attempt on that job to end (row lock). Raises
+    :class:`ChainNotFoundError`, :class:`JobTypeMismatchError` or
+    :class:`JobAlreadyCompletedError`.
+    """
+    ops_maintenance.take_write_lock(session, ctx.models, ctx.capabilities)
+    found = ops.lock_chain(session, ctx.models, ctx.capabilities, chain_id)
+    if found is None:
+        raise ChainNotFoundError(chain_id)
+    root, latest = found
+    if root["type_name"] != chain_type.name:
+        raise JobTypeMismatchError(expected=chain_type.name, actual=root["type_name"], id=chain_id)
+    if latest["status"] == JobStatus.COMPLETED:
+        raise JobAlreadyCompletedError(latest["id"])
+    current_type = ctx.job_types.get(latest["type_name"])
+    blockers = job_blockers(session, ctx, latest["id"]) if current_type.blocker_types else []
+    job = job_from_row(latest, current_type)
+    return job, current_type, [chain for chain in blockers if chain.is_completed]
+
+
+# --- operating: trigger, delete, clean up ------------------------------------------------
+
+
+def trigger_job(session: Session, ctx: Context, job_id: uuid.UUID) -> Job[Any]:
+    """Make a pending job due now; wake workers after COMMIT. Returns the job as updated."""
+    row = ops_maintenance.trigger_job(session, ctx.models, job_id=job_id, now=ctx.clock())
+    if row is None:
+        current = ops.get_job(session, ctx.models, job_id)
+        if current is None:
+            raise JobNotFoundError(job_id)
+        raise JobNotTriggerableError(job_id, status=str(current["status"]))
+    wake_after_commit(session, ctx, Counter({row["type_name"]: 1}))
+    return job_snapshot(ctx.job_types, row)
+
+
+def delete_chains(
+    session: Session, ctx: Context, wanted: Sequence[uuid.UUID], *, cascade: bool
+) -> list[Chain[Any, Any]]:
+    """Delete chains all or nothing (see ``Queuert.delete_chains``); the deleted ones."""
+    models, caps = ctx.models, ctx.capabilities
+    found = ops_maintenance.lock_chains(session, models, caps, wanted)
+    doomed = [chain_id for chain_id in wanted if chain_id in found]
+    if cascade:
+        frontier = set(doomed)
+        while frontier:
+            blockers = ops_maintenance.blocker_chains_of(session, models, frontier)
+            new = sorted(blockers - set(doomed))
+            frontier = ops_maintenance.lock_chains(session, models, caps, new)
+            doomed += [chain_id for chain_id in new if chain_id in frontier]
+    references = ops_maintenance.outside_references(session, models, doomed)
+    if references:
+        raise BlockerReferenceError([BlockerReference(*ref) for ref in references])
+    rows = queries.list_chains(
+        session,
+        models,
+        filters=Filters(chain_ids=doomed),
+        order="asc",
+        after=None,
+        limit=max(len(doomed), 1),
+    )
+    by_id = {root["id"]: chain_from_rows(ctx.job_types, root, latest) for root, latest in rows}
+    ops_maintenance.delete_chain_rows(session, models, doomed)
+    for _, latest in rows:
+        if latest["status"] == JobStatus.RUNNING:
+            # A staged attempt is running it: tell its worker after COMMIT.
+            lost_after_commit(session, ctx, latest["id"])
+    return [by_id[chain_id] for chain_id in doomed if chain_id in by_id]
+
+
+def cleanup_batch(
+    executor: ops.Executor,
+    ctx: Context,
+    *,
+    cutoff: dt.datetime,
+    type_names: Sequence[str] | None,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> tuple[int, int, tuple[dt.datetime, uuid.UUID] | None]:
+    """One retention batch in the caller's transaction: (examined, deleted, next key)."""
+    models, caps = ctx.models, ctx.capabilities
+    candidates = ops_maintenance.retention_candidates(
+        executor, models, caps, cutoff=cutoff, type_names=type_names, after=after, limit=limit
+    )
+    if not candidates:
+        return 0, 0, after
+    ids = ops_maintenance.lock_whole_chains(
+        executor, models, caps, {chain_id for chain_id, _ in candidates}
+    )
+    keep = ops_maintenance.still_needed(
+        executor, models, chain_ids=ids, cutoff=cutoff, type_names=type_names
+    )
+    ops_maintenance.delete_chain_rows(executor, models, ids - keep)
+    last_id, last_created = candidates[-1]
+    return len(candidates), len(ids - keep), (last_created, last_id)

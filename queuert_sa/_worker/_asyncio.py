@@ -1,0 +1,710 @@
+"""The asyncio driver: :class:`AsyncWorker` runs the shared flows on an event loop.
+
+What is its own: slot tasks, a future-based waker, an ``asyncio.Lock`` per
+SQLite database and event loop (shared by the async workers of that loop),
+one renewal task per staged attempt, ``loop.add_signal_handler``, and
+performing each effect by awaiting it: every statement is the sync one, run
+through ``run_sync``; the handler is awaited under the atomic timeout; the
+SAVEPOINT opens up front (an ``AsyncSession`` attribute cannot open one on
+first use); a cancelled task closes the flow and rolls its transaction back.
+
+Plain ``def`` handlers run on threads, in a thread :class:`Worker` on the
+engine the application passed as ``thread_engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import inspect
+import logging
+import signal
+import threading
+import uuid
+import weakref
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction, async_sessionmaker
+
+from queuert_sa._attempt import AsyncAttempt, AttemptState, Outcome
+from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
+from queuert_sa._job_types import JobType
+from queuert_sa._retry import Backoff
+from queuert_sa.notify import Subscription
+from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
+
+from . import _effects as fx
+from . import _flow as flow
+from . import _policy as policy
+from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore
+from ._threads import Handler, Worker
+
+if TYPE_CHECKING:
+    from queuert_sa._async_client import AsyncQueuert
+
+log = logging.getLogger("queuert_sa.worker")
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+T = TypeVar("T")
+
+AsyncHandler = Callable[[AsyncAttempt[InT, OutT]], Awaitable[Outcome]]
+
+
+class HandlerRegistrar(Protocol[InT, OutT]):
+    """``@aworker.handler(job_type)``: takes an ``async def`` or a ``def`` handler of that type."""
+
+    @overload
+    def __call__(self, fn: AsyncHandler[InT, OutT], /) -> AsyncHandler[InT, OutT]: ...
+
+    @overload
+    def __call__(self, fn: Handler[InT, OutT], /) -> Handler[InT, OutT]: ...
+
+
+# One writer per SQLite database: the async workers of one event loop queue
+# on one lock per engine (asyncio locks belong to their loop).
+_writer_locks: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Engine, asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+
+
+def _writer_lock(engine: Engine) -> asyncio.Lock:
+    per_loop = _writer_locks.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    lock = per_loop.get(engine)
+    if lock is None:
+        lock = per_loop[engine] = asyncio.Lock()
+    return lock
+
+
+class _Hold:
+    """A task's hold on the SQLite writer lock (no-op without one)."""
+
+    def __init__(self, lock: asyncio.Lock | None) -> None:
+        self._lock = lock
+        self._held = False
+
+    async def take(self) -> None:
+        if self._lock is not None and not self._held:
+            await self._lock.acquire()
+            self._held = True
+
+    def drop(self) -> None:
+        if self._held:
+            assert self._lock is not None
+            self._held = False
+            self._lock.release()
+
+
+class _Waker:
+    """Counted wake hints for idle slot tasks (see the thread worker's ``_Waker``)."""
+
+    def __init__(self, limit: int) -> None:
+        self._hints = 0
+        self._limit = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    def _wake_one(self) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
+
+    def hint_idle(self) -> None:
+        """Wake one slot that is asleep now, if any (no hint is kept for later)."""
+        self._wake_one()
+
+    def hint(self, count: int = 1) -> None:
+        for _ in range(count):
+            if not self._wake_one():
+                self._hints = min(self._hints + 1, self._limit)
+
+    async def wait(self, timeout: float) -> None:
+        if self._hints > 0:
+            self._hints -= 1
+            return
+        if self._closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def close(self) -> None:
+        self._closed = True
+        while self._wake_one():
+            pass
+
+
+def _savepoint_open(session: AsyncSession, savepoint: AsyncSessionTransaction) -> bool:
+    current = session.sync_session.get_nested_transaction()
+    while current is not None:
+        if current is savepoint.sync_transaction:
+            return True
+        current = current.parent
+    return False
+
+
+async def _rollback_quietly(session: AsyncSession) -> None:
+    try:
+        await session.rollback()
+    except Exception:
+        log.debug("rollback failed (connection lost?); discarding the connection", exc_info=True)
+        # A connection whose rollback failed (e.g. cancelled in the middle of a
+        # statement) may still hold its transaction, and on SQLite the write
+        # lock: close it now rather than when it is garbage-collected.
+        with contextlib.suppress(Exception):
+            await session.invalidate()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+class _AsyncPerformer:
+    """Performs the flows' effects by awaiting them, for one task (a slot, drain, renewal).
+
+    Also the :class:`AsyncStagedPort` of the attempts it runs. Sessions it
+    opened and leases it started are tracked, so a cancelled flow leaves
+    nothing open behind.
+    """
+
+    def __init__(self, worker: AsyncWorker, hold: _Hold) -> None:
+        self._worker = worker
+        self._hold = hold
+        self._sessions: list[AsyncSession] = []
+        self._leases: list[AttemptState] = []
+        w = worker
+        self._perform: dict[type[Any], Callable[[Any], Coroutine[Any, Any, Any]]] = {
+            fx.Run: self._run,
+            fx.Look: self._look,
+            fx.Open: self._open,
+            fx.Commit: lambda e: e.session.commit(),
+            fx.Rollback: lambda e: _rollback_quietly(e.session),
+            fx.Close: self._close,
+            fx.Savepoint: lambda e: e.session.begin_nested(),
+            fx.SavepointOpen: self._now(lambda e: _savepoint_open(e.session, e.savepoint)),
+            fx.ReleaseSavepoint: lambda e: e.savepoint.commit(),
+            fx.RollbackSavepoint: lambda e: e.savepoint.rollback(),
+            fx.TakeWriter: lambda e: hold.take(),
+            fx.DropWriter: self._now(lambda e: hold.drop()),
+            fx.CallHandler: self._call_handler,
+            fx.WriteOwned: self._write_owned,
+            fx.InTransaction: self._in_transaction,
+            fx.InWriteTransaction: self._in_write_transaction,
+            fx.InOwnedTransaction: self._in_owned_transaction,
+            fx.HoldLease: self._now(lambda e: w.hold_lease(e.state, e.lease, self._leases)),
+            fx.ReleaseLease: self._now(lambda e: w.release_lease(e.state, self._leases)),
+            fx.HeldIds: self._now(lambda e: [job_id for job_id, _ in w.lease_tasks]),
+            fx.Stopping: self._now(lambda e: w.stopping.is_set()),
+            fx.HintIdle: self._now(lambda e: w.waker.hint_idle()),
+            fx.Sleep: lambda e: w.waker.wait(e.seconds),
+            fx.Pause: lambda e: _wait(w.stopping, e.seconds),
+        }
+
+    @staticmethod
+    def _now(fn: Callable[[Any], T]) -> Callable[[Any], Coroutine[Any, Any, T]]:
+        async def perform(effect: Any) -> T:
+            return fn(effect)
+
+        return perform
+
+    async def drive(self, steps: flow.Flow[T], *, outermost: bool = True) -> T:
+        """Run a flow to its end; the outermost one cleans up after cancellation."""
+        result: Any = None
+        error: Exception | None = None
+        try:
+            while True:
+                if error is None:
+                    effect = steps.send(result)
+                else:
+                    effect, error = steps.throw(error), None
+                try:
+                    result = await self._perform[type(effect)](effect)
+                except Exception as exc:
+                    result, error = None, exc
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        except BaseException:
+            # Cancelled (stop() after the grace period, a second signal):
+            # closing the sessions rolls back the whole transaction,
+            # acquisition included, so the job is pending again as it was.
+            steps.close()
+            if outermost:
+                await self._clean_up()
+            raise
+
+    async def _clean_up(self) -> None:
+        for session in self._sessions:
+            with contextlib.suppress(Exception):
+                await session.close()
+        self._sessions.clear()
+        for state in list(self._leases):
+            self._worker.release_lease(state, self._leases)
+        self._hold.drop()
+
+    # --- sessions ----------------------------------------------------------------------
+
+    async def _open(self, _: fx.Open) -> AsyncSession:
+        session = self._worker.session_factory()
+        try:
+            if self._worker.ctx.capabilities.single_writer:
+                await session.connection(execution_options={BEGIN_IMMEDIATE: True})
+        except BaseException:
+            await session.close()
+            raise
+        self._sessions.append(session)
+        return session
+
+    async def _close(self, effect: fx.Close) -> None:
+        await effect.session.close()
+        if effect.session in self._sessions:
+            self._sessions.remove(effect.session)
+
+    @staticmethod
+    async def _run(effect: fx.Run) -> Any:
+        return await effect.session.run_sync(effect.unit)
+
+    async def _look(self, effect: fx.Look) -> Any:
+        async with self._worker.engine.connect() as conn:
+            result = await conn.run_sync(effect.unit)
+            # Ended by COMMIT: a ROLLBACK makes psycopg drop its prepared statements.
+            await conn.commit()
+            return result
+
+    async def _in_transaction(self, effect: fx.InTransaction) -> Any:
+        async with self._worker.session_factory() as session, session.begin():
+            return await session.run_sync(effect.unit)
+
+    @asynccontextmanager
+    async def _write_transaction(self) -> AsyncGenerator[AsyncSession]:
+        """A new session in a write transaction (SQLite: writer lock + BEGIN IMMEDIATE)."""
+        await self._hold.take()
+        try:
+            async with self._worker.session_factory() as session:
+                if self._worker.ctx.capabilities.single_writer:
+                    await session.connection(execution_options={BEGIN_IMMEDIATE: True})
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    await _rollback_quietly(session)
+                    raise
+        finally:
+            self._hold.drop()
+
+    async def _in_write_transaction(self, effect: fx.InWriteTransaction) -> Any:
+        async with self._write_transaction() as session:
+            return await session.run_sync(effect.unit)
+
+    async def _in_owned_transaction(self, effect: fx.InOwnedTransaction) -> Any:
+        async with self.owned_transaction(effect.state) as session:
+            return await session.run_sync(effect.unit)
+
+    # --- the handler and its staged port -------------------------------------------------
+
+    async def _call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
+        registration = effect.registration
+        staged = registration.mode == "staged"
+        attempt: AsyncAttempt[Any, Any] = AsyncAttempt(
+            effect.state, effect.session, port=self if staged else None
+        )
+        try:
+            if staged:
+                value = await registration.fn(attempt)
+            else:
+                async with asyncio.timeout(registration.timeout.total_seconds()):
+                    value = await registration.fn(attempt)
+            return fx.HandlerEnded(value=value)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return fx.HandlerEnded(error=exc)
+
+    async def _write_owned(self, effect: fx.WriteOwned) -> None:
+        async with AsyncAttempt(effect.state, effect.session, port=self).transaction():
+            pass
+
+    async def commit_prepare(self, state: AttemptState, session: AsyncSession) -> None:
+        await self.drive(flow.commit_prepare(self._worker, state, session), outermost=False)
+
+    @asynccontextmanager
+    async def owned_transaction(self, state: AttemptState) -> AsyncGenerator[AsyncSession]:
+        async with self._write_transaction() as session:
+            await self.drive(flow.check_ownership(self._worker, state, session), outermost=False)
+            yield session
+
+    async def write_outcome(self, state: AttemptState, session: AsyncSession) -> None:
+        await self.drive(flow.write_staged(self._worker, state, session), outermost=False)
+
+
+class AsyncWorker(WorkerCore):
+    """Runs ``async def`` handlers as asyncio tasks (and plain ``def`` handlers on threads).
+
+    Created by :meth:`AsyncQueuert.worker`. Register handlers with
+    :meth:`handler`, then ``await worker.run()`` (stops on SIGINT/SIGTERM) or
+    :meth:`start`/:meth:`stop` when embedding (e.g. in a FastAPI lifespan).
+
+    Args:
+        concurrency: Attempts running at once (tasks; and threads for plain
+            ``def`` handlers). Defaults to 1. On SQLite attempts that write run
+            one at a time whatever this is.
+        poll_interval, backoff, shutdown_grace, worker_id, handle_signals: As
+            for :class:`Worker`.
+        session_factory: Makes the ``AsyncSession`` of each attempt; defaults
+            to ``AsyncSession(engine)``. Pass your ``async_sessionmaker``.
+        thread_engine: The application's sync ``Engine`` for the same
+            database, on which plain ``def`` handlers run (in a thread
+            :class:`Worker` this worker starts and stops with itself). Needed
+            only for ``def`` handlers; none is ever built for you, so your
+            pool, SSL, ``connect_args`` and event listeners apply.
+    """
+
+    def __init__(
+        self,
+        client: AsyncQueuert,
+        *,
+        concurrency: int = 1,
+        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
+        backoff: Backoff | None = None,
+        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
+        worker_id: str | None = None,
+        session_factory: async_sessionmaker[AsyncSession] | None = None,
+        handle_signals: Literal["auto", "never"] = "auto",
+        thread_engine: Engine | None = None,
+    ) -> None:
+        super().__init__(
+            client.ctx,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            backoff=backoff,
+            shutdown_grace=shutdown_grace,
+            worker_id=worker_id,
+            handle_signals=handle_signals,
+        )
+        if thread_engine is not None and not isinstance(thread_engine, Engine):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise WorkerConfigError(
+                f"thread_engine= takes a sync sqlalchemy Engine, got {type(thread_engine).__name__}"
+            )
+        self.client = client
+        engine = self.engine = client.engine
+        self.session_factory: Callable[[], AsyncSession] = session_factory or (
+            lambda: AsyncSession(engine, expire_on_commit=False)
+        )
+        self.eager_savepoints = True
+        self._thread_engine = thread_engine
+        self._sync_worker: Worker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.lease_tasks: dict[tuple[uuid.UUID, int], asyncio.Task[None]] = {}
+        self.stopping = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._running = False
+        self.waker = _Waker(concurrency)
+        self._subscription: Subscription | None = None
+        self._ownership: Subscription | None = None
+        self._check: dict[uuid.UUID, asyncio.Event] = {}
+
+    # --- registration ----------------------------------------------------------------
+
+    def handler(
+        self,
+        job_type: JobType[InT, OutT],
+        *,
+        mode: Mode = "atomic",
+        backoff: Backoff | None = None,
+        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
+        lease: dt.timedelta = DEFAULT_LEASE,
+    ) -> HandlerRegistrar[InT, OutT]:
+        """Register the decorated function as the handler of ``job_type``.
+
+        An ``async def`` handler receives an :class:`AsyncAttempt`; a plain
+        ``def`` handler receives an :class:`Attempt` and runs on a thread, on
+        the worker's ``thread_engine``. Options as for :meth:`Worker.handler`;
+        in atomic mode an ``async def`` handler still running after
+        ``timeout`` is cancelled, its writes rolled back and the job retried.
+        """
+        build = self._registration(
+            job_type, mode=mode, backoff=backoff, timeout=timeout, lease=lease
+        )
+
+        def register(fn: Any) -> Any:
+            if inspect.iscoroutinefunction(fn):
+                registration = build(fn)
+                self.handlers[registration.job_type.name] = registration
+                return fn
+            build(fn)  # the same checks: duplicates across both kinds, not started
+            self._thread_worker(job_type).handler(
+                job_type, mode=mode, backoff=backoff, timeout=timeout, lease=lease
+            )(fn)
+            return fn
+
+        return register
+
+    def _thread_worker(self, job_type: JobType[Any, Any]) -> Worker:
+        if self._sync_worker is None:
+            if self._thread_engine is None:
+                raise WorkerConfigError(
+                    f"The handler for {job_type.name!r} is a plain 'def' function; on the "
+                    "asyncio worker those run on threads, on a sync Engine you pass: "
+                    "aqueuert.worker(..., thread_engine=create_engine(...)) for the same "
+                    "database. Or make the handler 'async def'."
+                )
+            from queuert_sa._client import Queuert
+
+            ctx = self.ctx
+            sync_client = Queuert(
+                self._thread_engine,
+                ctx.job_types,
+                notify=ctx.notify,
+                models=ctx.models,
+                clock=ctx.clock,
+            )
+            self._sync_worker = sync_client.worker(
+                concurrency=self.concurrency,
+                poll_interval=self.poll_interval,
+                backoff=self.backoff,
+                shutdown_grace=self.shutdown_grace,
+                worker_id=self.worker_id,
+                handle_signals="never",
+            )
+        return self._sync_worker
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) or (self._sync_worker is not None and self._sync_worker.running)
+
+    @property
+    def type_names(self) -> tuple[str, ...]:
+        """The job types this worker processes (async and plain handlers)."""
+        plain = self._sync_worker.type_names if self._sync_worker is not None else ()
+        return (*self.handlers, *plain)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def _performer(self) -> _AsyncPerformer:
+        lock = (
+            _writer_lock(self.engine.sync_engine) if self.ctx.capabilities.single_writer else None
+        )
+        return _AsyncPerformer(self, _Hold(lock))
+
+    async def start(self) -> None:
+        """Start the slot tasks (and the thread worker of plain handlers) and return."""
+        if not self.type_names:
+            raise WorkerConfigError(
+                "The worker has no handlers; register some with @worker.handler(job_type)."
+            )
+        self._tasks = [t for t in self._tasks if not t.done()]
+        if self._tasks:
+            return
+        # asyncio primitives belong to one event loop: make them for this one.
+        self.stopping = asyncio.Event()
+        if not self._running:
+            self._stop_requested = asyncio.Event()
+        if self._sync_worker is not None:
+            await asyncio.to_thread(self._sync_worker.start)
+        if not self.handlers:
+            return
+        try:
+            await self._performer().drive(flow.next_due(self))
+        except DatabaseUnavailableError as exc:
+            log.warning("worker %s: database unavailable at start (%s)", self.worker_id, exc)
+        loop = asyncio.get_running_loop()
+        self.waker = waker = _Waker(self.concurrency)
+
+        def on_scheduled(_type_name: str, count: int) -> None:
+            # Adapters call back from their own threads.
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(waker.hint, count)
+
+        self._subscription = self.ctx.notify.listen_job_scheduled(
+            tuple(self.handlers), on_scheduled
+        )
+        self._tasks = [
+            asyncio.create_task(self._slot_task(), name=f"queuert-worker-{slot}")
+            for slot in range(self.concurrency)
+        ]
+        log.info(
+            "async worker %s started: types=%s concurrency=%d",
+            self.worker_id,
+            ",".join(self.type_names),
+            self.concurrency,
+        )
+
+    async def _slot_task(self) -> None:
+        try:
+            await self._performer().drive(flow.slot_loop(self))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # As on threads: a handler's SystemExit/KeyboardInterrupt is
+            # recorded, then the worker stops.
+            log.critical("worker %s: a handler raised %r; stopping the worker", self.worker_id, exc)
+            self.stopping.set()
+            self._stop_requested.set()
+            self.waker.close()
+
+    async def stop(self, timeout: dt.timedelta | None = None) -> bool:
+        """Stop acquiring, wait up to ``timeout`` (default ``shutdown_grace``) for attempts.
+
+        Returns True if every attempt finished. Attempts still running are
+        cancelled: atomic ones roll back (the job is pending again), staged
+        ones are left to their lease.
+        """
+        self.stopping.set()
+        self._stop_requested.set()
+        self.waker.close()
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+        grace = (timeout or self.shutdown_grace).total_seconds()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        clean = True
+        sync_stop: asyncio.Future[bool] | None = None
+        if self._sync_worker is not None:
+            # Both kinds of attempts get the same grace period, concurrently.
+            sync_stop = asyncio.ensure_future(
+                asyncio.to_thread(self._sync_worker.stop, dt.timedelta(seconds=grace))
+            )
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "worker %s: %d attempt(s) cancelled after the shutdown grace period",
+                    self.worker_id,
+                    len(pending),
+                )
+                await asyncio.gather(*pending, return_exceptions=True)
+                clean = False
+            self._tasks = []
+        if sync_stop is not None:
+            clean = await asyncio.wait_for(sync_stop, max(deadline - loop.time(), 0) + 5) and clean
+        for task in list(self.lease_tasks.values()):
+            task.cancel()
+        self.lease_tasks.clear()
+        self._close_ownership()
+        return clean
+
+    def _close_ownership(self) -> None:
+        if self._ownership is not None:
+            self._ownership.close()
+            self._ownership = None
+
+    async def run(self) -> bool:
+        """Run until SIGINT/SIGTERM (or :meth:`stop`), then stop gracefully; see :meth:`Worker.run`."""
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        self._stop_requested = asyncio.Event()
+        if self.handle_signals == "auto" and threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int) -> None:
+                if self._stop_requested.is_set():
+                    log.warning("second signal: cancelling in-flight attempts")
+                    for task in self._tasks:
+                        task.cancel()
+                    return
+                log.info("signal %d: finishing in-flight attempts, then stopping", signum)
+                self._stop_requested.set()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, on_signal, sig)
+                installed.append(sig)
+        self._running = True
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            self._running = False
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            clean = await self.stop()
+        return clean
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop gracefully, as SIGTERM does (from the event loop's thread)."""
+        self._stop_requested.set()
+
+    async def drain(self, *, max_jobs: int | None = None) -> int:
+        """Process due jobs on this task until none is due; return how many (see :meth:`Worker.drain`)."""
+        if not self.type_names:
+            raise WorkerConfigError("The worker has no handlers to drain with.")
+        done = 0
+        try:
+            if self.handlers:
+                done = await self._performer().drive(flow.drain(self, max_jobs))
+        finally:
+            if not self._tasks:
+                # Its callback is bound to this event loop: a later run makes its own.
+                self._close_ownership()
+        if self._sync_worker is not None and (max_jobs is None or done < max_jobs):
+            rest = None if max_jobs is None else max_jobs - done
+            sync_worker = self._sync_worker
+            done += await asyncio.to_thread(lambda: sync_worker.drain(max_jobs=rest))
+        return done
+
+    # --- leases of staged attempts: one renewal task each -----------------------------------
+
+    def hold_lease(
+        self, state: AttemptState, lease: dt.timedelta, held: list[AttemptState]
+    ) -> None:
+        """Start a task renewing ``state``'s lease every half lease."""
+        if self._ownership is None:
+            # Ownership-lost messages make the renewal task check at once.
+            loop = asyncio.get_running_loop()
+
+            def on_lost(job_id: uuid.UUID) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(self._check_now, job_id)
+
+            self._ownership = self.ctx.notify.listen_job_ownership_lost(on_lost)
+        self._check.setdefault(state.job.id, asyncio.Event())
+        key = (state.job.id, state.job.attempt)
+        self.lease_tasks[key] = asyncio.create_task(
+            self._renew_loop(state, lease), name=f"queuert-lease-{state.job.id}"
+        )
+        held.append(state)
+
+    def release_lease(self, state: AttemptState, held: list[AttemptState]) -> None:
+        """Stop renewing ``state``'s lease (the attempt ended)."""
+        if state in held:
+            held.remove(state)
+        task = self.lease_tasks.pop((state.job.id, state.job.attempt), None)
+        if task is not None:
+            task.cancel()
+            if not any(job_id == state.job.id for job_id, _ in self.lease_tasks):
+                self._check.pop(state.job.id, None)
+
+    def _check_now(self, job_id: uuid.UUID) -> None:
+        """An ownership-lost message: renew that job's lease now (finds out why it was lost)."""
+        event = self._check.get(job_id)
+        if event is not None:
+            event.set()
+
+    async def _renew_loop(self, state: AttemptState, lease: dt.timedelta) -> None:
+        delay = policy.renew_delay(lease)
+        check = self._check.setdefault(state.job.id, asyncio.Event())
+        performer = self._performer()
+        while True:
+            await _wait(check, delay)
+            check.clear()
+            renewed = await performer.drive(flow.renew(self, state, lease))
+            if renewed is False:
+                return
+            delay = (
+                policy.renew_retry_delay(lease) if renewed is None else policy.renew_delay(lease)
+            )

@@ -1,0 +1,227 @@
+"""What both workers share without IO: settings, the handler registry, counters.
+
+:class:`WorkerCore` is the base of :class:`Worker` and :class:`AsyncWorker`:
+it validates the settings, registers handlers (refusing duplicates, bad modes
+and bad durations), knows the lease bound and per-type timeouts the acquiring
+statement needs, decides retries and counts and logs each attempt's end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from queuert_sa._context import Context
+from queuert_sa._errors import DuplicateHandlerError, WorkerConfigError
+from queuert_sa._job_types import JobType
+from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, retry_decision
+
+log = logging.getLogger("queuert_sa.worker")
+
+#: How long an atomic attempt may hold its transaction (per handler: ``timeout=``).
+DEFAULT_ATOMIC_TIMEOUT = dt.timedelta(minutes=5)
+
+#: How long a staged attempt's lease lasts without renewal (per handler: ``lease=``).
+DEFAULT_LEASE = dt.timedelta(seconds=60)
+
+Mode = Literal["atomic", "staged"]
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``: unique per worker, readable in ``completed_by``/``leased_by``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A handler as registered: its type, function and options."""
+
+    job_type: JobType[Any, Any]
+    fn: Callable[..., Any]
+    mode: Mode
+    backoff: Backoff
+    timeout: dt.timedelta
+    lease: dt.timedelta
+
+
+class WorkerCore:
+    """Settings, handlers and counters of a worker; the drivers add the IO.
+
+    Args (all keyword-only in the public constructors):
+        concurrency: Attempts running at once. Defaults to 1.
+        poll_interval: Longest sleep between looks for due jobs without a
+            notification; jittered by ±5 %. Defaults to 5 seconds.
+        backoff: Retry delays for types that declare none. Defaults to
+            ``Backoff()`` (10 s doubling to 300 s, ±10 %).
+        shutdown_grace: How long ``stop()`` waits for attempts in flight.
+            Defaults to 30 seconds.
+        worker_id: Recorded in ``completed_by``/``leased_by``. Defaults to
+            ``host:pid:random``.
+        handle_signals: ``"auto"`` (default) installs SIGINT/SIGTERM handlers
+            in ``run()`` on the main thread; ``"never"`` leaves signals alone.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        concurrency: int,
+        poll_interval: dt.timedelta,
+        backoff: Backoff | None,
+        shutdown_grace: dt.timedelta,
+        worker_id: str | None,
+        handle_signals: Literal["auto", "never"],
+    ) -> None:
+        if concurrency < 1:
+            raise WorkerConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if poll_interval <= dt.timedelta(0):
+            raise WorkerConfigError(f"poll_interval must be positive, got {poll_interval}")
+        if handle_signals not in ("auto", "never"):
+            raise WorkerConfigError(
+                f"handle_signals must be 'auto' or 'never', not {handle_signals!r}"
+            )
+        self.ctx = ctx
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.backoff = backoff or DEFAULT_BACKOFF
+        self.shutdown_grace = shutdown_grace
+        self.worker_id = worker_id or default_worker_id()
+        self.handle_signals: Literal["auto", "never"] = handle_signals
+        self.handlers: dict[str, Registration] = {}
+        self.eager_savepoints = True
+        """Open the atomic SAVEPOINT before the handler runs (else on its first use)."""
+        self.rng = random.Random()
+        self._counts_lock = threading.Lock()
+        self.completed = 0
+        """Attempts that finished their job (completed or continued)."""
+        self.failed = 0
+        """Attempts that ended in an exception (rescheduled, or their job was lost)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.worker_id} types={list(self.type_names)} "
+            f"concurrency={self.concurrency}>"
+        )
+
+    # --- registration ----------------------------------------------------------------
+
+    def _registration(
+        self,
+        job_type: JobType[Any, Any],
+        *,
+        mode: Mode,
+        backoff: Backoff | None,
+        timeout: dt.timedelta,
+        lease: dt.timedelta,
+    ) -> Callable[[Callable[..., Any]], Registration]:
+        """Check the options now; return what checks and builds the registration of a function."""
+        resolved = self.ctx.job_types.resolve(job_type)
+        if mode not in ("atomic", "staged"):
+            raise WorkerConfigError(f"mode must be 'atomic' or 'staged', not {mode!r}")
+        if timeout <= dt.timedelta(0) or lease <= dt.timedelta(0):
+            raise WorkerConfigError("timeout and lease must be positive")
+
+        def build(fn: Callable[..., Any]) -> Registration:
+            if resolved.name in self.type_names:
+                raise DuplicateHandlerError(resolved.name)
+            if self.running:
+                raise WorkerConfigError("register handlers before the worker starts")
+            return Registration(
+                job_type=resolved,
+                fn=fn,
+                mode=mode,
+                backoff=backoff or resolved.backoff or self.backoff,
+                timeout=timeout,
+                lease=lease,
+            )
+
+        return build
+
+    @property
+    def running(self) -> bool:
+        """True while the worker's slots run (set by the driver)."""
+        return False
+
+    @property
+    def type_names(self) -> tuple[str, ...]:
+        """The job types this worker processes."""
+        return tuple(self.handlers)
+
+    @property
+    def acquired_types(self) -> tuple[str, ...]:
+        """The job types this worker's own slots acquire (its registered handlers)."""
+        return tuple(self.handlers)
+
+    @property
+    def lease_bound(self) -> dt.timedelta:
+        """The provisional lease the acquiring statement writes, before the mode is known.
+
+        Invisible for atomic attempts (their row lock and timeout rule);
+        renewed, or kept, by a staged ``prepare()``.
+        """
+        return max(
+            (r.timeout if r.mode == "atomic" else r.lease for r in self.handlers.values()),
+            default=DEFAULT_ATOMIC_TIMEOUT,
+        )
+
+    @property
+    def atomic_timeouts(self) -> dict[str, dt.timedelta]:
+        """Per atomic type, how long its transaction may idle or one statement run."""
+        return {n: r.timeout for n, r in self.handlers.items() if r.mode == "atomic"}
+
+    # --- the end of an attempt -------------------------------------------------------
+
+    def retry(
+        self, registration: Registration, error: BaseException, attempt: int
+    ) -> tuple[dt.datetime, str]:
+        """When a failed attempt runs again, and the error text to keep."""
+        return retry_decision(
+            error,
+            attempt=attempt,
+            backoff=registration.backoff,
+            now=self.ctx.clock(),
+            rng=self.rng,
+        )
+
+    def count(
+        self,
+        row: Any,
+        error: BaseException | None,
+        retry_at: dt.datetime | None,
+        *,
+        lost: str | None = None,
+    ) -> None:
+        """Count the attempt and log how it ended (``lost``: why it was not rescheduled)."""
+        with self._counts_lock:
+            if error is None:
+                self.completed += 1
+            else:
+                self.failed += 1
+        if error is None:
+            log.debug("job %s (%s) done", row["id"], row["type_name"])
+        elif retry_at is None:
+            log.warning(
+                "job %s (%s) attempt %d failed and was not rescheduled (%s): %r",
+                row["id"],
+                row["type_name"],
+                row["attempt"],
+                lost or "the job is no longer this attempt's",
+                error,
+            )
+        else:
+            log.warning(
+                "job %s (%s) attempt %d failed, retry at %s: %r",
+                row["id"],
+                row["type_name"],
+                row["attempt"],
+                retry_at.isoformat(),
+                error,
+            )

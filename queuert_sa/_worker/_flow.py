@@ -1,0 +1,568 @@
+"""The attempt algorithm, written once: generators of effects that both drivers run.
+
+Every flow here yields :mod:`._effects` records and receives their results;
+the thread driver performs them with calls, the asyncio driver awaits them.
+So acquiring, running the handler, writing the outcome, rescheduling,
+recording a lost attempt, staged ``prepare()``, reaping expired leases, the
+slot loop and ``drain()`` each exist in one place.
+
+Rules the flows keep, so that a driver can always clean up:
+
+* they catch ``Exception``, never ``BaseException``: a handler's own
+  exception arrives as a value (:class:`HandlerEnded`), and an effect's
+  ``BaseException`` (a cancelled task, ``SystemExit``) ends the flow, after
+  which the driver closes its sessions, releases its leases and drops its
+  writer hold;
+* they yield nothing in ``finally`` (a closed generator may not yield).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Collection, Generator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from queuert_sa import _transitions as transitions
+from queuert_sa._attempt import AttemptState
+from queuert_sa._entities import Chain
+from queuert_sa._snapshots import job_from_row
+from queuert_sa.state import operations as ops
+
+from . import _policy as policy
+from . import _units as units
+from ._config import Registration, WorkerCore
+from ._effects import (
+    CallHandler,
+    Close,
+    Commit,
+    DropWriter,
+    Effect,
+    HandlerEnded,
+    HeldIds,
+    HintIdle,
+    HoldLease,
+    InOwnedTransaction,
+    InTransaction,
+    InWriteTransaction,
+    Look,
+    Open,
+    Pause,
+    ReleaseLease,
+    ReleaseSavepoint,
+    Rollback,
+    RollbackSavepoint,
+    Run,
+    Savepoint,
+    SavepointOpen,
+    Sleep,
+    Stopping,
+    TakeWriter,
+    WriteOwned,
+)
+
+log = logging.getLogger("queuert_sa.worker")
+
+T = TypeVar("T")
+
+Flow = Generator[Effect, Any, T]
+"""A flow: yields effects, is sent their results, returns ``T``."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one pass of a slot did."""
+
+    job_id: uuid.UUID | None = None
+    """The job attempted, or None if there was nothing to run."""
+    failed: bool = False
+    """The attempt ended in an exception."""
+    next_due: dt.datetime | None = None
+    """With nothing to run: when the next pending job is due, if any."""
+
+
+# --- the loops ------------------------------------------------------------------------
+
+
+def slot_loop(core: WorkerCore) -> Flow[None]:
+    """One slot until the worker stops: run due jobs, reap, sleep; back off on failures."""
+    failures = 0
+    busy = False
+    while not (yield Stopping()):
+        try:
+            step = yield from process_one(core, look_first=not busy, slot=True)
+            busy = step.job_id is not None
+            failures = 0
+            if busy:
+                # Work begets work: wake one idle slot to look for more (this
+                # slot looks again itself; a kept hint would only make it look twice).
+                yield HintIdle()
+                continue
+            if (yield from reap_one(core)):
+                continue
+            now = core.ctx.clock()
+            yield Sleep(policy.sleep_timeout(core.poll_interval, step.next_due, now, core.rng))
+        except Exception as exc:
+            failures += 1
+            delay = policy.recovery_delay(failures)
+            if failures == 1:
+                log.exception("worker %s: loop failed; retrying in %.0f s", core.worker_id, delay)
+            else:
+                log.warning(
+                    "worker %s: loop failed again (%d in a row: %s); retrying in %.0f s",
+                    core.worker_id,
+                    failures,
+                    exc,
+                    delay,
+                )
+            yield Pause(delay)
+
+
+def drain(core: WorkerCore, max_jobs: int | None) -> Flow[int]:
+    """Run due jobs (and expired leases) until none is due; how many ran.
+
+    A job whose attempt fails is not taken again by the same drain, even if
+    its retry is due at once.
+    """
+    done = 0
+    failed: set[uuid.UUID] = set()
+    while max_jobs is None or done < max_jobs:
+        step = yield from process_one(core, exclude=failed, look_first=done == 0, slot=False)
+        if step.job_id is None:
+            if (yield from reap_one(core)):
+                continue
+            break
+        done += 1
+        if step.failed:
+            failed.add(step.job_id)
+    return done
+
+
+def next_due(core: WorkerCore) -> Flow[dt.datetime | None]:
+    """When the next pending job of the worker's types is due (a read ended by COMMIT)."""
+    look = partial(ops.next_due_at, models=core.ctx.models, type_names=core.acquired_types)
+    due: dt.datetime | None = yield Look(look)
+    return due
+
+
+def process_one(
+    core: WorkerCore,
+    *,
+    exclude: Collection[uuid.UUID] = (),
+    look_first: bool = True,
+    slot: bool,
+) -> Flow[Step]:
+    """Run at most one attempt; with nothing to run, say when the next job is due.
+
+    ``look_first=False`` (the previous pass ran a job, so more are likely
+    due) skips a single-writer database's read-only look before taking the
+    write lock, which blocks every other writer (the application's too).
+    """
+    if core.ctx.capabilities.single_writer and look_first:
+        due = yield from next_due(core)
+        if due is None or due > core.ctx.clock():
+            return Step(next_due=due)
+    yield TakeWriter()
+    try:
+        if slot and (yield Stopping()):
+            step = Step()
+        else:
+            step = yield from attempt(core, exclude)
+    except Exception:
+        yield DropWriter()
+        raise
+    yield DropWriter()
+    if step.job_id is None:
+        step = Step(next_due=(yield from next_due(core)))
+    return step
+
+
+# --- one attempt ----------------------------------------------------------------------
+
+
+def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
+    """Acquire a due job, run its handler, write or reschedule, commit; count it."""
+    ctx = core.ctx
+    session = yield Open()
+    state: AttemptState | None = None
+    try:
+        now = ctx.clock()
+        row = yield Run(
+            session,
+            partial(
+                ops.acquire_job,
+                models=ctx.models,
+                caps=ctx.capabilities,
+                type_names=core.acquired_types,
+                worker_id=core.worker_id,
+                # Provisional for both modes; a staged prepare() renews or keeps it.
+                lease_until=now + core.lease_bound,
+                now=now,
+                exclude_ids=exclude,
+                timeouts=core.atomic_timeouts,
+            ),
+        )
+        if row is None:
+            # Commit, not roll back: the transaction wrote nothing, and a
+            # ROLLBACK makes psycopg drop every prepared statement.
+            yield Commit(session)
+            yield Close(session)
+            return Step()
+        registration = core.handlers[row["type_name"]]
+        state, error, lost = yield from _run(core, session, registration, row)
+        error, retry_at, why = yield from _settle(
+            core, session, registration, row, state, error, lost
+        )
+    except Exception:
+        if state is not None:
+            yield ReleaseLease(state)
+        yield Close(session)
+        raise
+    if state is not None:
+        yield ReleaseLease(state)
+    yield Close(session)
+    core.count(row, error, retry_at, lost=why)
+    if error is not None and not isinstance(error, Exception):
+        raise error  # SystemExit/KeyboardInterrupt from the handler, now that it is recorded
+    return Step(job_id=row["id"], failed=error is not None)
+
+
+def _run(
+    core: WorkerCore, session: Any, registration: Registration, row: Any
+) -> Flow[tuple[AttemptState | None, BaseException | None, bool]]:
+    """Run the handler: (its state, the exception that ended it, whether all was rolled back)."""
+    ctx = core.ctx
+    job_type = registration.job_type
+    try:
+        blockers: list[Chain[Any, Any]] = []
+        if job_type.blocker_types:
+            blockers = yield Run(
+                session, partial(transitions.job_blockers, ctx=ctx, job_id=row["id"])
+            )
+        state = AttemptState(
+            job_types=ctx.job_types,
+            job_type=job_type,
+            job=job_from_row(row, job_type),
+            worker_id=core.worker_id,
+            mode=registration.mode,
+            blockers=blockers,
+        )
+    except Exception as exc:
+        return None, exc, False
+    if registration.mode == "atomic":
+        # The server-side time limit was set by the acquiring statement.
+        error, lost = yield from _run_atomic(core, session, registration, state)
+        return state, error, lost
+    error = yield from _run_staged(core, session, registration, state)
+    if state.written and isinstance(error, Exception):
+        # The outcome is committed: the job is done, whatever the handler did afterwards.
+        log.warning(
+            "job %s (%s): the handler raised %r after its outcome was committed",
+            row["id"],
+            row["type_name"],
+            error,
+        )
+        error = None
+    return state, error, False
+
+
+def _run_atomic(
+    core: WorkerCore, session: Any, registration: Registration, state: AttemptState
+) -> Flow[tuple[BaseException | None, bool]]:
+    """Run an atomic handler and write its outcome inside a SAVEPOINT.
+
+    Returns the exception that ended it, with everything the attempt wrote
+    undone, or None when the outcome is written; and whether the whole
+    transaction was rolled back (the acquisition with it).
+
+    Without ``core.eager_savepoints`` the driver opens the SAVEPOINT when the
+    handler first reads ``attempt.session``: a handler that only computes its
+    output costs no SAVEPOINT round trips, and its outcome is written without
+    one; if that write fails, the whole transaction is rolled back and the
+    attempt recorded afresh.
+    """
+    job = state.job
+    if core.eager_savepoints:
+        state.savepoint = yield Savepoint(session)
+    ended: HandlerEnded = yield CallHandler(registration, state, session)
+    error = ended.error
+    savepoint = state.savepoint
+    if error is None:
+        if savepoint is not None and not (yield SavepointOpen(session, savepoint)):
+            error = policy.session_misuse(registration.job_type, job.id)
+        else:
+            owned = state.owns(ended.value)
+            error = policy.result_problem(registration.job_type, job.id, ended.value, owned=owned)
+    if error is not None:
+        yield from _undo(session, savepoint)
+        return error, False
+    write = Run(session, partial(units.write_decided, ctx=core.ctx, state=state))
+    if savepoint is None:
+        try:
+            yield write
+        except Exception as exc:
+            yield Rollback(session)
+            return exc, True
+        return None, False
+    try:
+        yield write
+        yield ReleaseSavepoint(savepoint)
+    except Exception as exc:
+        yield from _undo(session, savepoint)
+        return exc, False
+    return None, False
+
+
+def _undo(session: Any, savepoint: Any) -> Flow[None]:
+    """Roll back the handler's SAVEPOINT if it is still open."""
+    if savepoint is None or not (yield SavepointOpen(session, savepoint)):
+        return
+    try:
+        yield RollbackSavepoint(savepoint)
+    except Exception:
+        # The connection is gone (e.g. the server ended a timed-out
+        # transaction); the commit path records the attempt.
+        log.debug("rolling back the handler's savepoint failed", exc_info=True)
+
+
+def _run_staged(
+    core: WorkerCore, session: Any, registration: Registration, state: AttemptState
+) -> Flow[BaseException | None]:
+    """Run a staged handler; the exception that ended it, if any."""
+    ended: HandlerEnded = yield CallHandler(registration, state, session)
+    if ended.error is not None:
+        return ended.error
+    owned = state.owns(ended.value)
+    problem = policy.result_problem(registration.job_type, state.job.id, ended.value, owned=owned)
+    if problem is not None:
+        return problem
+    if not state.written:
+        # complete()/continue_with() outside transaction(): write it now,
+        # under the same ownership check.
+        try:
+            yield WriteOwned(state, session)
+        except Exception as exc:
+            return exc
+    return None
+
+
+def _settle(
+    core: WorkerCore,
+    session: Any,
+    registration: Registration,
+    row: Any,
+    state: AttemptState | None,
+    error: BaseException | None,
+    lost: bool,
+) -> Flow[tuple[BaseException | None, dt.datetime | None, str | None]]:
+    """Record how the attempt ended: (its error, when it is retried, why it is not)."""
+    ctx = core.ctx
+    how = policy.settlement(prepared=state is not None and state.prepared, lost=lost)
+    if how == "owned":
+        assert state is not None
+        if error is None:
+            return None, None, None
+        retried, why = yield from _reschedule_owned(core, registration, state, error)
+        return error, retried, why
+    if how == "lost":
+        assert error is not None
+        return error, (yield from _record_lost(core, registration, row, error, None)), None
+    retry_at: dt.datetime | None = None
+    try:
+        if error is not None:
+            retry_at, text = core.retry(registration, error, row["attempt"])
+            yield Run(
+                session,
+                partial(
+                    ops.reschedule_job,
+                    models=ctx.models,
+                    job_id=row["id"],
+                    scheduled_at=retry_at,
+                    error=text,
+                    now=ctx.clock(),
+                ),
+            )
+        yield Commit(session)
+    except Exception as commit_error:
+        yield Rollback(session)
+        error = error or commit_error
+        retry_at = yield from _record_lost(core, registration, row, error, commit_error)
+    return error, retry_at, None
+
+
+def _reschedule_owned(
+    core: WorkerCore, registration: Registration, state: AttemptState, error: BaseException
+) -> Flow[tuple[dt.datetime | None, str | None]]:
+    """Reschedule a failed staged attempt if it still owns its job; else leave the job be."""
+    if isinstance(error, policy.OWNERSHIP_ERRORS) or state.signal.is_set():
+        why = state.signal.reason or type(error).__name__
+        log.warning(
+            "job %s: staged attempt ended without its job (%s); not rescheduling",
+            state.job.id,
+            why,
+        )
+        return None, why
+    ctx = core.ctx
+    retry_at, text = core.retry(registration, error, state.job.attempt)
+    reschedule = partial(
+        ops.reschedule_job,
+        models=ctx.models,
+        job_id=state.job.id,
+        scheduled_at=retry_at,
+        error=text,
+        now=ctx.clock(),
+    )
+    try:
+        yield InOwnedTransaction(state, reschedule)
+    except policy.OWNERSHIP_ERRORS as exc:
+        return None, state.signal.reason or type(exc).__name__
+    return retry_at, None
+
+
+def _record_lost(
+    core: WorkerCore,
+    registration: Registration,
+    row: Any,
+    error: BaseException,
+    failure: BaseException | None,
+) -> Flow[dt.datetime]:
+    """The attempt's transaction was rolled back whole: count it afresh, with backoff."""
+    ctx = core.ctx
+    retry_at, text = core.retry(registration, error, row["attempt"])
+    record = partial(
+        ops.record_failed_attempt,
+        models=ctx.models,
+        job_id=row["id"],
+        scheduled_at=retry_at,
+        error=policy.lost_attempt_text(error, failure, text),
+        now=ctx.clock(),
+    )
+    yield InTransaction(record)
+    return retry_at
+
+
+# --- staged steps (run by the drivers' StagedPort from inside the handler) ------------
+
+
+def commit_prepare(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
+    """End ``prepare()``: commit ``running`` + the lease, free the writer, start renewals."""
+    ctx = core.ctx
+    registration = core.handlers[state.job.type_name]
+    now = ctx.clock()
+    keep = policy.keep_provisional_lease(
+        lease=registration.lease,
+        lease_bound=core.lease_bound,
+        acquired_at=state.job.last_attempt_at,
+        now=now,
+    )
+    if not keep:
+        yield Run(
+            session,
+            partial(
+                ops.renew_lease,
+                models=ctx.models,
+                job_id=state.job.id,
+                worker_id=core.worker_id,
+                attempt=state.job.attempt,
+                leased_until=now + registration.lease,
+            ),
+        )
+    yield Commit(session)
+    state.prepared = True
+    yield Close(session)
+    # The external work runs with no transaction open and no SQLite write lock.
+    yield DropWriter()
+    yield HoldLease(state, registration.lease)
+
+
+def check_ownership(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
+    """Lock the job's row in ``session``; raise if this attempt no longer owns it."""
+    ctx = core.ctx
+    row = yield Run(
+        session,
+        partial(ops.lock_job, models=ctx.models, caps=ctx.capabilities, job_id=state.job.id),
+    )
+    problem = policy.ownership_problem(
+        row, job_id=state.job.id, worker_id=core.worker_id, attempt=state.job.attempt
+    )
+    if problem is not None:
+        state.signal.set(policy.lost_reason(row))
+        raise problem
+
+
+def write_staged(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
+    """Write a staged attempt's outcome in its owned transaction."""
+    yield Run(session, partial(units.write_decided, ctx=core.ctx, state=state))
+    state.written = True
+
+
+# --- leases ---------------------------------------------------------------------------
+
+
+def renew(core: WorkerCore, state: AttemptState, lease: dt.timedelta) -> Flow[bool | None]:
+    """Renew a staged attempt's lease: True renewed, False lost (signal set), None failed."""
+    job = state.job
+    unit = partial(
+        units.renew_held,
+        ctx=core.ctx,
+        job_id=job.id,
+        worker_id=core.worker_id,
+        attempt=job.attempt,
+        lease=lease,
+    )
+    try:
+        still_ours, row = yield InWriteTransaction(unit)
+    except Exception as exc:
+        # The database is unreachable: try again soon; the lease may still
+        # outlive the outage, and transaction() re-checks ownership anyway.
+        log.warning("renewing the lease of job %s failed (%s); retrying", job.id, exc)
+        return None
+    if still_ours:
+        return True
+    reason = policy.lost_reason(row)
+    log.warning("job %s: the staged attempt lost its job (%s)", job.id, reason)
+    state.signal.set(reason)
+    return False
+
+
+def reap_one(core: WorkerCore) -> Flow[bool]:
+    """Return one expired lease of the worker's types to pending; True if one was."""
+    ctx = core.ctx
+    if ctx.capabilities.single_writer:
+        # Single writer: look with a read before taking the write lock.
+        look = partial(
+            ops.has_expired_lease,
+            models=ctx.models,
+            type_names=core.acquired_types,
+            now=ctx.clock(),
+        )
+        if not (yield Look(look)):
+            return False
+    held = yield HeldIds()
+    reap = partial(
+        ops.reap_expired_lease,
+        models=ctx.models,
+        caps=ctx.capabilities,
+        type_names=core.acquired_types,
+        exclude_ids=held,
+        now=ctx.clock(),
+    )
+    row = yield InWriteTransaction(reap)
+    if row is None:
+        return False
+    log.warning(
+        "job %s (%s): lease expired, returned to pending (attempt %d kept)",
+        row["id"],
+        row["type_name"],
+        row["attempt"],
+    )
+    try:
+        ctx.notify.notify_job_scheduled(row["type_name"], 1)
+        # The worker that held the lease may be alive but stalled: tell it.
+        ctx.notify.notify_job_ownership_lost(row["id"])
+    except Exception:
+        log.exception("notify after reaping failed")
+    return True

@@ -1,0 +1,167 @@
+"""Every decision a worker takes, as pure functions: no IO, ``now`` passed in.
+
+Both drivers and every flow ask here: how long to sleep, how long to back off
+after an infrastructure failure, whether a staged ``prepare()`` may keep the
+lease the acquire wrote, whether the job is still this attempt's, how a failed
+attempt is settled, and when a lease is renewed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from queuert_sa._errors import (
+    HandlerError,
+    JobAlreadyCompletedError,
+    JobNotFoundError,
+    JobOwnershipError,
+    JobTakenByAnotherWorkerError,
+)
+from queuert_sa._job_types import JobType
+from queuert_sa.models import JobStatus
+
+#: With a due job held by another attempt, how soon to look again (seconds).
+HELD_JOB_RECHECK_S = 1.0
+
+#: Delays after consecutive infrastructure failures (database down), capped.
+RECOVERY_INITIAL_S = 1.0
+RECOVERY_MAX_S = 30.0
+
+#: The errors that mean "this attempt no longer owns its job".
+OWNERSHIP_ERRORS = (JobOwnershipError, JobNotFoundError)
+
+
+def sleep_timeout(
+    poll_interval: dt.timedelta,
+    next_due: dt.datetime | None,
+    now: dt.datetime,
+    rng: random.Random,
+) -> float:
+    """How long an idle slot sleeps (seconds) unless a notification wakes it.
+
+    The poll interval, jittered ±5 % so that workers started together drift
+    apart, or less when the next job is due sooner. A job that is due yet was
+    not acquired is held by another attempt's transaction: look again soon,
+    without spinning.
+    """
+    timeout = poll_interval.total_seconds() * rng.uniform(0.95, 1.05)
+    if next_due is not None:
+        until_due = (next_due - now).total_seconds()
+        timeout = min(timeout, until_due if until_due > 0 else HELD_JOB_RECHECK_S)
+    return timeout
+
+
+def recovery_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` consecutive failed passes (database down)."""
+    return min(RECOVERY_INITIAL_S * 2.0 ** (failures - 1), RECOVERY_MAX_S)
+
+
+def keep_provisional_lease(
+    *,
+    lease: dt.timedelta,
+    lease_bound: dt.timedelta,
+    acquired_at: dt.datetime | None,
+    now: dt.datetime,
+) -> bool:
+    """Whether a staged ``prepare()`` may keep the lease the acquiring statement wrote.
+
+    The acquire writes the longest lease of the worker's handlers. It stands
+    when that is this handler's lease and ``prepare()`` took under a tenth of
+    it (one UPDATE less per staged job); otherwise the lease is set anew.
+    """
+    return lease == lease_bound and acquired_at is not None and now - acquired_at < lease / 10
+
+
+def lost_reason(row: Mapping[str, Any] | None) -> str:
+    """Why a job is no longer ours, from its row as read now (None = deleted)."""
+    if row is None:
+        return "not_found"
+    if row["status"] == JobStatus.COMPLETED:
+        return "already_completed"
+    return "taken_by_another_worker"
+
+
+def ownership_problem(
+    row: Mapping[str, Any] | None, *, job_id: Any, worker_id: str, attempt: int
+) -> JobOwnershipError | JobNotFoundError | None:
+    """The error to raise if the locked job row is no longer this attempt's, else None."""
+    if row is None:
+        return JobNotFoundError(job_id)
+    if (
+        row["status"] == JobStatus.RUNNING
+        and row["leased_by"] == worker_id
+        and row["attempt"] == attempt
+    ):
+        return None
+    if row["status"] == JobStatus.COMPLETED:
+        return JobAlreadyCompletedError(job_id)
+    return JobTakenByAnotherWorkerError(job_id, worker_id=worker_id, leased_by=row["leased_by"])
+
+
+def result_problem(
+    job_type: JobType[Any, Any], job_id: Any, result: object, *, owned: bool
+) -> HandlerError | None:
+    """The error for a handler that returned something other than its own outcome."""
+    if owned:
+        return None
+    return HandlerError(
+        f"The handler of {job_type.name!r} returned {result!r:.80}; it must return "
+        "attempt.complete(output) or attempt.continue_with(job_type, input).",
+        job_id=job_id,
+        type_name=job_type.name,
+    )
+
+
+def session_misuse(job_type: JobType[Any, Any], job_id: Any) -> HandlerError:
+    """The error for a handler that ended the worker's transaction itself."""
+    return HandlerError(
+        f"The handler of {job_type.name!r} committed, rolled back or closed "
+        "attempt.session; the worker owns that transaction. Write through it and "
+        "return; use session.begin_nested() for a sub-transaction.",
+        job_id=job_id,
+        type_name=job_type.name,
+    )
+
+
+Settlement = Literal["owned", "lost", "in_transaction"]
+
+
+def settlement(*, prepared: bool, lost: bool) -> Settlement:
+    """Where a finished attempt's failure (if any) is recorded.
+
+    ``"owned"``: a staged attempt past ``prepare()`` — in a transaction of its
+    own, only if the job is still its; ``"lost"``: the attempt's transaction
+    was rolled back whole — afresh, in a new one; ``"in_transaction"``: in the
+    attempt's own transaction, which then commits.
+    """
+    if prepared:
+        return "owned"
+    if lost:
+        return "lost"
+    return "in_transaction"
+
+
+def lost_attempt_text(error: BaseException, failure: BaseException | None, text: str) -> str:
+    """The error kept for an attempt whose transaction was rolled back whole.
+
+    ``failure`` is what ended the transaction; None when writing the outcome
+    failed and the worker rolled the transaction back itself.
+    """
+    if failure is None:
+        return f"writing the attempt's outcome failed; nothing was kept: {text}"
+    if error is failure:
+        return f"the attempt's COMMIT failed: {text}"
+    return f"the attempt's transaction failed ({failure}) after: {text}"
+
+
+def renew_delay(lease: dt.timedelta) -> float:
+    """Seconds until a held lease is renewed: every half lease."""
+    return lease.total_seconds() / 2
+
+
+def renew_retry_delay(lease: dt.timedelta) -> float:
+    """Seconds until a failed renewal is tried again (the lease may outlive the outage)."""
+    return min(lease.total_seconds() / 10, 5)

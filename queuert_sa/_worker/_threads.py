@@ -1,0 +1,602 @@
+"""The thread driver: :class:`Worker` runs the shared flows on a pool of threads.
+
+What is its own: slot threads, a ``Condition``-based waker, the SQLite writer
+lock shared by every thread worker of the process, the lease keeper thread,
+``signal.signal`` handlers, and performing each effect with a plain call (the
+attempt's SAVEPOINT opens lazily, on the handler's first use of
+``attempt.session``). The algorithm is in ``_flow``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import logging
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, SessionTransaction
+
+from queuert_sa._attempt import Attempt, AttemptState, Outcome
+from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
+from queuert_sa._job_types import JobType
+from queuert_sa._retry import Backoff
+from queuert_sa.notify import Subscription
+from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
+
+from . import _effects as fx
+from . import _flow as flow
+from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore
+from ._leases import LeaseKeeper
+
+if TYPE_CHECKING:
+    from queuert_sa._client import Queuert
+
+log = logging.getLogger("queuert_sa.worker")
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+T = TypeVar("T")
+
+Handler = Callable[[Attempt[InT, OutT]], Outcome]
+
+# SQLite admits one writer per database file. Worker threads of one process
+# queue on this lock instead of spinning in SQLite's busy handler.
+_sqlite_writer_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+_sqlite_writer_locks_guard = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.Lock:
+    with _sqlite_writer_locks_guard:
+        lock = _sqlite_writer_locks.get(engine)
+        if lock is None:
+            lock = _sqlite_writer_locks[engine] = threading.Lock()
+        return lock
+
+
+class _WriterHold:
+    """One thread's hold on the SQLite writer lock (no-op on PostgreSQL)."""
+
+    def __init__(self, lock: threading.Lock | None) -> None:
+        self._lock = lock
+        self._held = False
+
+    def take(self) -> None:
+        if self._lock is not None and not self._held:
+            self._lock.acquire()
+            self._held = True
+
+    def drop(self) -> None:
+        if self._held:
+            assert self._lock is not None
+            self._held = False
+            self._lock.release()
+
+
+class _Waker:
+    """Wake hints for idle slots. Hints are counted, so one that arrives
+    between "found nothing" and "sleep" is not lost: the sleep returns at once."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._hints = 0
+        self._limit = limit
+        self._closed = False
+        self._idle = 0
+
+    def hint(self, count: int = 1) -> None:
+        with self._cond:
+            self._hints = min(self._hints + count, self._limit)
+            self._cond.notify(count)
+
+    def hint_idle(self) -> None:
+        """Wake one slot that is asleep now, if any (no hint is kept for later)."""
+        with self._cond:
+            if self._idle > self._hints:
+                self._hints += 1
+                self._cond.notify(1)
+
+    def wait(self, timeout: float) -> None:
+        with self._cond:
+            if self._hints == 0 and not self._closed:
+                self._idle += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._idle -= 1
+            if self._hints > 0:
+                self._hints -= 1
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _savepoint_open(session: Session, savepoint: SessionTransaction) -> bool:
+    current = session.get_nested_transaction()
+    while current is not None:
+        if current is savepoint:
+            return True
+        current = current.parent
+    return False
+
+
+def _rollback_quietly(session: Session) -> None:
+    try:
+        session.rollback()
+    except Exception:
+        log.debug("rollback failed (connection lost?)", exc_info=True)
+
+
+class _Performer:
+    """Performs the flows' effects with plain calls, for one thread (a slot, drain, keeper).
+
+    Also the :class:`StagedPort` of the attempts it runs. Sessions it opened
+    and leases it started are tracked, so a flow ended by a ``BaseException``
+    leaves nothing open behind.
+    """
+
+    def __init__(self, worker: Worker, hold: _WriterHold) -> None:
+        self._worker = worker
+        self._hold = hold
+        self._sessions: list[Session] = []
+        self._leases: list[AttemptState] = []
+        self._perform: dict[type[Any], Callable[[Any], Any]] = {
+            fx.Run: self._run,
+            fx.Look: self._look,
+            fx.Open: self._open,
+            fx.Commit: lambda e: e.session.commit(),
+            fx.Rollback: lambda e: _rollback_quietly(e.session),
+            fx.Close: self._close,
+            fx.Savepoint: lambda e: e.session.begin_nested(),
+            fx.SavepointOpen: lambda e: _savepoint_open(e.session, e.savepoint),
+            fx.ReleaseSavepoint: lambda e: e.savepoint.commit(),
+            fx.RollbackSavepoint: lambda e: e.savepoint.rollback(),
+            fx.TakeWriter: lambda e: hold.take(),
+            fx.DropWriter: lambda e: hold.drop(),
+            fx.CallHandler: self._call_handler,
+            fx.WriteOwned: self._write_owned,
+            fx.InTransaction: self._in_transaction,
+            fx.InWriteTransaction: self._in_write_transaction,
+            fx.InOwnedTransaction: self._in_owned_transaction,
+            fx.HoldLease: self._hold_lease,
+            fx.ReleaseLease: self._release_lease,
+            fx.HeldIds: lambda e: worker.leases.held_ids(),
+            fx.Stopping: lambda e: worker.stopping.is_set(),
+            fx.HintIdle: lambda e: worker.waker.hint_idle(),
+            fx.Sleep: lambda e: worker.waker.wait(e.seconds),
+            fx.Pause: lambda e: worker.stopping.wait(e.seconds),
+        }
+
+    def drive(self, steps: flow.Flow[T], *, outermost: bool = True) -> T:
+        """Run a flow to its end; the outermost one cleans up after a ``BaseException``."""
+        result: Any = None
+        error: Exception | None = None
+        try:
+            while True:
+                if error is None:
+                    effect = steps.send(result)
+                else:
+                    effect, error = steps.throw(error), None
+                try:
+                    result = self._perform[type(effect)](effect)
+                except Exception as exc:
+                    result, error = None, exc
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        except BaseException:
+            steps.close()
+            if outermost:
+                self._clean_up()
+            raise
+
+    def _clean_up(self) -> None:
+        for session in self._sessions:
+            try:
+                session.close()
+            except Exception:
+                log.debug("closing a session failed", exc_info=True)
+        self._sessions.clear()
+        for state in self._leases:
+            self._worker.leases.release(state)
+        self._leases.clear()
+        self._hold.drop()
+
+    # --- sessions ----------------------------------------------------------------------
+
+    def _open(self, _: fx.Open) -> Session:
+        session = self._worker.session_factory()
+        try:
+            if self._worker.ctx.capabilities.single_writer:
+                session.connection(execution_options={BEGIN_IMMEDIATE: True})
+        except BaseException:
+            session.close()
+            raise
+        self._sessions.append(session)
+        return session
+
+    def _close(self, effect: fx.Close) -> None:
+        effect.session.close()
+        if effect.session in self._sessions:
+            self._sessions.remove(effect.session)
+
+    @staticmethod
+    def _run(effect: fx.Run) -> Any:
+        return effect.unit(effect.session)
+
+    def _look(self, effect: fx.Look) -> Any:
+        with self._worker.engine.connect() as conn:
+            result = effect.unit(conn)
+            # Ended by COMMIT: the pool's reset would roll back, which makes
+            # psycopg drop every prepared statement of the connection.
+            conn.commit()
+            return result
+
+    def _in_transaction(self, effect: fx.InTransaction) -> Any:
+        with self._worker.session_factory() as session, session.begin():
+            return effect.unit(session)
+
+    @contextmanager
+    def _write_transaction(self) -> Generator[Session]:
+        """A new session in a write transaction (SQLite: writer lock + BEGIN IMMEDIATE).
+
+        Commits on success, rolls back on error, always closes.
+        """
+        self._hold.take()
+        try:
+            with self._worker.session_factory() as session:
+                if self._worker.ctx.capabilities.single_writer:
+                    session.connection(execution_options={BEGIN_IMMEDIATE: True})
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    _rollback_quietly(session)
+                    raise
+        finally:
+            self._hold.drop()
+
+    def _in_write_transaction(self, effect: fx.InWriteTransaction) -> Any:
+        with self._write_transaction() as session:
+            return effect.unit(session)
+
+    def _in_owned_transaction(self, effect: fx.InOwnedTransaction) -> Any:
+        with self.owned_transaction(effect.state) as session:
+            return effect.unit(session)
+
+    # --- the handler and its staged port -------------------------------------------------
+
+    def _call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
+        state, session = effect.state, effect.session
+        if effect.registration.mode == "staged":
+            attempt: Attempt[Any, Any] = Attempt(state, session, port=self)
+        elif state.savepoint is None:
+
+            def open_savepoint() -> None:
+                state.savepoint = session.begin_nested()
+
+            attempt = Attempt(state, session, on_first_use=open_savepoint)
+        else:
+            attempt = Attempt(state, session)
+        try:
+            return fx.HandlerEnded(value=effect.registration.fn(attempt))
+        except BaseException as exc:
+            return fx.HandlerEnded(error=exc)
+
+    def _write_owned(self, effect: fx.WriteOwned) -> None:
+        with Attempt(effect.state, effect.session, port=self).transaction():
+            pass
+
+    def commit_prepare(self, state: AttemptState, session: Session) -> None:
+        self.drive(flow.commit_prepare(self._worker, state, session), outermost=False)
+
+    @contextmanager
+    def owned_transaction(self, state: AttemptState) -> Generator[Session]:
+        with self._write_transaction() as session:
+            self.drive(flow.check_ownership(self._worker, state, session), outermost=False)
+            yield session
+
+    def write_outcome(self, state: AttemptState, session: Session) -> None:
+        self.drive(flow.write_staged(self._worker, state, session), outermost=False)
+
+    def _hold_lease(self, effect: fx.HoldLease) -> None:
+        self._worker.leases.hold(effect.state, effect.lease)
+        self._leases.append(effect.state)
+
+    def _release_lease(self, effect: fx.ReleaseLease) -> None:
+        self._worker.leases.release(effect.state)
+        if effect.state in self._leases:
+            self._leases.remove(effect.state)
+
+
+class Worker(WorkerCore):
+    """Runs handlers for jobs of the types it has handlers for, on a pool of threads.
+
+    Created by :meth:`Queuert.worker`. Register handlers with
+    :meth:`handler`, then :meth:`run` (blocking; stops on SIGINT/SIGTERM) or
+    :meth:`start`/:meth:`stop` when embedding.
+
+    Args:
+        concurrency: Number of attempts running at once (threads). Defaults to 1.
+            On SQLite an atomic attempt holds the database's single write lock,
+            so attempts run one at a time whatever this is.
+        poll_interval: Longest sleep between checks for due jobs when no
+            notification arrives; jittered by ±5 %. Defaults to 5 seconds.
+        backoff: Retry delays for types that declare none. Defaults to
+            ``Backoff()`` (10 s doubling to 300 s, ±10 %).
+        shutdown_grace: How long :meth:`stop` waits for in-flight attempts.
+            Defaults to 30 seconds. Attempts still running after it are left to
+            the database: when the process exits their transactions roll back
+            and the jobs are pending again.
+        worker_id: Recorded in ``completed_by``/``leased_by``. Defaults to
+            ``host:pid:random``.
+        session_factory: Makes the ``Session`` of each attempt. Defaults to
+            ``Session(engine)``; pass your ``sessionmaker`` to get your session
+            class and options in handlers.
+        handle_signals: ``"auto"`` (default) installs SIGINT/SIGTERM handlers in
+            :meth:`run` when called from the main thread; ``"never"`` leaves
+            signals alone.
+    """
+
+    def __init__(
+        self,
+        client: Queuert,
+        *,
+        concurrency: int = 1,
+        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
+        backoff: Backoff | None = None,
+        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
+        worker_id: str | None = None,
+        session_factory: Callable[[], Session] | None = None,
+        handle_signals: Literal["auto", "never"] = "auto",
+    ) -> None:
+        super().__init__(
+            client.ctx,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            backoff=backoff,
+            shutdown_grace=shutdown_grace,
+            worker_id=worker_id,
+            handle_signals=handle_signals,
+        )
+        self.client = client
+        engine = self.engine = client.engine
+        self.session_factory: Callable[[], Session] = session_factory or (lambda: Session(engine))
+        # A session of the worker's own is reachable only through
+        # attempt.session, so an atomic attempt may open its SAVEPOINT on first
+        # use; one from the application's factory (a scoped session) may be
+        # written through directly, so it gets its SAVEPOINT up front.
+        self.eager_savepoints = session_factory is not None
+        self._threads: list[threading.Thread] = []
+        self.stopping = threading.Event()
+        self._stop_requested = threading.Event()
+        self.waker = _Waker(concurrency)
+        self._subscription: Subscription | None = None
+        self._writer_lock = _writer_lock(engine) if self.ctx.capabilities.single_writer else None
+        keeper = _Performer(self, _WriterHold(self._writer_lock))
+        self.leases = LeaseKeeper(
+            self.ctx.notify, lambda state, lease: keeper.drive(flow.renew(self, state, lease))
+        )
+
+    # --- registration ------------------------------------------------------------
+
+    def handler(
+        self,
+        job_type: JobType[InT, OutT],
+        *,
+        mode: Mode = "atomic",
+        backoff: Backoff | None = None,
+        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
+        lease: dt.timedelta = DEFAULT_LEASE,
+    ) -> Callable[[Handler[InT, OutT]], Handler[InT, OutT]]:
+        """Register the decorated function as the handler of ``job_type``.
+
+        The handler receives an :class:`Attempt` and must return
+        ``attempt.complete(output)`` or ``attempt.continue_with(type, input)``.
+        Any exception rolls back everything the attempt wrote and retries the
+        job after the backoff delay (``backoff`` here, else the type's, else
+        the worker's).
+
+        Args:
+            mode: ``"atomic"`` (default): the handler runs inside the attempt's
+                transaction; ``attempt.session`` writes commit with the
+                completion. ``"staged"``: ``attempt.prepare()`` (short read
+                transaction, commits a lease), external work with no transaction
+                open, ``attempt.transaction()`` (ownership re-checked) to write.
+            timeout: Atomic mode: on PostgreSQL the server ends an attempt's
+                transaction when it sits idle (the handler doing non-database
+                work, or hung) or one statement runs longer than this; the job
+                becomes available again and the late completion is not
+                written. (A handler that keeps issuing statements is not cut
+                off: PostgreSQL before 17 has no whole-transaction timeout.)
+                SQLite has no such mechanism. Defaults to 5 minutes.
+            lease: Staged mode: how long the job stays reserved without a
+                renewal; renewed every half lease while the handler runs. A
+                worker that dies loses the job to another worker after it.
+                Defaults to 60 seconds.
+        """
+        build = self._registration(
+            job_type, mode=mode, backoff=backoff, timeout=timeout, lease=lease
+        )
+
+        def register(fn: Handler[InT, OutT]) -> Handler[InT, OutT]:
+            if inspect.iscoroutinefunction(fn):
+                raise WorkerConfigError(
+                    f"The handler for {job_type.name!r} is 'async def'; the thread worker "
+                    "runs plain functions. Make it a 'def' function."
+                )
+            registration = build(fn)
+            self.handlers[registration.job_type.name] = registration
+            return fn
+
+        return register
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the slot threads and return. Idempotent while running.
+
+        Raises :class:`SchemaMissingError` at once if queuert's tables do not
+        exist (a worker that cannot ever succeed should not start). An
+        unreachable database is only logged: the slots retry with backoff.
+        Raises :class:`WorkerConfigError` if attempts of an earlier run are
+        still in flight (a ``stop()`` that timed out).
+        """
+        self._stop_requested.clear()
+        self._start()
+
+    def _start(self) -> None:
+        if not self.handlers:
+            raise WorkerConfigError(
+                "The worker has no handlers; register some with @worker.handler(job_type)."
+            )
+        self._threads = [t for t in self._threads if t.is_alive()]
+        if self._threads:
+            if not self.stopping.is_set():
+                return
+            raise WorkerConfigError(
+                f"{len(self._threads)} attempt(s) of the previous run are still in flight; "
+                "wait for stop() to return True before starting again."
+            )
+        try:
+            self._performer().drive(flow.next_due(self))
+        except DatabaseUnavailableError as exc:
+            log.warning(
+                "worker %s: database unavailable at start (%s); will retry", self.worker_id, exc
+            )
+        self.stopping.clear()
+        self.waker = waker = _Waker(self.concurrency)
+        self._subscription = self.ctx.notify.listen_job_scheduled(
+            self.type_names, lambda _type_name, count: waker.hint(count)
+        )
+        for slot in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._slot_thread, name=f"queuert-worker-{slot}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        log.info(
+            "worker %s started: types=%s concurrency=%d",
+            self.worker_id,
+            ",".join(self.type_names),
+            self.concurrency,
+        )
+
+    def _performer(self) -> _Performer:
+        return _Performer(self, _WriterHold(self._writer_lock))
+
+    def _slot_thread(self) -> None:
+        try:
+            self._performer().drive(flow.slot_loop(self))
+        except BaseException as exc:
+            # A handler raised SystemExit/KeyboardInterrupt: its attempt is
+            # recorded as failed; the process was asked to end, so stop.
+            log.critical("worker %s: a handler raised %r; stopping the worker", self.worker_id, exc)
+            self.stopping.set()
+            self._stop_requested.set()
+            self.waker.close()
+
+    def stop(self, timeout: dt.timedelta | None = None) -> bool:
+        """Stop acquiring, wait for in-flight attempts, and return.
+
+        Waits up to ``timeout`` (default: ``shutdown_grace``). Returns True if
+        every attempt finished; False if some were still running (they roll back
+        when their thread or the process ends).
+        """
+        self.stopping.set()
+        self._stop_requested.set()
+        self.waker.close()
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+        if not self._threads:
+            return True
+        end = time.monotonic() + (timeout or self.shutdown_grace).total_seconds()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, end - time.monotonic()))
+        alive = [t for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning(
+                "worker %s: %d attempt(s) still running after the shutdown grace period",
+                self.worker_id,
+                len(alive),
+            )
+            return False
+        self._threads = []
+        self.leases.close()
+        log.info("worker %s stopped", self.worker_id)
+        return True
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop gracefully, as SIGTERM does (from any thread)."""
+        self._stop_requested.set()
+
+    def run(self) -> bool:
+        """Run until SIGINT/SIGTERM (or :meth:`request_stop`/:meth:`stop`), then stop gracefully.
+
+        Returns what :meth:`stop` returns: False if attempts were still running
+        after ``shutdown_grace`` (their transactions roll back when the process
+        exits). A second signal stops at once: attempts in flight are abandoned
+        and their transactions roll back, leaving the jobs pending.
+        """
+        self._stop_requested.clear()
+        previous: dict[int, Any] = {}
+        if self.handle_signals == "auto" and threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                if self._stop_requested.is_set():
+                    log.warning("second signal: exiting without waiting for in-flight attempts")
+                    raise SystemExit(128 + signum)
+                log.info("signal %d: finishing in-flight attempts, then stopping", signum)
+                self._stop_requested.set()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        clean = False
+        try:
+            # Handlers first, threads second: a signal during start-up still
+            # stops the worker gracefully.
+            if not self._stop_requested.is_set():
+                self._start()
+            while not self._stop_requested.wait(0.5):
+                pass
+        finally:
+            try:
+                clean = self.stop()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+        return clean
+
+    def drain(self, *, max_jobs: int | None = None) -> int:
+        """Process due jobs in the calling thread until none is due; return how many.
+
+        For scripts, tests and one-shot runs (e.g. from cron); no threads, no
+        waiting. Expired leases of staged attempts (crashed workers) are
+        returned to pending and run too. A job whose attempt fails is not taken
+        again by the same ``drain()`` call, even if its retry is due at once.
+        """
+        if not self.handlers:
+            raise WorkerConfigError("The worker has no handlers to drain with.")
+        try:
+            return self._performer().drive(flow.drain(self, max_jobs))
+        finally:
+            if not self._threads:
+                # No slot threads running: the lease keeper (and its
+                # ownership-lost subscription) is not needed after this call.
+                self.leases.close()
