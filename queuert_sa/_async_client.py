@@ -15,8 +15,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast, overload
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
@@ -24,7 +23,7 @@ from sqlalchemy.orm import Session
 from . import _rules as rules
 from . import _transitions as transitions
 from ._client import Queuert
-from ._context import Clock, Context, utc_now
+from ._context import Clock, ContextView, utc_now
 from ._entities import Chain, Job, Page
 from ._errors import EngineMismatchError, SessionRequiredError, WaitChainTimeoutError
 from ._ids import coerce_id
@@ -32,7 +31,7 @@ from ._job_types import ChainStart, JobType, JobTypes
 from ._rules import DEFAULT_PAGE_SIZE, describe_job
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import NotifyAdapter
-from .state import Capabilities, immediate_engine
+from .state import immediate_engine
 from .state import operations as ops
 
 if TYPE_CHECKING:
@@ -40,8 +39,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     from ._attempt import Attempt
-    from ._retry import Backoff
     from ._worker._asyncio import AsyncWorker
+    from ._worker._config import WorkerOptions
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -55,7 +54,7 @@ AsyncSessionLike = AsyncSession | async_scoped_session[Any]
 log = logging.getLogger("queuert_sa")
 
 
-class AsyncQueuert:
+class AsyncQueuert(ContextView):
     """The asyncio client: the methods of :class:`Queuert` as coroutines taking ``AsyncSession``.
 
     ::
@@ -96,34 +95,10 @@ class AsyncQueuert:
             engine.sync_engine, job_types, notify=notify, models=models, clock=clock
         )
         """The sync client this one delegates to (same registry, notify, models and clock)."""
+        self.ctx = self.sync.ctx
 
     def __repr__(self) -> str:
         return f"<AsyncQueuert {self.engine.url!r} types={list(self.job_types.names)}>"
-
-    @property
-    def job_types(self) -> JobTypes:
-        return self.sync.job_types
-
-    @property
-    def notify(self) -> NotifyAdapter:
-        return self.sync.notify
-
-    @property
-    def models(self) -> Models:
-        return self.sync.models
-
-    @property
-    def clock(self) -> Clock:
-        return self.sync.clock
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.sync.capabilities
-
-    @property
-    def ctx(self) -> Context:
-        """What the transitions and workers of this client share (the sync client's)."""
-        return self.sync.ctx
 
     def immediate_engine(self) -> AsyncEngine:
         """This engine with write-first transactions on SQLite (see :func:`immediate_engine`)."""
@@ -387,35 +362,15 @@ class AsyncQueuert:
         max_batches: int | None = None,
     ) -> int:
         """Delete chains completed more than ``older_than`` ago; see :meth:`Queuert.cleanup`."""
-        plan = rules.cleanup_plan(
-            now=self.clock(),
-            older_than=older_than,
-            types=types,
-            batch_size=batch_size,
-            max_batches=max_batches,
-        )
+        plan = rules.cleanup_plan(self.clock(), older_than, types, batch_size, max_batches)
         engine = self.immediate_engine()
-        after: tuple[dt.datetime, uuid.UUID] | None = None
-        deleted = batches = 0
-        while True:
+        run = transitions.Cleanup(self.ctx, plan)
+        more = True
+        while more:
             with ops.database_errors("clean up chains", self.models):
                 async with engine.begin() as conn:
-                    examined, gone, after = await conn.run_sync(
-                        partial(
-                            transitions.cleanup_batch,
-                            ctx=self.ctx,
-                            cutoff=plan.cutoff,
-                            type_names=plan.type_names,
-                            after=after,
-                            limit=plan.batch_size,
-                        )
-                    )
-            deleted += gone
-            batches += 1
-            if not plan.more(batches, examined):
-                break
-        log.info("cleanup deleted %d chains completed before %s", deleted, plan.cutoff.isoformat())
-        return deleted
+                    more = await conn.run_sync(run.batch)
+        return run.finish()
 
     # --- waiting --------------------------------------------------------------------------
 
@@ -484,31 +439,18 @@ class AsyncQueuert:
     def worker(
         self,
         *,
-        concurrency: int = 1,
-        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
-        backoff: Backoff | None = None,
-        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
-        worker_id: str | None = None,
         session_factory: async_sessionmaker[AsyncSession] | None = None,
-        handle_signals: Literal["auto", "never"] = "auto",
         thread_engine: Engine | None = None,
+        **options: Unpack[WorkerOptions],
     ) -> AsyncWorker:
         """Create an asyncio worker; register handlers, then ``await worker.run()``.
 
-        See :class:`AsyncWorker` for the options. ``thread_engine`` is your
-        sync ``Engine`` for the same database, needed only for plain ``def``
-        handlers (they run on threads, on that engine).
+        Options as for :meth:`Queuert.worker`; see :class:`AsyncWorker`.
+        ``thread_engine`` is your sync ``Engine`` for the same database, needed
+        only for plain ``def`` handlers (they run on threads, on that engine).
         """
         from ._worker._asyncio import AsyncWorker
 
         return AsyncWorker(
-            self,
-            concurrency=concurrency,
-            poll_interval=poll_interval,
-            backoff=backoff,
-            shutdown_grace=shutdown_grace,
-            worker_id=worker_id,
-            session_factory=session_factory,
-            handle_signals=handle_signals,
-            thread_engine=thread_engine,
+            self, session_factory=session_factory, thread_engine=thread_engine, **options
         )

@@ -364,13 +364,6 @@ class Attempt(_View[InT, OutT]):
             opener()
         return self._session
 
-    def _staged_port(self) -> StagedPort:
-        port = self._port
-        if port is None:
-            self._state.require_staged("prepare()/transaction()")
-            raise AssertionError("a staged attempt has a port")  # pragma: no cover
-        return port
-
     @contextmanager
     def prepare(self) -> Generator[Session]:
         """The short first transaction of a staged attempt: read what the external call needs.
@@ -382,7 +375,8 @@ class Attempt(_View[InT, OutT]):
         :meth:`transaction`.
         """
         self._state.open_prepare()
-        port = self._staged_port()
+        port = self._port
+        assert port is not None  # open_prepare() refused modes without one
         session = self.session
         savepoint = session.begin_nested()
         try:
@@ -407,7 +401,8 @@ class Attempt(_View[InT, OutT]):
         """
         state = self._state
         state.open_transaction()
-        port = self._staged_port()
+        port = self._port
+        assert port is not None  # open_transaction() refused modes without one
         if not state.prepared:
             port.commit_prepare(state, self._session)
         with port.owned_transaction(state) as session:
@@ -434,18 +429,12 @@ class AsyncAttempt(_View[InT, OutT]):
         """The attempt's ``AsyncSession`` (see the class documentation for each mode)."""
         self._port = port
 
-    def _staged_port(self) -> AsyncStagedPort:
-        port = self._port
-        if port is None:
-            self._state.require_staged("prepare()/transaction()")
-            raise AssertionError("a staged attempt has a port")  # pragma: no cover
-        return port
-
     @asynccontextmanager
     async def prepare(self) -> AsyncGenerator[AsyncSession]:
         """The short first transaction of a staged attempt (see :meth:`Attempt.prepare`)."""
         self._state.open_prepare()
-        port = self._staged_port()
+        port = self._port
+        assert port is not None  # open_prepare() refused modes without one
         savepoint = await self.session.begin_nested()
         try:
             yield self.session
@@ -461,7 +450,8 @@ class AsyncAttempt(_View[InT, OutT]):
         """The closing transaction of a staged attempt (see :meth:`Attempt.transaction`)."""
         state = self._state
         state.open_transaction()
-        port = self._staged_port()
+        port = self._port
+        assert port is not None  # open_transaction() refused modes without one
         if not state.prepared:
             await port.commit_prepare(state, self.session)
         async with port.owned_transaction(state) as session:

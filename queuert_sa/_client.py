@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast, overload
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, scoped_session
@@ -22,7 +22,7 @@ from . import _cursor
 from . import _rules as rules
 from . import _transitions as transitions
 from ._attempt import Attempt, AttemptState
-from ._context import Clock, Context, utc_now
+from ._context import Clock, Context, ContextView, utc_now
 from ._entities import Chain, Job, Page
 from ._errors import (
     ChainNotFoundError,
@@ -38,12 +38,12 @@ from ._rules import DEFAULT_PAGE_SIZE
 from ._snapshots import chain_from_rows, chain_jobs_page, chain_page, job_from_row, job_page
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import InMemoryNotify, NotifyAdapter
-from .state import Capabilities, immediate_engine, prepare_engine, queries
+from .state import immediate_engine, prepare_engine, queries
 from .state import operations as ops
 from .state.queries import Filters
 
 if TYPE_CHECKING:
-    from ._retry import Backoff
+    from ._worker._config import WorkerOptions
     from ._worker._threads import Worker
 
 InT = TypeVar("InT")
@@ -58,7 +58,7 @@ log = logging.getLogger("queuert_sa")
 SessionLike = Session | scoped_session[Any]
 
 
-class Queuert:
+class Queuert(ContextView):
     """The synchronous client: starts chains in your transaction, reads them, makes workers.
 
     ::
@@ -105,39 +105,9 @@ class Queuert:
             clock=clock,
             notify=notify if notify is not None else InMemoryNotify(),
         )
-        """What the transitions and workers of this client share."""
 
     def __repr__(self) -> str:
         return f"<Queuert {self.engine.url!r} types={list(self.job_types.names)}>"
-
-    @property
-    def job_types(self) -> JobTypes:
-        """The registry of job types."""
-        return self.ctx.job_types
-
-    @property
-    def models(self) -> Models:
-        """The job and blocker tables."""
-        return self.ctx.models
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What the database can do (resolved once for the engine)."""
-        return self.ctx.capabilities
-
-    @property
-    def clock(self) -> Clock:
-        """Source of "now"; replaceable (tests inject a fake one), workers included."""
-        return self.ctx.clock
-
-    @clock.setter
-    def clock(self, clock: Clock) -> None:
-        self.ctx.clock = clock
-
-    @property
-    def notify(self) -> NotifyAdapter:
-        """Where post-commit wake-ups go."""
-        return self.ctx.notify
 
     # --- producing -----------------------------------------------------------
 
@@ -518,33 +488,15 @@ class Queuert:
             batch_size: Chains examined per transaction.
             max_batches: Stop after this many batches (default: until done).
         """
-        plan = rules.cleanup_plan(
-            now=self.clock(),
-            older_than=older_than,
-            types=types,
-            batch_size=batch_size,
-            max_batches=max_batches,
-        )
+        plan = rules.cleanup_plan(self.clock(), older_than, types, batch_size, max_batches)
         engine = immediate_engine(self.engine)
-        after: tuple[dt.datetime, uuid.UUID] | None = None
-        deleted = batches = 0
-        while True:
+        run = transitions.Cleanup(self.ctx, plan)
+        more = True
+        while more:
             # BEGIN (IMMEDIATE on SQLite) may itself fail: translate that too.
             with ops.database_errors("clean up chains", self.models), engine.begin() as conn:
-                examined, gone, after = transitions.cleanup_batch(
-                    conn,
-                    self.ctx,
-                    cutoff=plan.cutoff,
-                    type_names=plan.type_names,
-                    after=after,
-                    limit=plan.batch_size,
-                )
-            deleted += gone
-            batches += 1
-            if not plan.more(batches, examined):
-                break
-        log.info("cleanup deleted %d chains completed before %s", deleted, plan.cutoff.isoformat())
-        return deleted
+                more = run.batch(conn)
+        return run.finish()
 
     # --- waiting and completing from application code -------------------------
 
@@ -660,27 +612,16 @@ class Queuert:
     def worker(
         self,
         *,
-        concurrency: int = 1,
-        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
-        backoff: Backoff | None = None,
-        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
-        worker_id: str | None = None,
         session_factory: Callable[[], Session] | None = None,
-        handle_signals: Literal["auto", "never"] = "auto",
+        **options: Unpack[WorkerOptions],
     ) -> Worker:
         """Create a thread-pool worker for this client; register handlers, then ``run()``.
 
-        See :class:`Worker` for the meaning and defaults of each option.
+        Options: ``concurrency``, ``poll_interval``, ``backoff``,
+        ``shutdown_grace``, ``worker_id``, ``handle_signals`` and
+        ``session_factory``; see :class:`Worker` for the meaning and default
+        of each.
         """
         from ._worker._threads import Worker
 
-        return Worker(
-            self,
-            concurrency=concurrency,
-            poll_interval=poll_interval,
-            backoff=backoff,
-            shutdown_grace=shutdown_grace,
-            worker_id=worker_id,
-            session_factory=session_factory,
-            handle_signals=handle_signals,
-        )
+        return Worker(self, session_factory=session_factory, **options)

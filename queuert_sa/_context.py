@@ -46,3 +46,39 @@ class Context:
 
     notify: NotifyAdapter
     """Where post-commit wake-ups and chain-completed signals go."""
+
+
+class ContextView:
+    """What both clients show of their context: registry, tables, capabilities, clock, notify."""
+
+    ctx: Context
+    """What the transitions and workers of this client share."""
+
+    @property
+    def job_types(self) -> JobTypes:
+        """The registry of job types."""
+        return self.ctx.job_types
+
+    @property
+    def models(self) -> Models:
+        """The job and blocker tables."""
+        return self.ctx.models
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the database can do (resolved once for the engine)."""
+        return self.ctx.capabilities
+
+    @property
+    def clock(self) -> Clock:
+        """Source of "now"; replaceable (tests inject a fake one), workers included."""
+        return self.ctx.clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self.ctx.clock = clock
+
+    @property
+    def notify(self) -> NotifyAdapter:
+        """Where post-commit wake-ups go."""
+        return self.ctx.notify

@@ -219,7 +219,6 @@ class CleanupPlan:
 
 
 def cleanup_plan(
-    *,
     now: dt.datetime,
     older_than: dt.timedelta,
     types: Iterable[JobType[Any, Any] | str] | None,

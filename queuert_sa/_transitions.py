@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from ._errors import (
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType
 from ._rules import (
+    CleanupPlan,
     Completed,
     Continued,
     Decision,
@@ -50,6 +52,8 @@ from .state import NewJob, queries
 from .state import maintenance as ops_maintenance
 from .state import operations as ops
 from .state.queries import Filters
+
+log = logging.getLogger("queuert_sa")
 
 #: How often a deduplicated start looks again when its match is deleted meanwhile.
 DEDUP_LOOKUPS = 10
@@ -431,3 +435,39 @@ def cleanup_batch(
     ops_maintenance.delete_chain_rows(executor, models, ids - keep)
     last_id, last_created = candidates[-1]
     return len(candidates), len(ids - keep), (last_created, last_id)
+
+
+class Cleanup:
+    """A retention run in batches: each :meth:`batch` is one transaction of the caller's."""
+
+    def __init__(self, ctx: Context, plan: CleanupPlan) -> None:
+        self._ctx = ctx
+        self._plan = plan
+        self._after: tuple[dt.datetime, uuid.UUID] | None = None
+        self._batches = 0
+        self.deleted = 0
+        """Chains deleted so far."""
+
+    def batch(self, executor: ops.Executor) -> bool:
+        """Delete one batch in ``executor``'s transaction; whether another batch should run."""
+        plan = self._plan
+        examined, gone, self._after = cleanup_batch(
+            executor,
+            self._ctx,
+            cutoff=plan.cutoff,
+            type_names=plan.type_names,
+            after=self._after,
+            limit=plan.batch_size,
+        )
+        self.deleted += gone
+        self._batches += 1
+        return plan.more(self._batches, examined)
+
+    def finish(self) -> int:
+        """Log the run; how many chains it deleted."""
+        log.info(
+            "cleanup deleted %d chains completed before %s",
+            self.deleted,
+            self._plan.cutoff.isoformat(),
+        )
+        return self.deleted

@@ -24,9 +24,9 @@ import threading
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Unpack, overload
 
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction, async_sessionmaker
@@ -41,7 +41,8 @@ from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from . import _effects as fx
 from . import _flow as flow
 from . import _policy as policy
-from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore
+from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore, WorkerOptions
+from ._performer import Hold, PerformerBase
 from ._threads import Handler, Worker
 
 if TYPE_CHECKING:
@@ -81,23 +82,14 @@ def _writer_lock(engine: Engine) -> asyncio.Lock:
     return lock
 
 
-class _Hold:
+class _Hold(Hold[asyncio.Lock]):
     """A task's hold on the SQLite writer lock (no-op without one)."""
 
-    def __init__(self, lock: asyncio.Lock | None) -> None:
-        self._lock = lock
-        self._held = False
-
     async def take(self) -> None:
-        if self._lock is not None and not self._held:
-            await self._lock.acquire()
-            self._held = True
-
-    def drop(self) -> None:
-        if self._held:
-            assert self._lock is not None
-            self._held = False
-            self._lock.release()
+        if self.wanted():
+            assert self.lock is not None
+            await self.lock.acquire()
+            self.held = True
 
 
 class _Waker:
@@ -148,15 +140,6 @@ class _Waker:
             pass
 
 
-def _savepoint_open(session: AsyncSession, savepoint: AsyncSessionTransaction) -> bool:
-    current = session.sync_session.get_nested_transaction()
-    while current is not None:
-        if current is savepoint.sync_transaction:
-            return True
-        current = current.parent
-    return False
-
-
 async def _rollback_quietly(session: AsyncSession) -> None:
     try:
         await session.rollback()
@@ -174,68 +157,30 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
 
 
-class _AsyncPerformer:
+class _AsyncPerformer(PerformerBase[AsyncSession]):
     """Performs the flows' effects by awaiting them, for one task (a slot, drain, renewal).
 
-    Also the :class:`AsyncStagedPort` of the attempts it runs. Sessions it
-    opened and leases it started are tracked, so a cancelled flow leaves
-    nothing open behind.
+    Also the :class:`AsyncStagedPort` of the attempts it runs.
     """
 
     def __init__(self, worker: AsyncWorker, hold: _Hold) -> None:
+        super().__init__(worker, worker, hold)
         self._worker = worker
         self._hold = hold
-        self._sessions: list[AsyncSession] = []
-        self._leases: list[AttemptState] = []
-        w = worker
-        self._perform: dict[type[Any], Callable[[Any], Coroutine[Any, Any, Any]]] = {
-            fx.Run: self._run,
-            fx.Look: self._look,
-            fx.Open: self._open,
-            fx.Commit: lambda e: e.session.commit(),
-            fx.Rollback: lambda e: _rollback_quietly(e.session),
-            fx.Close: self._close,
-            fx.Savepoint: lambda e: e.session.begin_nested(),
-            fx.SavepointOpen: self._now(lambda e: _savepoint_open(e.session, e.savepoint)),
-            fx.ReleaseSavepoint: lambda e: e.savepoint.commit(),
-            fx.RollbackSavepoint: lambda e: e.savepoint.rollback(),
-            fx.TakeWriter: lambda e: hold.take(),
-            fx.DropWriter: self._now(lambda e: hold.drop()),
-            fx.CallHandler: self._call_handler,
-            fx.WriteOwned: self._write_owned,
-            fx.InTransaction: self._in_transaction,
-            fx.InWriteTransaction: self._in_write_transaction,
-            fx.InOwnedTransaction: self._in_owned_transaction,
-            fx.HoldLease: self._now(lambda e: w.hold_lease(e.state, e.lease, self._leases)),
-            fx.ReleaseLease: self._now(lambda e: w.release_lease(e.state, self._leases)),
-            fx.HeldIds: self._now(lambda e: [job_id for job_id, _ in w.lease_tasks]),
-            fx.Stopping: self._now(lambda e: w.stopping.is_set()),
-            fx.HintIdle: self._now(lambda e: w.waker.hint_idle()),
-            fx.Sleep: lambda e: w.waker.wait(e.seconds),
-            fx.Pause: lambda e: _wait(w.stopping, e.seconds),
-        }
-
-    @staticmethod
-    def _now(fn: Callable[[Any], T]) -> Callable[[Any], Coroutine[Any, Any, T]]:
-        async def perform(effect: Any) -> T:
-            return fn(effect)
-
-        return perform
 
     async def drive(self, steps: flow.Flow[T], *, outermost: bool = True) -> T:
         """Run a flow to its end; the outermost one cleans up after cancellation."""
-        result: Any = None
-        error: Exception | None = None
         try:
+            effect = steps.send(None)
             while True:
-                if error is None:
-                    effect = steps.send(result)
-                else:
-                    effect, error = steps.throw(error), None
                 try:
-                    result = await self._perform[type(effect)](effect)
+                    result = self.perform[type(effect)](effect)
+                    if inspect.isawaitable(result):
+                        result = await result
                 except Exception as exc:
-                    result, error = None, exc
+                    effect = steps.throw(exc)
+                else:
+                    effect = steps.send(result)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         except BaseException:
@@ -244,21 +189,14 @@ class _AsyncPerformer:
             # acquisition included, so the job is pending again as it was.
             steps.close()
             if outermost:
-                await self._clean_up()
+                for session in self.left_open():
+                    with contextlib.suppress(Exception):
+                        await session.close()
             raise
-
-    async def _clean_up(self) -> None:
-        for session in self._sessions:
-            with contextlib.suppress(Exception):
-                await session.close()
-        self._sessions.clear()
-        for state in list(self._leases):
-            self._worker.release_lease(state, self._leases)
-        self._hold.drop()
 
     # --- sessions ----------------------------------------------------------------------
 
-    async def _open(self, _: fx.Open) -> AsyncSession:
+    async def open(self, _: fx.Open) -> AsyncSession:
         session = self._worker.session_factory()
         try:
             if self._worker.ctx.capabilities.single_writer:
@@ -266,28 +204,51 @@ class _AsyncPerformer:
         except BaseException:
             await session.close()
             raise
-        self._sessions.append(session)
-        return session
+        return self.opened(session)
 
-    async def _close(self, effect: fx.Close) -> None:
-        await effect.session.close()
-        if effect.session in self._sessions:
-            self._sessions.remove(effect.session)
+    async def end(self, effect: fx.End) -> None:
+        session = effect.session
+        if effect.how == "commit":
+            await session.commit()
+        elif effect.how == "rollback":
+            await _rollback_quietly(session)
+        else:
+            await session.close()
+            self.forget(session)
 
     @staticmethod
-    async def _run(effect: fx.Run) -> Any:
+    async def run(effect: fx.Run) -> Any:
         return await effect.session.run_sync(effect.unit)
 
-    async def _look(self, effect: fx.Look) -> Any:
+    async def look(self, effect: fx.Look) -> Any:
         async with self._worker.engine.connect() as conn:
             result = await conn.run_sync(effect.unit)
             # Ended by COMMIT: a ROLLBACK makes psycopg drop its prepared statements.
             await conn.commit()
             return result
 
-    async def _in_transaction(self, effect: fx.InTransaction) -> Any:
-        async with self._worker.session_factory() as session, session.begin():
-            return await session.run_sync(effect.unit)
+    @staticmethod
+    async def savepoint(effect: fx.Savepoint) -> AsyncSessionTransaction:
+        return await effect.session.begin_nested()  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def end_savepoint(effect: fx.EndSavepoint) -> None:
+        if effect.commit:
+            await effect.savepoint.commit()
+        else:
+            await effect.savepoint.rollback()
+
+    async def writer(self, effect: fx.Writer) -> None:
+        if effect.take:
+            await self._hold.take()
+        else:
+            self._hold.drop()
+
+    async def wait(self, effect: fx.Wait) -> None:
+        if effect.until == "hint":
+            await self._worker.waker.wait(effect.seconds)
+        else:
+            await _wait(self._worker.stopping, effect.seconds)
 
     @asynccontextmanager
     async def _write_transaction(self) -> AsyncGenerator[AsyncSession]:
@@ -306,17 +267,20 @@ class _AsyncPerformer:
         finally:
             self._hold.drop()
 
-    async def _in_write_transaction(self, effect: fx.InWriteTransaction) -> Any:
-        async with self._write_transaction() as session:
-            return await session.run_sync(effect.unit)
-
-    async def _in_owned_transaction(self, effect: fx.InOwnedTransaction) -> Any:
+    async def in_transaction(self, effect: fx.InTransaction) -> Any:
+        if effect.kind == "plain":
+            async with self._worker.session_factory() as session, session.begin():
+                return await session.run_sync(effect.unit)
+        if effect.kind == "write":
+            async with self._write_transaction() as session:
+                return await session.run_sync(effect.unit)
+        assert effect.state is not None
         async with self.owned_transaction(effect.state) as session:
             return await session.run_sync(effect.unit)
 
     # --- the handler and its staged port -------------------------------------------------
 
-    async def _call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
+    async def call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
         registration = effect.registration
         staged = registration.mode == "staged"
         attempt: AsyncAttempt[Any, Any] = AsyncAttempt(
@@ -334,7 +298,7 @@ class _AsyncPerformer:
         except BaseException as exc:
             return fx.HandlerEnded(error=exc)
 
-    async def _write_owned(self, effect: fx.WriteOwned) -> None:
+    async def write_owned(self, effect: fx.WriteOwned) -> None:
         async with AsyncAttempt(effect.state, effect.session, port=self).transaction():
             pass
 
@@ -377,24 +341,11 @@ class AsyncWorker(WorkerCore):
         self,
         client: AsyncQueuert,
         *,
-        concurrency: int = 1,
-        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
-        backoff: Backoff | None = None,
-        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
-        worker_id: str | None = None,
         session_factory: async_sessionmaker[AsyncSession] | None = None,
-        handle_signals: Literal["auto", "never"] = "auto",
         thread_engine: Engine | None = None,
+        **options: Unpack[WorkerOptions],
     ) -> None:
-        super().__init__(
-            client.ctx,
-            concurrency=concurrency,
-            poll_interval=poll_interval,
-            backoff=backoff,
-            shutdown_grace=shutdown_grace,
-            worker_id=worker_id,
-            handle_signals=handle_signals,
-        )
+        super().__init__(client.ctx, **options)
         if thread_engine is not None and not isinstance(thread_engine, Engine):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise WorkerConfigError(
                 f"thread_engine= takes a sync sqlalchemy Engine, got {type(thread_engine).__name__}"
@@ -412,7 +363,7 @@ class AsyncWorker(WorkerCore):
         self.stopping = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._running = False
-        self.waker = _Waker(concurrency)
+        self.waker = _Waker(self.concurrency)
         self._subscription: Subscription | None = None
         self._ownership: Subscription | None = None
         self._check: dict[uuid.UUID, asyncio.Event] = {}
@@ -659,9 +610,7 @@ class AsyncWorker(WorkerCore):
 
     # --- leases of staged attempts: one renewal task each -----------------------------------
 
-    def hold_lease(
-        self, state: AttemptState, lease: dt.timedelta, held: list[AttemptState]
-    ) -> None:
+    def hold_lease(self, state: AttemptState, lease: dt.timedelta) -> None:
         """Start a task renewing ``state``'s lease every half lease."""
         if self._ownership is None:
             # Ownership-lost messages make the renewal task check at once.
@@ -677,17 +626,24 @@ class AsyncWorker(WorkerCore):
         self.lease_tasks[key] = asyncio.create_task(
             self._renew_loop(state, lease), name=f"queuert-lease-{state.job.id}"
         )
-        held.append(state)
 
-    def release_lease(self, state: AttemptState, held: list[AttemptState]) -> None:
+    def release_lease(self, state: AttemptState) -> None:
         """Stop renewing ``state``'s lease (the attempt ended)."""
-        if state in held:
-            held.remove(state)
         task = self.lease_tasks.pop((state.job.id, state.job.attempt), None)
         if task is not None:
             task.cancel()
             if not any(job_id == state.job.id for job_id, _ in self.lease_tasks):
                 self._check.pop(state.job.id, None)
+
+    def held_ids(self) -> list[uuid.UUID]:
+        """The jobs whose leases this worker renews (never reap those)."""
+        return [job_id for job_id, _ in self.lease_tasks]
+
+    def is_stopping(self) -> bool:
+        return self.stopping.is_set()
+
+    def hint_idle(self) -> None:
+        self.waker.hint_idle()
 
     def _check_now(self, job_id: uuid.UUID) -> None:
         """An ownership-lost message: renew that job's lease now (finds out why it was lost)."""

@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from queuert_sa._context import Context
 from queuert_sa._errors import DuplicateHandlerError, WorkerConfigError
@@ -38,6 +38,17 @@ Mode = Literal["atomic", "staged"]
 def default_worker_id() -> str:
     """``host:pid:random``: unique per worker, readable in ``completed_by``/``leased_by``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class WorkerOptions(TypedDict, total=False):
+    """The options both workers take (``queuert.worker(**options)``); see :class:`WorkerCore`."""
+
+    concurrency: int
+    poll_interval: dt.timedelta
+    backoff: Backoff | None
+    shutdown_grace: dt.timedelta
+    worker_id: str | None
+    handle_signals: Literal["auto", "never"]
 
 
 @dataclass(frozen=True)
@@ -73,12 +84,12 @@ class WorkerCore:
         self,
         ctx: Context,
         *,
-        concurrency: int,
-        poll_interval: dt.timedelta,
-        backoff: Backoff | None,
-        shutdown_grace: dt.timedelta,
-        worker_id: str | None,
-        handle_signals: Literal["auto", "never"],
+        concurrency: int = 1,
+        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
+        backoff: Backoff | None = None,
+        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
+        worker_id: str | None = None,
+        handle_signals: Literal["auto", "never"] = "auto",
     ) -> None:
         if concurrency < 1:
             raise WorkerConfigError(f"concurrency must be at least 1, got {concurrency}")

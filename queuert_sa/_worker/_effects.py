@@ -7,15 +7,16 @@ handler's own exception, which :class:`CallHandler` returns as
 :class:`HandlerEnded` so the flow never catches ``BaseException`` itself.
 
 Sessions and savepoints are opaque handles: whatever the driver's
-:class:`Open` and :class:`Savepoint` returned.
+:class:`Open` and :class:`Savepoint` returned. :data:`PERFORMED_BY` names the
+driver method that performs each effect, so both drivers dispatch alike.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Collection
+import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from queuert_sa._attempt import AttemptState
 
@@ -27,7 +28,7 @@ Unit = Callable[[Any], Any]
 
 @dataclass(frozen=True)
 class Look:
-    """Run ``unit`` on a connection of its own, ended by COMMIT (a read; see ``_threads``)."""
+    """Run ``unit`` on a connection of its own, ended by COMMIT (a read)."""
 
     unit: Unit
 
@@ -39,29 +40,18 @@ class Open:
 
 @dataclass(frozen=True)
 class Run:
-    """Run ``unit(session)`` in the given session's transaction."""
+    """Run ``unit(session)`` in the session's transaction."""
 
     session: Any
     unit: Unit
 
 
 @dataclass(frozen=True)
-class Commit:
-    session: Any
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """Roll back, quietly: a connection that cannot is discarded."""
+class End:
+    """Commit, roll back (quietly: a connection that cannot is discarded) or close a session."""
 
     session: Any
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the session (idempotent)."""
-
-    session: Any
+    how: Literal["commit", "rollback", "close"]
 
 
 @dataclass(frozen=True)
@@ -80,23 +70,18 @@ class SavepointOpen:
 
 
 @dataclass(frozen=True)
-class ReleaseSavepoint:
+class EndSavepoint:
+    """Release (``commit=True``) or roll back the savepoint."""
+
     savepoint: Any
+    commit: bool
 
 
 @dataclass(frozen=True)
-class RollbackSavepoint:
-    savepoint: Any
+class Writer:
+    """Take (``take=True``) or drop this task's hold on the SQLite writer lock; no-op elsewhere."""
 
-
-@dataclass(frozen=True)
-class TakeWriter:
-    """Take this slot's hold on the SQLite writer lock (no-op elsewhere, or if held)."""
-
-
-@dataclass(frozen=True)
-class DropWriter:
-    """Release this slot's hold on the writer lock, if held."""
+    take: bool
 
 
 @dataclass(frozen=True)
@@ -130,24 +115,16 @@ class WriteOwned:
 
 @dataclass(frozen=True)
 class InTransaction:
-    """Run ``unit`` in a new session's transaction and commit (the slot keeps its hold)."""
+    """Run ``unit`` in a new session's transaction and commit it.
+
+    ``"plain"``: the caller keeps its writer hold; ``"write"``: writer lock and
+    ``BEGIN IMMEDIATE``; ``"owned"``: a write transaction, after checking that
+    ``state`` still owns its job (raises the ownership error if not).
+    """
 
     unit: Unit
-
-
-@dataclass(frozen=True)
-class InWriteTransaction:
-    """Run ``unit`` in a new write transaction (writer lock, BEGIN IMMEDIATE) and commit."""
-
-    unit: Unit
-
-
-@dataclass(frozen=True)
-class InOwnedTransaction:
-    """Run ``unit`` in a new write transaction after checking the attempt still owns its job."""
-
-    state: AttemptState
-    unit: Unit
+    kind: Literal["plain", "write", "owned"]
+    state: AttemptState | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +132,7 @@ class HoldLease:
     """Start renewing a staged attempt's lease (its first lease just committed)."""
 
     state: AttemptState
-    lease: Any
+    lease: dt.timedelta
 
 
 @dataclass(frozen=True)
@@ -166,13 +143,10 @@ class ReleaseLease:
 
 
 @dataclass(frozen=True)
-class HeldIds:
-    """The jobs whose leases this worker keeps (never reap those)."""
+class Query:
+    """A fact about the worker: ``"stopping"`` (bool) or ``"held_ids"`` (leases it keeps)."""
 
-
-@dataclass(frozen=True)
-class Stopping:
-    """Whether the worker was asked to stop."""
+    what: Literal["stopping", "held_ids"]
 
 
 @dataclass(frozen=True)
@@ -181,45 +155,48 @@ class HintIdle:
 
 
 @dataclass(frozen=True)
-class Sleep:
-    """Sleep up to ``seconds`` or until a wake hint."""
+class Wait:
+    """Wait up to ``seconds``: for a wake hint (``"hint"``) or for the worker to stop."""
 
     seconds: float
-
-
-@dataclass(frozen=True)
-class Pause:
-    """Wait up to ``seconds`` or until the worker stops (recovery backoff)."""
-
-    seconds: float
+    until: Literal["hint", "stop"]
 
 
 Effect = (
     Look
     | Open
     | Run
-    | Commit
-    | Rollback
-    | Close
+    | End
     | Savepoint
     | SavepointOpen
-    | ReleaseSavepoint
-    | RollbackSavepoint
-    | TakeWriter
-    | DropWriter
+    | EndSavepoint
+    | Writer
     | CallHandler
     | WriteOwned
     | InTransaction
-    | InWriteTransaction
-    | InOwnedTransaction
     | HoldLease
     | ReleaseLease
-    | HeldIds
-    | Stopping
+    | Query
     | HintIdle
-    | Sleep
-    | Pause
+    | Wait
 )
 
-#: Ids a drain does not take again (its failed jobs).
-Exclude = Collection[uuid.UUID]
+#: The driver method that performs each effect (each driver has all of them).
+PERFORMED_BY: dict[type[Any], str] = {
+    Run: "run",
+    Look: "look",
+    Open: "open",
+    End: "end",
+    Savepoint: "savepoint",
+    SavepointOpen: "savepoint_open",
+    EndSavepoint: "end_savepoint",
+    Writer: "writer",
+    CallHandler: "call_handler",
+    WriteOwned: "write_owned",
+    InTransaction: "in_transaction",
+    HoldLease: "hold_lease",
+    ReleaseLease: "release_lease",
+    Query: "query",
+    HintIdle: "hint_idle",
+    Wait: "wait",
+}

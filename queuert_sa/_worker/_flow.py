@@ -37,31 +37,23 @@ from . import _units as units
 from ._config import Registration, WorkerCore
 from ._effects import (
     CallHandler,
-    Close,
-    Commit,
-    DropWriter,
     Effect,
+    End,
+    EndSavepoint,
     HandlerEnded,
-    HeldIds,
     HintIdle,
     HoldLease,
-    InOwnedTransaction,
     InTransaction,
-    InWriteTransaction,
     Look,
     Open,
-    Pause,
+    Query,
     ReleaseLease,
-    ReleaseSavepoint,
-    Rollback,
-    RollbackSavepoint,
     Run,
     Savepoint,
     SavepointOpen,
-    Sleep,
-    Stopping,
-    TakeWriter,
+    Wait,
     WriteOwned,
+    Writer,
 )
 
 log = logging.getLogger("queuert_sa.worker")
@@ -91,7 +83,7 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
     """One slot until the worker stops: run due jobs, reap, sleep; back off on failures."""
     failures = 0
     busy = False
-    while not (yield Stopping()):
+    while not (yield Query("stopping")):
         try:
             step = yield from process_one(core, look_first=not busy, slot=True)
             busy = step.job_id is not None
@@ -104,7 +96,9 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
             if (yield from reap_one(core)):
                 continue
             now = core.ctx.clock()
-            yield Sleep(policy.sleep_timeout(core.poll_interval, step.next_due, now, core.rng))
+            yield Wait(
+                policy.sleep_timeout(core.poll_interval, step.next_due, now, core.rng), "hint"
+            )
         except Exception as exc:
             failures += 1
             delay = policy.recovery_delay(failures)
@@ -118,7 +112,7 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
                     exc,
                     delay,
                 )
-            yield Pause(delay)
+            yield Wait(delay, "stop")
 
 
 def drain(core: WorkerCore, max_jobs: int | None) -> Flow[int]:
@@ -165,16 +159,16 @@ def process_one(
         due = yield from next_due(core)
         if due is None or due > core.ctx.clock():
             return Step(next_due=due)
-    yield TakeWriter()
+    yield Writer(take=True)
     try:
-        if slot and (yield Stopping()):
+        if slot and (yield Query("stopping")):
             step = Step()
         else:
             step = yield from attempt(core, exclude)
     except Exception:
-        yield DropWriter()
+        yield Writer(take=False)
         raise
-    yield DropWriter()
+    yield Writer(take=False)
     if step.job_id is None:
         step = Step(next_due=(yield from next_due(core)))
     return step
@@ -208,8 +202,8 @@ def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
         if row is None:
             # Commit, not roll back: the transaction wrote nothing, and a
             # ROLLBACK makes psycopg drop every prepared statement.
-            yield Commit(session)
-            yield Close(session)
+            yield End(session, "commit")
+            yield End(session, "close")
             return Step()
         registration = core.handlers[row["type_name"]]
         state, error, lost = yield from _run(core, session, registration, row)
@@ -219,11 +213,11 @@ def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
     except Exception:
         if state is not None:
             yield ReleaseLease(state)
-        yield Close(session)
+        yield End(session, "close")
         raise
     if state is not None:
         yield ReleaseLease(state)
-    yield Close(session)
+    yield End(session, "close")
     core.count(row, error, retry_at, lost=why)
     if error is not None and not isinstance(error, Exception):
         raise error  # SystemExit/KeyboardInterrupt from the handler, now that it is recorded
@@ -304,12 +298,12 @@ def _run_atomic(
         try:
             yield write
         except Exception as exc:
-            yield Rollback(session)
+            yield End(session, "rollback")
             return exc, True
         return None, False
     try:
         yield write
-        yield ReleaseSavepoint(savepoint)
+        yield EndSavepoint(savepoint, commit=True)
     except Exception as exc:
         yield from _undo(session, savepoint)
         return exc, False
@@ -321,7 +315,7 @@ def _undo(session: Any, savepoint: Any) -> Flow[None]:
     if savepoint is None or not (yield SavepointOpen(session, savepoint)):
         return
     try:
-        yield RollbackSavepoint(savepoint)
+        yield EndSavepoint(savepoint, commit=False)
     except Exception:
         # The connection is gone (e.g. the server ended a timed-out
         # transaction); the commit path records the attempt.
@@ -385,9 +379,9 @@ def _settle(
                     now=ctx.clock(),
                 ),
             )
-        yield Commit(session)
+        yield End(session, "commit")
     except Exception as commit_error:
-        yield Rollback(session)
+        yield End(session, "rollback")
         error = error or commit_error
         retry_at = yield from _record_lost(core, registration, row, error, commit_error)
     return error, retry_at, None
@@ -416,7 +410,7 @@ def _reschedule_owned(
         now=ctx.clock(),
     )
     try:
-        yield InOwnedTransaction(state, reschedule)
+        yield InTransaction(reschedule, "owned", state)
     except policy.OWNERSHIP_ERRORS as exc:
         return None, state.signal.reason or type(exc).__name__
     return retry_at, None
@@ -440,7 +434,7 @@ def _record_lost(
         error=policy.lost_attempt_text(error, failure, text),
         now=ctx.clock(),
     )
-    yield InTransaction(record)
+    yield InTransaction(record, "plain")
     return retry_at
 
 
@@ -470,11 +464,11 @@ def commit_prepare(core: WorkerCore, state: AttemptState, session: Any) -> Flow[
                 leased_until=now + registration.lease,
             ),
         )
-    yield Commit(session)
+    yield End(session, "commit")
     state.prepared = True
-    yield Close(session)
+    yield End(session, "close")
     # The external work runs with no transaction open and no SQLite write lock.
-    yield DropWriter()
+    yield Writer(take=False)
     yield HoldLease(state, registration.lease)
 
 
@@ -514,7 +508,7 @@ def renew(core: WorkerCore, state: AttemptState, lease: dt.timedelta) -> Flow[bo
         lease=lease,
     )
     try:
-        still_ours, row = yield InWriteTransaction(unit)
+        still_ours, row = yield InTransaction(unit, "write")
     except Exception as exc:
         # The database is unreachable: try again soon; the lease may still
         # outlive the outage, and transaction() re-checks ownership anyway.
@@ -541,7 +535,7 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
         )
         if not (yield Look(look)):
             return False
-    held = yield HeldIds()
+    held = yield Query("held_ids")
     reap = partial(
         ops.reap_expired_lease,
         models=ctx.models,
@@ -550,7 +544,7 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
         exclude_ids=held,
         now=ctx.clock(),
     )
-    row = yield InWriteTransaction(reap)
+    row = yield InTransaction(reap, "write")
     if row is None:
         return False
     log.warning(

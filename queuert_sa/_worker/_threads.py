@@ -15,11 +15,12 @@ import logging
 import signal
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, SessionTransaction
@@ -33,8 +34,9 @@ from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 
 from . import _effects as fx
 from . import _flow as flow
-from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore
+from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore, WorkerOptions
 from ._leases import LeaseKeeper
+from ._performer import Hold, PerformerBase
 
 if TYPE_CHECKING:
     from queuert_sa._client import Queuert
@@ -63,23 +65,14 @@ def _writer_lock(engine: Engine) -> threading.Lock:
         return lock
 
 
-class _WriterHold:
+class _WriterHold(Hold[threading.Lock]):
     """One thread's hold on the SQLite writer lock (no-op on PostgreSQL)."""
 
-    def __init__(self, lock: threading.Lock | None) -> None:
-        self._lock = lock
-        self._held = False
-
     def take(self) -> None:
-        if self._lock is not None and not self._held:
-            self._lock.acquire()
-            self._held = True
-
-    def drop(self) -> None:
-        if self._held:
-            assert self._lock is not None
-            self._held = False
-            self._lock.release()
+        if self.wanted():
+            assert self.lock is not None
+            self.lock.acquire()
+            self.held = True
 
 
 class _Waker:
@@ -122,15 +115,6 @@ class _Waker:
             self._cond.notify_all()
 
 
-def _savepoint_open(session: Session, savepoint: SessionTransaction) -> bool:
-    current = session.get_nested_transaction()
-    while current is not None:
-        if current is savepoint:
-            return True
-        current = current.parent
-    return False
-
-
 def _rollback_quietly(session: Session) -> None:
     try:
         session.rollback()
@@ -138,83 +122,40 @@ def _rollback_quietly(session: Session) -> None:
         log.debug("rollback failed (connection lost?)", exc_info=True)
 
 
-class _Performer:
+class _Performer(PerformerBase[Session]):
     """Performs the flows' effects with plain calls, for one thread (a slot, drain, keeper).
 
-    Also the :class:`StagedPort` of the attempts it runs. Sessions it opened
-    and leases it started are tracked, so a flow ended by a ``BaseException``
-    leaves nothing open behind.
+    Also the :class:`StagedPort` of the attempts it runs.
     """
 
     def __init__(self, worker: Worker, hold: _WriterHold) -> None:
+        super().__init__(worker, worker, hold)
         self._worker = worker
         self._hold = hold
-        self._sessions: list[Session] = []
-        self._leases: list[AttemptState] = []
-        self._perform: dict[type[Any], Callable[[Any], Any]] = {
-            fx.Run: self._run,
-            fx.Look: self._look,
-            fx.Open: self._open,
-            fx.Commit: lambda e: e.session.commit(),
-            fx.Rollback: lambda e: _rollback_quietly(e.session),
-            fx.Close: self._close,
-            fx.Savepoint: lambda e: e.session.begin_nested(),
-            fx.SavepointOpen: lambda e: _savepoint_open(e.session, e.savepoint),
-            fx.ReleaseSavepoint: lambda e: e.savepoint.commit(),
-            fx.RollbackSavepoint: lambda e: e.savepoint.rollback(),
-            fx.TakeWriter: lambda e: hold.take(),
-            fx.DropWriter: lambda e: hold.drop(),
-            fx.CallHandler: self._call_handler,
-            fx.WriteOwned: self._write_owned,
-            fx.InTransaction: self._in_transaction,
-            fx.InWriteTransaction: self._in_write_transaction,
-            fx.InOwnedTransaction: self._in_owned_transaction,
-            fx.HoldLease: self._hold_lease,
-            fx.ReleaseLease: self._release_lease,
-            fx.HeldIds: lambda e: worker.leases.held_ids(),
-            fx.Stopping: lambda e: worker.stopping.is_set(),
-            fx.HintIdle: lambda e: worker.waker.hint_idle(),
-            fx.Sleep: lambda e: worker.waker.wait(e.seconds),
-            fx.Pause: lambda e: worker.stopping.wait(e.seconds),
-        }
 
     def drive(self, steps: flow.Flow[T], *, outermost: bool = True) -> T:
         """Run a flow to its end; the outermost one cleans up after a ``BaseException``."""
-        result: Any = None
-        error: Exception | None = None
         try:
+            effect = steps.send(None)
             while True:
-                if error is None:
-                    effect = steps.send(result)
-                else:
-                    effect, error = steps.throw(error), None
                 try:
-                    result = self._perform[type(effect)](effect)
+                    result = self.perform[type(effect)](effect)
                 except Exception as exc:
-                    result, error = None, exc
+                    effect = steps.throw(exc)
+                else:
+                    effect = steps.send(result)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         except BaseException:
             steps.close()
             if outermost:
-                self._clean_up()
+                for session in self.left_open():
+                    session.close()
             raise
-
-    def _clean_up(self) -> None:
-        for session in self._sessions:
-            try:
-                session.close()
-            except Exception:
-                log.debug("closing a session failed", exc_info=True)
-        self._sessions.clear()
-        for state in self._leases:
-            self._worker.leases.release(state)
-        self._leases.clear()
-        self._hold.drop()
 
     # --- sessions ----------------------------------------------------------------------
 
-    def _open(self, _: fx.Open) -> Session:
+    def open(self, _: fx.Open) -> Session:
         session = self._worker.session_factory()
         try:
             if self._worker.ctx.capabilities.single_writer:
@@ -222,19 +163,23 @@ class _Performer:
         except BaseException:
             session.close()
             raise
-        self._sessions.append(session)
-        return session
+        return self.opened(session)
 
-    def _close(self, effect: fx.Close) -> None:
-        effect.session.close()
-        if effect.session in self._sessions:
-            self._sessions.remove(effect.session)
+    def end(self, effect: fx.End) -> None:
+        session = effect.session
+        if effect.how == "commit":
+            session.commit()
+        elif effect.how == "rollback":
+            _rollback_quietly(session)
+        else:
+            session.close()
+            self.forget(session)
 
     @staticmethod
-    def _run(effect: fx.Run) -> Any:
+    def run(effect: fx.Run) -> Any:
         return effect.unit(effect.session)
 
-    def _look(self, effect: fx.Look) -> Any:
+    def look(self, effect: fx.Look) -> Any:
         with self._worker.engine.connect() as conn:
             result = effect.unit(conn)
             # Ended by COMMIT: the pool's reset would roll back, which makes
@@ -242,9 +187,28 @@ class _Performer:
             conn.commit()
             return result
 
-    def _in_transaction(self, effect: fx.InTransaction) -> Any:
-        with self._worker.session_factory() as session, session.begin():
-            return effect.unit(session)
+    @staticmethod
+    def savepoint(effect: fx.Savepoint) -> SessionTransaction:
+        return effect.session.begin_nested()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def end_savepoint(effect: fx.EndSavepoint) -> None:
+        if effect.commit:
+            effect.savepoint.commit()
+        else:
+            effect.savepoint.rollback()
+
+    def writer(self, effect: fx.Writer) -> None:
+        if effect.take:
+            self._hold.take()
+        else:
+            self._hold.drop()
+
+    def wait(self, effect: fx.Wait) -> None:
+        if effect.until == "hint":
+            self._worker.waker.wait(effect.seconds)
+        else:
+            self._worker.stopping.wait(effect.seconds)
 
     @contextmanager
     def _write_transaction(self) -> Generator[Session]:
@@ -266,17 +230,20 @@ class _Performer:
         finally:
             self._hold.drop()
 
-    def _in_write_transaction(self, effect: fx.InWriteTransaction) -> Any:
-        with self._write_transaction() as session:
-            return effect.unit(session)
-
-    def _in_owned_transaction(self, effect: fx.InOwnedTransaction) -> Any:
+    def in_transaction(self, effect: fx.InTransaction) -> Any:
+        if effect.kind == "plain":
+            with self._worker.session_factory() as session, session.begin():
+                return effect.unit(session)
+        if effect.kind == "write":
+            with self._write_transaction() as session:
+                return effect.unit(session)
+        assert effect.state is not None
         with self.owned_transaction(effect.state) as session:
             return effect.unit(session)
 
     # --- the handler and its staged port -------------------------------------------------
 
-    def _call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
+    def call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
         state, session = effect.state, effect.session
         if effect.registration.mode == "staged":
             attempt: Attempt[Any, Any] = Attempt(state, session, port=self)
@@ -293,7 +260,7 @@ class _Performer:
         except BaseException as exc:
             return fx.HandlerEnded(error=exc)
 
-    def _write_owned(self, effect: fx.WriteOwned) -> None:
+    def write_owned(self, effect: fx.WriteOwned) -> None:
         with Attempt(effect.state, effect.session, port=self).transaction():
             pass
 
@@ -308,15 +275,6 @@ class _Performer:
 
     def write_outcome(self, state: AttemptState, session: Session) -> None:
         self.drive(flow.write_staged(self._worker, state, session), outermost=False)
-
-    def _hold_lease(self, effect: fx.HoldLease) -> None:
-        self._worker.leases.hold(effect.state, effect.lease)
-        self._leases.append(effect.state)
-
-    def _release_lease(self, effect: fx.ReleaseLease) -> None:
-        self._worker.leases.release(effect.state)
-        if effect.state in self._leases:
-            self._leases.remove(effect.state)
 
 
 class Worker(WorkerCore):
@@ -352,23 +310,10 @@ class Worker(WorkerCore):
         self,
         client: Queuert,
         *,
-        concurrency: int = 1,
-        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
-        backoff: Backoff | None = None,
-        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
-        worker_id: str | None = None,
         session_factory: Callable[[], Session] | None = None,
-        handle_signals: Literal["auto", "never"] = "auto",
+        **options: Unpack[WorkerOptions],
     ) -> None:
-        super().__init__(
-            client.ctx,
-            concurrency=concurrency,
-            poll_interval=poll_interval,
-            backoff=backoff,
-            shutdown_grace=shutdown_grace,
-            worker_id=worker_id,
-            handle_signals=handle_signals,
-        )
+        super().__init__(client.ctx, **options)
         self.client = client
         engine = self.engine = client.engine
         self.session_factory: Callable[[], Session] = session_factory or (lambda: Session(engine))
@@ -380,7 +325,7 @@ class Worker(WorkerCore):
         self._threads: list[threading.Thread] = []
         self.stopping = threading.Event()
         self._stop_requested = threading.Event()
-        self.waker = _Waker(concurrency)
+        self.waker = _Waker(self.concurrency)
         self._subscription: Subscription | None = None
         self._writer_lock = _writer_lock(engine) if self.ctx.capabilities.single_writer else None
         keeper = _Performer(self, _WriterHold(self._writer_lock))
@@ -444,6 +389,23 @@ class Worker(WorkerCore):
     @property
     def running(self) -> bool:
         return bool(self._threads)
+
+    # --- what the performers ask of the worker -----------------------------------------
+
+    def hold_lease(self, state: AttemptState, lease: dt.timedelta) -> None:
+        self.leases.hold(state, lease)
+
+    def release_lease(self, state: AttemptState) -> None:
+        self.leases.release(state)
+
+    def held_ids(self) -> set[uuid.UUID]:
+        return self.leases.held_ids()
+
+    def is_stopping(self) -> bool:
+        return self.stopping.is_set()
+
+    def hint_idle(self) -> None:
+        self.waker.hint_idle()
 
     # --- lifecycle -------------------------------------------------------------
 
