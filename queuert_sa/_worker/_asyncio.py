@@ -22,27 +22,23 @@ import logging
 import signal
 import threading
 import uuid
-import weakref
-from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Unpack, overload
 
 from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from queuert_sa._attempt import AsyncAttempt, AttemptState, Outcome
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
 from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
-from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 
-from . import _effects as fx
 from . import _flow as flow
 from . import _policy as policy
+from . import _staged as staged
+from ._asyncio_performer import AsyncPerformer, Waker, WriterHold, wait_for_event, writer_lock
 from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore, WorkerOptions
-from ._performer import Hold, PerformerBase
 from ._threads import Handler, Worker
 
 if TYPE_CHECKING:
@@ -65,254 +61,6 @@ class HandlerRegistrar(Protocol[InT, OutT]):
 
     @overload
     def __call__(self, fn: Handler[InT, OutT], /) -> Handler[InT, OutT]: ...
-
-
-# One writer per SQLite database: the async workers of one event loop queue
-# on one lock per engine (asyncio locks belong to their loop).
-_writer_locks: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Engine, asyncio.Lock]
-] = weakref.WeakKeyDictionary()
-
-
-def _writer_lock(engine: Engine) -> asyncio.Lock:
-    per_loop = _writer_locks.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
-    lock = per_loop.get(engine)
-    if lock is None:
-        lock = per_loop[engine] = asyncio.Lock()
-    return lock
-
-
-class _Hold(Hold[asyncio.Lock]):
-    """A task's hold on the SQLite writer lock (no-op without one)."""
-
-    async def take(self) -> None:
-        if self.wanted():
-            assert self.lock is not None
-            await self.lock.acquire()
-            self.held = True
-
-
-class _Waker:
-    """Counted wake hints for idle slot tasks (see the thread worker's ``_Waker``)."""
-
-    def __init__(self, limit: int) -> None:
-        self._hints = 0
-        self._limit = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._closed = False
-
-    def _wake_one(self) -> bool:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return True
-        return False
-
-    def hint_idle(self) -> None:
-        """Wake one slot that is asleep now, if any (no hint is kept for later)."""
-        self._wake_one()
-
-    def hint(self, count: int = 1) -> None:
-        for _ in range(count):
-            if not self._wake_one():
-                self._hints = min(self._hints + 1, self._limit)
-
-    async def wait(self, timeout: float) -> None:
-        if self._hints > 0:
-            self._hints -= 1
-            return
-        if self._closed:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-
-    def close(self) -> None:
-        self._closed = True
-        while self._wake_one():
-            pass
-
-
-async def _rollback_quietly(session: AsyncSession) -> None:
-    try:
-        await session.rollback()
-    except Exception:
-        log.debug("rollback failed (connection lost?); discarding the connection", exc_info=True)
-        # A connection whose rollback failed (e.g. cancelled in the middle of a
-        # statement) may still hold its transaction, and on SQLite the write
-        # lock: close it now rather than when it is garbage-collected.
-        with contextlib.suppress(Exception):
-            await session.invalidate()
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
-
-
-class _AsyncPerformer(PerformerBase[AsyncSession]):
-    """Performs the flows' effects by awaiting them, for one task (a slot, drain, renewal).
-
-    Also the :class:`AsyncStagedPort` of the attempts it runs.
-    """
-
-    def __init__(self, worker: AsyncWorker, hold: _Hold) -> None:
-        super().__init__(worker, worker, hold)
-        self._worker = worker
-        self._hold = hold
-
-    async def drive(self, steps: flow.Flow[T], *, outermost: bool = True) -> T:
-        """Run a flow to its end; the outermost one cleans up after cancellation."""
-        try:
-            effect = steps.send(None)
-            while True:
-                try:
-                    result = self.perform[type(effect)](effect)
-                    if inspect.isawaitable(result):
-                        result = await result
-                except Exception as exc:
-                    effect = steps.throw(exc)
-                else:
-                    effect = steps.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        except BaseException:
-            # Cancelled (stop() after the grace period, a second signal):
-            # closing the sessions rolls back the whole transaction,
-            # acquisition included, so the job is pending again as it was.
-            steps.close()
-            if outermost:
-                for session in self.left_open():
-                    with contextlib.suppress(Exception):
-                        await session.close()
-            raise
-
-    # --- sessions ----------------------------------------------------------------------
-
-    async def open(self, _: fx.Open) -> AsyncSession:
-        session = self._worker.session_factory()
-        try:
-            if self._worker.ctx.capabilities.single_writer:
-                await session.connection(execution_options={BEGIN_IMMEDIATE: True})
-        except BaseException:
-            await session.close()
-            raise
-        return self.opened(session)
-
-    async def end(self, effect: fx.End) -> None:
-        session = effect.session
-        if effect.how == "commit":
-            await session.commit()
-        elif effect.how == "rollback":
-            await _rollback_quietly(session)
-        else:
-            await session.close()
-            self.forget(session)
-
-    @staticmethod
-    async def run(effect: fx.Run) -> Any:
-        return await effect.session.run_sync(effect.unit)
-
-    async def look(self, effect: fx.Look) -> Any:
-        async with self._worker.engine.connect() as conn:
-            result = await conn.run_sync(effect.unit)
-            # Ended by COMMIT: a ROLLBACK makes psycopg drop its prepared statements.
-            await conn.commit()
-            return result
-
-    @staticmethod
-    async def savepoint(effect: fx.Savepoint) -> AsyncSessionTransaction:
-        return await effect.session.begin_nested()  # type: ignore[no-any-return]
-
-    @staticmethod
-    async def end_savepoint(effect: fx.EndSavepoint) -> None:
-        if effect.commit:
-            await effect.savepoint.commit()
-        else:
-            await effect.savepoint.rollback()
-
-    async def writer(self, effect: fx.Writer) -> None:
-        if effect.take:
-            await self._hold.take()
-        else:
-            self._hold.drop()
-
-    async def wait(self, effect: fx.Wait) -> None:
-        if effect.until == "hint":
-            await self._worker.waker.wait(effect.seconds)
-        else:
-            await _wait(self._worker.stopping, effect.seconds)
-
-    @asynccontextmanager
-    async def _write_transaction(self) -> AsyncGenerator[AsyncSession]:
-        """A new session in a write transaction (SQLite: writer lock + BEGIN IMMEDIATE)."""
-        await self._hold.take()
-        try:
-            async with self._worker.session_factory() as session:
-                if self._worker.ctx.capabilities.single_writer:
-                    await session.connection(execution_options={BEGIN_IMMEDIATE: True})
-                try:
-                    yield session
-                    await session.commit()
-                except BaseException:
-                    await _rollback_quietly(session)
-                    raise
-        finally:
-            self._hold.drop()
-
-    async def in_transaction(self, effect: fx.InTransaction) -> Any:
-        if effect.kind == "plain":
-            async with self._worker.session_factory() as session, session.begin():
-                return await session.run_sync(effect.unit)
-        if effect.kind == "write":
-            async with self._write_transaction() as session:
-                return await session.run_sync(effect.unit)
-        assert effect.state is not None
-        async with self.owned_transaction(effect.state) as session:
-            return await session.run_sync(effect.unit)
-
-    # --- the handler and its staged port -------------------------------------------------
-
-    async def call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
-        registration = effect.registration
-        staged = registration.mode == "staged"
-        attempt: AsyncAttempt[Any, Any] = AsyncAttempt(
-            effect.state, effect.session, port=self if staged else None
-        )
-        try:
-            if staged:
-                value = await registration.fn(attempt)
-            else:
-                async with asyncio.timeout(registration.timeout.total_seconds()):
-                    value = await registration.fn(attempt)
-            return fx.HandlerEnded(value=value)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            return fx.HandlerEnded(error=exc)
-
-    async def write_owned(self, effect: fx.WriteOwned) -> None:
-        async with AsyncAttempt(effect.state, effect.session, port=self).transaction():
-            pass
-
-    async def commit_prepare(self, state: AttemptState, session: AsyncSession) -> None:
-        await self.drive(flow.commit_prepare(self._worker, state, session), outermost=False)
-
-    @asynccontextmanager
-    async def owned_transaction(self, state: AttemptState) -> AsyncGenerator[AsyncSession]:
-        async with self._write_transaction() as session:
-            await self.drive(flow.check_ownership(self._worker, state, session), outermost=False)
-            yield session
-
-    async def write_outcome(self, state: AttemptState, session: AsyncSession) -> None:
-        await self.drive(flow.write_staged(self._worker, state, session), outermost=False)
 
 
 class AsyncWorker(WorkerCore):
@@ -363,7 +111,7 @@ class AsyncWorker(WorkerCore):
         self.stopping = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._running = False
-        self.waker = _Waker(self.concurrency)
+        self.waker = Waker(self.concurrency)
         self._subscription: Subscription | None = None
         self._ownership: Subscription | None = None
         self._check: dict[uuid.UUID, asyncio.Event] = {}
@@ -445,11 +193,9 @@ class AsyncWorker(WorkerCore):
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def _performer(self) -> _AsyncPerformer:
-        lock = (
-            _writer_lock(self.engine.sync_engine) if self.ctx.capabilities.single_writer else None
-        )
-        return _AsyncPerformer(self, _Hold(lock))
+    def _performer(self) -> AsyncPerformer:
+        lock = writer_lock(self.engine.sync_engine) if self.ctx.capabilities.single_writer else None
+        return AsyncPerformer(self, WriterHold(lock))
 
     async def start(self) -> None:
         """Start the slot tasks (and the thread worker of plain handlers) and return."""
@@ -473,7 +219,7 @@ class AsyncWorker(WorkerCore):
         except DatabaseUnavailableError as exc:
             log.warning("worker %s: database unavailable at start (%s)", self.worker_id, exc)
         loop = asyncio.get_running_loop()
-        self.waker = waker = _Waker(self.concurrency)
+        self.waker = waker = Waker(self.concurrency)
 
         def on_scheduled(_type_name: str, count: int) -> None:
             # Adapters call back from their own threads.
@@ -656,9 +402,9 @@ class AsyncWorker(WorkerCore):
         check = self._check.setdefault(state.job.id, asyncio.Event())
         performer = self._performer()
         while True:
-            await _wait(check, delay)
+            await wait_for_event(check, delay)
             check.clear()
-            renewed = await performer.drive(flow.renew(self, state, lease))
+            renewed = await performer.drive(staged.renew(self, state, lease))
             if renewed is False:
                 return
             delay = (

@@ -42,7 +42,6 @@ from ._effects import (
     EndSavepoint,
     HandlerEnded,
     HintIdle,
-    HoldLease,
     InTransaction,
     Look,
     Open,
@@ -438,88 +437,7 @@ def _record_lost(
     return retry_at
 
 
-# --- staged steps (run by the drivers' StagedPort from inside the handler) ------------
-
-
-def commit_prepare(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
-    """End ``prepare()``: commit ``running`` + the lease, free the writer, start renewals."""
-    ctx = core.ctx
-    registration = core.handlers[state.job.type_name]
-    now = ctx.clock()
-    keep = policy.keep_provisional_lease(
-        lease=registration.lease,
-        lease_bound=core.lease_bound,
-        acquired_at=state.job.last_attempt_at,
-        now=now,
-    )
-    if not keep:
-        yield Run(
-            session,
-            partial(
-                ops.renew_lease,
-                models=ctx.models,
-                job_id=state.job.id,
-                worker_id=core.worker_id,
-                attempt=state.job.attempt,
-                leased_until=now + registration.lease,
-            ),
-        )
-    yield End(session, "commit")
-    state.prepared = True
-    yield End(session, "close")
-    # The external work runs with no transaction open and no SQLite write lock.
-    yield Writer(take=False)
-    yield HoldLease(state, registration.lease)
-
-
-def check_ownership(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
-    """Lock the job's row in ``session``; raise if this attempt no longer owns it."""
-    ctx = core.ctx
-    row = yield Run(
-        session,
-        partial(ops.lock_job, models=ctx.models, caps=ctx.capabilities, job_id=state.job.id),
-    )
-    problem = policy.ownership_problem(
-        row, job_id=state.job.id, worker_id=core.worker_id, attempt=state.job.attempt
-    )
-    if problem is not None:
-        state.signal.set(policy.lost_reason(row))
-        raise problem
-
-
-def write_staged(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
-    """Write a staged attempt's outcome in its owned transaction."""
-    yield Run(session, partial(units.write_decided, ctx=core.ctx, state=state))
-    state.written = True
-
-
 # --- leases ---------------------------------------------------------------------------
-
-
-def renew(core: WorkerCore, state: AttemptState, lease: dt.timedelta) -> Flow[bool | None]:
-    """Renew a staged attempt's lease: True renewed, False lost (signal set), None failed."""
-    job = state.job
-    unit = partial(
-        units.renew_held,
-        ctx=core.ctx,
-        job_id=job.id,
-        worker_id=core.worker_id,
-        attempt=job.attempt,
-        lease=lease,
-    )
-    try:
-        still_ours, row = yield InTransaction(unit, "write")
-    except Exception as exc:
-        # The database is unreachable: try again soon; the lease may still
-        # outlive the outage, and transaction() re-checks ownership anyway.
-        log.warning("renewing the lease of job %s failed (%s); retrying", job.id, exc)
-        return None
-    if still_ours:
-        return True
-    reason = policy.lost_reason(row)
-    log.warning("job %s: the staged attempt lost its job (%s)", job.id, reason)
-    state.signal.set(reason)
-    return False
 
 
 def reap_one(core: WorkerCore) -> Flow[bool]:
