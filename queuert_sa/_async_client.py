@@ -23,14 +23,12 @@ from sqlalchemy.orm import Session
 from . import _rules as rules
 from . import _transitions as transitions
 from ._client import Queuert
-from ._context import Clock, ContextView, utc_now
+from ._context import ClientOptions, ContextView
 from ._entities import Chain, Job, Page
 from ._errors import EngineMismatchError, SessionRequiredError, WaitChainTimeoutError
 from ._ids import coerce_id
 from ._job_types import ChainStart, JobType, JobTypes
-from ._rules import DEFAULT_PAGE_SIZE, describe_job
-from .models import DEFAULT_MODELS, JobStatus, Models
-from .notify import NotifyAdapter
+from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters, describe_job
 from .state import immediate_engine
 from .state import operations as ops
 
@@ -80,10 +78,7 @@ class AsyncQueuert(ContextView):
         self,
         engine: AsyncEngine,
         job_types: JobTypes,
-        *,
-        notify: NotifyAdapter | None = None,
-        models: Models = DEFAULT_MODELS,
-        clock: Clock = utc_now,
+        **options: Unpack[ClientOptions],
     ) -> None:
         if not isinstance(engine, AsyncEngine):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(
@@ -91,9 +86,7 @@ class AsyncQueuert(ContextView):
                 "for an Engine use Queuert."
             )
         self.engine = engine
-        self.sync = Queuert(
-            engine.sync_engine, job_types, notify=notify, models=models, clock=clock
-        )
+        self.sync = Queuert(engine.sync_engine, job_types, **options)
         """The sync client this one delegates to (same registry, notify, models and clock)."""
         self.ctx = self.sync.ctx
 
@@ -224,64 +217,34 @@ class AsyncQueuert(ContextView):
     async def list_chains(
         self,
         *,
-        types: Iterable[JobType[Any, Any] | str] | None = None,
-        statuses: Iterable[JobStatus | str] | None = None,
-        chain_ids: Iterable[uuid.UUID | str] | None = None,
-        job_ids: Iterable[uuid.UUID | str] | None = None,
-        created_since: dt.datetime | None = None,
-        created_before: dt.datetime | None = None,
         order: Literal["asc", "desc"] = "desc",
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         session: AsyncSessionLike | None = None,
+        **filters: Unpack[ChainFilters],
     ) -> Page[Chain[Any, Any]]:
         """One page of chains; see :meth:`Queuert.list_chains`."""
         return await self._read(
             session,
             lambda s: self.sync.list_chains(
-                types=types,
-                statuses=statuses,
-                chain_ids=chain_ids,
-                job_ids=job_ids,
-                created_since=created_since,
-                created_before=created_before,
-                order=order,
-                cursor=cursor,
-                limit=limit,
-                session=s,
+                order=order, cursor=cursor, limit=limit, session=s, **filters
             ),
         )
 
     async def list_jobs(
         self,
         *,
-        types: Iterable[JobType[Any, Any] | str] | None = None,
-        chain_types: Iterable[JobType[Any, Any] | str] | None = None,
-        statuses: Iterable[JobStatus | str] | None = None,
-        chain_ids: Iterable[uuid.UUID | str] | None = None,
-        job_ids: Iterable[uuid.UUID | str] | None = None,
-        created_since: dt.datetime | None = None,
-        created_before: dt.datetime | None = None,
         order: Literal["asc", "desc"] = "desc",
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         session: AsyncSessionLike | None = None,
+        **filters: Unpack[JobFilters],
     ) -> Page[Job[Any]]:
         """One page of jobs; see :meth:`Queuert.list_jobs`."""
         return await self._read(
             session,
             lambda s: self.sync.list_jobs(
-                types=types,
-                chain_types=chain_types,
-                statuses=statuses,
-                chain_ids=chain_ids,
-                job_ids=job_ids,
-                created_since=created_since,
-                created_before=created_before,
-                order=order,
-                cursor=cursor,
-                limit=limit,
-                session=s,
+                order=order, cursor=cursor, limit=limit, session=s, **filters
             ),
         )
 

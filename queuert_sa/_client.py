@@ -22,7 +22,7 @@ from . import _cursor
 from . import _rules as rules
 from . import _transitions as transitions
 from ._attempt import Attempt, AttemptState
-from ._context import Clock, Context, ContextView, utc_now
+from ._context import ClientOptions, Context, ContextView, utc_now
 from ._entities import Chain, Job, Page
 from ._errors import (
     ChainNotFoundError,
@@ -34,10 +34,10 @@ from ._errors import (
 )
 from ._ids import coerce_id
 from ._job_types import ChainStart, JobType, JobTypes
-from ._rules import DEFAULT_PAGE_SIZE
+from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters
 from ._snapshots import chain_from_rows, chain_jobs_page, chain_page, job_from_row, job_page
-from .models import DEFAULT_MODELS, JobStatus, Models
-from .notify import InMemoryNotify, NotifyAdapter
+from .models import DEFAULT_MODELS, JobStatus
+from .notify import InMemoryNotify
 from .state import immediate_engine, prepare_engine, queries
 from .state import operations as ops
 from .state.queries import Filters
@@ -86,10 +86,7 @@ class Queuert(ContextView):
         self,
         engine: Engine,
         job_types: JobTypes,
-        *,
-        notify: NotifyAdapter | None = None,
-        models: Models = DEFAULT_MODELS,
-        clock: Clock = utc_now,
+        **options: Unpack[ClientOptions],
     ) -> None:
         if not isinstance(engine, Engine):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(
@@ -98,11 +95,18 @@ class Queuert(ContextView):
             )
         job_types.validate()
         self.engine = engine
+        unknown = sorted(set(options) - set(ClientOptions.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"Queuert() got an unexpected keyword argument {unknown[0]!r}; it takes "
+                "notify, models and clock."
+            )
+        notify = options.get("notify")
         self.ctx = Context(
             job_types=job_types,
-            models=models,
+            models=options.get("models", DEFAULT_MODELS),
             capabilities=prepare_engine(engine),
-            clock=clock,
+            clock=options.get("clock", utc_now),
             notify=notify if notify is not None else InMemoryNotify(),
         )
 
@@ -281,16 +285,11 @@ class Queuert(ContextView):
     def list_chains(
         self,
         *,
-        types: Iterable[JobType[Any, Any] | str] | None = None,
-        statuses: Iterable[JobStatus | str] | None = None,
-        chain_ids: Iterable[uuid.UUID | str] | None = None,
-        job_ids: Iterable[uuid.UUID | str] | None = None,
-        created_since: dt.datetime | None = None,
-        created_before: dt.datetime | None = None,
         order: Literal["asc", "desc"] = "desc",
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         session: SessionLike | None = None,
+        **filters: Unpack[ChainFilters],
     ) -> Page[Chain[Any, Any]]:
         """One page of chains, newest first by default (by their start, then id).
 
@@ -311,21 +310,13 @@ class Queuert(ContextView):
         Pages are keyed on the last row, not offsets: chains started or
         deleted meanwhile never make a later page skip or repeat a chain.
         """
-        filters = Filters(
-            chain_type_names=None,
-            type_names=rules.type_names(types),
-            statuses=rules.status_values(statuses),
-            chain_ids=rules.id_list(chain_ids, "chain_ids"),
-            job_ids=rules.id_list(job_ids, "job_ids"),
-            created_since=rules.aware(created_since, "created_since"),
-            created_before=rules.aware(created_before, "created_before"),
-        )
+        checked = Filters(**rules.checked_filters("list_chains", filters))
         rules.check_page(order, limit)
         after = None if cursor is None else _cursor.decode_created(cursor, "chains", order)
         rows = self._read(
             session,
             lambda ex: queries.list_chains(
-                ex, self.models, filters=filters, order=order, after=after, limit=limit
+                ex, self.models, filters=checked, order=order, after=after, limit=limit
             ),
         )
         return chain_page(self.job_types, rows, limit, order)
@@ -333,38 +324,24 @@ class Queuert(ContextView):
     def list_jobs(
         self,
         *,
-        types: Iterable[JobType[Any, Any] | str] | None = None,
-        chain_types: Iterable[JobType[Any, Any] | str] | None = None,
-        statuses: Iterable[JobStatus | str] | None = None,
-        chain_ids: Iterable[uuid.UUID | str] | None = None,
-        job_ids: Iterable[uuid.UUID | str] | None = None,
-        created_since: dt.datetime | None = None,
-        created_before: dt.datetime | None = None,
         order: Literal["asc", "desc"] = "desc",
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         session: SessionLike | None = None,
+        **filters: Unpack[JobFilters],
     ) -> Page[Job[Any]]:
         """One page of jobs of any chain, newest first by default (by creation, then id).
 
         ``types`` are the jobs' own types, ``chain_types`` the types of their
         chains; the other arguments are as for :meth:`list_chains`.
         """
-        filters = Filters(
-            type_names=rules.type_names(types),
-            chain_type_names=rules.type_names(chain_types),
-            statuses=rules.status_values(statuses),
-            chain_ids=rules.id_list(chain_ids, "chain_ids"),
-            job_ids=rules.id_list(job_ids, "job_ids"),
-            created_since=rules.aware(created_since, "created_since"),
-            created_before=rules.aware(created_before, "created_before"),
-        )
+        checked = Filters(**rules.checked_filters("list_jobs", filters))
         rules.check_page(order, limit)
         after = None if cursor is None else _cursor.decode_created(cursor, "jobs", order)
         rows = self._read(
             session,
             lambda ex: queries.list_jobs(
-                ex, self.models, filters=filters, order=order, after=after, limit=limit
+                ex, self.models, filters=checked, order=order, after=after, limit=limit
             ),
         )
         return job_page(self.job_types, rows, limit, "jobs", order)

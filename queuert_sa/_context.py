@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ._job_types import JobTypes
 from .models import Models
@@ -26,6 +27,14 @@ Clock = Callable[[], dt.datetime]
 def utc_now() -> dt.datetime:
     """The default clock: the current time in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of ``Queuert``/``AsyncQueuert`` (see :class:`Queuert`)."""
+
+    notify: NotifyAdapter | None
+    models: Models
+    clock: Clock
 
 
 @dataclass(kw_only=True, eq=False)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypedDict, TypeVar
 
 from ._errors import DeduplicationError, InvalidBlockersError, InvalidScheduleError
 from ._ids import coerce_id, new_id
@@ -138,6 +138,59 @@ def continuation(
 
 
 # --- listing and operating arguments ----------------------------------------------
+
+
+class ChainFilters(TypedDict, total=False):
+    """What ``list_chains`` narrows to (keyword arguments); each left out means no condition."""
+
+    types: Iterable[JobType[Any, Any] | str] | None
+    """Chain types (the types of their first jobs); for ``list_jobs``, the jobs' own types."""
+    statuses: Iterable[JobStatus | str] | None
+    """Chains' statuses, i.e. of their latest jobs (checked per chain, so combine it
+    with a narrower filter on big tables); for ``list_jobs``, the jobs' own statuses."""
+    chain_ids: Iterable[uuid.UUID | str] | None
+    """Only these chains (``list_jobs``: only their jobs)."""
+    job_ids: Iterable[uuid.UUID | str] | None
+    """Only the chains containing these jobs (``list_jobs``: only these jobs)."""
+    created_since: dt.datetime | None
+    """Started (created) at or after this time."""
+    created_before: dt.datetime | None
+    """Started (created) before this time."""
+
+
+class JobFilters(ChainFilters, total=False):
+    """What ``list_jobs`` narrows to: the chain filters, plus the types of the jobs' chains."""
+
+    chain_types: Iterable[JobType[Any, Any] | str] | None
+    """Only jobs of chains of these types."""
+
+
+_CHAIN_FILTERS = frozenset(ChainFilters.__annotations__)
+_JOB_FILTERS = frozenset(JobFilters.__annotations__) | _CHAIN_FILTERS
+
+
+def checked_filters(listing: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The listing filters, checked and normalised, keyed as ``state.queries.Filters`` fields.
+
+    ``given`` comes from keyword arguments: a name the listing does not take
+    (a typo such as ``status=``) is refused as Python would refuse it.
+    """
+    allowed = _JOB_FILTERS if listing == "list_jobs" else _CHAIN_FILTERS
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise TypeError(
+            f"{listing}() got an unexpected keyword argument {unknown[0]!r}; it takes "
+            f"{', '.join(sorted(allowed))}, order, cursor, limit and session."
+        )
+    return {
+        "type_names": type_names(given.get("types")),
+        "chain_type_names": type_names(given.get("chain_types")),
+        "statuses": status_values(given.get("statuses")),
+        "chain_ids": id_list(given.get("chain_ids"), "chain_ids"),
+        "job_ids": id_list(given.get("job_ids"), "job_ids"),
+        "created_since": aware(given.get("created_since"), "created_since"),
+        "created_before": aware(given.get("created_before"), "created_before"),
+    }
 
 
 def type_names(types: Iterable[JobType[Any, Any] | str] | None) -> list[str] | None:

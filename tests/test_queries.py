@@ -172,6 +172,11 @@ def test_list_chains_refuses_bad_filter_values(db: Db) -> None:
         c.list_chains(created_since=dt.datetime(2024, 1, 1))
     with pytest.raises(ValueError, match=r"naive"):
         c.list_jobs(created_before=dt.datetime(2024, 1, 1))
+    # A misspelt filter is refused (not ignored), naming what the listing takes.
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'status'.*statuses"):
+        c.list_chains(status=["pending"])  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"list_chains\(\) got an unexpected .*'chain_types'"):
+        c.list_chains(chain_types=[alpha])  # type: ignore[call-arg]
 
 
 def test_list_chains_status_is_the_latest_jobs_status(db: Db) -> None:

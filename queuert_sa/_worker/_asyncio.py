@@ -31,14 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from queuert_sa._attempt import AsyncAttempt, AttemptState, Outcome
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
-from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
 
 from . import _flow as flow
 from . import _policy as policy
 from . import _staged as staged
 from ._asyncio_performer import AsyncPerformer, Waker, WriterHold, wait_for_event, writer_lock
-from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore, WorkerOptions
+from ._config import HandlerOptions, WorkerCore, WorkerOptions
 from ._threads import Handler, Worker
 
 if TYPE_CHECKING:
@@ -121,11 +120,7 @@ class AsyncWorker(WorkerCore):
     def handler(
         self,
         job_type: JobType[InT, OutT],
-        *,
-        mode: Mode = "atomic",
-        backoff: Backoff | None = None,
-        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
-        lease: dt.timedelta = DEFAULT_LEASE,
+        **options: Unpack[HandlerOptions],
     ) -> HandlerRegistrar[InT, OutT]:
         """Register the decorated function as the handler of ``job_type``.
 
@@ -135,9 +130,7 @@ class AsyncWorker(WorkerCore):
         in atomic mode an ``async def`` handler still running after
         ``timeout`` is cancelled, its writes rolled back and the job retried.
         """
-        build = self._registration(
-            job_type, mode=mode, backoff=backoff, timeout=timeout, lease=lease
-        )
+        build = self._registration(job_type, options)
 
         def register(fn: Any) -> Any:
             if inspect.iscoroutinefunction(fn):
@@ -145,9 +138,7 @@ class AsyncWorker(WorkerCore):
                 self.handlers[registration.job_type.name] = registration
                 return fn
             build(fn)  # the same checks: duplicates across both kinds, not started
-            self._thread_worker(job_type).handler(
-                job_type, mode=mode, backoff=backoff, timeout=timeout, lease=lease
-            )(fn)
+            self._thread_worker(job_type).handler(job_type, **options)(fn)
             return fn
 
         return register

@@ -51,6 +51,20 @@ class WorkerOptions(TypedDict, total=False):
     handle_signals: Literal["auto", "never"]
 
 
+class HandlerOptions(TypedDict, total=False):
+    """The options of ``@worker.handler(job_type, **options)`` (both workers).
+
+    ``mode`` (``"atomic"``, the default, or ``"staged"``), ``backoff`` (default:
+    the type's, else the worker's), ``timeout`` (atomic; default 5 minutes) and
+    ``lease`` (staged; default 60 seconds): see :meth:`Worker.handler`.
+    """
+
+    mode: Mode
+    backoff: Backoff | None
+    timeout: dt.timedelta
+    lease: dt.timedelta
+
+
 @dataclass(frozen=True)
 class Registration:
     """A handler as registered: its type, function and options."""
@@ -125,15 +139,19 @@ class WorkerCore:
     # --- registration ----------------------------------------------------------------
 
     def _registration(
-        self,
-        job_type: JobType[Any, Any],
-        *,
-        mode: Mode,
-        backoff: Backoff | None,
-        timeout: dt.timedelta,
-        lease: dt.timedelta,
+        self, job_type: JobType[Any, Any], options: HandlerOptions
     ) -> Callable[[Callable[..., Any]], Registration]:
         """Check the options now; return what checks and builds the registration of a function."""
+        unknown = sorted(set(options) - set(HandlerOptions.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"handler() got an unexpected keyword argument {unknown[0]!r}; it takes "
+                "mode, backoff, timeout and lease."
+            )
+        mode = options.get("mode", "atomic")
+        backoff = options.get("backoff")
+        timeout = options.get("timeout", DEFAULT_ATOMIC_TIMEOUT)
+        lease = options.get("lease", DEFAULT_LEASE)
         resolved = self.ctx.job_types.resolve(job_type)
         if mode not in ("atomic", "staged"):
             raise WorkerConfigError(f"mode must be 'atomic' or 'staged', not {mode!r}")

@@ -25,12 +25,11 @@ from sqlalchemy.orm import Session
 from queuert_sa._attempt import Attempt, AttemptState, Outcome
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
-from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
 
 from . import _flow as flow
 from . import _staged as staged
-from ._config import DEFAULT_ATOMIC_TIMEOUT, DEFAULT_LEASE, Mode, WorkerCore, WorkerOptions
+from ._config import HandlerOptions, WorkerCore, WorkerOptions
 from ._leases import LeaseKeeper
 from ._thread_performer import Performer, Waker, WriterHold, writer_lock
 
@@ -107,11 +106,7 @@ class Worker(WorkerCore):
     def handler(
         self,
         job_type: JobType[InT, OutT],
-        *,
-        mode: Mode = "atomic",
-        backoff: Backoff | None = None,
-        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
-        lease: dt.timedelta = DEFAULT_LEASE,
+        **options: Unpack[HandlerOptions],
     ) -> Callable[[Handler[InT, OutT]], Handler[InT, OutT]]:
         """Register the decorated function as the handler of ``job_type``.
 
@@ -139,9 +134,7 @@ class Worker(WorkerCore):
                 worker that dies loses the job to another worker after it.
                 Defaults to 60 seconds.
         """
-        build = self._registration(
-            job_type, mode=mode, backoff=backoff, timeout=timeout, lease=lease
-        )
+        build = self._registration(job_type, options)
 
         def register(fn: Handler[InT, OutT]) -> Handler[InT, OutT]:
             if inspect.iscoroutinefunction(fn):
