@@ -380,7 +380,7 @@ def test_prepared_statements_follow_the_drivers_setting(pg_kit: Kit, threshold: 
     assert (prepared > 0) == (threshold == "default"), prepared
 
 
-def test_threaded_worker_wakes_on_commit_not_on_poll(kit: Kit) -> None:
+def test_idle_worker_wakes_on_commit_not_on_poll(kit: Kit) -> None:
     db, client = kit.db, kit.client
     worker = kit.worker(concurrency=3, poll_interval=dt.timedelta(seconds=60))
     done = threading.Event()
@@ -427,7 +427,7 @@ def test_stop_waits_for_in_flight_attempt(kit: Kit) -> None:
     assert effects(db) == 1
 
 
-def test_many_jobs_many_threads_each_processed_once(kit: Kit) -> None:
+def test_many_jobs_many_slots_each_processed_once(kit: Kit) -> None:
     db, client = kit.db, kit.client
     with Session(db.engine) as s, s.begin():
         client.start_chains(s, [q.ChainStart(work, {"n": i, "sleep": 0}) for i in range(200)])
