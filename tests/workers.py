@@ -493,15 +493,23 @@ class Kit:
         return handle
 
     def scalar_on_worker_connection(self, sql: str) -> Any:
-        """One value read on a connection of the worker's engine (from its pool)."""
+        """One value read on a connection of the worker's engine (from its pool).
+
+        Ended by COMMIT: a ROLLBACK would make psycopg deallocate the
+        connection's prepared statements, which some tests look at.
+        """
         engine = self.worker_client.engine
         if isinstance(engine, Engine):
             with engine.connect() as conn:
-                return conn.exec_driver_sql(sql).scalar_one()
+                value = conn.exec_driver_sql(sql).scalar_one()
+                conn.commit()
+                return value
 
         async def read() -> Any:
             async with engine.connect() as conn:
-                return (await conn.exec_driver_sql(sql)).scalar_one()
+                value = (await conn.exec_driver_sql(sql)).scalar_one()
+                await conn.commit()
+                return value
 
         return self.loop.run(read())
 
