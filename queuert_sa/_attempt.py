@@ -136,6 +136,8 @@ class AttemptState:
         """Staged: the outcome committed."""
         self.savepoint: object | None = None
         """Atomic: the SAVEPOINT around the handler's writes, once opened."""
+        self.write_failed = False
+        """Atomic: writing the decided outcome failed (nothing of the attempt was kept)."""
 
     def _check_open(self, action: str) -> None:
         if self.outcome is not None:

@@ -138,6 +138,45 @@ def build_async_worker() -> q.AsyncWorker:
     return worker
 
 
+def build_async_staged_worker() -> q.AsyncWorker:
+    """The asyncio twin of :func:`build_worker`'s ``staged-work`` handler, for subprocess tests.
+
+    ``QUEUERT_APP_URL`` (switched to its async driver as in
+    :func:`build_async_worker`), ``QUEUERT_APP_STARTED_DIR`` and
+    ``QUEUERT_APP_LEASE_MS`` mean what they mean there.
+    """
+    import asyncio
+
+    from sqlalchemy import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    started_dir = os.environ.get("QUEUERT_APP_STARTED_DIR")
+    url = make_url(os.environ["QUEUERT_APP_URL"])
+    if url.get_backend_name() == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    client = q.AsyncQueuert(create_async_engine(url), job_types)
+    worker = client.worker(
+        poll_interval=dt.timedelta(milliseconds=200),
+        backoff=q.Backoff(initial=dt.timedelta(milliseconds=100), jitter=0),
+    )
+    lease = dt.timedelta(milliseconds=int(os.environ.get("QUEUERT_APP_LEASE_MS", "60000")))
+
+    @worker.handler(staged_work, mode="staged", lease=lease)
+    async def do_staged_work(attempt: q.AsyncAttempt[WorkIn, int]) -> q.Outcome:
+        async with attempt.prepare():
+            pass
+        if started_dir:
+            with open(os.path.join(started_dir, str(attempt.job.id)), "w") as f:
+                f.write(str(os.getpid()))
+        if attempt.input["sleep"]:
+            await asyncio.sleep(attempt.input["sleep"])  # the "external call"
+        async with attempt.transaction() as s:
+            s.add(Effect(job_id=str(attempt.job.id), label="staged-work"))
+            return attempt.complete(attempt.input["n"] * 2)
+
+    return worker
+
+
 def worker_from_env() -> q.Worker:
     return build_worker(concurrency=int(os.environ.get("QUEUERT_APP_CONCURRENCY", "1")))
 
@@ -148,6 +187,15 @@ def run_from_env() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(message)s")
     worker_from_env().run()
+
+
+def run_async_from_env() -> None:
+    """Entry point of asyncio worker subprocesses (staged-work jobs): run until SIGTERM."""
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(message)s")
+    asyncio.run(build_async_staged_worker().run())
 
 
 # ``queuert-sa worker tests.app:worker`` imports this attribute; it is built

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 
 import queuert_sa as q
 
-from . import app
+from . import app, workers
 
 POSTGRES_URL = os.environ.get(
     "QUEUERT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -152,3 +152,26 @@ def redis_url() -> str:
     finally:
         client.close()
     return REDIS_URL
+
+
+# --- both workers: the kit of tests/workers.py -----------------------------------------
+
+
+@pytest.fixture(params=workers.KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The worker under test: ``"thread"`` (``Worker``) or ``"async"`` (``AsyncWorker``)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def kit(kind: str, db: Db, notify: q.InMemoryNotify) -> Iterator[workers.Kit]:
+    """A worker kind on a database: each test using it runs on both workers and both engines."""
+    with workers.open_kit(kind, db, notify) as opened:
+        yield opened
+
+
+@pytest.fixture
+def pg_kit(kind: str, pg: Db, notify: q.InMemoryNotify) -> Iterator[workers.Kit]:
+    """A worker kind on PostgreSQL only."""
+    with workers.open_kit(kind, pg, notify) as opened:
+        yield opened

@@ -1,4 +1,12 @@
-"""Staged mode: prepare -> external work (no transaction, renewed lease) -> owned transaction."""
+"""Staged mode: prepare -> external work (no transaction, renewed lease) -> owned transaction.
+
+Every in-process scenario runs on both workers (``kind``: the thread ``Worker``
+and the ``AsyncWorker``) and both engines, through the ``kit`` of
+tests/workers.py. A staged handler is written once, with ``attempt.prepare()``
+and ``attempt.transaction()`` as ``with`` blocks; on the asyncio worker it runs
+on a thread, its blocks entering the ``AsyncAttempt``'s own ``async with``
+blocks on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from queuert_sa.models import Job
 
 from .app import Effect, WorkIn, build_worker, job_types, staged_work, work
 from .conftest import Db
+from .workers import Kit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,9 +52,10 @@ def job_row(db: Db, job_id: uuid.UUID) -> Job:
         return s.get_one(Job, job_id)
 
 
-def test_staged_attempt_reads_calls_out_and_writes(db: Db, client: q.Queuert) -> None:
+def test_staged_attempt_reads_calls_out_and_writes(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
     seen: dict[str, object] = {}
 
     @worker.handler(work, mode="staged")
@@ -72,9 +82,10 @@ def test_staged_attempt_reads_calls_out_and_writes(db: Db, client: q.Queuert) ->
     assert effects(db, "charged") == 1
 
 
-def test_prepare_writes_are_kept_when_the_external_step_fails(db: Db, client: q.Queuert) -> None:
+def test_prepare_writes_are_kept_when_the_external_step_fails(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work, mode="staged")
     def charge(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -90,9 +101,10 @@ def test_prepare_writes_are_kept_when_the_external_step_fails(db: Db, client: q.
     assert effects(db, "prepared") == 1
 
 
-def test_exception_inside_prepare_rolls_back_its_writes(db: Db, client: q.Queuert) -> None:
+def test_exception_inside_prepare_rolls_back_its_writes(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work, mode="staged")
     def charge(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -108,10 +120,11 @@ def test_exception_inside_prepare_rolls_back_its_writes(db: Db, client: q.Queuer
 
 
 def test_outcome_returned_outside_transaction_is_written_under_the_ownership_check(
-    db: Db, client: q.Queuert
+    kit: Kit,
 ) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work, mode="staged")
     def call(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -123,10 +136,11 @@ def test_outcome_returned_outside_transaction_is_written_under_the_ownership_che
     assert job_row(db, job_id).output == 99
 
 
-def test_lease_is_renewed_while_the_handler_outlives_it(db: Db, client: q.Queuert) -> None:
+def test_lease_is_renewed_while_the_handler_outlives_it(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
-    rival = client.worker(worker_id="rival")
+    worker = kit.worker()
+    rival = kit.worker(worker_id="rival")
     rival.handler(work)(lambda a: a.complete(-1))
     lease = dt.timedelta(seconds=1)
     observed: list[dt.datetime] = []
@@ -141,7 +155,9 @@ def test_lease_is_renewed_while_the_handler_outlives_it(db: Db, client: q.Queuer
             row = job_row(db, attempt.job.id)
             assert row.leased_until is not None
             observed.append(row.leased_until)
-            reaped.append(rival.drain() > 0)  # a rival worker finds nothing to take or reap
+            # A rival worker finds nothing to take: its drain() reaps expired
+            # leases (and would then run the job, with output -1).
+            reaped.append(rival.drain() > 0)
             time.sleep(0.25)
         assert not attempt.signal.is_set()
         with attempt.transaction() as s:
@@ -157,12 +173,18 @@ def test_lease_is_renewed_while_the_handler_outlives_it(db: Db, client: q.Queuer
 
 
 @pytest.mark.parametrize("other", ["none", "longer-atomic"])
-def test_prepare_commits_the_handlers_lease(db: Db, client: q.Queuert, other: str) -> None:
-    # The acquiring statement writes a provisional lease (the longest of the
-    # worker's handlers); prepare() leaves the job leased for this handler's
-    # own lease, whether it keeps the provisional one or sets it anew.
+def test_prepare_commits_the_handlers_lease(kit: Kit, other: str) -> None:
+    """The handler's lease after prepare(); the provisional lease stands when it is the handler's.
+
+    The acquiring statement writes a provisional lease (the longest of the
+    worker's handlers); prepare() leaves the job leased for this handler's
+    own lease, whether it keeps the provisional one or sets it anew. When the
+    provisional lease is this handler's and prepare() is fast, it stands: no
+    second UPDATE, ``leased_until`` is exactly the acquisition's. Both workers.
+    """
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
     lease = dt.timedelta(seconds=90)
     if other == "longer-atomic":
         worker.handler(staged_work, timeout=dt.timedelta(hours=2))(lambda a: a.complete(0))
@@ -190,11 +212,10 @@ def test_prepare_commits_the_handlers_lease(db: Db, client: q.Queuert, other: st
 
 
 @pytest.mark.parametrize("takeover", ["taken", "completed", "deleted"])
-def test_lost_job_makes_transaction_refuse_and_write_nothing(
-    db: Db, client: q.Queuert, takeover: str
-) -> None:
+def test_lost_job_makes_transaction_refuse_and_write_nothing(kit: Kit, takeover: str) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
     caught: list[BaseException] = []
     reasons: list[str | None] = []
 
@@ -244,7 +265,8 @@ def test_lost_job_makes_transaction_refuse_and_write_nothing(
             assert (row.status, row.leased_by) == ("running", "other-worker")
 
 
-def test_expired_lease_is_reaped_and_completed_by_another_worker(db: Db, client: q.Queuert) -> None:
+def test_expired_lease_is_reaped_and_completed_by_another_worker(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
     with db.engine.begin() as conn:  # a staged attempt whose worker vanished
         conn.execute(
@@ -255,7 +277,7 @@ def test_expired_lease_is_reaped_and_completed_by_another_worker(db: Db, client:
                 leased_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
             )
         )
-    worker = client.worker()
+    worker = kit.worker()
     worker.handler(work)(lambda a: a.complete(a.job.attempt))
     assert worker.drain() == 1
     row = job_row(db, job_id)
@@ -263,11 +285,12 @@ def test_expired_lease_is_reaped_and_completed_by_another_worker(db: Db, client:
     assert (row.status, row.output, row.completed_by) == ("completed", 2, worker.worker_id)
 
 
-def test_staged_api_is_refused_in_atomic_mode(db: Db, client: q.Queuert) -> None:
+def test_staged_api_is_refused_in_atomic_mode(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
-    @worker.handler(work)
+    @worker.handler(work, on_thread=True)  # prepare() is a `with` block: bridged on asyncio
     def wrong(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
         with attempt.prepare():
             pass
@@ -281,8 +304,10 @@ def test_staged_api_is_refused_in_atomic_mode(db: Db, client: q.Queuert) -> None
 
 @pytest.mark.slow
 def test_sigkill_during_external_step_completed_by_another_worker_exactly_once(
-    db: Db, tmp_path: Path
+    kind: str, db: Db, tmp_path: Path
 ) -> None:
+    # The killed worker is a subprocess of the kind under test (tests/app.py);
+    # the rescuer is a thread worker.
     client = q.Queuert(db.engine, job_types)
     job_id = start(client, db, staged_work, sleep=60)
     env = {
@@ -292,8 +317,9 @@ def test_sigkill_during_external_step_completed_by_another_worker_exactly_once(
         "QUEUERT_APP_LEASE_MS": "1000",
         "PYTHONPATH": str(ROOT),
     }
+    entry_point = "run_from_env" if kind == "thread" else "run_async_from_env"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import tests.app as a; a.run_from_env()"],
+        [sys.executable, "-c", f"import tests.app as a; a.{entry_point}()"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -329,14 +355,20 @@ def test_sigkill_during_external_step_completed_by_another_worker_exactly_once(
     assert (row.status, row.output, row.attempt) == ("completed", 8, 2)
     assert effects(db, "staged-work") == 1
     print(
-        f"\nstaged SIGKILL ({db.kind}): completed by another worker {recovered_after:.1f} s after the kill (lease 1 s)"
+        f"\nstaged SIGKILL ({kind}, {db.kind}): completed by another worker {recovered_after:.1f} s after the kill (lease 1 s)"
     )
 
 
-def test_atomic_timeout_hung_handler_loses_the_job_on_postgresql(pg: Db) -> None:
-    client = q.Queuert(pg.engine, job_types)
+def test_atomic_timeout_hung_handler_loses_the_job_on_postgresql(pg_kit: Kit) -> None:
+    # The handler is stuck in a blocking call: the server ends its transaction.
+    # On the asyncio worker the stuck call blocks the event loop, so that
+    # worker's own asyncio.timeout cannot act: the server's time limit, set by
+    # the acquiring statement on both workers, is what frees the job. The
+    # rescuer is a thread worker in both cases (the producer's client).
+    kit = pg_kit
+    pg, client = kit.db, kit.client
     job_id = start(client, pg)
-    hung = client.worker(worker_id="hung", poll_interval=dt.timedelta(milliseconds=200))
+    hung = kit.worker(worker_id="hung", poll_interval=dt.timedelta(milliseconds=200))
     entered, finished = threading.Event(), threading.Event()
 
     @hung.handler(work, timeout=dt.timedelta(seconds=1))
@@ -373,11 +405,12 @@ def test_atomic_timeout_hung_handler_loses_the_job_on_postgresql(pg: Db) -> None
     )
 
 
-def test_a_stale_attempt_of_the_same_worker_cannot_write(db: Db, client: q.Queuert) -> None:
+def test_a_stale_attempt_of_the_same_worker_cannot_write(kit: Kit) -> None:
     # The job was reaped and taken again by the same worker as a later attempt:
     # the first attempt must not renew, write or reschedule it.
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
     caught: list[BaseException] = []
 
     @worker.handler(work, mode="staged", lease=dt.timedelta(seconds=1))
@@ -403,9 +436,10 @@ def test_a_stale_attempt_of_the_same_worker_cannot_write(db: Db, client: q.Queue
     assert effects(db, "stale") == 0
 
 
-def test_transaction_runs_once_per_attempt(db: Db, client: q.Queuert) -> None:
+def test_transaction_runs_once_per_attempt(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work, mode="staged")
     def twice(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -421,11 +455,10 @@ def test_transaction_runs_once_per_attempt(db: Db, client: q.Queuert) -> None:
     assert "runs once per attempt" in row.last_attempt_error
 
 
-def test_exception_after_the_outcome_committed_leaves_the_job_done(
-    db: Db, client: q.Queuert
-) -> None:
+def test_exception_after_the_outcome_committed_leaves_the_job_done(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     job_id = start(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work, mode="staged")
     def late_error(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -441,11 +474,10 @@ def test_exception_after_the_outcome_committed_leaves_the_job_done(
 
 
 @pytest.mark.parametrize("how", ["complete_chain", "delete_chains"])
-def test_ownership_lost_message_tells_the_staged_attempt_at_once(
-    db: Db, client: q.Queuert, how: str
-) -> None:
+def test_ownership_lost_message_tells_the_staged_attempt_at_once(kit: Kit, how: str) -> None:
+    db, client = kit.db, kit.client
     chain_id = start(client, db, staged_work)
-    worker = client.worker()
+    worker = kit.worker()
     noticed: list[tuple[str | None, float]] = []
 
     @worker.handler(staged_work, mode="staged", lease=dt.timedelta(seconds=60))

@@ -1,4 +1,9 @@
-"""Consumer side, in-process: atomic completion, failure rollback, retries, the handler contract."""
+"""Consumer side, in-process: atomic completion, failure rollback, retries, the handler contract.
+
+Every scenario runs on both workers (``kind``: the thread ``Worker`` and the
+``AsyncWorker``) and both engines, through the ``kit`` of tests/workers.py;
+handlers are written once. Thread-only assertions say so where they are.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,16 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
 from queuert_sa.models import Job
 
-from .app import Effect, Greeting, User, UserIn, WorkIn, greet, job_types, signup, work
+from .app import Effect, Greeting, User, UserIn, WorkIn, greet, signup, work
 from .conftest import Db
+from .workers import Kit
 
 
 class FakeClock:
@@ -63,12 +69,11 @@ def new_user_chain(client: q.Queuert, db: Db) -> q.Chain[UserIn, None]:
         return client.start_chain(s, signup, {"user_id": user.id})
 
 
-def test_handler_writes_completion_and_continuation_commit_together(
-    db: Db, client: q.Queuert
-) -> None:
+def test_handler_writes_completion_and_continuation_commit_together(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     chain = new_user_chain(client, db)
     seen_from_outside: list[tuple[int, str, int]] = []
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(signup)
     def do_signup(attempt: q.Attempt[UserIn, None]) -> q.Outcome:
@@ -103,9 +108,10 @@ def test_handler_writes_completion_and_continuation_commit_together(
     assert effects(db) == 2
 
 
-def test_handler_exception_rolls_back_its_writes_and_reschedules(db: Db, client: q.Queuert) -> None:
+def test_handler_exception_rolls_back_its_writes_and_reschedules(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     chain = start(client, db, work)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work)
     def failing(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -130,11 +136,12 @@ def test_handler_exception_rolls_back_its_writes_and_reschedules(db: Db, client:
     assert worker.drain() == 0  # not due yet
 
 
-def test_retry_after_backoff_sees_previous_error_then_succeeds(db: Db) -> None:
+def test_retry_after_backoff_sees_previous_error_then_succeeds(kit: Kit) -> None:
     clock = FakeClock()
-    client = q.Queuert(db.engine, job_types, clock=clock)
+    kit = kit.using(clock=clock)
+    db, client = kit.db, kit.client
     chain = start(client, db, work, n=21)
-    worker = client.worker(backoff=q.Backoff(initial=dt.timedelta(seconds=30), jitter=0))
+    worker = kit.worker(backoff=q.Backoff(initial=dt.timedelta(seconds=30), jitter=0))
     seen: list[tuple[int, str | None]] = []
 
     @worker.handler(work)
@@ -166,11 +173,12 @@ def test_retry_after_backoff_sees_previous_error_then_succeeds(db: Db) -> None:
     )
 
 
-def test_reschedule_picks_the_retry_time(db: Db) -> None:
+def test_reschedule_picks_the_retry_time(kit: Kit) -> None:
     clock = FakeClock()
-    client = q.Queuert(db.engine, job_types, clock=clock)
+    kit = kit.using(clock=clock)
+    db, client = kit.db, kit.client
     chain = start(client, db, work)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work)
     def later(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -195,11 +203,12 @@ def test_reschedule_picks_the_retry_time(db: Db) -> None:
     ids=["none", "string", "twice", "undeclared-continuation", "non-json-output", "commit"],
 )
 def test_handler_contract_violations_are_recorded_and_retried(
-    db: Db, client: q.Queuert, body: Callable[[q.Attempt[WorkIn, int]], object], message: str
+    kit: Kit, body: Callable[[q.Attempt[WorkIn, int]], object], message: str
 ) -> None:
+    db, client = kit.db, kit.client
     chain = start(client, db, work)
-    worker = client.worker()
-    worker.handler(work)(body)  # type: ignore[arg-type]
+    worker = kit.worker()
+    worker.handler(work)(body)
 
     assert worker.drain() == 1
     job = client.get_job(chain.id)
@@ -209,11 +218,10 @@ def test_handler_contract_violations_are_recorded_and_retried(
     assert len(jobs_of_chain(db, chain.id)) == 1  # no continuation left behind
 
 
-def test_database_error_inside_handler_is_isolated_by_the_savepoint(
-    db: Db, client: q.Queuert
-) -> None:
+def test_database_error_inside_handler_is_isolated_by_the_savepoint(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     chain = start(client, db, work)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work)
     def duplicate_key(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -232,15 +240,21 @@ def test_database_error_inside_handler_is_isolated_by_the_savepoint(
         assert s.execute(select(func.count()).select_from(User)).scalar_one() == 0
 
 
-def test_outcome_that_fails_to_write_without_a_savepoint_keeps_nothing(
-    db: Db, client: q.Queuert
-) -> None:
-    # A handler that never reads attempt.session runs without a SAVEPOINT; if
-    # writing its outcome fails, the whole transaction is rolled back and the
-    # attempt is recorded afresh: no continuation, no completion, attempt 1.
+def test_outcome_that_fails_to_write_without_a_savepoint_keeps_nothing(kit: Kit) -> None:
+    """An outcome that fails to write is recorded as such, and nothing of the attempt kept.
+
+    A handler that never reads attempt.session runs without a SAVEPOINT (thread
+    worker); if writing its outcome fails, the whole transaction is rolled back
+    and the attempt is recorded afresh: no continuation, no completion,
+    attempt 1, and an error that says the outcome was not written. The asyncio
+    worker (its SAVEPOINT is always open) rolls the SAVEPOINT back instead and
+    says the same, so a user reading ``last_attempt_error`` can tell that the
+    handler succeeded and the queue's own write failed.
+    """
+    db, client = kit.db, kit.client
     taken = new_user_chain(client, db)
     chain = new_user_chain(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(signup)
     def clash(attempt: q.Attempt[UserIn, None]) -> q.Outcome:
@@ -254,6 +268,9 @@ def test_outcome_that_fails_to_write_without_a_savepoint_keeps_nothing(
     assert (job.status, job.attempt, job.completed_at) == ("pending", 1, None)
     assert job.last_attempt_error is not None
     assert "writing the attempt's outcome failed" in job.last_attempt_error
+    assert job.last_attempt_error.startswith(
+        "writing the attempt's outcome failed; nothing was kept"
+    ), job.last_attempt_error[:200]
     assert IntegrityError.__name__ in job.last_attempt_error
     assert len(jobs_of_chain(db, chain.id)) == 1
     assert (worker.completed, worker.failed) == (1, 1)
@@ -261,11 +278,10 @@ def test_outcome_that_fails_to_write_without_a_savepoint_keeps_nothing(
     assert [j.status for j in jobs_of_chain(db, taken.id)] == ["completed", "pending"]
 
 
-def test_handler_that_reads_the_session_late_still_gets_a_savepoint(
-    db: Db, client: q.Queuert
-) -> None:
+def test_handler_that_reads_the_session_late_still_gets_a_savepoint(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     chain = start(client, db, work)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work)
     def late(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -282,22 +298,26 @@ def test_handler_that_reads_the_session_late_still_gets_a_savepoint(
     assert effects(db) == 0
 
 
-def test_sql_listeners_see_the_workers_own_statements(db: Db, client: q.Queuert) -> None:
+def test_sql_listeners_see_the_workers_own_statements(kit: Kit) -> None:
     # The worker runs its fixed statements on the driver's cursor only when
     # nothing listens to SQLAlchemy's cursor events (logging, tracing).
+    # (The asyncio worker always goes through SQLAlchemy; a listener on its
+    # async engine's sync_engine must see the same statements.)
+    db, client = kit.db, kit.client
     seen: list[str] = []
 
     def listener(conn: object, cursor: object, statement: str, *rest: object) -> None:
         seen.append(statement)
 
     chain = start(client, db, work, n=4)
-    event.listen(db.engine, "before_cursor_execute", listener)
+    engine = kit.worker_engine
+    event.listen(engine, "before_cursor_execute", listener)
     try:
-        worker = client.worker()
+        worker = kit.worker()
         worker.handler(work)(lambda a: a.complete(a.input["n"]))
         assert worker.drain() == 1
     finally:
-        event.remove(db.engine, "before_cursor_execute", listener)
+        event.remove(engine, "before_cursor_execute", listener)
     assert client.get_chain(chain.id, work).output == 4
     updates = [s for s in seen if s.lstrip().upper().startswith("UPDATE")]
     assert any("leased_by" in s and "attempt" in s for s in updates)  # the acquire
@@ -305,18 +325,19 @@ def test_sql_listeners_see_the_workers_own_statements(db: Db, client: q.Queuert)
 
 
 @pytest.mark.parametrize("mode", ["atomic", "staged"])
-def test_type_names_with_quotes_and_percent_signs_are_processed(db: Db, mode: str) -> None:
+def test_type_names_with_quotes_and_percent_signs_are_processed(kit: Kit, mode: str) -> None:
     # The worker's statements carry the type names as SQL literals.
     types = q.JobTypes()
     odd = types.entry("it's 100%s %(param_2)s", input=WorkIn, output=int)
     plain = types.entry("b", input=WorkIn, output=int)
-    client = q.Queuert(db.engine, types)
+    kit = kit.using(job_types=types)
+    db, client = kit.db, kit.client
     with Session(db.engine) as s, s.begin():
         chain = client.start_chain(s, odd, {"n": 3, "sleep": 0})
-    worker = client.worker()
+    worker = kit.worker()
     worker.handler(plain)(lambda a: a.complete(0))
 
-    @worker.handler(odd, mode=mode)  # type: ignore[call-overload]
+    @worker.handler(odd, mode=mode)
     def handle(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
         if mode == "staged":
             with attempt.prepare():
@@ -331,29 +352,36 @@ def test_type_names_with_quotes_and_percent_signs_are_processed(db: Db, mode: st
 
 
 @pytest.mark.parametrize("threshold", ["default", "off"])
-def test_prepared_statements_follow_the_drivers_setting(pg: Db, threshold: str) -> None:
-    # Behind PgBouncer (transaction pooling) applications turn psycopg's
-    # server-side prepared statements off; the worker must not prepare its own.
+def test_prepared_statements_follow_the_drivers_setting(pg_kit: Kit, threshold: str) -> None:
+    """Prepared statements are the driver's choice, and the worker keeps them.
+
+    Behind PgBouncer (transaction pooling) applications turn psycopg's
+    server-side prepared statements off; the worker must not prepare its own.
+    With the driver's default the worker's statements stay prepared on its
+    connection after a drain, on both workers (an idle look ending in ROLLBACK
+    would make psycopg DEALLOCATE ALL). (8 jobs: psycopg itself prepares a
+    statement from its 5th execution on a connection; the thread worker
+    prepares its own at once.)
+    """
     connect_args = {"prepare_threshold": None} if threshold == "off" else {}
-    engine = create_engine(pg.url, pool_size=1, max_overflow=0, connect_args=connect_args)
-    try:
-        client = q.Queuert(engine, job_types)
-        with Session(engine) as s, s.begin():
-            client.start_chains(s, [work({"n": n, "sleep": 0}) for n in range(3)])
-        worker = client.worker()
-        worker.handler(work)(lambda a: a.complete(a.input["n"]))
-        assert worker.drain() == 3
-        with engine.connect() as conn:  # the pool's one connection, used by the worker
-            prepared = conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_prepared_statements WHERE starts_with(statement, 'UPDATE')"
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    assert (prepared > 0) == (threshold == "default")
+    engine = pg_kit.new_engine(pool_size=1, max_overflow=0, connect_args=connect_args)
+    kit = pg_kit.using(engine=engine)
+    client = kit.client
+    with Session(kit.db.engine) as s, s.begin():
+        client.start_chains(s, [work({"n": n, "sleep": 0}) for n in range(8)])
+    worker = kit.worker()
+    worker.handler(work)(lambda a: a.complete(a.input["n"]))
+    assert worker.drain() == 8
+    # The pool's one connection, used by the worker.
+    prepared = kit.scalar_on_worker_connection(
+        "SELECT count(*) FROM pg_prepared_statements WHERE starts_with(statement, 'UPDATE')"
+    )
+    assert (prepared > 0) == (threshold == "default"), prepared
 
 
-def test_threaded_worker_wakes_on_commit_not_on_poll(db: Db, client: q.Queuert) -> None:
-    worker = client.worker(concurrency=3, poll_interval=dt.timedelta(seconds=60))
+def test_idle_worker_wakes_on_commit_not_on_poll(kit: Kit) -> None:
+    db, client = kit.db, kit.client
+    worker = kit.worker(concurrency=3, poll_interval=dt.timedelta(seconds=60))
     done = threading.Event()
 
     @worker.handler(work)
@@ -378,11 +406,12 @@ def test_threaded_worker_wakes_on_commit_not_on_poll(db: Db, client: q.Queuert) 
     assert effects(db) == 1
 
 
-def test_stop_waits_for_in_flight_attempt(db: Db, client: q.Queuert) -> None:
-    worker = client.worker(concurrency=2, poll_interval=dt.timedelta(milliseconds=50))
+def test_stop_waits_for_in_flight_attempt(kit: Kit) -> None:
+    db, client = kit.db, kit.client
+    worker = kit.worker(concurrency=2, poll_interval=dt.timedelta(milliseconds=50))
     entered = threading.Event()
 
-    @worker.handler(work)
+    @worker.handler(work, on_thread=True)
     def slow(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
         entered.set()
         time.sleep(0.5)
@@ -397,10 +426,11 @@ def test_stop_waits_for_in_flight_attempt(db: Db, client: q.Queuert) -> None:
     assert effects(db) == 1
 
 
-def test_many_jobs_many_threads_each_processed_once(db: Db, client: q.Queuert) -> None:
+def test_many_jobs_many_slots_each_processed_once(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     with Session(db.engine) as s, s.begin():
         client.start_chains(s, [q.ChainStart(work, {"n": i, "sleep": 0}) for i in range(200)])
-    worker = client.worker(concurrency=4, poll_interval=dt.timedelta(milliseconds=100))
+    worker = kit.worker(concurrency=4, poll_interval=dt.timedelta(milliseconds=100))
 
     @worker.handler(work)
     def handle(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -422,8 +452,8 @@ def test_many_jobs_many_threads_each_processed_once(db: Db, client: q.Queuert) -
     assert (effects(db), distinct, open_jobs) == (200, 200, 0)
 
 
-def test_worker_configuration_errors(client: q.Queuert) -> None:
-    worker = client.worker()
+def test_worker_configuration_errors(kit: Kit) -> None:
+    worker = kit.worker()
     with pytest.raises(q.WorkerConfigError, match="no handlers"):
         worker.start()
 
@@ -433,14 +463,18 @@ def test_worker_configuration_errors(client: q.Queuert) -> None:
 
     with pytest.raises(q.DuplicateHandlerError):
         worker.handler(work)(handle)
-    with pytest.raises(q.WorkerConfigError, match="async def"):
+    if kit.kind == "thread":
+        # Thread-specific: the thread worker runs plain functions only. (The
+        # asyncio worker's counterpart, a plain def without thread_engine=, is
+        # in tests/test_parity.py.)
+        with pytest.raises(q.WorkerConfigError, match="async def"):
 
-        @worker.handler(signup)
-        async def not_here(attempt: q.Attempt[UserIn, None]) -> q.Outcome:
-            raise AssertionError
+            @worker.handler(signup)
+            async def not_here(attempt: q.Attempt[UserIn, None]) -> q.Outcome:
+                raise AssertionError
 
     with pytest.raises(q.WorkerConfigError, match="concurrency"):
-        client.worker(concurrency=0)
+        kit.worker(concurrency=0)
     other = q.JobTypes()
     stranger = other.entry("stranger", input=dict)
     with pytest.raises(q.UnknownJobTypeError, match="stranger"):

@@ -1,20 +1,32 @@
-"""Failure modes of the worker found in review: each test is a scenario that once broke it."""
+"""Failure modes of the worker found in review: each test is a scenario that once broke it.
+
+Every scenario runs on both workers (``kind``: the thread ``Worker`` and the
+``AsyncWorker``) through the ``kit`` of tests/workers.py. Where the workers
+legitimately differ (a thread cannot be cancelled, a task can; SystemExit
+leaves asyncio's event loop), each kind's assertions are marked as its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gc
 import threading
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
 
 from .app import Effect, UserIn, WorkIn, greet, job_types, signup, work
-from .conftest import Db
+from .conftest import Db, make_db
+from .workers import Kit, async_url, open_kit
 
 
 def start_work(client: q.Queuert, db: Db, n: int = 1, sleep: float = 0) -> q.Chain[WorkIn, int]:
@@ -22,19 +34,20 @@ def start_work(client: q.Queuert, db: Db, n: int = 1, sleep: float = 0) -> q.Cha
         return client.start_chain(s, work, {"n": n, "sleep": sleep})
 
 
-def test_idle_slots_do_not_spin_while_another_attempt_holds_a_due_job(pg: Db) -> None:
+def test_idle_slots_do_not_spin_while_another_attempt_holds_a_due_job(pg_kit: Kit) -> None:
     # The held job is pending and due as seen from outside its open transaction.
+    kit = pg_kit
+    pg, client = kit.db, kit.client
     statements: list[str] = []
 
     def record(conn: object, cursor: object, statement: str, *args: object) -> None:
         statements.append(statement)
 
-    event.listen(pg.engine, "before_cursor_execute", record)
-    client = q.Queuert(pg.engine, job_types)
-    worker = client.worker(concurrency=3, poll_interval=dt.timedelta(seconds=30))
+    event.listen(kit.worker_engine, "before_cursor_execute", record)
+    worker = kit.worker(concurrency=3, poll_interval=dt.timedelta(seconds=30))
     entered, release = threading.Event(), threading.Event()
 
-    @worker.handler(work)
+    @worker.handler(work, on_thread=True)
     def hold(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
         entered.set()
         release.wait(20)
@@ -55,8 +68,9 @@ def test_idle_slots_do_not_spin_while_another_attempt_holds_a_due_job(pg: Db) ->
     assert during < 40, during
 
 
-def test_continuation_wakes_an_idle_worker_on_every_engine(db: Db, client: q.Queuert) -> None:
-    worker = client.worker(concurrency=2, poll_interval=dt.timedelta(seconds=60))
+def test_continuation_wakes_an_idle_worker_on_every_engine(kit: Kit) -> None:
+    db, client = kit.db, kit.client
+    worker = kit.worker(concurrency=2, poll_interval=dt.timedelta(seconds=60))
     done = threading.Event()
 
     @worker.handler(signup)
@@ -80,11 +94,10 @@ def test_continuation_wakes_an_idle_worker_on_every_engine(db: Db, client: q.Que
     assert client.notify.sent["job_scheduled"] == 2  # type: ignore[attr-defined]
 
 
-def test_completion_rolled_back_inside_the_handler_still_completes_the_job(
-    db: Db, client: q.Queuert
-) -> None:
+def test_completion_rolled_back_inside_the_handler_still_completes_the_job(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     chain = start_work(client, db, n=3)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work)
     def sneaky(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -102,7 +115,8 @@ def test_completion_rolled_back_inside_the_handler_still_completes_the_job(
     assert worker.completed == 1
 
 
-def test_failed_commit_is_counted_with_backoff_and_error(db: Db) -> None:
+def test_failed_commit_is_counted_with_backoff_and_error(kit: Kit) -> None:
+    db = kit.db
     with db.engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS deferred_child"))
         conn.execute(
@@ -111,9 +125,9 @@ def test_failed_commit_is_counted_with_backoff_and_error(db: Db) -> None:
                 "REFERENCES app_user(id) DEFERRABLE INITIALLY DEFERRED)"
             )
         )
-    client = q.Queuert(db.engine, job_types)
+    client = kit.client
     chain = start_work(client, db)
-    worker = client.worker(backoff=q.Backoff(jitter=0))
+    worker = kit.worker(backoff=q.Backoff(jitter=0))
 
     @worker.handler(work)
     def orphan(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -136,30 +150,89 @@ def test_failed_commit_is_counted_with_backoff_and_error(db: Db) -> None:
             conn.execute(text("DROP TABLE deferred_child"))
 
 
-def test_system_exit_in_a_handler_is_recorded_and_stops_the_thread_worker(
-    db: Db, client: q.Queuert
-) -> None:
+def _async_worker_run_ended_by(kit: Kit, job_type: q.JobType[WorkIn, int]) -> BaseException | None:
+    """``asyncio.run(worker.run())``, as a worker process's main does, with a handler that
+    raises SystemExit(3); on a thread and an event loop of its own. What ended it."""
+    ended: list[BaseException | None] = []
+
+    def unretrieved(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # The slot task that let SystemExit out is never awaited: asyncio would
+        # log "Task exception was never retrieved" whenever it is collected.
+        if not isinstance(context.get("exception"), SystemExit):
+            loop.default_exception_handler(context)
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(unretrieved)
+        engine: AsyncEngine = create_async_engine(async_url(kit.db))
+        try:
+            client = q.AsyncQueuert(engine, job_types, notify=kit.notify)
+            worker = client.worker(poll_interval=dt.timedelta(seconds=30), handle_signals="never")
+
+            @worker.handler(job_type)
+            async def leave(attempt: q.AsyncAttempt[WorkIn, int]) -> q.Outcome:
+                raise SystemExit(3)
+
+            await worker.run()
+        finally:
+            await engine.dispose()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            ended.append(exc)
+        else:
+            ended.append(None)
+
+    thread = threading.Thread(target=run, name="own-event-loop")
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the asyncio worker's run() did not end"
+    gc.collect()  # that task, now, while its loop's handler is the one above
+    return ended[0]
+
+
+def test_system_exit_in_a_handler_is_recorded_stops_the_worker_and_ends_run(kit: Kit) -> None:
+    """Both workers: the attempt is recorded, the worker stops gracefully, and run()
+    then raises the handler's SystemExit, so the process ends as the handler asked."""
+    db, client = kit.db, kit.client
     chain = start_work(client, db)
-    worker = client.worker(concurrency=1, poll_interval=dt.timedelta(seconds=30))
+    if kit.kind == "thread":
+        worker = client.worker(concurrency=1, poll_interval=dt.timedelta(seconds=30))
 
-    @worker.handler(work)
-    def leave(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
-        raise SystemExit(3)
+        @worker.handler(work)
+        def leave(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+            raise SystemExit(3)
 
-    worker.start()
-    deadline = time.monotonic() + 10
-    while worker.failed == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert worker.stop()
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                worker.run()
+            except BaseException as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        thread = threading.Thread(target=run, name="worker-run")
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive(), "the worker's run() did not end"
+        ended = outcome[0]
+    else:
+        ended = _async_worker_run_ended_by(kit, work)
+    assert isinstance(ended, SystemExit), ended
+    assert ended.code == 3
     job = client.get_job(chain.id)
     assert (job.status, job.attempt) == ("pending", 1)
     assert job.last_attempt_error is not None
     assert "SystemExit" in job.last_attempt_error
 
 
-def test_system_exit_in_drain_propagates_after_recording(db: Db, client: q.Queuert) -> None:
+def test_system_exit_in_drain_propagates_after_recording(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     chain = start_work(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work)
     def leave(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
@@ -170,11 +243,22 @@ def test_system_exit_in_drain_propagates_after_recording(db: Db, client: q.Queue
     assert client.get_job(chain.id).attempt == 1
 
 
-def test_restart_after_a_stop_that_timed_out(db: Db, client: q.Queuert) -> None:
-    worker = client.worker(concurrency=1, poll_interval=dt.timedelta(milliseconds=50))
+def test_restart_after_a_stop_that_timed_out(kit: Kit) -> None:
+    db, client = kit.db, kit.client
+    worker = kit.worker(concurrency=1, poll_interval=dt.timedelta(milliseconds=50))
     entered, release = threading.Event(), threading.Event()
 
-    @worker.handler(work)
+    async def slow_task(attempt: q.AsyncAttempt[WorkIn, int]) -> q.Outcome:
+        # As slow(), waiting in a way the worker can cancel.
+        if attempt.input["n"] == 1:
+            entered.set()
+            deadline = time.monotonic() + 20
+            while not release.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        attempt.session.add(Effect(job_id=str(attempt.job.id), label="work"))
+        return attempt.complete(attempt.input["n"])
+
+    @worker.handler(work, async_body=slow_task)
     def slow(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
         if attempt.input["n"] == 1:
             entered.set()
@@ -186,8 +270,16 @@ def test_restart_after_a_stop_that_timed_out(db: Db, client: q.Queuert) -> None:
     worker.start()
     assert entered.wait(10)
     assert worker.stop(timeout=dt.timedelta(milliseconds=100)) is False
-    with pytest.raises(q.WorkerConfigError, match="still in flight"):
-        worker.start()
+    if kit.kind == "thread":
+        # Thread-specific: a thread cannot be cancelled. The cut-off attempt
+        # still runs, so the worker refuses to start until it has ended.
+        with pytest.raises(q.WorkerConfigError, match="still in flight"):
+            worker.start()
+    else:
+        # asyncio-specific: the cut-off attempt was cancelled and rolled back,
+        # as after a crash; the job is pending with no attempt counted.
+        job = client.get_job(first.id)
+        assert (job.status, job.attempt) == ("pending", 0)
     release.set()
     assert worker.stop() is True
 
@@ -195,7 +287,9 @@ def test_restart_after_a_stop_that_timed_out(db: Db, client: q.Queuert) -> None:
     worker.start()
     try:
         deadline = time.monotonic() + 10
-        while not client.get_chain(second.id).is_completed and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            client.get_chain(second.id).is_completed and client.get_chain(first.id).is_completed
+        ):
             time.sleep(0.02)
     finally:
         assert worker.stop()
@@ -203,40 +297,48 @@ def test_restart_after_a_stop_that_timed_out(db: Db, client: q.Queuert) -> None:
     assert client.get_chain(second.id).output == 2
 
 
-def test_sqlite_stop_starts_no_new_attempts(tmp_path: object) -> None:
-    from .conftest import make_db
+def test_sqlite_stop_starts_no_new_attempts(kind: str, tmp_path: Path) -> None:
+    db = make_db("sqlite", tmp_path)
+    try:
+        with open_kit(kind, db) as kit:
+            client = kit.client
+            with Session(db.engine) as s, s.begin():
+                client.start_chains(s, [work({"n": i, "sleep": 0}) for i in range(6)])
+            worker = kit.worker(concurrency=3, poll_interval=dt.timedelta(milliseconds=50))
+            entered = threading.Event()
 
-    db = make_db("sqlite", tmp_path)  # type: ignore[arg-type]
-    client = q.Queuert(db.engine, job_types)
-    with Session(db.engine) as s, s.begin():
-        client.start_chains(s, [work({"n": i, "sleep": 0}) for i in range(6)])
-    worker = client.worker(concurrency=3, poll_interval=dt.timedelta(milliseconds=50))
-    entered = threading.Event()
+            @worker.handler(work, on_thread=True)
+            def slow(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+                entered.set()
+                time.sleep(0.3)
+                return attempt.complete(attempt.input["n"])
 
-    @worker.handler(work)
-    def slow(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
-        entered.set()
-        time.sleep(0.3)
-        return attempt.complete(attempt.input["n"])
-
-    worker.start()
-    assert entered.wait(10)
-    assert worker.stop()
-    assert worker.completed == 1
-    db.engine.dispose()
+            worker.start()
+            assert entered.wait(10)
+            assert worker.stop()
+            assert worker.completed == 1
+    finally:
+        db.engine.dispose()
 
 
-def test_a_batch_wakes_as_many_idle_slots_as_jobs(pg: Db) -> None:
-    client = q.Queuert(pg.engine, job_types)
-    worker = client.worker(concurrency=4, poll_interval=dt.timedelta(seconds=60))
+def test_a_batch_wakes_as_many_idle_slots_as_jobs(pg_kit: Kit) -> None:
+    kit = pg_kit
+    pg, client = kit.db, kit.client
+    worker = kit.worker(concurrency=4, poll_interval=dt.timedelta(seconds=60))
     threads: set[str] = set()
     lock = threading.Lock()
+    in_flight = peak = 0
 
-    @worker.handler(work)
+    @worker.handler(work, on_thread=True)
     def slow(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        nonlocal in_flight, peak
         with lock:
             threads.add(threading.current_thread().name)
+            in_flight += 1
+            peak = max(peak, in_flight)
         time.sleep(0.5)
+        with lock:
+            in_flight -= 1
         return attempt.complete(0)
 
     worker.start()
@@ -250,12 +352,15 @@ def test_a_batch_wakes_as_many_idle_slots_as_jobs(pg: Db) -> None:
     finally:
         assert worker.stop()
     assert worker.completed == 4
-    assert len(threads) == 4
+    assert peak == 4, "the batch did not wake all four idle slots at once"
+    if kit.kind == "thread":
+        assert len(threads) == 4  # thread-specific: one slot, one thread
 
 
-def test_drain_ends_when_a_failed_job_is_due_again_at_once(db: Db, client: q.Queuert) -> None:
+def test_drain_ends_when_a_failed_job_is_due_again_at_once(kit: Kit) -> None:
+    db, client = kit.db, kit.client
     chain = start_work(client, db)
-    worker = client.worker()
+    worker = kit.worker()
 
     @worker.handler(work)
     def again(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:

@@ -112,6 +112,7 @@ class AsyncWorker(WorkerCore):
         self._running = False
         self.waker = Waker(self.concurrency)
         self._subscription: Subscription | None = None
+        self._fatal: BaseException | None = None
         self._ownership: Subscription | None = None
         self._check: dict[uuid.UUID, asyncio.Event] = {}
 
@@ -240,6 +241,7 @@ class AsyncWorker(WorkerCore):
             # As on threads: a handler's SystemExit/KeyboardInterrupt is
             # recorded, then the worker stops.
             log.critical("worker %s: a handler raised %r; stopping the worker", self.worker_id, exc)
+            self._fatal = self._fatal or exc
             self.stopping.set()
             self._stop_requested.set()
             self.waker.close()
@@ -313,6 +315,7 @@ class AsyncWorker(WorkerCore):
                 loop.add_signal_handler(sig, on_signal, sig)
                 installed.append(sig)
         self._running = True
+        self._fatal = None
         try:
             await self.start()
             await self._stop_requested.wait()
@@ -321,6 +324,9 @@ class AsyncWorker(WorkerCore):
             for sig in installed:
                 loop.remove_signal_handler(sig)
             clean = await self.stop()
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
         return clean
 
     def request_stop(self) -> None:

@@ -297,6 +297,7 @@ def _run_atomic(
         try:
             yield write
         except Exception as exc:
+            state.write_failed = True
             yield End(session, "rollback")
             return exc, True
         return None, False
@@ -304,6 +305,7 @@ def _run_atomic(
         yield write
         yield EndSavepoint(savepoint, commit=True)
     except Exception as exc:
+        state.write_failed = True
         yield from _undo(session, savepoint)
         return exc, False
     return None, False
@@ -367,6 +369,8 @@ def _settle(
     try:
         if error is not None:
             retry_at, text = core.retry(registration, error, row["attempt"])
+            if state is not None and state.write_failed:
+                text = policy.lost_attempt_text(error, None, text)
             yield Run(
                 session,
                 partial(

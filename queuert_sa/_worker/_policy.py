@@ -145,10 +145,11 @@ def settlement(*, prepared: bool, lost: bool) -> Settlement:
 
 
 def lost_attempt_text(error: BaseException, failure: BaseException | None, text: str) -> str:
-    """The error kept for an attempt whose transaction was rolled back whole.
+    """The error kept for an attempt none of whose writes were kept.
 
     ``failure`` is what ended the transaction; None when writing the outcome
-    failed and the worker rolled the transaction back itself.
+    failed (whether the worker then rolled back the SAVEPOINT or the whole
+    transaction).
     """
     if failure is None:
         return f"writing the attempt's outcome failed; nothing was kept: {text}"

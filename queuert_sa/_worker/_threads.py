@@ -95,6 +95,7 @@ class Worker(WorkerCore):
         self._stop_requested = threading.Event()
         self.waker = Waker(self.concurrency)
         self._subscription: Subscription | None = None
+        self._fatal: BaseException | None = None
         self._writer_lock = writer_lock(engine) if self.ctx.capabilities.single_writer else None
         keeper = Performer(self, WriterHold(self._writer_lock))
         self.leases = LeaseKeeper(
@@ -230,6 +231,7 @@ class Worker(WorkerCore):
             # A handler raised SystemExit/KeyboardInterrupt: its attempt is
             # recorded as failed; the process was asked to end, so stop.
             log.critical("worker %s: a handler raised %r; stopping the worker", self.worker_id, exc)
+            self._fatal = self._fatal or exc
             self.stopping.set()
             self._stop_requested.set()
             self.waker.close()
@@ -276,7 +278,9 @@ class Worker(WorkerCore):
         Returns what :meth:`stop` returns: False if attempts were still running
         after ``shutdown_grace`` (their transactions roll back when the process
         exits). A second signal stops at once: attempts in flight are abandoned
-        and their transactions roll back, leaving the jobs pending.
+        and their transactions roll back, leaving the jobs pending. A handler
+        that raises ``SystemExit`` or ``KeyboardInterrupt`` has its attempt
+        recorded, stops the worker gracefully, and ``run()`` then raises it.
         """
         self._stop_requested.clear()
         previous: dict[int, Any] = {}
@@ -292,6 +296,7 @@ class Worker(WorkerCore):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
         clean = False
+        self._fatal = None
         try:
             # Handlers first, threads second: a signal during start-up still
             # stops the worker gracefully.
@@ -305,6 +310,9 @@ class Worker(WorkerCore):
             finally:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
         return clean
 
     def drain(self, *, max_jobs: int | None = None) -> int:
