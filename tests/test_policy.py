@@ -78,6 +78,16 @@ def test_recovery_delay_doubles_from_one_second_and_is_capped_at_thirty() -> Non
     assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
 
 
+@pytest.mark.parametrize("failures", [1024, 1025, 10_000])
+def test_recovery_delay_stays_capped_through_a_long_outage(failures: int) -> None:
+    """The 1025th failed pass in a row (about 8.5 hours down at 30 s each) still waits 30 s.
+
+    The slot loop computes this delay in its ``except`` clause, so an error here
+    escapes the loop and ends the slot (and, in both drivers, stops the worker).
+    """
+    assert policy.recovery_delay(failures) == policy.RECOVERY_MAX_S
+
+
 # --- keep_provisional_lease -------------------------------------------------------------
 
 LEASE = dt.timedelta(seconds=60)
