@@ -970,6 +970,68 @@ def test_a_staged_handler_raising_after_its_outcome_committed_counts_as_done(
     assert "raised RuntimeError('cleanup failed') after its outcome was committed" in caplog.text
 
 
+@pytest.mark.parametrize("inside", [True, False], ids=["in-transaction", "returned-outside"])
+def test_a_staged_outcome_whose_commit_failed_is_not_counted_as_done(inside: bool) -> None:
+    """The owned transaction's COMMIT failed after the outcome was written into it: nothing
+    was kept, so the attempt failed and is rescheduled (the job is still this attempt's).
+
+    ``write_staged`` sets ``state.written`` ("the outcome committed") before the driver
+    commits, so today the failure is taken for a late exception: counted as done, logged as
+    "raised ... after its outcome was committed", and the job sits ``running`` under its
+    lease until it is reaped.
+    """
+    core = make_core()
+
+    def handler(attempt: FakeAttempt) -> Outcome:
+        attempt.prepare()
+        if not inside:
+            return attempt.complete(4)
+        with attempt.transaction():
+            return attempt.complete(4)
+
+    register(core, handler, mode="staged")
+    driver, step = run_attempt(core, {OWNED_COMMIT: down("connection lost")})
+    assert (core.completed, core.failed) == (0, 1)
+    assert step.failed
+    assert "InTransaction(owned, reschedule_job)" in driver.trace
+
+
+@pytest.mark.parametrize(
+    "stop", [SystemExit(3), KeyboardInterrupt()], ids=lambda stop: type(stop).__name__
+)
+def test_a_staged_handler_raising_systemexit_after_its_outcome_committed_counts_as_done(
+    stop: BaseException,
+) -> None:
+    """The job is done and the worker is asked to stop: counted as completed, no reschedule
+    attempted for the completed job, then the exception propagates.
+
+    Today ``_run`` keeps only an ``Exception`` raised after ``written`` from failing the
+    attempt, so this one is counted as failed, an owned transaction is opened to reschedule
+    the completed job, and the log says it "failed and was not rescheduled".
+    """
+    core = make_core()
+
+    def handler(attempt: FakeAttempt) -> Outcome:
+        attempt.prepare()
+        with attempt.transaction():
+            attempt.complete(4)
+        raise stop
+
+    register(core, handler, mode="staged")
+    driver = ScriptedDriver(
+        core,
+        {
+            "Run(acquire_job)": job_row(),
+            # Ours inside transaction(); completed (by this attempt) from then on.
+            "Run(lock_job)": [job_row(), job_row(status=JobStatus.COMPLETED, leased_by=None)],
+        },
+    )
+    with pytest.raises(type(stop)):
+        driver.drive(flow.attempt(core, ()))
+    assert "InTransaction(owned, reschedule_job)" not in driver.trace
+    assert (core.completed, core.failed) == (1, 0)
+
+
 # --- the staged steps -------------------------------------------------------------------
 
 
