@@ -1354,6 +1354,26 @@ def test_a_slot_backs_off_after_failed_passes_and_resets_after_a_good_one() -> N
     assert waits == [(1.0, "stop"), (2.0, "stop"), (poll, "hint"), (1.0, "stop")]
 
 
+def test_a_slot_survives_a_long_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """The database is down for over a thousand passes in a row: the slot keeps retrying every
+    30 s until the worker stops, it does not die."""
+    core = make_core()
+    register(core, complete(1))
+    passes = 1100
+    driver = ScriptedDriver(
+        core,
+        {
+            "Query(stopping)": slot_passes(passes),
+            "Run(acquire_job)": [down() for _ in range(passes)],
+        },
+    )
+    caplog.set_level(logging.CRITICAL, "queuert_sa.worker")  # 1100 retry warnings
+    driver.drive(flow.slot_loop(core))
+    waits = driver.of("Wait(stop)")
+    assert len(waits) == passes
+    assert waits[-1].seconds == 30.0
+
+
 def test_a_busy_slot_wakes_an_idle_one_and_looks_again_at_once() -> None:
     """Work begets work: after a job, hint one idle slot and run the next pass without the
     single-writer look, reap or sleep."""
