@@ -407,10 +407,14 @@ class Attempt(_View[InT, OutT]):
         assert port is not None  # open_transaction() refused modes without one
         if not state.prepared:
             port.commit_prepare(state, self._session)
+        wrote = False
         with port.owned_transaction(state) as session:
             yield session
             if state.decision is not None:
                 port.write_outcome(state, session)
+                wrote = True
+        # Committed only now: a COMMIT that fails leaves the attempt unwritten.
+        state.written = wrote
 
 
 class AsyncAttempt(_View[InT, OutT]):
@@ -456,7 +460,11 @@ class AsyncAttempt(_View[InT, OutT]):
         assert port is not None  # open_transaction() refused modes without one
         if not state.prepared:
             await port.commit_prepare(state, self.session)
+        wrote = False
         async with port.owned_transaction(state) as session:
             yield session
             if state.decision is not None:
                 await port.write_outcome(state, session)
+                wrote = True
+        # Committed only now: a COMMIT that fails leaves the attempt unwritten.
+        state.written = wrote

@@ -48,10 +48,11 @@ from queuert_sa._rules import Completed
 from queuert_sa._snapshots import job_from_row
 from queuert_sa._worker import _effects as fx
 from queuert_sa._worker import _flow as flow
+from queuert_sa._worker import _staged as staged
 from queuert_sa._worker import _units as units
-from queuert_sa._worker._asyncio import _AsyncPerformer
+from queuert_sa._worker._asyncio_performer import AsyncPerformer
 from queuert_sa._worker._config import Mode, Registration, WorkerCore
-from queuert_sa._worker._threads import _Performer
+from queuert_sa._worker._thread_performer import Performer
 from queuert_sa.models import DEFAULT_MODELS, JobStatus
 from queuert_sa.state import operations as ops
 from queuert_sa.state.capabilities import Capabilities, capabilities_for
@@ -263,7 +264,7 @@ class ScriptedDriver:
     # --- stepping -------------------------------------------------------------------------
 
     def drive(self, steps: flow.Flow[Any]) -> Any:
-        """Run a flow to its end, as ``_Performer.drive`` does."""
+        """Run a flow to its end, as ``Performer.drive`` does."""
         try:
             effect = steps.send(None)
             while True:
@@ -343,7 +344,7 @@ class ScriptedDriver:
             case fx.InTransaction(kind="owned", state=state):
                 # The real drivers check ownership in the new transaction first.
                 assert state is not None
-                self.drive(flow.check_ownership(self.core, state, self.new_session()))
+                self.drive(staged.check_ownership(self.core, state, self.new_session()))
                 return self.answer(name, effect, lambda: None)
             case fx.HoldLease(state=state):
                 self.leases.append(state)
@@ -378,27 +379,28 @@ class ScriptedDriver:
     def prepare(self, state: AttemptState, session: Any) -> None:
         """``attempt.prepare()`` as the real ``Attempt`` does it, without its SAVEPOINT."""
         state.open_prepare()
-        self.drive(flow.commit_prepare(self.core, state, session))
+        self.drive(staged.commit_prepare(self.core, state, session))
 
     @contextmanager
     def staged_transaction(self, state: AttemptState, session: Any) -> Iterator[Handle]:
         """``attempt.transaction()`` over the drivers' ``owned_transaction``, step for step.
 
         The real drivers COMMIT the owned transaction when its block ends (here
-        :data:`OWNED_COMMIT`, scriptable to fail); ``write_staged`` has marked the
-        outcome ``written`` by then. Should that mark move after the COMMIT, into the
-        drivers, it moves here too.
+        :data:`OWNED_COMMIT`, scriptable to fail); the outcome is ``written`` only
+        once that COMMIT went through, as in ``Attempt.transaction``.
         """
         state.open_transaction()
         if not state.prepared:
-            self.drive(flow.commit_prepare(self.core, state, session))
+            self.drive(staged.commit_prepare(self.core, state, session))
         owned = self.new_session()
-        self.drive(flow.check_ownership(self.core, state, owned))
+        self.drive(staged.check_ownership(self.core, state, owned))
         yield owned
-        if state.decision is not None:
-            self.drive(flow.write_staged(self.core, state, owned))
+        wrote = state.decision is not None
+        if wrote:
+            self.drive(staged.write_outcome(self.core, state, owned))
         self.performed.append((OWNED_COMMIT, None))
         self.answer(OWNED_COMMIT, None, lambda: None)
+        state.written = wrote
 
 
 class FakeAttempt:
@@ -1043,7 +1045,7 @@ def test_commit_prepare_keeps_a_fresh_provisional_lease() -> None:
     state = staged_state(core, registration)
     clock_of(core).advance(dt.timedelta(seconds=1))
     driver = ScriptedDriver(core)
-    driver.drive(flow.commit_prepare(core, state, Handle("session 1")))
+    driver.drive(staged.commit_prepare(core, state, Handle("session 1")))
     assert driver.trace == PREPARE
     assert state.prepared
     hold = driver.one("HoldLease")
@@ -1057,7 +1059,7 @@ def test_commit_prepare_renews_a_lease_that_aged_in_prepare() -> None:
     state = staged_state(core, registration)
     clock_of(core).advance(LEASE / 10)
     driver = ScriptedDriver(core)
-    driver.drive(flow.commit_prepare(core, state, Handle("session 1")))
+    driver.drive(staged.commit_prepare(core, state, Handle("session 1")))
     assert driver.trace == ["Run(renew_lease)", *PREPARE]
     renew = driver.one("Run(renew_lease)").unit
     assert renew.func is ops.renew_lease
@@ -1077,7 +1079,7 @@ def test_commit_prepare_renews_a_lease_shorter_than_the_provisional_one() -> Non
     register(core, complete(1), job_type=SLOW, timeout=dt.timedelta(minutes=30))
     state = staged_state(core, registration)
     driver = ScriptedDriver(core)
-    driver.drive(flow.commit_prepare(core, state, Handle("session 1")))
+    driver.drive(staged.commit_prepare(core, state, Handle("session 1")))
     assert driver.trace == ["Run(renew_lease)", *PREPARE]
     assert driver.one("Run(renew_lease)").unit.keywords["leased_until"] == NOW + LEASE
 
@@ -1090,7 +1092,7 @@ def test_commit_prepare_claims_nothing_when_its_commit_fails() -> None:
     state = staged_state(core, registration)
     driver = ScriptedDriver(core, {"End(commit)": down("down")})
     with pytest.raises(DatabaseUnavailableError):
-        driver.drive(flow.commit_prepare(core, state, Handle("session 1")))
+        driver.drive(staged.commit_prepare(core, state, Handle("session 1")))
     assert driver.trace == ["End(commit)"]
     assert not state.prepared
 
@@ -1113,7 +1115,7 @@ def test_check_ownership_raises_the_lost_jobs_error_and_sets_the_signal(
     state = staged_state(core, registration)
     driver = ScriptedDriver(core, {"Run(lock_job)": found})
     with pytest.raises(error):
-        driver.drive(flow.check_ownership(core, state, Handle("owned")))
+        driver.drive(staged.check_ownership(core, state, Handle("owned")))
     lock = driver.one("Run(lock_job)")
     assert lock.unit.func is ops.lock_job
     assert lock.unit.keywords == {"models": DEFAULT_MODELS, "caps": POSTGRES, "job_id": JOB_ID}
@@ -1126,7 +1128,7 @@ def test_check_ownership_passes_the_attempts_own_row() -> None:
     registration = register(core, complete(1), mode="staged")
     state = staged_state(core, registration)
     driver = ScriptedDriver(core, {"Run(lock_job)": job_row()})
-    driver.drive(flow.check_ownership(core, state, Handle("owned")))
+    driver.drive(staged.check_ownership(core, state, Handle("owned")))
     assert not state.signal.is_set()
 
 
@@ -1136,7 +1138,7 @@ def test_write_staged_writes_the_decision_in_the_owned_session() -> None:
     state = staged_state(core, registration)
     state.complete(5)
     driver = ScriptedDriver(core)
-    driver.drive(flow.write_staged(core, state, Handle("owned")))
+    driver.drive(staged.write_outcome(core, state, Handle("owned")))
     write = driver.one("Run(write_decided)")
     assert (write.session.name, write.unit.keywords) == ("owned", {"ctx": core.ctx, "state": state})
 
@@ -1149,7 +1151,7 @@ def renew_with(answer: Any) -> tuple[ScriptedDriver, AttemptState, bool | None]:
     registration = register(core, complete(1), mode="staged")
     state = staged_state(core, registration)
     driver = ScriptedDriver(core, {"InTransaction(write, renew_held)": answer})
-    return driver, state, driver.drive(flow.renew(core, state, LEASE))
+    return driver, state, driver.drive(staged.renew(core, state, LEASE))
 
 
 def test_a_renewal_of_a_job_still_ours_extends_the_lease() -> None:
@@ -1352,6 +1354,24 @@ def test_a_slot_backs_off_after_failed_passes_and_resets_after_a_good_one() -> N
     waits = [(w.seconds, w.until) for w in driver.effects if isinstance(w, fx.Wait)]
     poll = 5.0 * random.Random(SEED).uniform(0.95, 1.05)
     assert waits == [(1.0, "stop"), (2.0, "stop"), (poll, "hint"), (1.0, "stop")]
+
+
+def test_a_slot_whose_reap_fails_every_pass_keeps_backing_off() -> None:
+    """Only a whole pass that worked ends an outage: an acquire that works but a reap that
+    fails every pass still waits 1 s, 2 s, 4 s (not 1 s forever, logging each time)."""
+    core = make_core()
+    register(core, complete(1))
+    driver = ScriptedDriver(
+        core,
+        {
+            "Query(stopping)": slot_passes(3),
+            "Run(acquire_job)": [None, None, None],
+            "InTransaction(write, reap_expired_lease)": [down(), down(), down()],
+        },
+    )
+    driver.drive(flow.slot_loop(core))
+    waits = [(w.seconds, w.until) for w in driver.effects if isinstance(w, fx.Wait)]
+    assert waits == [(1.0, "stop"), (2.0, "stop"), (4.0, "stop")]
 
 
 def test_a_slot_survives_a_long_outage(caplog: pytest.LogCaptureFixture) -> None:
@@ -1567,7 +1587,7 @@ def test_every_effect_has_a_performing_method_in_both_drivers() -> None:
     effects = set(typing.get_args(fx.Effect))
     assert set(fx.PERFORMED_BY) == effects
     assert len(set(fx.PERFORMED_BY.values())) == len(effects)
-    for performer in (_Performer, _AsyncPerformer):
+    for performer in (Performer, AsyncPerformer):
         missing = [
             name
             for name in fx.PERFORMED_BY.values()

@@ -86,18 +86,17 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
         try:
             step = yield from process_one(core, look_first=not busy, slot=True)
             busy = step.job_id is not None
-            failures = 0
             if busy:
                 # Work begets work: wake one idle slot to look for more (this
                 # slot looks again itself; a kept hint would only make it look twice).
                 yield HintIdle()
-                continue
-            if (yield from reap_one(core)):
-                continue
-            now = core.ctx.clock()
-            yield Wait(
-                policy.sleep_timeout(core.poll_interval, step.next_due, now, core.rng), "hint"
-            )
+            elif not (yield from reap_one(core)):
+                now = core.ctx.clock()
+                timeout = policy.sleep_timeout(core.poll_interval, step.next_due, now, core.rng)
+                yield Wait(timeout, "hint")
+            # Only a whole pass that worked ends an outage (a reap failing
+            # every pass keeps backing off).
+            failures = 0
         except Exception as exc:
             failures += 1
             delay = policy.recovery_delay(failures)
@@ -161,9 +160,9 @@ def process_one(
     yield Writer(take=True)
     try:
         if slot and (yield Query("stopping")):
-            step = Step()
-        else:
-            step = yield from attempt(core, exclude)
+            yield Writer(take=False)
+            return Step()  # stopping: no attempt, and no look for the next one
+        step = yield from attempt(core, exclude)
     except Exception:
         yield Writer(take=False)
         raise
@@ -205,7 +204,7 @@ def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
             yield End(session, "close")
             return Step()
         registration = core.handlers[row["type_name"]]
-        state, error, lost = yield from _run(core, session, registration, row)
+        state, error, lost, fatal = yield from _run(core, session, registration, row)
         error, retry_at, why = yield from _settle(
             core, session, registration, row, state, error, lost
         )
@@ -220,13 +219,21 @@ def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
     core.count(row, error, retry_at, lost=why)
     if error is not None and not isinstance(error, Exception):
         raise error  # SystemExit/KeyboardInterrupt from the handler, now that it is recorded
+    if fatal is not None:
+        raise fatal  # the same, raised after a staged outcome committed: the job is done
     return Step(job_id=row["id"], failed=error is not None)
 
 
 def _run(
     core: WorkerCore, session: Any, registration: Registration, row: Any
-) -> Flow[tuple[AttemptState | None, BaseException | None, bool]]:
-    """Run the handler: (its state, the exception that ended it, whether all was rolled back)."""
+) -> Flow[tuple[AttemptState | None, BaseException | None, bool, BaseException | None]]:
+    """Run the handler.
+
+    Returns its state, the exception that ended the attempt, whether all was
+    rolled back, and a ``SystemExit``/``KeyboardInterrupt`` raised after a
+    staged outcome committed (the job is done; the exception is raised once
+    the attempt is counted).
+    """
     ctx = core.ctx
     job_type = registration.job_type
     try:
@@ -244,22 +251,22 @@ def _run(
             blockers=blockers,
         )
     except Exception as exc:
-        return None, exc, False
+        return None, exc, False, None
     if registration.mode == "atomic":
         # The server-side time limit was set by the acquiring statement.
         error, lost = yield from _run_atomic(core, session, registration, state)
-        return state, error, lost
+        return state, error, lost, None
     error = yield from _run_staged(core, session, registration, state)
-    if state.written and isinstance(error, Exception):
-        # The outcome is committed: the job is done, whatever the handler did afterwards.
-        log.warning(
-            "job %s (%s): the handler raised %r after its outcome was committed",
-            row["id"],
-            row["type_name"],
-            error,
-        )
-        error = None
-    return state, error, False
+    if not state.written or error is None:
+        return state, error, False, None
+    # The outcome is committed: the job is done, whatever the handler did afterwards.
+    log.warning(
+        "job %s (%s): the handler raised %r after its outcome was committed",
+        row["id"],
+        row["type_name"],
+        error,
+    )
+    return state, None, False, None if isinstance(error, Exception) else error
 
 
 def _run_atomic(

@@ -56,7 +56,9 @@ def sleep_timeout(
 
 def recovery_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` consecutive failed passes (database down)."""
-    return min(RECOVERY_INITIAL_S * 2.0 ** (failures - 1), RECOVERY_MAX_S)
+    # Cap the exponent first: 2.0 ** 1024 overflows, some eight hours into an outage.
+    doublings = min(max(failures - 1, 0), 32)
+    return min(RECOVERY_INITIAL_S * 2.0**doublings, RECOVERY_MAX_S)
 
 
 def keep_provisional_lease(

@@ -72,9 +72,8 @@ def check_ownership(core: WorkerCore, state: AttemptState, session: Any) -> Flow
 
 
 def write_outcome(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
-    """Write a staged attempt's outcome in its owned transaction."""
+    """Write a staged attempt's outcome in its owned transaction (``written`` once it commits)."""
     yield Run(session, partial(units.write_decided, ctx=core.ctx, state=state))
-    state.written = True
 
 
 def renew(core: WorkerCore, state: AttemptState, lease: dt.timedelta) -> Flow[bool | None]:
