@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast, overload
 
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
 
@@ -25,7 +26,12 @@ from . import _transitions as transitions
 from ._client import Queuert
 from ._context import ClientOptions, ContextView
 from ._entities import Chain, Job, Page
-from ._errors import EngineMismatchError, SessionRequiredError, WaitChainTimeoutError
+from ._errors import (
+    EngineMismatchError,
+    SessionRequiredError,
+    WaitChainTimeoutError,
+    WorkerConfigError,
+)
 from ._ids import coerce_id
 from ._job_types import ChainStart, JobType, JobTypes
 from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters, describe_job
@@ -33,7 +39,6 @@ from .state import immediate_engine
 from .state import operations as ops
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     from ._attempt import Attempt
@@ -414,6 +419,16 @@ class AsyncQueuert(ContextView):
         """
         from ._worker._asyncio import AsyncWorker
 
+        thread_client = None
+        if thread_engine is not None:
+            if not isinstance(thread_engine, Engine):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise WorkerConfigError(
+                    "thread_engine= takes a sync sqlalchemy Engine (create_engine(...)), got "
+                    f"{type(thread_engine).__name__}"
+                )
+            thread_client = Queuert(thread_engine, self.job_types, models=self.models)
+            # One context: the same notify adapter, clock (also when replaced) and registry.
+            thread_client.ctx = self.ctx
         return AsyncWorker(
-            self, session_factory=session_factory, thread_engine=thread_engine, **options
+            self, session_factory=session_factory, thread_client=thread_client, **options
         )

@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Unpack, overload
 
-from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from queuert_sa._attempt import AsyncAttempt, AttemptState, Outcome
@@ -42,6 +41,7 @@ from ._threads import Handler, Worker
 
 if TYPE_CHECKING:
     from queuert_sa._async_client import AsyncQueuert
+    from queuert_sa._client import Queuert
 
 log = logging.getLogger("queuert_sa.worker")
 
@@ -77,11 +77,11 @@ class AsyncWorker(WorkerCore):
             for :class:`Worker`.
         session_factory: Makes the ``AsyncSession`` of each attempt; defaults
             to ``AsyncSession(engine)``. Pass your ``async_sessionmaker``.
-        thread_engine: The application's sync ``Engine`` for the same
-            database, on which plain ``def`` handlers run (in a thread
-            :class:`Worker` this worker starts and stops with itself). Needed
-            only for ``def`` handlers; none is ever built for you, so your
-            pool, SSL, ``connect_args`` and event listeners apply.
+        thread_engine (``AsyncQueuert.worker``): The application's sync
+            ``Engine`` for the same database, on which plain ``def`` handlers
+            run (in a thread :class:`Worker` this worker starts and stops with
+            itself). Needed only for ``def`` handlers; none is ever built for
+            you, so your pool, SSL, ``connect_args`` and event listeners apply.
     """
 
     def __init__(
@@ -89,21 +89,17 @@ class AsyncWorker(WorkerCore):
         client: AsyncQueuert,
         *,
         session_factory: async_sessionmaker[AsyncSession] | None = None,
-        thread_engine: Engine | None = None,
+        thread_client: Queuert | None = None,
         **options: Unpack[WorkerOptions],
     ) -> None:
         super().__init__(client.ctx, **options)
-        if thread_engine is not None and not isinstance(thread_engine, Engine):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise WorkerConfigError(
-                f"thread_engine= takes a sync sqlalchemy Engine, got {type(thread_engine).__name__}"
-            )
         self.client = client
         engine = self.engine = client.engine
         self.session_factory: Callable[[], AsyncSession] = session_factory or (
             lambda: AsyncSession(engine, expire_on_commit=False)
         )
         self.eager_savepoints = True
-        self._thread_engine = thread_engine
+        self._thread_client = thread_client
         self._sync_worker: Worker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.lease_tasks: dict[tuple[uuid.UUID, int], asyncio.Task[None]] = {}
@@ -146,23 +142,14 @@ class AsyncWorker(WorkerCore):
 
     def _thread_worker(self, job_type: JobType[Any, Any]) -> Worker:
         if self._sync_worker is None:
-            if self._thread_engine is None:
+            sync_client = self._thread_client
+            if sync_client is None:
                 raise WorkerConfigError(
                     f"The handler for {job_type.name!r} is a plain 'def' function; on the "
                     "asyncio worker those run on threads, on a sync Engine you pass: "
                     "aqueuert.worker(..., thread_engine=create_engine(...)) for the same "
                     "database. Or make the handler 'async def'."
                 )
-            from queuert_sa._client import Queuert
-
-            ctx = self.ctx
-            sync_client = Queuert(
-                self._thread_engine,
-                ctx.job_types,
-                notify=ctx.notify,
-                models=ctx.models,
-                clock=ctx.clock,
-            )
             self._sync_worker = sync_client.worker(
                 concurrency=self.concurrency,
                 poll_interval=self.poll_interval,
