@@ -3,7 +3,9 @@
 Each operation takes what it executes on (the caller's ``Session``, or a
 ``Connection``) first, then keyword arguments, and ``now`` when time matters.
 Operations never commit or roll back: the caller owns the transaction. Driver
-errors are translated into :mod:`queuert_sa` errors here, at the boundary.
+errors are translated into :mod:`queuert_sa` errors here, at the boundary. The
+hot ones (insert jobs, acquire, complete, lock, renew) run their statement
+through :mod:`._exec`, which chooses between the driver's cursor and SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     CursorResult,
-    Dialect,
     RowMapping,
     Select,
     String,
@@ -48,7 +49,7 @@ from queuert_sa._errors import (
 )
 from queuert_sa.models import JobStatus, Models
 
-from . import driver
+from . import _exec
 from .capabilities import Capabilities
 
 Executor = Session | Connection
@@ -129,11 +130,7 @@ def _job(models: Models) -> Table:
     return models.job_table
 
 
-def _connection(executor: Executor, models: Models) -> Connection:
-    """The connection statements on queuert's tables run on (a Session's ``binds`` apply)."""
-    if isinstance(executor, Session):
-        return executor.connection(bind_arguments={"clause": models.job_table})
-    return executor
+_NEW_JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(NewJob))
 
 
 def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> None:
@@ -141,40 +138,9 @@ def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> N
     if not jobs:
         return
     with database_errors("insert jobs", models):
-        connection = _connection(executor, models)
-    if driver.supported(connection):
-        rows = [job.__dict__ for job in jobs]
-        dialect = connection.dialect
-        with database_errors("insert jobs", models):
-            if len(rows) > 1 and dialect.name == "postgresql":
-                _driver_insert_jobs_arrays(models, dialect).execute(connection, rows)
-            else:
-                _driver_insert_jobs(models, dialect).execute_many(connection, rows)
-        return
-    with database_errors("insert jobs", models):
-        executor.execute(_job(models).insert(), [job.row() for job in jobs])
-
-
-_NEW_JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(NewJob))
-
-
-def _driver_insert_jobs_arrays(models: Models, dialect: Dialect) -> driver.ArrayInsert:
-    key = ("insert_jobs_arrays", models)
-    per_dialect: dict[Any, Any] = driver.cache_of(dialect)
-    statement = per_dialect.get(key)
-    if statement is None:
-        statement = per_dialect[key] = driver.ArrayInsert(_job(models), _NEW_JOB_COLUMNS, dialect)
-    return cast("driver.ArrayInsert", statement)
-
-
-def _driver_insert_jobs(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    def build() -> Any:
-        table = _job(models)
-        return table.insert().values(
-            {name: bindparam(name, type_=table.c[name].type) for name in _NEW_JOB_COLUMNS}
+        _exec.insert_rows(
+            executor, models, _job(models), _NEW_JOB_COLUMNS, [job.__dict__ for job in jobs]
         )
-
-    return driver.cached(dialect, ("insert_jobs", models), build)
 
 
 def get_job(executor: Executor, models: Models, job_id: uuid.UUID) -> RowMapping | None:
@@ -285,40 +251,29 @@ def acquire_job(
         if timeouts and caps.server_timeouts
         else ()
     )
-    params: dict[str, Any] = {"now": now, "worker_id": worker_id, "lease_until": lease_until}
-    with database_errors("acquire job", models):
-        connection = _connection(executor, models)
-    if not exclude_ids and driver.supported(connection):
-        fast = _driver_acquire(
-            models, connection.dialect, caps.skip_locked, limits, tuple(type_names)
-        )
-        with database_errors("acquire job", models):
-            rows = fast.execute(connection, params)
-        return rows[0] if rows else None
-    stmt = _acquire_statement(models, caps.skip_locked, bool(exclude_ids), limits)
-    params["type_names"] = list(type_names)
+    params: dict[str, Any] = {
+        "now": now,
+        "worker_id": worker_id,
+        "lease_until": lease_until,
+        "type_names": list(type_names),
+    }
     if exclude_ids:
         params["exclude_ids"] = list(exclude_ids)
+    names = tuple(type_names)
     with database_errors("acquire job", models):
-        return executor.execute(stmt, params).mappings().first()
-
-
-def _driver_acquire(
-    models: Models,
-    dialect: Dialect,
-    skip_locked: bool,
-    timeouts: tuple[tuple[str, int], ...],
-    type_names: tuple[str, ...],
-) -> driver.DriverStatement:
-    return driver.cached(
-        dialect,
-        ("acquire", models, skip_locked, timeouts, type_names),
-        lambda: _acquire_statement(models, skip_locked, False, timeouts, type_names),
-    )
-
-
-def _driver_complete(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    return driver.cached(dialect, ("complete", models), lambda: _complete_statement(models))
+        rows = _exec.fetch(
+            executor,
+            models,
+            _acquire_statement(models, caps.skip_locked, bool(exclude_ids), limits),
+            params,
+            # The cursor takes no expanding parameters: its form names the
+            # types in the statement, and excluding ids stays with SQLAlchemy.
+            key=None if exclude_ids else ("acquire", models, caps.skip_locked, limits, names),
+            driver_statement=lambda: _acquire_statement(
+                models, caps.skip_locked, False, limits, names
+            ),
+        )
+    return rows[0] if rows else None
 
 
 def _ms(value: dt.timedelta) -> int:
@@ -386,15 +341,10 @@ def complete_job(
     """
     params = {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
     with database_errors("complete job", models):
-        connection = _connection(executor, models)
-    if driver.supported(connection):
-        fast = _driver_complete(models, connection.dialect)
-        with database_errors("complete job", models):
-            rows = fast.execute(connection, params)
-        return bool(rows and rows[0]["has_dependents"])
-    stmt = _complete_statement(models)
-    with database_errors("complete job", models):
-        return bool(executor.execute(stmt, params).scalar())
+        rows = _exec.fetch(
+            executor, models, _complete_statement(models), params, key=("complete", models)
+        )
+    return bool(rows and rows[0]["has_dependents"])
 
 
 def insert_continuation(
@@ -482,18 +432,14 @@ def lock_job(
     On SQLite the caller's write transaction (``BEGIN IMMEDIATE``) is the lock.
     """
     with database_errors("lock job", models):
-        connection = _connection(executor, models)
-    if driver.supported(connection):
-        fast = _driver_lock(models, connection.dialect, caps.skip_locked)
-        with database_errors("lock job", models):
-            rows = fast.execute(connection, {"job_id": job_id})
-        return rows[0] if rows else None
-    with database_errors("lock job", models):
-        return (
-            executor.execute(_lock_statement(models, caps.skip_locked), {"job_id": job_id})
-            .mappings()
-            .first()
+        rows = _exec.fetch(
+            executor,
+            models,
+            _lock_statement(models, caps.skip_locked),
+            {"job_id": job_id},
+            key=("lock", models, caps.skip_locked),
         )
+    return rows[0] if rows else None
 
 
 @functools.cache
@@ -503,12 +449,6 @@ def _lock_statement(models: Models, skip_locked: bool) -> Select[Any]:
     if skip_locked:
         stmt = stmt.with_for_update(key_share=True)
     return stmt
-
-
-def _driver_lock(models: Models, dialect: Dialect, skip_locked: bool) -> driver.DriverStatement:
-    return driver.cached(
-        dialect, ("lock", models, skip_locked), lambda: _lock_statement(models, skip_locked)
-    )
 
 
 def renew_lease(
@@ -532,13 +472,10 @@ def renew_lease(
         "new_leased_until": leased_until,
     }
     with database_errors("renew lease", models):
-        connection = _connection(executor, models)
-    if driver.supported(connection):
-        fast = _driver_renew(models, connection.dialect)
-        with database_errors("renew lease", models):
-            return bool(fast.execute(connection, params))
-    with database_errors("renew lease", models):
-        return executor.execute(_renew_statement(models), params).first() is not None
+        rows = _exec.fetch(
+            executor, models, _renew_statement(models), params, key=("renew", models)
+        )
+    return bool(rows)
 
 
 @functools.cache
@@ -555,10 +492,6 @@ def _renew_statement(models: Models) -> Update:
         .values(leased_until=bindparam("new_leased_until", type_=table.c.leased_until.type))
         .returning(table.c.id)
     )
-
-
-def _driver_renew(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    return driver.cached(dialect, ("renew", models), lambda: _renew_statement(models))
 
 
 def has_expired_lease(
