@@ -29,6 +29,7 @@ from ._json import JSONValue
 from ._retry import Backoff, backoff_delay
 from .models import JobStatus
 from .state import NewJob
+from .state import blockers as ops_blockers
 from .state import operations as ops
 
 if TYPE_CHECKING:
@@ -416,7 +417,7 @@ class Attempt(Generic[InT, OutT]):
                 ),
             )
             if created:
-                ops.insert_blockers(
+                ops_blockers.insert_blockers(
                     session,
                     client.models,
                     [(continuation.id, c, i) for i, c in enumerate(continuation.blockers)],
@@ -437,7 +438,7 @@ class Attempt(Generic[InT, OutT]):
             hooks.on_commit(session, partial(notify.notify_chain_completed, chain_id))
             # The chain is complete: jobs waiting on it may be free now.
             unblocked = (
-                ops.unblock_dependents(
+                ops_blockers.unblock_dependents(
                     session, client.models, client.capabilities, chain_id=chain_id, now=now
                 )
                 if has_dependents

@@ -38,8 +38,11 @@ from ._job_types import ChainStart, JobType, JobTypes
 from .models import DEFAULT_MODELS, JobStatus, Models
 from .notify import InMemoryNotify, NotifyAdapter
 from .state import Capabilities, NewJob, immediate_engine, prepare_engine, queries
-from .state import maintenance as ops_maintenance
+from .state import blockers as ops_blockers
+from .state import chains as ops_chains
+from .state import dedup as ops_dedup
 from .state import operations as ops
+from .state import removal as ops_removal
 from .state.queries import Filters
 
 if TYPE_CHECKING:
@@ -186,8 +189,12 @@ def resolve_blockers(
         # SQLite: become the writer before reading, so the read is not stale
         # when the INSERT comes (another writer committing in between would
         # fail the transaction with "database is locked").
-        ops_maintenance.take_write_lock(session, client.models, client.capabilities)
-    found = ops.read_blocker_chains(session, client.models, client.capabilities, ids) if ids else {}
+        ops.take_write_lock(session, client.models, client.capabilities)
+    found = (
+        ops_blockers.read_blocker_chains(session, client.models, client.capabilities, ids)
+        if ids
+        else {}
+    )
     statuses: list[JobStatus] = []
     for job_type, chain_ids in wanted:
         done = True
@@ -365,7 +372,7 @@ class Queuert:
             statuses = resolve_blockers(self, session, blockers)
             jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
         ops.insert_jobs(session, self.models, jobs)
-        ops.insert_blockers(
+        ops_blockers.insert_blockers(
             session,
             self.models,
             [
@@ -421,7 +428,7 @@ class Queuert:
         if not keyed:
             return {}
         keys = {(jobs[i].chain_type_name, dedup.key) for i, dedup in keyed}
-        isolation = ops_maintenance.lock_dedup_keys(session, self.models, self.capabilities, keys)
+        isolation = ops_dedup.lock_dedup_keys(session, self.models, self.capabilities, keys)
         if isolation is not None and isolation != "read committed":
             raise DeduplicationError(
                 f"Deduplication needs a READ COMMITTED transaction on PostgreSQL; this one is "
@@ -439,7 +446,7 @@ class Queuert:
                 found[i] = found.get(first, first)
                 continue
             first_of_key[batch_key] = i
-            chain_id = ops_maintenance.find_duplicate(
+            chain_id = ops_dedup.find_duplicate(
                 session,
                 self.models,
                 chain_type_name=job.chain_type_name,
@@ -452,11 +459,11 @@ class Queuert:
             for _ in range(10):
                 if chain_id is None:
                     break
-                rows = ops.get_chain(session, self.models, chain_id)
+                rows = ops_chains.get_chain(session, self.models, chain_id)
                 if rows is not None:
                     break
                 # Deleted (delete_chains, cleanup) between the two reads: look again.
-                chain_id = ops_maintenance.find_duplicate(
+                chain_id = ops_dedup.find_duplicate(
                     session,
                     self.models,
                     chain_type_name=job.chain_type_name,
@@ -541,7 +548,7 @@ class Queuert:
         With ``session`` the read joins that session's transaction.
         """
         chain_id = coerce_id(id)
-        found = self._read(session, lambda ex: ops.get_chain(ex, self.models, chain_id))
+        found = self._read(session, lambda ex: ops_chains.get_chain(ex, self.models, chain_id))
         if found is None:
             raise ChainNotFoundError(chain_id)
         root, latest = found
@@ -625,8 +632,8 @@ class Queuert:
 
         def read(ex: ops.Executor) -> list[Chain[Any, Any]]:
             chains: list[Chain[Any, Any]] = []
-            for chain_id in ops.blocker_chain_ids(ex, self.models, job_id):
-                found = ops.get_chain(ex, self.models, chain_id)
+            for chain_id in ops_blockers.blocker_chain_ids(ex, self.models, job_id):
+                found = ops_chains.get_chain(ex, self.models, chain_id)
                 if found is not None:
                     chains.append(self._chain_from_rows(*found, None))
             return chains
@@ -811,7 +818,7 @@ class Queuert:
         """
         session = self.session_of(session)
         job_id = coerce_id(id)
-        row = ops_maintenance.trigger_job(session, self.models, job_id=job_id, now=self.clock())
+        row = ops.trigger_job(session, self.models, job_id=job_id, now=self.clock())
         if row is None:
             current = ops.get_job(session, self.models, job_id)
             if current is None:
@@ -850,16 +857,16 @@ class Queuert:
                 f"delete_chains takes at most {MAX_BATCH_SIZE} ids per call (got {len(wanted)}); "
                 "split the list (each call is its own all-or-nothing set)."
             )
-        found = ops_maintenance.lock_chains(session, self.models, self.capabilities, wanted)
+        found = ops_removal.lock_chains(session, self.models, self.capabilities, wanted)
         doomed = [chain_id for chain_id in wanted if chain_id in found]
         if cascade:
             frontier = set(doomed)
             while frontier:
-                blockers = ops_maintenance.blocker_chains_of(session, self.models, frontier)
+                blockers = ops_removal.blocker_chains_of(session, self.models, frontier)
                 new = sorted(blockers - set(doomed))
-                frontier = ops_maintenance.lock_chains(session, self.models, self.capabilities, new)
+                frontier = ops_removal.lock_chains(session, self.models, self.capabilities, new)
                 doomed += [chain_id for chain_id in new if chain_id in frontier]
-        references = ops_maintenance.outside_references(session, self.models, doomed)
+        references = ops_removal.outside_references(session, self.models, doomed)
         if references:
             raise BlockerReferenceError([BlockerReference(*ref) for ref in references])
         rows = queries.list_chains(
@@ -871,7 +878,7 @@ class Queuert:
             limit=max(len(doomed), 1),
         )
         by_id = {root["id"]: self._chain_from_rows(root, latest, None) for root, latest in rows}
-        ops_maintenance.delete_chain_rows(session, self.models, doomed)
+        ops_removal.delete_chain_rows(session, self.models, doomed)
         for _, latest in rows:
             if latest["status"] == JobStatus.RUNNING:
                 # A staged attempt is running it: tell its worker after COMMIT.
@@ -943,7 +950,7 @@ class Queuert:
         limit: int,
     ) -> tuple[int, int, tuple[dt.datetime, uuid.UUID] | None]:
         """One retention batch in the caller's transaction: (examined, deleted, next key)."""
-        candidates = ops_maintenance.retention_candidates(
+        candidates = ops_removal.retention_candidates(
             executor,
             self.models,
             self.capabilities,
@@ -954,13 +961,13 @@ class Queuert:
         )
         if not candidates:
             return 0, 0, after
-        ids = ops_maintenance.lock_whole_chains(
+        ids = ops_removal.lock_whole_chains(
             executor, self.models, self.capabilities, {chain_id for chain_id, _ in candidates}
         )
-        keep = ops_maintenance.still_needed(
+        keep = ops_removal.still_needed(
             executor, self.models, chain_ids=ids, cutoff=cutoff, type_names=type_names
         )
-        ops_maintenance.delete_chain_rows(executor, self.models, ids - keep)
+        ops_removal.delete_chain_rows(executor, self.models, ids - keep)
         last_id, last_created = candidates[-1]
         return len(candidates), len(ids - keep), (last_created, last_id)
 
@@ -1049,8 +1056,8 @@ class Queuert:
         session = self.session_of(session)
         chain_id = coerce_id(id)
         chain_type = self.job_types.resolve(job_type)
-        ops_maintenance.take_write_lock(session, self.models, self.capabilities)
-        found = ops.lock_chain(session, self.models, self.capabilities, chain_id)
+        ops.take_write_lock(session, self.models, self.capabilities)
+        found = ops_chains.lock_chain(session, self.models, self.capabilities, chain_id)
         if found is None:
             raise ChainNotFoundError(chain_id)
         root, latest = found
