@@ -161,13 +161,7 @@ class DriverStatement:
                 value = params[name]
                 values[name] = processor(value) if processor is not None else value
         except Exception as exc:
-            # As SQLAlchemy reports a value its type refuses.
-            raise sa_exc.StatementError(
-                f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}",
-                self.sql,
-                None,
-                exc,
-            ) from exc
+            raise _refused(exc, self.sql) from exc
         if self._order is None:
             return values
         return [values[name] for name in self._order]
@@ -197,12 +191,7 @@ class DriverStatement:
                         try:
                             converted = processor(value)
                         except Exception as exc:
-                            raise sa_exc.StatementError(
-                                f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}",
-                                self.sql,
-                                None,
-                                exc,
-                            ) from exc
+                            raise _refused(exc, self.sql) from exc
                         memo[name] = (value, converted)
                         value = converted
                 values[name] = value
@@ -298,10 +287,15 @@ def _convert(processor: Processor, values: list[Any], sql: str) -> list[Any]:
                 last, converted = value, processor(value)
             out.append(converted)
     except Exception as exc:
-        raise sa_exc.StatementError(
-            f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}", sql, None, exc
-        ) from exc
+        raise _refused(exc, sql) from exc
     return out
+
+
+def _refused(exc: Exception, sql: str) -> sa_exc.StatementError:
+    """A value its column type refused, reported as SQLAlchemy reports it."""
+    return sa_exc.StatementError(
+        f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}", sql, None, exc
+    )
 
 
 def _cursor(connection: Connection) -> Any:
