@@ -1,4 +1,4 @@
-"""The one place that chooses how a hot statement runs: on the driver's cursor, or through SQLAlchemy.
+"""The one place that chooses where a hot statement runs: the driver's cursor or SQLAlchemy.
 
 Every hot operation in :mod:`.operations` (insert jobs, acquire, complete,
 lock, renew) makes one call here. The statement runs on the DBAPI driver's own
