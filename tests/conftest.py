@@ -46,6 +46,25 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"queuert driver cursor: {'on' if DRIVER_CURSOR else 'off (SQLAlchemy only)'}"
 
 
+#: Tests asserting what only the driver cursor path does (skipped without it).
+_DRIVER_CURSOR_ONLY = frozenset(
+    {
+        # It prepares the worker's statements at their first run; SQLAlchemy
+        # leaves that to psycopg's threshold (five runs).
+        "tests/test_worker.py::test_prepared_statements_follow_the_drivers_setting[default]",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if DRIVER_CURSOR:
+        return
+    skip = pytest.mark.skip(reason="asserts the driver cursor path (QUEUERT_TEST_DRIVER_CURSOR=0)")
+    for item in items:
+        if item.nodeid in _DRIVER_CURSOR_ONLY:
+            item.add_marker(skip)
+
+
 def service_unavailable(what: str, reason: str) -> None:
     """Skip (developer laptop) or fail (CI) when a service is down."""
     message = f"{what} unavailable: {reason}"
