@@ -38,6 +38,7 @@ from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters
 from ._snapshots import chain_from_rows, chain_jobs_page, chain_page, job_from_row, job_page
 from .models import DEFAULT_MODELS, JobStatus
 from .notify import InMemoryNotify
+from .state import chains as ops_chains
 from .state import immediate_engine, prepare_engine, queries
 from .state import operations as ops
 from .state.queries import Filters
@@ -218,7 +219,7 @@ class Queuert(ContextView):
         With ``session`` the read joins that session's transaction.
         """
         chain_id = coerce_id(id)
-        found = self._read(session, lambda ex: ops.get_chain(ex, self.models, chain_id))
+        found = self._read(session, lambda ex: ops_chains.get_chain(ex, self.models, chain_id))
         if found is None:
             raise ChainNotFoundError(chain_id)
         root, latest = found

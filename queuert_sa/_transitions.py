@@ -49,8 +49,11 @@ from ._rules import (
 from ._snapshots import chain_from_rows, job_from_row, job_snapshot
 from .models import JobStatus
 from .state import NewJob, queries
-from .state import maintenance as ops_maintenance
+from .state import blockers as ops_blockers
+from .state import chains as ops_chains
+from .state import dedup as ops_dedup
 from .state import operations as ops
+from .state import removal as ops_removal
 from .state.queries import Filters
 
 log = logging.getLogger("queuert_sa")
@@ -92,8 +95,10 @@ def resolve_blockers(
         # SQLite: become the writer before reading, so the read is not stale
         # when the INSERT comes (another writer committing in between would
         # fail the transaction with "database is locked").
-        ops_maintenance.take_write_lock(session, ctx.models, ctx.capabilities)
-    found = ops.read_blocker_chains(session, ctx.models, ctx.capabilities, ids) if ids else {}
+        ops.take_write_lock(session, ctx.models, ctx.capabilities)
+    found = (
+        ops_blockers.read_blocker_chains(session, ctx.models, ctx.capabilities, ids) if ids else {}
+    )
     statuses: list[JobStatus] = []
     for job_type, chain_ids in wanted:
         done = True
@@ -158,7 +163,7 @@ def start_chains(
         statuses = resolve_blockers(session, ctx, blockers)
         jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
     ops.insert_jobs(session, ctx.models, jobs)
-    ops.insert_blockers(
+    ops_blockers.insert_blockers(
         session,
         ctx.models,
         [
@@ -215,7 +220,7 @@ def find_duplicates(
     if not keyed:
         return {}
     keys = {(jobs[i].chain_type_name, dedup.key) for i, dedup in keyed}
-    isolation = ops_maintenance.lock_dedup_keys(session, ctx.models, ctx.capabilities, keys)
+    isolation = ops_dedup.lock_dedup_keys(session, ctx.models, ctx.capabilities, keys)
     if isolation is not None and isolation != "read committed":
         raise DeduplicationError(
             f"Deduplication needs a READ COMMITTED transaction on PostgreSQL; this one is "
@@ -235,7 +240,7 @@ def find_duplicates(
         first_of_key[batch_key] = i
         rows = None
         for _ in range(DEDUP_LOOKUPS):
-            chain_id = ops_maintenance.find_duplicate(
+            chain_id = ops_dedup.find_duplicate(
                 session,
                 ctx.models,
                 chain_type_name=job.chain_type_name,
@@ -246,7 +251,7 @@ def find_duplicates(
             )
             if chain_id is None:
                 break
-            rows = ops.get_chain(session, ctx.models, chain_id)
+            rows = ops_chains.get_chain(session, ctx.models, chain_id)
             if rows is not None:
                 break
             # Deleted (delete_chains, cleanup) between the two reads: look again.
@@ -286,7 +291,7 @@ def write_outcome(
         hooks.on_commit(session, partial(notify.notify_chain_completed, chain_id))
         # The chain is complete: jobs waiting on it may be free now.
         unblocked = (
-            ops.unblock_dependents(
+            ops_blockers.unblock_dependents(
                 session, ctx.models, ctx.capabilities, chain_id=chain_id, now=now
             )
             if has_dependents
@@ -320,7 +325,7 @@ def _insert_continuation(
         ),
     )
     if created:
-        ops.insert_blockers(
+        ops_blockers.insert_blockers(
             session, ctx.models, [(next_job.id, c, i) for i, c in enumerate(next_job.blockers)]
         )
     if created and status == JobStatus.PENDING:
@@ -330,8 +335,8 @@ def _insert_continuation(
 def job_blockers(session: ops.Executor, ctx: Context, job_id: uuid.UUID) -> list[Chain[Any, Any]]:
     """The chains a job waits for (or waited for), in slot order."""
     chains: list[Chain[Any, Any]] = []
-    for chain_id in ops.blocker_chain_ids(session, ctx.models, job_id):
-        found = ops.get_chain(session, ctx.models, chain_id)
+    for chain_id in ops_blockers.blocker_chain_ids(session, ctx.models, job_id):
+        found = ops_chains.get_chain(session, ctx.models, chain_id)
         if found is not None:
             chains.append(chain_from_rows(ctx.job_types, *found))
     return chains
@@ -346,8 +351,8 @@ def lock_current_job(
     :class:`ChainNotFoundError`, :class:`JobTypeMismatchError` or
     :class:`JobAlreadyCompletedError`.
     """
-    ops_maintenance.take_write_lock(session, ctx.models, ctx.capabilities)
-    found = ops.lock_chain(session, ctx.models, ctx.capabilities, chain_id)
+    ops.take_write_lock(session, ctx.models, ctx.capabilities)
+    found = ops_chains.lock_chain(session, ctx.models, ctx.capabilities, chain_id)
     if found is None:
         raise ChainNotFoundError(chain_id)
     root, latest = found
@@ -366,7 +371,7 @@ def lock_current_job(
 
 def trigger_job(session: Session, ctx: Context, job_id: uuid.UUID) -> Job[Any]:
     """Make a pending job due now; wake workers after COMMIT. Returns the job as updated."""
-    row = ops_maintenance.trigger_job(session, ctx.models, job_id=job_id, now=ctx.clock())
+    row = ops.trigger_job(session, ctx.models, job_id=job_id, now=ctx.clock())
     if row is None:
         current = ops.get_job(session, ctx.models, job_id)
         if current is None:
@@ -381,16 +386,16 @@ def delete_chains(
 ) -> list[Chain[Any, Any]]:
     """Delete chains all or nothing (see ``Queuert.delete_chains``); the deleted ones."""
     models, caps = ctx.models, ctx.capabilities
-    found = ops_maintenance.lock_chains(session, models, caps, wanted)
+    found = ops_removal.lock_chains(session, models, caps, wanted)
     doomed = [chain_id for chain_id in wanted if chain_id in found]
     if cascade:
         frontier = set(doomed)
         while frontier:
-            blockers = ops_maintenance.blocker_chains_of(session, models, frontier)
+            blockers = ops_removal.blocker_chains_of(session, models, frontier)
             new = sorted(blockers - set(doomed))
-            frontier = ops_maintenance.lock_chains(session, models, caps, new)
+            frontier = ops_removal.lock_chains(session, models, caps, new)
             doomed += [chain_id for chain_id in new if chain_id in frontier]
-    references = ops_maintenance.outside_references(session, models, doomed)
+    references = ops_removal.outside_references(session, models, doomed)
     if references:
         raise BlockerReferenceError([BlockerReference(*ref) for ref in references])
     rows = queries.list_chains(
@@ -402,7 +407,7 @@ def delete_chains(
         limit=max(len(doomed), 1),
     )
     by_id = {root["id"]: chain_from_rows(ctx.job_types, root, latest) for root, latest in rows}
-    ops_maintenance.delete_chain_rows(session, models, doomed)
+    ops_removal.delete_chain_rows(session, models, doomed)
     for _, latest in rows:
         if latest["status"] == JobStatus.RUNNING:
             # A staged attempt is running it: tell its worker after COMMIT.
@@ -421,18 +426,18 @@ def cleanup_batch(
 ) -> tuple[int, int, tuple[dt.datetime, uuid.UUID] | None]:
     """One retention batch in the caller's transaction: (examined, deleted, next key)."""
     models, caps = ctx.models, ctx.capabilities
-    candidates = ops_maintenance.retention_candidates(
+    candidates = ops_removal.retention_candidates(
         executor, models, caps, cutoff=cutoff, type_names=type_names, after=after, limit=limit
     )
     if not candidates:
         return 0, 0, after
-    ids = ops_maintenance.lock_whole_chains(
+    ids = ops_removal.lock_whole_chains(
         executor, models, caps, {chain_id for chain_id, _ in candidates}
     )
-    keep = ops_maintenance.still_needed(
+    keep = ops_removal.still_needed(
         executor, models, chain_ids=ids, cutoff=cutoff, type_names=type_names
     )
-    ops_maintenance.delete_chain_rows(executor, models, ids - keep)
+    ops_removal.delete_chain_rows(executor, models, ids - keep)
     last_id, last_created = candidates[-1]
     return len(candidates), len(ids - keep), (last_created, last_id)
 

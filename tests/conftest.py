@@ -7,6 +7,10 @@ Environment variables:
   ``postgresql+psycopg://postgres@127.0.0.1:5432/test``.
 * ``QUEUERT_TEST_REQUIRE_SERVICES=1`` - a service that is down fails the tests
   that need it instead of skipping them (set by ``.ci/run``).
+* ``QUEUERT_TEST_DRIVER_CURSOR=0`` - no driver gets the ``driver_cursor``
+  capability, so every statement goes through SQLAlchemy (the path asyncio and
+  other drivers take). Applies to this process; the subprocesses some tests
+  start keep the default.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
 import queuert_sa as q
+from queuert_sa.state import capabilities
 
 from . import app, workers
 
@@ -28,6 +33,36 @@ POSTGRES_URL = os.environ.get(
     "QUEUERT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_SERVICES = os.environ.get("QUEUERT_TEST_REQUIRE_SERVICES", "") not in ("", "0")
+DRIVER_CURSOR = os.environ.get("QUEUERT_TEST_DRIVER_CURSOR", "") != "0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not DRIVER_CURSOR:
+        # Before any engine resolves its capabilities (they are kept per dialect).
+        capabilities.DRIVER_CURSOR = {}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"queuert driver cursor: {'on' if DRIVER_CURSOR else 'off (SQLAlchemy only)'}"
+
+
+#: Tests asserting what only the driver cursor path does (skipped without it).
+_DRIVER_CURSOR_ONLY = frozenset(
+    {
+        # It prepares the worker's statements at their first run; SQLAlchemy
+        # leaves that to psycopg's threshold (five runs).
+        "tests/test_worker.py::test_prepared_statements_follow_the_drivers_setting[default]",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if DRIVER_CURSOR:
+        return
+    skip = pytest.mark.skip(reason="asserts the driver cursor path (QUEUERT_TEST_DRIVER_CURSOR=0)")
+    for item in items:
+        if item.nodeid in _DRIVER_CURSOR_ONLY:
+            item.add_marker(skip)
 
 
 def service_unavailable(what: str, reason: str) -> None:

@@ -384,7 +384,7 @@ def test_sqlite_writer_committing_between_the_blocker_read_and_the_insert(
         client = q.Queuert(db.engine, types)
         with Session(db.engine) as s, s.begin():
             a = start_fetch(client, s, fetch_a, "a")
-        read_blocker_chains = transitions.ops.read_blocker_chains
+        read_blocker_chains = transitions.ops_blockers.read_blocker_chains
         a_has_read = threading.Event()
 
         def slow(*args: Any, **kwargs: Any) -> Any:
@@ -394,7 +394,7 @@ def test_sqlite_writer_committing_between_the_blocker_read_and_the_insert(
                 time.sleep(0.3)
             return found
 
-        monkeypatch.setattr(transitions.ops, "read_blocker_chains", slow)
+        monkeypatch.setattr(transitions.ops_blockers, "read_blocker_chains", slow)
         committed: list[str] = []
         results: dict[str, object] = {}
 

@@ -541,7 +541,7 @@ def test_matched_chain_deleted_between_lookup_and_read_starts_a_new_chain(
     up again, not assumed to exist: the start creates a new chain."""
     client = q.Queuert(pg.engine, job_types)
     doomed = start(client, pg, q.Dedup("k"))
-    find_duplicate = transitions.ops_maintenance.find_duplicate
+    find_duplicate = transitions.ops_dedup.find_duplicate
     deletions: list[uuid.UUID] = []
 
     def deleted_meanwhile(*args: Any, **kwargs: Any) -> Any:
@@ -551,7 +551,7 @@ def test_matched_chain_deleted_between_lookup_and_read_starts_a_new_chain(
                 deletions.extend(c.id for c in client.delete_chains(other, [doomed.id]))
         return found
 
-    monkeypatch.setattr(transitions.ops_maintenance, "find_duplicate", deleted_meanwhile)
+    monkeypatch.setattr(transitions.ops_dedup, "find_duplicate", deleted_meanwhile)
     fresh = start(client, pg, q.Dedup("k"), n=2)
 
     assert deletions == [doomed.id]

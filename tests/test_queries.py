@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 import queuert_sa as q
 from queuert_sa.models import DEFAULT_MODELS, Job, JobBlocker, JobStatus
-from queuert_sa.state import maintenance, queries
+from queuert_sa.state import dedup, queries, removal
 from queuert_sa.state.queries import Filters
 
 from .conftest import Db
@@ -712,13 +712,13 @@ def test_listing_and_dedup_statements_use_an_index(db: Db) -> None:
         "list_blocked_jobs": lambda c: queries.list_blocked_jobs(
             c, m, chain_id=beta_root["id"], order="desc", after=None, limit=50
         ),
-        "find_duplicate open": lambda c: maintenance.find_duplicate(
+        "find_duplicate open": lambda c: dedup.find_duplicate(
             c, m, chain_type_name="alpha", key="k7", scope="open", since=None, exclude=[]
         ),
-        "find_duplicate any": lambda c: maintenance.find_duplicate(
+        "find_duplicate any": lambda c: dedup.find_duplicate(
             c, m, chain_type_name="alpha", key="k7", scope="any", since=None, exclude=[]
         ),
-        "find_duplicate any window": lambda c: maintenance.find_duplicate(
+        "find_duplicate any window": lambda c: dedup.find_duplicate(
             c,
             m,
             chain_type_name="beta",
@@ -727,7 +727,7 @@ def test_listing_and_dedup_statements_use_an_index(db: Db) -> None:
             since=now - dt.timedelta(hours=1),
             exclude=[uuid.uuid4()],
         ),
-        "find_duplicate open window": lambda c: maintenance.find_duplicate(
+        "find_duplicate open window": lambda c: dedup.find_duplicate(
             c,
             m,
             chain_type_name="alpha",
@@ -736,10 +736,10 @@ def test_listing_and_dedup_statements_use_an_index(db: Db) -> None:
             since=now - dt.timedelta(hours=1),
             exclude=[uuid.uuid4()],
         ),
-        "lock_chains (delete_chains)": lambda c: maintenance.lock_chains(
+        "lock_chains (delete_chains)": lambda c: removal.lock_chains(
             c, m, caps, [alpha_root["id"], beta_root["id"]]
         ),
-        "outside_references (delete_chains)": lambda c: maintenance.outside_references(
+        "outside_references (delete_chains)": lambda c: removal.outside_references(
             c, m, [beta_root["id"]]
         ),
     }

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 import queuert_sa as q
 import queuert_sa._transitions as transitions
 from queuert_sa.models import DEFAULT_MODELS, Job, JobBlocker
-from queuert_sa.state import maintenance
+from queuert_sa.state import removal
 
 from .conftest import Db
 from .test_worker import FakeClock
@@ -396,7 +396,7 @@ def test_cleanup_batches_walk_the_chain_index_without_reading_the_whole_backlog(
             plans = explain_retention(
                 conn,
                 db.kind,
-                lambda c, after=after: maintenance.retention_candidates(
+                lambda c, after=after: removal.retention_candidates(
                     c,
                     DEFAULT_MODELS,
                     caps,
@@ -451,7 +451,7 @@ def test_cleanup_skips_a_chain_a_producer_is_attaching_as_a_blocker(
     clock.advance(2 * DAY)
     assert job_count(pg) == 2
 
-    read_blocker_chains = transitions.ops.read_blocker_chains
+    read_blocker_chains = transitions.ops_blockers.read_blocker_chains
     producer_read = threading.Event()
 
     def slow(*args: Any, **kwargs: Any) -> Any:
@@ -461,7 +461,7 @@ def test_cleanup_skips_a_chain_a_producer_is_attaching_as_a_blocker(
             time.sleep(0.7)  # widen the window between the lock and the INSERT
         return found
 
-    monkeypatch.setattr(transitions.ops, "read_blocker_chains", slow)
+    monkeypatch.setattr(transitions.ops_blockers, "read_blocker_chains", slow)
     outcome: list[object] = []
 
     def attach() -> None:

@@ -1,15 +1,15 @@
 """What the database can do, resolved once per engine.
 
 The rest of the package branches on these capabilities, never on a dialect
-name. This module is the one place that maps a dialect to its capabilities and
-that prepares an engine (SQLite needs a few connection settings to behave like
-a transactional database under SQLAlchemy).
+or driver name. This module is the one place that maps a dialect (and its DBAPI
+driver) to its capabilities and that prepares an engine (SQLite needs a few
+connection settings to behave like a transactional database under SQLAlchemy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Engine, Table, event
@@ -48,6 +48,25 @@ class Capabilities:
     insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
     """Dialect ``insert()`` supporting ``ON CONFLICT DO NOTHING``."""
 
+    driver_cursor: bool = False
+    """The hot statements (acquire, complete, lock, renew, insert) may run on the
+    DBAPI driver's own cursor instead of through ``Session.execute``: a
+    synchronous driver that path is measured and tested with (psycopg 3,
+    ``sqlite3``). Each statement still falls back to SQLAlchemy when something
+    would notice (SQL logging, cursor-execute listeners, a
+    ``schema_translate_map``): ``state/_exec.py`` decides. False for every asyncio
+    driver."""
+
+    array_insert: bool = False
+    """On the driver's cursor, a batch of rows is inserted by one statement
+    taking one array per column (PostgreSQL ``unnest``, with psycopg adapting a
+    list to an array) instead of one execution per row."""
+
+    server_prepare: bool = False
+    """On the driver's cursor, statements are prepared server side at their
+    first run (psycopg's ``prepare=True``), unless the connection turned
+    preparing off (``prepare_threshold=None``, e.g. behind PgBouncer)."""
+
 
 _POSTGRES = Capabilities(
     name="postgresql",
@@ -67,16 +86,47 @@ _SQLITE = Capabilities(
     insert=sqlite.insert,
 )
 
+#: The synchronous DBAPI drivers whose cursor the hot statements run on, by
+#: (dialect name, driver name), with what that path may use there. Drivers not
+#: listed (and asyncio drivers) run everything through SQLAlchemy. The test
+#: suite empties it to run on SQLAlchemy's path only (``tests/conftest.py``).
+DRIVER_CURSOR: Mapping[tuple[str, str], Capabilities] = {
+    ("postgresql", "psycopg"): replace(
+        _POSTGRES, driver_cursor=True, array_insert=True, server_prepare=True
+    ),
+    ("sqlite", "pysqlite"): replace(_SQLITE, driver_cursor=True),
+}
+
+#: Attribute of a dialect holding its resolved capabilities.
+_CAPABILITIES_ATTR = "_queuert_sa_capabilities"
+
 
 def capabilities_for(dialect: Dialect) -> Capabilities:
-    """Capabilities of a dialect; :class:`QueuertError` for unsupported databases."""
+    """Capabilities of a dialect; :class:`QueuertError` for unsupported databases.
+
+    Resolved once per dialect (one per engine) and kept on it: the hot
+    statements look them up on every execution.
+    """
+    caps: Capabilities | None = getattr(dialect, _CAPABILITIES_ATTR, None)
+    if caps is None:
+        caps = _resolve(dialect)
+        setattr(dialect, _CAPABILITIES_ATTR, caps)
+    return caps
+
+
+def _resolve(dialect: Dialect) -> Capabilities:
     if dialect.name == "postgresql":
-        return _POSTGRES
-    if dialect.name == "sqlite":
-        return _SQLITE
-    raise QueuertError(
-        f"queuert_sa supports PostgreSQL and SQLite; this engine uses {dialect.name!r}."
-    )
+        generic = _POSTGRES
+    elif dialect.name == "sqlite":
+        generic = _SQLITE
+    else:
+        raise QueuertError(
+            f"queuert_sa supports PostgreSQL and SQLite; this engine uses {dialect.name!r}."
+        )
+    if dialect.is_async:
+        # The cursor of an asyncio driver is awaited; SQLAlchemy's adaptor bridges it.
+        return generic
+    return DRIVER_CURSOR.get((dialect.name, dialect.driver), generic)
 
 
 def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:

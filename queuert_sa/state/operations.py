@@ -1,16 +1,24 @@
-"""Every SQL statement queuert executes, as plain sync functions.
+"""A job's life in SQL, and the conventions every state module follows.
 
-Each operation takes what it executes on (the caller's ``Session``, or a
-``Connection``) first, then keyword arguments, and ``now`` when time matters.
-Operations never commit or roll back: the caller owns the transaction. Driver
-errors are translated into :mod:`queuert_sa` errors here, at the boundary.
+The job operations: insert jobs, read one, acquire, complete, continue a
+chain, reschedule, count a failed attempt, trigger, lock, renew and reap
+leases, and the transaction controls (lock wait, transaction time, SQLite's
+write lock). Chains, blockers, deduplication, removal and listings have their
+own modules beside this one.
+
+Each operation takes what it executes on (an :data:`Executor`: the caller's
+``Session``, or a ``Connection``) first, then keyword arguments, and ``now``
+when time matters. Operations never commit or roll back: the caller owns the
+transaction. Driver errors are translated into :mod:`queuert_sa` errors at this
+boundary, by :func:`database_errors`. The hot operations (insert jobs,
+acquire, complete, lock, renew) run their statement through :mod:`._exec`,
+which chooses between the driver's cursor and SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import uuid
 from collections.abc import Collection, Generator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,21 +26,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     CursorResult,
-    Dialect,
     RowMapping,
-    Select,
-    String,
     Table,
-    Update,
     bindparam,
     case,
     func,
-    literal,
-    literal_column,
-    or_,
     select,
     text,
     update,
@@ -48,7 +48,7 @@ from queuert_sa._errors import (
 )
 from queuert_sa.models import JobStatus, Models
 
-from . import driver
+from . import _exec, _statements
 from .capabilities import Capabilities
 
 Executor = Session | Connection
@@ -120,20 +120,11 @@ class NewJob:
         return dict(self.__dict__)
 
 
-#: The status a pending job has, as a SQL literal: partial indexes are defined
-#: with it, and a bound parameter would not let every planner match them.
-_PENDING: ColumnElement[str] = literal_column("'pending'", String())
-
-
 def _job(models: Models) -> Table:
     return models.job_table
 
 
-def _connection(executor: Executor, models: Models) -> Connection:
-    """The connection statements on queuert's tables run on (a Session's ``binds`` apply)."""
-    if isinstance(executor, Session):
-        return executor.connection(bind_arguments={"clause": models.job_table})
-    return executor
+_NEW_JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(NewJob))
 
 
 def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> None:
@@ -141,40 +132,9 @@ def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> N
     if not jobs:
         return
     with database_errors("insert jobs", models):
-        connection = _connection(executor, models)
-    if driver.supported(connection):
-        rows = [job.__dict__ for job in jobs]
-        dialect = connection.dialect
-        with database_errors("insert jobs", models):
-            if len(rows) > 1 and dialect.name == "postgresql":
-                _driver_insert_jobs_arrays(models, dialect).execute(connection, rows)
-            else:
-                _driver_insert_jobs(models, dialect).execute_many(connection, rows)
-        return
-    with database_errors("insert jobs", models):
-        executor.execute(_job(models).insert(), [job.row() for job in jobs])
-
-
-_NEW_JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(NewJob))
-
-
-def _driver_insert_jobs_arrays(models: Models, dialect: Dialect) -> driver.ArrayInsert:
-    key = ("insert_jobs_arrays", models)
-    per_dialect: dict[Any, Any] = driver.cache_of(dialect)
-    statement = per_dialect.get(key)
-    if statement is None:
-        statement = per_dialect[key] = driver.ArrayInsert(_job(models), _NEW_JOB_COLUMNS, dialect)
-    return cast("driver.ArrayInsert", statement)
-
-
-def _driver_insert_jobs(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    def build() -> Any:
-        table = _job(models)
-        return table.insert().values(
-            {name: bindparam(name, type_=table.c[name].type) for name in _NEW_JOB_COLUMNS}
+        _exec.insert_rows(
+            executor, models, _job(models), _NEW_JOB_COLUMNS, [job.__dict__ for job in jobs]
         )
-
-    return driver.cached(dialect, ("insert_jobs", models), build)
 
 
 def get_job(executor: Executor, models: Models, job_id: uuid.UUID) -> RowMapping | None:
@@ -182,81 +142,6 @@ def get_job(executor: Executor, models: Models, job_id: uuid.UUID) -> RowMapping
     table = _job(models)
     with database_errors("read job", models):
         return executor.execute(select(table).where(table.c.id == job_id)).mappings().first()
-
-
-def get_chain(
-    executor: Executor, models: Models, chain_id: uuid.UUID
-) -> tuple[RowMapping, RowMapping] | None:
-    """(first job, latest job) of a chain in one round trip; ``None`` if no such chain."""
-    table = _job(models)
-    latest_index = (
-        select(func.max(table.c.chain_index)).where(table.c.chain_id == chain_id).scalar_subquery()
-    )
-    stmt = (
-        select(table)
-        .where(
-            table.c.chain_id == chain_id,
-            or_(table.c.chain_index == 0, table.c.chain_index == latest_index),
-        )
-        .order_by(table.c.chain_index)
-    )
-    with database_errors("read chain", models):
-        rows = executor.execute(stmt).mappings().all()
-    if not rows or rows[0]["chain_index"] != 0 or rows[0]["id"] != chain_id:
-        return None
-    return rows[0], rows[-1]
-
-
-@functools.cache
-def _acquire_statement(
-    models: Models,
-    skip_locked: bool,
-    with_exclude: bool,
-    timeouts: tuple[tuple[str, int], ...],
-    type_names: tuple[str, ...] | None = None,
-) -> Update:
-    # Built once per worker shape: constructing the statement (and its cache
-    # key) costs more Python time than the server spends running it. With
-    # ``type_names`` they are part of the statement (the driver-level form
-    # has no expanding parameters).
-    table = _job(models)
-    conditions = [
-        table.c.type_name.in_(bindparam("type_names", expanding=True))
-        if type_names is None
-        else table.c.type_name.in_([literal(name, String()) for name in type_names]),
-        table.c.status == _PENDING,
-        table.c.scheduled_at <= bindparam("now", type_=table.c.scheduled_at.type),
-    ]
-    if with_exclude:
-        conditions.append(
-            table.c.id.not_in(bindparam("exclude_ids", expanding=True, type_=table.c.id.type))
-        )
-    candidate = (
-        select(table.c.id).where(*conditions).order_by(table.c.scheduled_at, table.c.id).limit(1)
-    )
-    if skip_locked:
-        candidate = candidate.with_for_update(skip_locked=True, key_share=True)
-    returning: list[Any] = list(table.c)
-    for setting in ("idle_in_transaction_session_timeout", "statement_timeout") if timeouts else ():
-        # SET LOCAL of the attempt's timeout, in the acquiring round trip (it
-        # runs once, for the row acquired; other types keep the current value).
-        value = case(
-            *((table.c.type_name == literal(name), literal(f"{ms}ms")) for name, ms in timeouts),
-            else_=func.current_setting(setting),
-        )
-        returning.append(func.set_config(setting, value, True).label(f"_{setting}"))
-    base = (
-        update(table)
-        .where(table.c.id == candidate.scalar_subquery())
-        .values(
-            status=JobStatus.RUNNING,
-            attempt=table.c.attempt + 1,
-            last_attempt_at=bindparam("now", type_=table.c.last_attempt_at.type),
-            leased_by=bindparam("worker_id", type_=table.c.leased_by.type),
-            leased_until=bindparam("lease_until", type_=table.c.leased_until.type),
-        )
-    )
-    return cast("Update", base.returning(*returning))  # pyright: ignore[reportUnknownMemberType]
 
 
 def acquire_job(
@@ -285,40 +170,29 @@ def acquire_job(
         if timeouts and caps.server_timeouts
         else ()
     )
-    params: dict[str, Any] = {"now": now, "worker_id": worker_id, "lease_until": lease_until}
-    with database_errors("acquire job", models):
-        connection = _connection(executor, models)
-    if not exclude_ids and driver.supported(connection):
-        fast = _driver_acquire(
-            models, connection.dialect, caps.skip_locked, limits, tuple(type_names)
-        )
-        with database_errors("acquire job", models):
-            rows = fast.execute(connection, params)
-        return rows[0] if rows else None
-    stmt = _acquire_statement(models, caps.skip_locked, bool(exclude_ids), limits)
-    params["type_names"] = list(type_names)
+    params: dict[str, Any] = {
+        "now": now,
+        "worker_id": worker_id,
+        "lease_until": lease_until,
+        "type_names": list(type_names),
+    }
     if exclude_ids:
         params["exclude_ids"] = list(exclude_ids)
+    names = tuple(type_names)
     with database_errors("acquire job", models):
-        return executor.execute(stmt, params).mappings().first()
-
-
-def _driver_acquire(
-    models: Models,
-    dialect: Dialect,
-    skip_locked: bool,
-    timeouts: tuple[tuple[str, int], ...],
-    type_names: tuple[str, ...],
-) -> driver.DriverStatement:
-    return driver.cached(
-        dialect,
-        ("acquire", models, skip_locked, timeouts, type_names),
-        lambda: _acquire_statement(models, skip_locked, False, timeouts, type_names),
-    )
-
-
-def _driver_complete(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    return driver.cached(dialect, ("complete", models), lambda: _complete_statement(models))
+        rows = _exec.fetch(
+            executor,
+            models,
+            _statements.acquire(models, caps.skip_locked, bool(exclude_ids), limits),
+            params,
+            # The cursor takes no expanding parameters: its form names the
+            # types in the statement, and excluding ids stays with SQLAlchemy.
+            key=None if exclude_ids else ("acquire", models, caps.skip_locked, limits, names),
+            driver_statement=lambda: _statements.acquire(
+                models, caps.skip_locked, False, limits, names
+            ),
+        )
+    return rows[0] if rows else None
 
 
 def _ms(value: dt.timedelta) -> int:
@@ -348,29 +222,6 @@ def _as_utc(value: Any) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-@functools.cache
-def _complete_statement(models: Models) -> Update:
-    table = _job(models)
-    blocker = models.job_blocker_table
-    # Whether any job declares this chain as a blocker: most chains have no
-    # dependents, and then the unblocking step is skipped (no extra round trip).
-    dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == table.c.chain_id)
-    return (
-        update(table)
-        .where(table.c.id == bindparam("job_id", type_=table.c.id.type))
-        .values(
-            status=JobStatus.COMPLETED,
-            output=bindparam("output", type_=table.c.output.type),
-            completed_at=bindparam("now", type_=table.c.completed_at.type),
-            completed_by=bindparam("worker_id", type_=table.c.completed_by.type),
-            leased_by=None,
-            leased_until=None,
-            last_attempt_error=None,
-        )
-        .returning(dependents.exists().label("has_dependents"))
-    )
-
-
 def complete_job(
     executor: Executor,
     models: Models,
@@ -386,15 +237,10 @@ def complete_job(
     """
     params = {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
     with database_errors("complete job", models):
-        connection = _connection(executor, models)
-    if driver.supported(connection):
-        fast = _driver_complete(models, connection.dialect)
-        with database_errors("complete job", models):
-            rows = fast.execute(connection, params)
-        return bool(rows and rows[0]["has_dependents"])
-    stmt = _complete_statement(models)
-    with database_errors("complete job", models):
-        return bool(executor.execute(stmt, params).scalar())
+        rows = _exec.fetch(
+            executor, models, _statements.complete(models), params, key=("complete", models)
+        )
+    return bool(rows and rows[0]["has_dependents"])
 
 
 def insert_continuation(
@@ -474,6 +320,26 @@ def record_failed_attempt(
     return result.rowcount == 1
 
 
+def trigger_job(
+    executor: Executor, models: Models, *, job_id: uuid.UUID, now: dt.datetime
+) -> RowMapping | None:
+    """Make a pending job due now. Returns the updated row, or None if it is not pending.
+
+    A job already due keeps its ``scheduled_at`` (its place in the queue).
+    """
+    table = _job(models)
+    # Bound with the column's type, so any aware ``now`` is stored as UTC.
+    due = bindparam(None, now, type_=table.c.scheduled_at.type)
+    stmt = (
+        update(table)
+        .where(table.c.id == job_id, table.c.status == JobStatus.PENDING)
+        .values(scheduled_at=case((table.c.scheduled_at > due, due), else_=table.c.scheduled_at))
+        .returning(*table.c)
+    )
+    with database_errors("trigger job", models):
+        return executor.execute(stmt).mappings().first()
+
+
 def lock_job(
     executor: Executor, models: Models, caps: Capabilities, job_id: uuid.UUID
 ) -> Mapping[Any, Any] | None:
@@ -482,33 +348,14 @@ def lock_job(
     On SQLite the caller's write transaction (``BEGIN IMMEDIATE``) is the lock.
     """
     with database_errors("lock job", models):
-        connection = _connection(executor, models)
-    if driver.supported(connection):
-        fast = _driver_lock(models, connection.dialect, caps.skip_locked)
-        with database_errors("lock job", models):
-            rows = fast.execute(connection, {"job_id": job_id})
-        return rows[0] if rows else None
-    with database_errors("lock job", models):
-        return (
-            executor.execute(_lock_statement(models, caps.skip_locked), {"job_id": job_id})
-            .mappings()
-            .first()
+        rows = _exec.fetch(
+            executor,
+            models,
+            _statements.lock(models, caps.skip_locked),
+            {"job_id": job_id},
+            key=("lock", models, caps.skip_locked),
         )
-
-
-@functools.cache
-def _lock_statement(models: Models, skip_locked: bool) -> Select[Any]:
-    table = _job(models)
-    stmt = select(table).where(table.c.id == bindparam("job_id", type_=table.c.id.type))
-    if skip_locked:
-        stmt = stmt.with_for_update(key_share=True)
-    return stmt
-
-
-def _driver_lock(models: Models, dialect: Dialect, skip_locked: bool) -> driver.DriverStatement:
-    return driver.cached(
-        dialect, ("lock", models, skip_locked), lambda: _lock_statement(models, skip_locked)
-    )
+    return rows[0] if rows else None
 
 
 def renew_lease(
@@ -532,33 +379,10 @@ def renew_lease(
         "new_leased_until": leased_until,
     }
     with database_errors("renew lease", models):
-        connection = _connection(executor, models)
-    if driver.supported(connection):
-        fast = _driver_renew(models, connection.dialect)
-        with database_errors("renew lease", models):
-            return bool(fast.execute(connection, params))
-    with database_errors("renew lease", models):
-        return executor.execute(_renew_statement(models), params).first() is not None
-
-
-@functools.cache
-def _renew_statement(models: Models) -> Update:
-    table = _job(models)
-    return (
-        update(table)
-        .where(
-            table.c.id == bindparam("job_id", type_=table.c.id.type),
-            table.c.leased_by == bindparam("worker_id", type_=table.c.leased_by.type),
-            table.c.attempt == bindparam("attempt_number", type_=table.c.attempt.type),
-            table.c.status == JobStatus.RUNNING,
+        rows = _exec.fetch(
+            executor, models, _statements.renew(models), params, key=("renew", models)
         )
-        .values(leased_until=bindparam("new_leased_until", type_=table.c.leased_until.type))
-        .returning(table.c.id)
-    )
-
-
-def _driver_renew(models: Models, dialect: Dialect) -> driver.DriverStatement:
-    return driver.cached(dialect, ("renew", models), lambda: _renew_statement(models))
+    return bool(rows)
 
 
 def has_expired_lease(
@@ -650,189 +474,17 @@ def limit_transaction_time(executor: Executor, caps: Capabilities, timeout: dt.t
         executor.execute(_LIMIT_TRANSACTION_TIME, {"ms": ms})
 
 
-def lock_chain(
-    executor: Executor, models: Models, caps: Capabilities, chain_id: uuid.UUID
-) -> tuple[RowMapping, RowMapping] | None:
-    """(first job, latest job) of a chain, the latest locked until the transaction ends.
+def take_write_lock(executor: Executor, models: Models, caps: Capabilities) -> None:
+    """On a single-writer database, make the current transaction the writer now.
 
-    The lock waits for an atomic attempt holding that job to finish. None if
-    there is no such chain.
+    SQLite starts transactions as readers; a transaction that reads, then
+    writes after another writer committed fails (``SQLITE_BUSY_SNAPSHOT``), and
+    a check-then-insert (deduplication) could act on a stale read. A write that
+    matches no row takes the write lock first, so what follows reads the latest
+    data and cannot be interleaved. No-op on PostgreSQL.
     """
-    table = _job(models)
-    latest = (
-        select(table)
-        .where(table.c.chain_id == chain_id)
-        .order_by(table.c.chain_index.desc())
-        .limit(1)
-    )
-    if caps.skip_locked:
-        latest = latest.with_for_update(key_share=True)
-    root = select(table).where(table.c.id == chain_id, table.c.chain_index == 0)
-    newest = select(func.max(table.c.chain_index)).where(table.c.chain_id == chain_id)
-    with database_errors("lock chain", models):
-        latest_row = executor.execute(latest).mappings().first()
-        # Waiting for the lock, the chain may have moved on (an attempt
-        # continued it): read again until the locked job is the newest.
-        for _ in range(100):
-            if latest_row is None:
-                return None
-            if executor.execute(newest).scalar() == latest_row["chain_index"]:
-                break
-            latest_row = executor.execute(latest).mappings().first()
-        if latest_row is None:
-            return None
-        root_row = (
-            latest_row
-            if latest_row["chain_index"] == 0
-            else executor.execute(root).mappings().first()
-        )
-    if root_row is None or root_row["id"] != chain_id:
-        return None
-    return root_row, latest_row
-
-
-def read_blocker_chains(
-    executor: Executor, models: Models, caps: Capabilities, chain_ids: Collection[uuid.UUID]
-) -> dict[uuid.UUID, tuple[str, bool]]:
-    """For each existing chain: (its type, whether it is completed), locking its latest job.
-
-    The lock makes "is it completed?" and the attaching of a dependent one
-    step: a blocker completing at this moment either finishes first (and is
-    seen completed) or waits for the caller's commit (and then sees the
-    dependent and unblocks it). A chain that moved on while we waited for the
-    lock is read again.
-    """
-    table = _job(models)
-    ids = list(chain_ids)
-    roots = select(table.c.id, table.c.type_name).where(
-        table.c.id.in_(ids), table.c.chain_index == 0
-    )
-    inner = table.alias("newer")
-    latest = (
-        select(table.c.chain_id, table.c.chain_index, table.c.status)
-        .where(
-            table.c.chain_id.in_(ids),
-            table.c.chain_index
-            == select(func.max(inner.c.chain_index))
-            .where(inner.c.chain_id == table.c.chain_id)
-            .scalar_subquery(),
-        )
-        .order_by(table.c.id)
-    )
-    if caps.skip_locked:
-        latest = latest.with_for_update(key_share=True)
-    newest = (
-        select(table.c.chain_id, func.max(table.c.chain_index))
-        .where(table.c.chain_id.in_(ids))
-        .group_by(table.c.chain_id)
-    )
-    locked: dict[uuid.UUID, tuple[int, bool]] = {}
-    with database_errors("read blocker chains", models):
-        types: dict[uuid.UUID, str] = {row.id: row.type_name for row in executor.execute(roots)}
-        for _ in range(100):
-            locked = {
-                row.chain_id: (row.chain_index, row.status == JobStatus.COMPLETED)
-                for row in executor.execute(latest)
-            }
-            current = {row[0]: row[1] for row in executor.execute(newest)}
-            if all(locked[c][0] == i for c, i in current.items() if c in locked):
-                break
-    return {
-        chain_id: (type_name, locked[chain_id][1])
-        for chain_id, type_name in types.items()
-        if chain_id in locked
-    }
-
-
-def insert_blockers(
-    executor: Executor, models: Models, rows: Sequence[tuple[uuid.UUID, uuid.UUID, int]]
-) -> None:
-    """Attach blocker chains to jobs: ``(job_id, blocked_by_chain_id, slot index)`` rows."""
-    if not rows:
+    if not caps.single_writer:
         return
-    table = models.job_blocker_table
-    with database_errors("attach blockers", models):
-        executor.execute(
-            table.insert(),
-            [{"job_id": j, "blocked_by_chain_id": c, "index": i} for j, c, i in rows],
-        )
-
-
-def blocker_chain_ids(executor: Executor, models: Models, job_id: uuid.UUID) -> list[uuid.UUID]:
-    """The chains a job waits for, in slot order."""
-    table = models.job_blocker_table
-    stmt = (
-        select(table.c.blocked_by_chain_id).where(table.c.job_id == job_id).order_by(table.c.index)
-    )
-    with database_errors("read blockers", models):
-        return list(executor.execute(stmt).scalars())
-
-
-@functools.cache
-def _unblock_statements(models: Models, row_locks: bool) -> tuple[Select[Any], Update]:
-    # Built once per set of tables: constructing these correlated statements
-    # costs more than running them.
-    job = _job(models)
-    blocker = models.job_blocker_table
-    chain_id = bindparam("chain_id", type_=job.c.chain_id.type)
-    dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == chain_id)
-    lock = (
-        select(job.c.id)
-        .where(job.c.id.in_(dependents), job.c.status == JobStatus.BLOCKED)
-        .order_by(job.c.id)
-    )
-    if row_locks:
-        lock = lock.with_for_update(key_share=True)
-    slot = blocker.alias("slot")
-    last = job.alias("last")
-    newer = job.alias("newer")
-    slot_done = (
-        select(last.c.id)
-        .where(
-            last.c.chain_id == slot.c.blocked_by_chain_id,
-            last.c.status == JobStatus.COMPLETED,
-            # Correlated to ``last`` (the enclosing query's table), not to
-            # ``slot``: a subquery two levels down would not correlate to it and
-            # would take the maximum over every blocker chain.
-            last.c.chain_index
-            == select(func.max(newer.c.chain_index))
-            .where(newer.c.chain_id == last.c.chain_id)
-            .scalar_subquery(),
-        )
-        .exists()
-    )
-    open_slot = select(slot.c.job_id).where(slot.c.job_id == job.c.id, ~slot_done).exists()
-    now = bindparam("now", type_=job.c.scheduled_at.type)
-    ids = bindparam("ids", expanding=True, type_=job.c.id.type)
-    unblock = (
-        update(job)
-        .where(job.c.id.in_(ids), job.c.status == JobStatus.BLOCKED, ~open_slot)
-        .values(
-            status=JobStatus.PENDING,
-            scheduled_at=case((job.c.scheduled_at < now, now), else_=job.c.scheduled_at),
-        )
-        .returning(job.c.id, job.c.type_name)
-    )
-    return lock, unblock
-
-
-def unblock_dependents(
-    executor: Executor,
-    models: Models,
-    caps: Capabilities,
-    *,
-    chain_id: uuid.UUID,
-    now: dt.datetime,
-) -> list[RowMapping]:
-    """After ``chain_id`` completed: make pending every blocked job whose blockers are all done.
-
-    Returns ``id`` and ``type_name`` of the jobs unblocked. The dependents are
-    locked first, so two blockers completing in parallel transactions cannot
-    both miss each other: the second waits, then sees the first committed.
-    """
-    lock, unblock = _unblock_statements(models, caps.skip_locked)
-    with database_errors("unblock dependents", models):
-        ids = list(executor.execute(lock, {"chain_id": chain_id}).scalars())
-        if not ids:
-            return []
-        return list(executor.execute(unblock, {"ids": ids, "now": now}).mappings())
+    table = _job(models)
+    with database_errors("take the write lock", models):
+        executor.execute(update(table).where(text("1 = 0")).values(id=table.c.id))

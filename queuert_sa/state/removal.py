@@ -1,16 +1,20 @@
-"""SQL for deduplication, triggering, deletion and retention.
+"""Removing chains: explicit deletion, and retention of completed chains.
 
-Same rules as :mod:`.operations`: plain sync functions on the caller's
-``Session`` or ``Connection``, never committing, driver errors translated.
-Constants that partial indexes are defined with (``chain_index = 0``,
-``status <> 'completed'``) are written as SQL literals, not bound parameters,
-so both PostgreSQL and SQLite can prove the index predicate and use it.
+Deletion locks the chains to remove (a cascade adds the chains their jobs
+declare as blockers), finds the jobs outside the set that still reference one,
+and deletes jobs and blocker rows. Retention walks the chains completed before
+a cutoff, skips those another transaction holds or a kept chain still declares
+as a blocker, and deletes the rest with the same statement.
+
+Same rules as :mod:`.operations`. Constants that partial indexes are defined
+with (``chain_index = 0``, ``status <> 'completed'``) are written as SQL
+literals, not bound parameters, so both PostgreSQL and SQLite can prove the
+index predicate and use it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -19,154 +23,24 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
-    RowMapping,
     bindparam,
-    case,
     delete,
     exists,
     func,
     literal_column,
     or_,
     select,
-    text,
     tuple_,
-    update,
 )
 
-from queuert_sa.models import JobStatus, Models
+from queuert_sa.models import Models
 
+from .blockers import read_blocker_chains
 from .capabilities import Capabilities
-from .operations import Executor, database_errors, read_blocker_chains
+from .operations import Executor, database_errors, take_write_lock
 
 _ROOT: ColumnElement[int] = literal_column("0")
 _COMPLETED: ColumnElement[str] = literal_column("'completed'")
-
-
-# --- locks ---------------------------------------------------------------------
-
-
-def take_write_lock(executor: Executor, models: Models, caps: Capabilities) -> None:
-    """On a single-writer database, make the current transaction the writer now.
-
-    SQLite starts transactions as readers; a transaction that reads, then
-    writes after another writer committed fails (``SQLITE_BUSY_SNAPSHOT``), and
-    a check-then-insert (deduplication) could act on a stale read. A write that
-    matches no row takes the write lock first, so what follows reads the latest
-    data and cannot be interleaved. No-op on PostgreSQL.
-    """
-    if not caps.single_writer:
-        return
-    table = models.job_table
-    with database_errors("take the write lock", models):
-        executor.execute(update(table).where(text("1 = 0")).values(id=table.c.id))
-
-
-def dedup_lock_key(models: Models, chain_type_name: str, key: str) -> int:
-    """A stable signed 64-bit advisory-lock key for (table, chain type, dedup key)."""
-    table = models.job_table
-    name = f"{table.schema or ''}.{table.name}\0{chain_type_name}\0{key}".encode()
-    digest = hashlib.blake2b(name, digest_size=8, person=b"queuert-dedup").digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def lock_dedup_keys(
-    executor: Executor, models: Models, caps: Capabilities, keys: Collection[tuple[str, str]]
-) -> str | None:
-    """Serialise transactions starting chains with these (chain type, key) pairs.
-
-    PostgreSQL: a transaction-scoped advisory lock per pair, taken in a fixed
-    order (no deadlock between two batches); the second transaction waits until
-    the first commits or rolls back, then sees its chain. Returns the
-    transaction's isolation level (deduplication needs READ COMMITTED, so that
-    the lookup after the wait sees the committed chain). SQLite: the write lock.
-    """
-    if caps.single_writer:
-        take_write_lock(executor, models, caps)
-        return None
-    isolation: str | None = None
-    stmt = text("SELECT pg_advisory_xact_lock(:key), current_setting('transaction_isolation')")
-    with database_errors("lock deduplication keys", models):
-        for lock_key in sorted({dedup_lock_key(models, t, k) for t, k in keys}):
-            isolation = executor.execute(stmt, {"key": lock_key}).one()[1]
-    return isolation
-
-
-# --- deduplication ---------------------------------------------------------------
-
-
-def find_duplicate(
-    executor: Executor,
-    models: Models,
-    *,
-    chain_type_name: str,
-    key: str,
-    scope: str,
-    since: dt.datetime | None,
-    exclude: Collection[uuid.UUID],
-) -> uuid.UUID | None:
-    """The id of a chain that a start with this dedup key duplicates, if any.
-
-    ``open``: a chain with an unfinished job (its latest; continuations carry
-    the key), found in the index of unfinished keyed jobs. ``any``: the newest
-    chain root with the key. ``since`` bounds the chain's start (its root's
-    ``created_at``); ``exclude`` chains never match.
-    """
-    table = models.job_table
-    if scope == "open":
-        conditions: list[ColumnElement[bool]] = [
-            table.c.chain_type_name == chain_type_name,
-            table.c.deduplication_key == key,
-            table.c.status != _COMPLETED,
-        ]
-        if exclude:
-            conditions.append(table.c.chain_id.not_in(list(exclude)))
-        if since is not None:
-            root = table.alias("root")
-            conditions.append(
-                exists().where(root.c.id == table.c.chain_id, root.c.created_at >= since)
-            )
-        stmt = select(table.c.chain_id).where(*conditions).limit(1)
-    else:
-        conditions = [
-            table.c.chain_type_name == chain_type_name,
-            table.c.deduplication_key == key,
-            table.c.chain_index == _ROOT,
-        ]
-        if exclude:
-            conditions.append(table.c.id.not_in(list(exclude)))
-        if since is not None:
-            conditions.append(table.c.created_at >= since)
-        stmt = (
-            select(table.c.id)
-            .where(*conditions)
-            .order_by(table.c.created_at.desc(), table.c.id.desc())
-            .limit(1)
-        )
-    with database_errors("look up duplicate chain", models):
-        return executor.execute(stmt).scalar()
-
-
-# --- trigger -----------------------------------------------------------------------
-
-
-def trigger_job(
-    executor: Executor, models: Models, *, job_id: uuid.UUID, now: dt.datetime
-) -> RowMapping | None:
-    """Make a pending job due now. Returns the updated row, or None if it is not pending.
-
-    A job already due keeps its ``scheduled_at`` (its place in the queue).
-    """
-    table = models.job_table
-    # Bound with the column's type, so any aware ``now`` is stored as UTC.
-    due = bindparam(None, now, type_=table.c.scheduled_at.type)
-    stmt = (
-        update(table)
-        .where(table.c.id == job_id, table.c.status == JobStatus.PENDING)
-        .values(scheduled_at=case((table.c.scheduled_at > due, due), else_=table.c.scheduled_at))
-        .returning(*table.c)
-    )
-    with database_errors("trigger job", models):
-        return executor.execute(stmt).mappings().first()
 
 
 # --- deletion ------------------------------------------------------------------------

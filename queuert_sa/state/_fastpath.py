@@ -1,21 +1,20 @@
-"""The worker's fixed statements, executed on the driver's own cursor.
+"""The hot statements, executed on the DBAPI driver's own cursor (private).
 
-A worker runs the same two statements (acquire, complete) for every job. Going
-through ``Session.execute`` costs several times the Python time of the driver
-call itself (execution context, result wrapping, cache-key walk), and on two
-cores that Python time is the throughput limit. A :class:`DriverStatement` is
-compiled once by SQLAlchemy, for the engine's dialect, and then executed on the
-DBAPI cursor of the connection SQLAlchemy already holds, inside the same
+A worker runs the same few statements (acquire, complete, ...) for every job.
+Going through ``Session.execute`` costs several times the Python time of the
+driver call itself (execution context, result wrapping, cache-key walk), and on
+two cores that Python time is the throughput limit. A :class:`DriverStatement`
+is compiled once by SQLAlchemy, for the engine's dialect, and then executed on
+the DBAPI cursor of the connection SQLAlchemy already holds, inside the same
 transaction: SQLAlchemy still owns the connection, its transaction, the pool
 and the commit. Bind and result processing use each column type's own
 processors, so values go in and come out as they would through SQLAlchemy.
+Driver errors go through SQLAlchemy's own error handling (``handle_error``
+events, disconnect detection and pool invalidation, ``hide_parameters``).
 
-Only the drivers measured with it take this path (psycopg 3 and the standard
-``sqlite3``, both synchronous), and only when nothing would notice the
-difference (see :func:`supported`); otherwise the same statement runs through
-SQLAlchemy. Driver errors go through SQLAlchemy's own error handling
-(``handle_error`` events, disconnect detection and pool invalidation,
-``hide_parameters``).
+This module only knows *how* to run a statement on the cursor. *Whether* one
+does (the driver's capabilities, and nothing listening that would miss it) is
+decided in one place, :mod:`._exec`.
 """
 
 from __future__ import annotations
@@ -29,34 +28,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 
-#: Synchronous drivers the driver-level path is used (and tested) with.
-SUPPORTED_DRIVERS = frozenset({("postgresql", "psycopg"), ("sqlite", "pysqlite")})
-
 _CURSOR_KEY = "queuert_sa.driver_cursor"
 
 Processor = Callable[[Any], Any]
-
-
-def supported(connection: Connection) -> bool:
-    """Whether statements on this connection may run on the driver's cursor.
-
-    Not when anything would miss them or route them elsewhere: SQL logging
-    (``echo``, or the ``sqlalchemy.engine`` logger at INFO), cursor-execute
-    event listeners (OpenTelemetry's SQLAlchemy instrumentation), or a
-    ``schema_translate_map``. Then the worker goes through SQLAlchemy, as it
-    does for any other driver.
-    """
-    dialect = connection.dialect
-    if dialect.is_async or (dialect.name, dialect.driver) not in SUPPORTED_DRIVERS:
-        return False
-    dispatch = connection.dispatch
-    return not (
-        dispatch.before_cursor_execute
-        or dispatch.after_cursor_execute
-        or getattr(connection, "_echo", False)
-        or connection.get_execution_options().get("schema_translate_map")
-    )
-
 
 #: Attribute of a dialect holding its compiled statements (they refer to the
 #: dialect through their type processors, so a weak mapping keyed by the
@@ -64,27 +38,53 @@ def supported(connection: Connection) -> bool:
 _STATEMENTS_ATTR = "_queuert_sa_driver_statements"
 
 
-def cached(
-    dialect: Dialect, key: Hashable, build: Callable[[], UpdateBase | Select[Any]]
+def statement_for(
+    dialect: Dialect,
+    key: Hashable,
+    build: Callable[[], UpdateBase | Select[Any]],
+    *,
+    prepare: bool,
 ) -> DriverStatement:
     """The statement ``build()`` compiled for ``dialect``, once per (dialect, key).
 
-    Kept on the dialect (one per engine), so an engine's statements go with it.
+    With ``prepare``, it is prepared server side at its first run.
     """
-    per_dialect = cache_of(dialect)
-    statement = per_dialect.get(key)
-    if statement is None:
-        statement = per_dialect[key] = DriverStatement(build(), dialect)
-    return cast("DriverStatement", statement)
+    per_dialect = _cache_of(dialect)
+    found = per_dialect.get(key)
+    if found is None:
+        found = per_dialect[key] = DriverStatement(build(), dialect, prepare=prepare)
+    return cast("DriverStatement", found)
 
 
-def cache_of(dialect: Dialect) -> dict[Hashable, Any]:
-    """The dialect's own cache of compiled statements (created on first use)."""
+def array_insert_for(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], *, prepare: bool
+) -> ArrayInsert:
+    """The one-statement batch INSERT of ``columns`` into ``table``, once per dialect."""
+    per_dialect = _cache_of(dialect)
+    key = ("array_insert", table, columns)
+    found = per_dialect.get(key)
+    if found is None:
+        found = per_dialect[key] = ArrayInsert(table, columns, dialect, prepare=prepare)
+    return cast("ArrayInsert", found)
+
+
+def _cache_of(dialect: Dialect) -> dict[Hashable, Any]:
+    """The dialect's own cache of compiled statements: it goes with its engine."""
     per_dialect: dict[Hashable, Any] | None = getattr(dialect, _STATEMENTS_ATTR, None)
     if per_dialect is None:
         per_dialect = {}
         setattr(dialect, _STATEMENTS_ATTR, per_dialect)
     return per_dialect
+
+
+def _run(cursor: Any, sql: str, parameters: Any, prepare: bool) -> None:
+    # psycopg prepares a statement server side after five runs; these run for
+    # every job, so prepare them at once (unless the application turned
+    # preparing off, e.g. prepare_threshold=None behind PgBouncer).
+    if prepare and cursor.connection.prepare_threshold is not None:
+        cursor.execute(sql, parameters, prepare=True)
+    else:
+        cursor.execute(sql, parameters)
 
 
 _PYFORMAT = re.compile(r"%\((\w+)\)s")
@@ -95,7 +95,9 @@ class DriverStatement:
 
     __slots__ = ("_fixed", "_order", "_prepare", "_results", "_variable", "keys", "sql")
 
-    def __init__(self, statement: UpdateBase | Select[Any], dialect: Dialect) -> None:
+    def __init__(
+        self, statement: UpdateBase | Select[Any], dialect: Dialect, *, prepare: bool
+    ) -> None:
         compiled = statement.compile(dialect=dialect)
         if compiled.positional and compiled.positiontup is None:  # pragma: no cover
             raise ValueError("positional statement without parameter order")
@@ -137,10 +139,7 @@ class DriverStatement:
             cast("Processor | None", c.type.dialect_impl(dialect).result_processor(dialect, None))
             for c in columns
         ]
-        # psycopg prepares a statement server side after five runs; these run
-        # for every job, so prepare them at once (unless the application turned
-        # preparing off, e.g. prepare_threshold=None behind PgBouncer).
-        self._prepare = dialect.name == "postgresql"
+        self._prepare = prepare
 
     @staticmethod
     def _literal(bind: Any, value: Any, dialect: Dialect) -> str | None:
@@ -162,13 +161,7 @@ class DriverStatement:
                 value = params[name]
                 values[name] = processor(value) if processor is not None else value
         except Exception as exc:
-            # As SQLAlchemy reports a value its type refuses.
-            raise sa_exc.StatementError(
-                f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}",
-                self.sql,
-                None,
-                exc,
-            ) from exc
+            raise _refused(exc, self.sql) from exc
         if self._order is None:
             return values
         return [values[name] for name in self._order]
@@ -198,12 +191,7 @@ class DriverStatement:
                         try:
                             converted = processor(value)
                         except Exception as exc:
-                            raise sa_exc.StatementError(
-                                f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}",
-                                self.sql,
-                                None,
-                                exc,
-                            ) from exc
+                            raise _refused(exc, self.sql) from exc
                         memo[name] = (value, converted)
                         value = converted
                 values[name] = value
@@ -211,10 +199,7 @@ class DriverStatement:
         try:
             if len(batch) == 1:
                 # One row: psycopg's executemany would open a pipeline (extra syncs).
-                if self._prepare and cursor.connection.prepare_threshold is not None:
-                    cursor.execute(self.sql, batch[0], prepare=True)
-                else:
-                    cursor.execute(self.sql, batch[0])
+                _run(cursor, self.sql, batch[0], self._prepare)
             else:
                 cursor.executemany(self.sql, batch)
         except BaseException as exc:
@@ -225,10 +210,7 @@ class DriverStatement:
         cursor = _cursor(connection)
         parameters = self._parameters(params)
         try:
-            if self._prepare and cursor.connection.prepare_threshold is not None:
-                cursor.execute(self.sql, parameters, prepare=True)
-            else:
-                cursor.execute(self.sql, parameters)
+            _run(cursor, self.sql, parameters, self._prepare)
             rows = cursor.fetchall()
         except BaseException as exc:
             _handle(connection, exc, self.sql, parameters, cursor)
@@ -250,9 +232,11 @@ class ArrayInsert:
     execution per row: the server parses, plans and runs it once.
     """
 
-    __slots__ = ("_columns", "sql")
+    __slots__ = ("_columns", "_prepare", "sql")
 
-    def __init__(self, table: Table, columns: Sequence[str], dialect: Dialect) -> None:
+    def __init__(
+        self, table: Table, columns: Sequence[str], dialect: Dialect, *, prepare: bool
+    ) -> None:
         preparer = dialect.identifier_preparer
         arrays = ", ".join(
             f"%({name})s::{table.c[name].type.compile(dialect=dialect)}[]" for name in columns
@@ -272,6 +256,7 @@ class ArrayInsert:
             )
             for name in columns
         ]
+        self._prepare = prepare
 
     def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` in ``connection``'s transaction."""
@@ -283,10 +268,7 @@ class ArrayInsert:
                 values = _convert(processor, values, self.sql)
             arrays[name] = values
         try:
-            if cursor.connection.prepare_threshold is not None:
-                cursor.execute(self.sql, arrays, prepare=True)
-            else:
-                cursor.execute(self.sql, arrays)
+            _run(cursor, self.sql, arrays, self._prepare)
         except BaseException as exc:
             _handle(connection, exc, self.sql, arrays, cursor)
 
@@ -305,10 +287,15 @@ def _convert(processor: Processor, values: list[Any], sql: str) -> list[Any]:
                 last, converted = value, processor(value)
             out.append(converted)
     except Exception as exc:
-        raise sa_exc.StatementError(
-            f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}", sql, None, exc
-        ) from exc
+        raise _refused(exc, sql) from exc
     return out
+
+
+def _refused(exc: Exception, sql: str) -> sa_exc.StatementError:
+    """A value its column type refused, reported as SQLAlchemy reports it."""
+    return sa_exc.StatementError(
+        f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}", sql, None, exc
+    )
 
 
 def _cursor(connection: Connection) -> Any:

@@ -1,0 +1,133 @@
+"""The hot statements as SQLAlchemy objects: acquire, complete, lock, renew.
+
+A worker runs these for every job, so each is built once per shape (cached
+here) rather than per call: constructing a statement and its cache key costs
+more Python time than the server spends running it. :mod:`.operations` runs
+them through :mod:`._exec`, which either hands them to ``Session.execute`` or
+compiles them once for the driver's cursor; one object serves both paths.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    Update,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+
+from queuert_sa.models import JobStatus, Models
+
+#: The status a pending job has, as a SQL literal: partial indexes are defined
+#: with it, and a bound parameter would not let every planner match them.
+_PENDING: ColumnElement[str] = literal_column("'pending'", String())
+
+
+@functools.cache
+def acquire(
+    models: Models,
+    skip_locked: bool,
+    with_exclude: bool,
+    timeouts: tuple[tuple[str, int], ...],
+    type_names: tuple[str, ...] | None = None,
+) -> Update:
+    # Built once per worker shape: constructing the statement (and its cache
+    # key) costs more Python time than the server spends running it. With
+    # ``type_names`` they are part of the statement (the driver-level form
+    # has no expanding parameters).
+    table = models.job_table
+    conditions = [
+        table.c.type_name.in_(bindparam("type_names", expanding=True))
+        if type_names is None
+        else table.c.type_name.in_([literal(name, String()) for name in type_names]),
+        table.c.status == _PENDING,
+        table.c.scheduled_at <= bindparam("now", type_=table.c.scheduled_at.type),
+    ]
+    if with_exclude:
+        conditions.append(
+            table.c.id.not_in(bindparam("exclude_ids", expanding=True, type_=table.c.id.type))
+        )
+    candidate = (
+        select(table.c.id).where(*conditions).order_by(table.c.scheduled_at, table.c.id).limit(1)
+    )
+    if skip_locked:
+        candidate = candidate.with_for_update(skip_locked=True, key_share=True)
+    returning: list[Any] = list(table.c)
+    for setting in ("idle_in_transaction_session_timeout", "statement_timeout") if timeouts else ():
+        # SET LOCAL of the attempt's timeout, in the acquiring round trip (it
+        # runs once, for the row acquired; other types keep the current value).
+        value = case(
+            *((table.c.type_name == literal(name), literal(f"{ms}ms")) for name, ms in timeouts),
+            else_=func.current_setting(setting),
+        )
+        returning.append(func.set_config(setting, value, True).label(f"_{setting}"))
+    base = (
+        update(table)
+        .where(table.c.id == candidate.scalar_subquery())
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=table.c.attempt + 1,
+            last_attempt_at=bindparam("now", type_=table.c.last_attempt_at.type),
+            leased_by=bindparam("worker_id", type_=table.c.leased_by.type),
+            leased_until=bindparam("lease_until", type_=table.c.leased_until.type),
+        )
+    )
+    return cast("Update", base.returning(*returning))  # pyright: ignore[reportUnknownMemberType]
+
+
+@functools.cache
+def complete(models: Models) -> Update:
+    table = models.job_table
+    blocker = models.job_blocker_table
+    # Whether any job declares this chain as a blocker: most chains have no
+    # dependents, and then the unblocking step is skipped (no extra round trip).
+    dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == table.c.chain_id)
+    return (
+        update(table)
+        .where(table.c.id == bindparam("job_id", type_=table.c.id.type))
+        .values(
+            status=JobStatus.COMPLETED,
+            output=bindparam("output", type_=table.c.output.type),
+            completed_at=bindparam("now", type_=table.c.completed_at.type),
+            completed_by=bindparam("worker_id", type_=table.c.completed_by.type),
+            leased_by=None,
+            leased_until=None,
+            last_attempt_error=None,
+        )
+        .returning(dependents.exists().label("has_dependents"))
+    )
+
+
+@functools.cache
+def lock(models: Models, skip_locked: bool) -> Select[Any]:
+    table = models.job_table
+    stmt = select(table).where(table.c.id == bindparam("job_id", type_=table.c.id.type))
+    if skip_locked:
+        stmt = stmt.with_for_update(key_share=True)
+    return stmt
+
+
+@functools.cache
+def renew(models: Models) -> Update:
+    table = models.job_table
+    return (
+        update(table)
+        .where(
+            table.c.id == bindparam("job_id", type_=table.c.id.type),
+            table.c.leased_by == bindparam("worker_id", type_=table.c.leased_by.type),
+            table.c.attempt == bindparam("attempt_number", type_=table.c.attempt.type),
+            table.c.status == JobStatus.RUNNING,
+        )
+        .values(leased_until=bindparam("new_leased_until", type_=table.c.leased_until.type))
+        .returning(table.c.id)
+    )
