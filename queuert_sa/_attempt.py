@@ -136,6 +136,8 @@ class AttemptState:
         """Staged: the outcome committed."""
         self.savepoint: object | None = None
         """Atomic: the SAVEPOINT around the handler's writes, once opened."""
+        self.refused: BaseException | None = None
+        """The handler tried to commit, roll back or close the worker's transaction."""
         self.write_failed = False
         """Atomic: writing the decided outcome failed (nothing of the attempt was kept)."""
 

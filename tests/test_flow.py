@@ -863,7 +863,11 @@ def test_a_staged_job_lost_meanwhile_is_not_rescheduled(
     assert state.signal.reason == reason
     assert step.failed
     assert core.failed == 1
-    assert f"failed and was not rescheduled ({reason})" in caplog.text
+    said = {
+        "taken_by_another_worker": "its lease expired and another worker took the job",
+        "already_completed": "its job was completed elsewhere",
+    }[reason]
+    assert f"ended without its job, not rescheduled ({said})" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -872,11 +876,11 @@ def test_a_staged_job_lost_meanwhile_is_not_rescheduled(
         pytest.param(
             JobTakenByAnotherWorkerError(JOB_ID, worker_id=WORKER, leased_by="other"),
             None,
-            "JobTakenByAnotherWorkerError",
+            "its lease expired and another worker took the job",
             id="transaction-refused",
         ),
-        pytest.param(JobNotFoundError(JOB_ID), None, "JobNotFoundError", id="job-deleted"),
-        pytest.param(RuntimeError("gave up"), "not_found", "not_found", id="signal-set"),
+        pytest.param(JobNotFoundError(JOB_ID), None, "its job was deleted", id="job-deleted"),
+        pytest.param(RuntimeError("gave up"), "not_found", "its job was deleted", id="signal-set"),
     ],
 )
 def test_a_staged_attempt_that_knows_its_job_is_lost_does_not_try_to_reschedule(

@@ -291,3 +291,31 @@ def test_a_failed_renewal_is_retried_after_a_tenth_of_the_lease_at_most_five_sec
     assert policy.renew_retry_delay(dt.timedelta(seconds=10)) == 1.0
     assert policy.renew_retry_delay(dt.timedelta(seconds=50)) == 5.0
     assert policy.renew_retry_delay(dt.timedelta(minutes=10)) == 5.0
+
+
+# --- what the log says when an attempt ends without its job ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "said"),
+    [
+        ("not_found", "its job was deleted"),
+        ("JobNotFoundError", "its job was deleted"),
+        ("already_completed", "its job was completed elsewhere"),
+        ("taken_by_another_worker", "its lease expired and another worker took the job"),
+        (None, "the job is no longer this attempt's"),
+        ("SomethingNew", "SomethingNew"),
+    ],
+)
+def test_a_lost_job_is_explained_in_words(reason: str | None, said: str) -> None:
+    assert policy.lost_explanation(reason) == said
+
+
+def test_a_lease_overrun_is_how_long_ago_the_lease_expired_naive_or_aware() -> None:
+    """A staged attempt whose own lease expired unnoticed (nobody took the job) is logged."""
+    assert policy.lease_overrun({"leased_until": NOW + dt.timedelta(seconds=5)}, NOW) is None
+    assert policy.lease_overrun({"leased_until": None}, NOW) is None
+    late = {"leased_until": NOW - dt.timedelta(seconds=3)}
+    assert policy.lease_overrun(late, NOW) == dt.timedelta(seconds=3)
+    naive = {"leased_until": (NOW - dt.timedelta(seconds=3)).replace(tzinfo=None)}  # SQLite
+    assert policy.lease_overrun(naive, NOW) == dt.timedelta(seconds=3)

@@ -507,3 +507,50 @@ def test_ownership_lost_message_tells_the_staged_attempt_at_once(kit: Kit, how: 
     else:
         with pytest.raises(q.ChainNotFoundError):
             client.get_chain(chain_id)
+
+
+def test_an_attempt_that_outlived_its_lease_unnoticed_completes_and_says_so(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attempt stalled past its lease but nobody reaped the job: its outcome is still
+    its own to write, and the log tells the operator the worker stalled."""
+    from .test_worker import FakeClock
+
+    clock = FakeClock()
+    kit = kit.using(clock=clock)
+    job_id = start(kit.client, kit.db, staged_work)
+    worker = kit.worker()
+
+    @worker.handler(staged_work, mode="staged")
+    def stalls(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.prepare():
+            pass
+        clock.advance(dt.timedelta(minutes=2))  # the 60 s lease ran out a minute ago
+        with attempt.transaction():
+            return attempt.complete(5)
+
+    with caplog.at_level("WARNING", "queuert_sa.worker"):
+        assert worker.drain() == 1
+    assert kit.client.get_chain(job_id).output == 5
+    assert "outlived its lease by 60.0 s" in caplog.text
+
+
+def test_an_attempt_whose_job_was_deleted_says_so_instead_of_a_retry(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No retry happens for a deleted job, and the log says why (not "retry at ?")."""
+    job_id = start(kit.client, kit.db, staged_work)
+    worker = kit.worker()
+
+    @worker.handler(staged_work, mode="staged")
+    def deleted(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        with attempt.prepare():
+            pass
+        with Session(kit.db.engine) as s, s.begin():
+            kit.client.delete_chains(s, [job_id])
+        raise RuntimeError("the external call failed")
+
+    with caplog.at_level("WARNING", "queuert_sa.worker"):
+        assert worker.drain() == 1
+    assert "not rescheduled (its job was deleted)" in caplog.text
+    assert "retry at ?" not in caplog.text

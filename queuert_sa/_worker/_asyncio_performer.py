@@ -30,6 +30,7 @@ from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from . import _effects as fx
 from . import _flow as flow
 from . import _staged as staged
+from ._guard import end, guard
 from ._performer import Hold, PerformerBase
 
 if TYPE_CHECKING:
@@ -114,14 +115,14 @@ class Waker:
 
 async def _rollback_quietly(session: AsyncSession) -> None:
     try:
-        await session.rollback()
+        await session.run_sync(end, "rollback")
     except Exception:
         log.debug("rollback failed (connection lost?); discarding the connection", exc_info=True)
         # A connection whose rollback failed (e.g. cancelled in the middle of a
         # statement) may still hold its transaction, and on SQLite the write
         # lock: close it now rather than when it is garbage-collected.
         with contextlib.suppress(Exception):
-            await session.invalidate()
+            await session.run_sync(end, "invalidate")
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
@@ -163,7 +164,7 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
             if outermost:
                 for session in self.left_open():
                     with contextlib.suppress(Exception):
-                        await session.close()
+                        await session.run_sync(end, "close")
             raise
 
     # --- sessions ----------------------------------------------------------------------
@@ -180,12 +181,11 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
 
     async def end(self, effect: fx.End) -> None:
         session = effect.session
-        if effect.how == "commit":
-            await session.commit()
-        elif effect.how == "rollback":
+        if effect.how == "rollback":
             await _rollback_quietly(session)
-        else:
-            await session.close()
+            return
+        await session.run_sync(end, effect.how)
+        if effect.how == "close":
             self.forget(session)
 
     @staticmethod
@@ -227,15 +227,17 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         """A new session in a write transaction (SQLite: writer lock + BEGIN IMMEDIATE)."""
         await self._hold.take()
         try:
-            async with self._worker.session_factory() as session:
+            session = self._worker.session_factory()
+            try:
                 if self._worker.ctx.capabilities.single_writer:
                     await session.connection(execution_options={BEGIN_IMMEDIATE: True})
-                try:
-                    yield session
-                    await session.commit()
-                except BaseException:
-                    await _rollback_quietly(session)
-                    raise
+                yield session
+                await session.run_sync(end, "commit")
+            except BaseException:
+                await _rollback_quietly(session)
+                raise
+            finally:
+                await session.run_sync(end, "close")
         finally:
             self._hold.drop()
 
@@ -258,6 +260,7 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         attempt: AsyncAttempt[Any, Any] = AsyncAttempt(
             effect.state, effect.session, port=self if staged else None
         )
+        lift = guard(effect.session.sync_session, effect.state)
         try:
             if staged:
                 value = await registration.fn(attempt)
@@ -269,6 +272,8 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
             raise
         except BaseException as exc:
             return fx.HandlerEnded(error=exc)
+        finally:
+            lift()
 
     async def write_owned(self, effect: fx.WriteOwned) -> None:
         async with AsyncAttempt(effect.state, effect.session, port=self).transaction():
@@ -281,7 +286,11 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
     async def owned_transaction(self, state: AttemptState) -> AsyncGenerator[AsyncSession]:
         async with self._write_transaction() as session:
             await self.drive(staged.check_ownership(self._worker, state, session), outermost=False)
-            yield session
+            lift = guard(session.sync_session, state)
+            try:
+                yield session
+            finally:
+                lift()
 
     async def write_outcome(self, state: AttemptState, session: AsyncSession) -> None:
         await self.drive(staged.write_outcome(self._worker, state, session), outermost=False)

@@ -24,6 +24,8 @@ from queuert_sa._errors import DuplicateHandlerError, WorkerConfigError
 from queuert_sa._job_types import JobType
 from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, retry_decision
 
+from . import _policy as policy
+
 log = logging.getLogger("queuert_sa.worker")
 
 #: How long an atomic attempt may hold its transaction (per handler: ``timeout=``).
@@ -238,11 +240,11 @@ class WorkerCore:
             log.debug("job %s (%s) done", row["id"], row["type_name"])
         elif retry_at is None:
             log.warning(
-                "job %s (%s) attempt %d failed and was not rescheduled (%s): %r",
+                "job %s (%s) attempt %d ended without its job, not rescheduled (%s): %r",
                 row["id"],
                 row["type_name"],
                 row["attempt"],
-                lost or "the job is no longer this attempt's",
+                policy.lost_explanation(lost),
                 error,
             )
         else:

@@ -288,7 +288,8 @@ def _run_atomic(
     if core.eager_savepoints:
         state.savepoint = yield Savepoint(session)
     ended: HandlerEnded = yield CallHandler(registration, state, session)
-    error = ended.error
+    # A refused commit()/rollback()/close() fails the attempt even if the handler went on.
+    error = ended.error or state.refused
     savepoint = state.savepoint
     if error is None:
         if savepoint is not None and not (yield SavepointOpen(session, savepoint)):
@@ -335,8 +336,8 @@ def _run_staged(
 ) -> Flow[BaseException | None]:
     """Run a staged handler; the exception that ended it, if any."""
     ended: HandlerEnded = yield CallHandler(registration, state, session)
-    if ended.error is not None:
-        return ended.error
+    if ended.error is not None or state.refused is not None:
+        return ended.error or state.refused
     owned = state.owns(ended.value)
     problem = policy.result_problem(registration.job_type, state.job.id, ended.value, owned=owned)
     if problem is not None:

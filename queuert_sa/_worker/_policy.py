@@ -86,6 +86,34 @@ def lost_reason(row: Mapping[str, Any] | None) -> str:
     return "taken_by_another_worker"
 
 
+#: What each reason a staged attempt lost its job means, for the log.
+_LOST = {
+    "not_found": "its job was deleted",
+    "JobNotFoundError": "its job was deleted",
+    "already_completed": "its job was completed elsewhere",
+    "JobAlreadyCompletedError": "its job was completed elsewhere",
+    "taken_by_another_worker": "its lease expired and another worker took the job",
+    "JobTakenByAnotherWorkerError": "its lease expired and another worker took the job",
+}
+
+
+def lost_explanation(reason: str | None) -> str:
+    """Why an attempt was not rescheduled, in words (``reason``: a lost reason or error name)."""
+    if reason is None:
+        return "the job is no longer this attempt's"
+    return _LOST.get(reason, reason)
+
+
+def lease_overrun(row: Mapping[str, Any], now: dt.datetime) -> dt.timedelta | None:
+    """How long ago a staged attempt's own lease expired (nobody took the job), or None."""
+    until = row["leased_until"]
+    if until is None:
+        return None
+    if until.tzinfo is None:  # SQLite returns naive UTC
+        until = until.replace(tzinfo=dt.UTC)
+    return now - until if until < now else None
+
+
 def ownership_problem(
     row: Mapping[str, Any] | None, *, job_id: Any, worker_id: str, attempt: int
 ) -> JobOwnershipError | JobNotFoundError | None:
@@ -123,6 +151,18 @@ def session_misuse(job_type: JobType[Any, Any], job_id: Any) -> HandlerError:
         f"The handler of {job_type.name!r} committed, rolled back or closed "
         "attempt.session; the worker owns that transaction. Write through it and "
         "return; use session.begin_nested() for a sub-transaction.",
+        job_id=job_id,
+        type_name=job_type.name,
+    )
+
+
+def session_refused(job_type: JobType[Any, Any], job_id: Any, call: str) -> HandlerError:
+    """The error for a handler calling ``commit()``/``rollback()``/... on the attempt's session."""
+    return HandlerError(
+        f"attempt.session.{call}() in the handler of {job_type.name!r}: the worker owns that "
+        "transaction and commits it with the attempt's outcome. Return attempt.complete(...) "
+        "or attempt.continue_with(...) to commit; raise to roll back (the job is retried); "
+        "use session.begin_nested() for a part you may roll back yourself.",
         job_id=job_id,
         type_name=job_type.name,
     )

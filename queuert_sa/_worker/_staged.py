@@ -69,6 +69,17 @@ def check_ownership(core: WorkerCore, state: AttemptState, session: Any) -> Flow
     if problem is not None:
         state.signal.set(policy.lost_reason(row))
         raise problem
+    overrun = policy.lease_overrun(row, ctx.clock())
+    if overrun is not None:
+        # Still ours only because no other worker reaped it: this one stalled
+        # past its lease (renewals failing, or the process paused).
+        log.warning(
+            "job %s (%s): the staged attempt outlived its lease by %.1f s; nobody took the "
+            "job, so its outcome is written",
+            state.job.id,
+            state.job.type_name,
+            overrun.total_seconds(),
+        )
 
 
 def write_outcome(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:

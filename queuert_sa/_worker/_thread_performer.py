@@ -24,6 +24,7 @@ from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from . import _effects as fx
 from . import _flow as flow
 from . import _staged as staged
+from ._guard import end, guard
 from ._performer import Hold, PerformerBase
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class Waker:
 
 def _rollback_quietly(session: Session) -> None:
     try:
-        session.rollback()
+        end(session, "rollback")
     except Exception:
         log.debug("rollback failed (connection lost?)", exc_info=True)
 
@@ -134,7 +135,7 @@ class Performer(PerformerBase[Session]):
             steps.close()
             if outermost:
                 for session in self.left_open():
-                    session.close()
+                    end(session, "close")
             raise
 
     # --- sessions ----------------------------------------------------------------------
@@ -151,12 +152,11 @@ class Performer(PerformerBase[Session]):
 
     def end(self, effect: fx.End) -> None:
         session = effect.session
-        if effect.how == "commit":
-            session.commit()
-        elif effect.how == "rollback":
+        if effect.how == "rollback":
             _rollback_quietly(session)
-        else:
-            session.close()
+            return
+        end(session, effect.how)
+        if effect.how == "close":
             self.forget(session)
 
     @staticmethod
@@ -202,15 +202,19 @@ class Performer(PerformerBase[Session]):
         """
         self._hold.take()
         try:
-            with self._worker.session_factory() as session:
+            # A scoped session factory returns the attempt's own (guarded)
+            # session here: the worker's calls go past the guard.
+            session = self._worker.session_factory()
+            try:
                 if self._worker.ctx.capabilities.single_writer:
                     session.connection(execution_options={BEGIN_IMMEDIATE: True})
-                try:
-                    yield session
-                    session.commit()
-                except BaseException:
-                    _rollback_quietly(session)
-                    raise
+                yield session
+                end(session, "commit")
+            except BaseException:
+                _rollback_quietly(session)
+                raise
+            finally:
+                end(session, "close")
         finally:
             self._hold.drop()
 
@@ -239,10 +243,13 @@ class Performer(PerformerBase[Session]):
             attempt = Attempt(state, session, on_first_use=open_savepoint)
         else:
             attempt = Attempt(state, session)
+        lift = guard(session, state)
         try:
             return fx.HandlerEnded(value=effect.registration.fn(attempt))
         except BaseException as exc:
             return fx.HandlerEnded(error=exc)
+        finally:
+            lift()
 
     def write_owned(self, effect: fx.WriteOwned) -> None:
         with Attempt(effect.state, effect.session, port=self).transaction():
@@ -255,7 +262,11 @@ class Performer(PerformerBase[Session]):
     def owned_transaction(self, state: AttemptState) -> Generator[Session]:
         with self._write_transaction() as session:
             self.drive(staged.check_ownership(self._worker, state, session), outermost=False)
-            yield session
+            lift = guard(session, state)
+            try:
+                yield session
+            finally:
+                lift()
 
     def write_outcome(self, state: AttemptState, session: Session) -> None:
         self.drive(staged.write_outcome(self._worker, state, session), outermost=False)
