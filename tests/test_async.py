@@ -411,7 +411,7 @@ async def test_handler_contract_violation_is_recorded_as_handler_error(
         assert "HandlerError" in job.last_attempt_error
         expected = {
             "string": "must return attempt.complete",
-            "commit": "committed, rolled back or closed",
+            "commit": "attempt.session.commit() in the handler",
         }[violation]
         assert expected in job.last_attempt_error
         assert len(await env.client.list_chain_jobs(chain.id)) == 1

@@ -109,6 +109,7 @@ class AsyncWorker(WorkerCore):
         self.waker = Waker(self.concurrency)
         self._subscription: Subscription | None = None
         self._fatal: BaseException | None = None
+        self._cut_short = False
         self._ownership: Subscription | None = None
         self._check: dict[uuid.UUID, asyncio.Event] = {}
 
@@ -190,6 +191,13 @@ class AsyncWorker(WorkerCore):
         if not self._running:
             self._stop_requested = asyncio.Event()
         if self._sync_worker is not None:
+            loop = asyncio.get_running_loop()
+
+            def on_fatal(exc: BaseException) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(self._stop_for, exc)
+
+            self._sync_worker.on_fatal = on_fatal
             await asyncio.to_thread(self._sync_worker.start)
         if not self.handlers:
             return
@@ -271,6 +279,8 @@ class AsyncWorker(WorkerCore):
             self._tasks = []
         if sync_stop is not None:
             clean = await asyncio.wait_for(sync_stop, max(deadline - loop.time(), 0) + 5) and clean
+        if self._cut_short:
+            clean = False  # a second signal cancelled what was in flight
         for task in list(self.lease_tasks.values()):
             task.cancel()
         self.lease_tasks.clear()
@@ -292,6 +302,7 @@ class AsyncWorker(WorkerCore):
             def on_signal(signum: int) -> None:
                 if self._stop_requested.is_set():
                     log.warning("second signal: cancelling in-flight attempts")
+                    self._cut_short = True
                     for task in self._tasks:
                         task.cancel()
                     return
@@ -303,18 +314,39 @@ class AsyncWorker(WorkerCore):
                 installed.append(sig)
         self._running = True
         self._fatal = None
+        self._cut_short = False
         try:
             await self.start()
             await self._stop_requested.wait()
         finally:
             self._running = False
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            clean = await self.stop()
+            try:
+                clean = await self.stop()
+            finally:
+                # Only now: a second signal during the graceful stop cancels the attempts.
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
         fatal, self._fatal = self._fatal, None
         if fatal is not None:
             raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
         return clean
+
+    def _stop_for(self, exc: BaseException) -> None:
+        """A plain handler's SystemExit/KeyboardInterrupt stopped the thread worker: stop too."""
+        self._fatal = self._fatal or exc
+        self._stop_requested.set()
+
+    @property
+    def completed(self) -> int:
+        """Attempts that finished their job (``async def`` and plain handlers)."""
+        plain = self._sync_worker.completed if self._sync_worker is not None else 0
+        return self._completed + plain
+
+    @property
+    def failed(self) -> int:
+        """Attempts that ended in an exception (``async def`` and plain handlers)."""
+        plain = self._sync_worker.failed if self._sync_worker is not None else 0
+        return self._failed + plain
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop gracefully, as SIGTERM does (from the event loop's thread)."""

@@ -127,10 +127,8 @@ class WorkerCore:
         """Open the atomic SAVEPOINT before the handler runs (else on its first use)."""
         self.rng = random.Random()
         self._counts_lock = threading.Lock()
-        self.completed = 0
-        """Attempts that finished their job (completed or continued)."""
-        self.failed = 0
-        """Attempts that ended in an exception (rescheduled, or their job was lost)."""
+        self._completed = 0
+        self._failed = 0
 
     def __repr__(self) -> str:
         return (
@@ -175,6 +173,16 @@ class WorkerCore:
             )
 
         return build
+
+    @property
+    def completed(self) -> int:
+        """Attempts that finished their job (completed or continued)."""
+        return self._completed
+
+    @property
+    def failed(self) -> int:
+        """Attempts that ended in an exception (rescheduled, or their job was lost)."""
+        return self._failed
 
     @property
     def running(self) -> bool:
@@ -233,9 +241,9 @@ class WorkerCore:
         """Count the attempt and log how it ended (``lost``: why it was not rescheduled)."""
         with self._counts_lock:
             if error is None:
-                self.completed += 1
+                self._completed += 1
             else:
-                self.failed += 1
+                self._failed += 1
         if error is None:
             log.debug("job %s (%s) done", row["id"], row["type_name"])
         elif retry_at is None:

@@ -96,6 +96,9 @@ class Worker(WorkerCore):
         self.waker = Waker(self.concurrency)
         self._subscription: Subscription | None = None
         self._fatal: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        """Called (from the slot thread) when a handler's SystemExit/KeyboardInterrupt stops
+        the worker; the asyncio worker running this one's plain handlers listens."""
         self._writer_lock = writer_lock(engine) if self.ctx.capabilities.single_writer else None
         keeper = Performer(self, WriterHold(self._writer_lock))
         self.leases = LeaseKeeper(
@@ -232,6 +235,8 @@ class Worker(WorkerCore):
             # recorded as failed; the process was asked to end, so stop.
             log.critical("worker %s: a handler raised %r; stopping the worker", self.worker_id, exc)
             self._fatal = self._fatal or exc
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
             self.stopping.set()
             self._stop_requested.set()
             self.waker.close()
