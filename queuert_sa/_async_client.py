@@ -426,6 +426,12 @@ class AsyncQueuert(ContextView):
                     "thread_engine= takes a sync sqlalchemy Engine (create_engine(...)), got "
                     f"{type(thread_engine).__name__}"
                 )
+            if thread_engine.dialect.name != self.engine.dialect.name:
+                raise WorkerConfigError(
+                    f"thread_engine= is a {thread_engine.dialect.name} engine but this "
+                    f"AsyncQueuert's is {self.engine.dialect.name}; pass a sync engine for the "
+                    "same database (create_engine() with the same URL and a sync driver)."
+                )
             thread_client = Queuert(thread_engine, self.job_types, models=self.models)
             # One context: the same notify adapter, clock (also when replaced) and registry.
             thread_client.ctx = self.ctx

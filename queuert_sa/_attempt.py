@@ -284,6 +284,16 @@ class _View(Generic[InT, OutT]):
         """The outcome recorded by ``complete``/``continue_with`` so far."""
         return self._state.outcome
 
+    @property
+    def prepared(self) -> bool:
+        """Staged: True once ``prepare()`` committed the job as ``running`` with a lease."""
+        return self._state.prepared
+
+    @property
+    def written(self) -> bool:
+        """Staged: True once the outcome committed (``transaction()`` ended)."""
+        return self._state.written
+
     def blocker_outputs(self, job_type: JobType[Any, BlockerOutT]) -> list[BlockerOutT]:
         """Outputs of the completed blocker chains of ``job_type``, in slot order.
 

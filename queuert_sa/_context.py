@@ -4,8 +4,8 @@ Clients, transitions, attempts and both worker drivers take a :class:`Context`
 instead of the ``Queuert`` façade: the registry, the tables, the database's
 capabilities, the clock and where post-commit notifications go. Nothing here
 does IO. One context is shared by a client and everything it made, so a clock
-or notify adapter replaced on the client (``queuert.clock = fake``, as tests
-do) is the one its workers see.
+replaced on the client (``queuert.clock = fake``, as tests do) is the one its
+workers see; the other fields are fixed when the client is made.
 """
 
 from __future__ import annotations

@@ -203,14 +203,7 @@ class Reads(ContextView):
         deleted meanwhile never make a later page skip or repeat a chain.
         """
         checked = Filters(**rules.checked_filters("list_chains", filters))
-        rules.check_page(order, limit)
-        after = None if cursor is None else _cursor.decode_created(cursor, "chains", order)
-        rows = self._read(
-            session,
-            lambda ex: queries.list_chains(
-                ex, self.models, filters=checked, order=order, after=after, limit=limit
-            ),
-        )
+        rows = self._page(session, "chains", order, cursor, limit, queries.list_chains, checked)
         return chain_page(self.job_types, rows, limit, order)
 
     def list_jobs(
@@ -228,14 +221,7 @@ class Reads(ContextView):
         chains; the other arguments are as for :meth:`list_chains`.
         """
         checked = Filters(**rules.checked_filters("list_jobs", filters))
-        rules.check_page(order, limit)
-        after = None if cursor is None else _cursor.decode_created(cursor, "jobs", order)
-        rows = self._read(
-            session,
-            lambda ex: queries.list_jobs(
-                ex, self.models, filters=checked, order=order, after=after, limit=limit
-            ),
-        )
+        rows = self._page(session, "jobs", order, cursor, limit, queries.list_jobs, checked)
         return job_page(self.job_types, rows, limit, "jobs", order)
 
     def list_chain_jobs(
@@ -252,13 +238,8 @@ class Reads(ContextView):
         An unknown chain gives an empty page.
         """
         wanted = coerce_id(chain_id)
-        rules.check_page(order, limit)
-        after = None if cursor is None else _cursor.decode_index(cursor, "chain_jobs", order)
-        rows = self._read(
-            session,
-            lambda ex: queries.list_chain_jobs(
-                ex, self.models, chain_id=wanted, order=order, after=after, limit=limit
-            ),
+        rows = self._page(
+            session, "chain_jobs", order, cursor, limit, queries.list_chain_jobs, wanted
         )
         return chain_jobs_page(self.job_types, rows, limit, order)
 
@@ -277,12 +258,33 @@ class Reads(ContextView):
         kept for as long as both chains exist.
         """
         wanted = coerce_id(chain_id)
+        query = queries.list_blocked_jobs
+        rows = self._page(session, "blocked_jobs", order, cursor, limit, query, wanted)
+        return job_page(self.job_types, rows, limit, "blocked_jobs", order)
+
+    def _page(
+        self,
+        session: SessionLike | None,
+        listing: str,
+        order: str,
+        cursor: str | None,
+        limit: int,
+        query: Callable[..., Any],
+        where: object,
+    ) -> Any:
+        """The rows of one page of ``listing``: ``limit`` of them, and one more if there is more.
+
+        ``where`` is the listing's filters, or its chain id (a chain's jobs, its dependents).
+        """
         rules.check_page(order, limit)
-        after = None if cursor is None else _cursor.decode_created(cursor, "blocked_jobs", order)
-        rows = self._read(
+        after: object = None
+        if cursor is not None:
+            decode = _cursor.decode_index if listing == "chain_jobs" else _cursor.decode_created
+            after = decode(cursor, listing, order)
+        condition = "filters" if isinstance(where, Filters) else "chain_id"
+        return self._read(
             session,
-            lambda ex: queries.list_blocked_jobs(
-                ex, self.models, chain_id=wanted, order=order, after=after, limit=limit
+            lambda ex: query(
+                ex, self.models, order=order, after=after, limit=limit, **{condition: where}
             ),
         )
-        return job_page(self.job_types, rows, limit, "blocked_jobs", order)

@@ -145,8 +145,9 @@ class AsyncWorker(WorkerCore):
         if self._sync_worker is None:
             sync_client = self._thread_client
             if sync_client is None:
+                name = self.ctx.job_types.resolve(job_type).name
                 raise WorkerConfigError(
-                    f"The handler for {job_type.name!r} is a plain 'def' function; on the "
+                    f"The handler for {name!r} is a plain 'def' function; on the "
                     "asyncio worker those run on threads, on a sync Engine you pass: "
                     "aqueuert.worker(..., thread_engine=create_engine(...)) for the same "
                     "database. Or make the handler 'async def'."
@@ -246,7 +247,8 @@ class AsyncWorker(WorkerCore):
 
         Returns True if every attempt finished. Attempts still running are
         cancelled: atomic ones roll back (the job is pending again), staged
-        ones are left to their lease.
+        ones are left to their lease. If a handler raised ``SystemExit`` or
+        ``KeyboardInterrupt`` (which stopped the worker), it is raised here.
         """
         self.stopping.set()
         self._stop_requested.set()
@@ -285,6 +287,9 @@ class AsyncWorker(WorkerCore):
             task.cancel()
         self.lease_tasks.clear()
         self._close_ownership()
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
         return clean
 
     def _close_ownership(self) -> None:
@@ -326,9 +331,6 @@ class AsyncWorker(WorkerCore):
                 # Only now: a second signal during the graceful stop cancels the attempts.
                 for sig in installed:
                     loop.remove_signal_handler(sig)
-        fatal, self._fatal = self._fatal, None
-        if fatal is not None:
-            raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
         return clean
 
     def _stop_for(self, exc: BaseException) -> None:

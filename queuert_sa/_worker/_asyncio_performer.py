@@ -165,6 +165,7 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
                 for session in self.left_open():
                     with contextlib.suppress(Exception):
                         await session.run_sync(end, "close")
+                self.hold.drop()  # after the close: its transaction held the write lock
             raise
 
     # --- sessions ----------------------------------------------------------------------
@@ -268,8 +269,12 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
                 async with asyncio.timeout(registration.timeout.total_seconds()):
                     value = await registration.fn(attempt)
             return fx.HandlerEnded(value=value)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task was cancelled (stop(), a second signal)
+            # A future the handler awaited was cancelled by someone else: its error.
+            return fx.HandlerEnded(error=exc)
         except BaseException as exc:
             return fx.HandlerEnded(error=exc)
         finally:

@@ -217,7 +217,8 @@ def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
         yield ReleaseLease(state)
     yield End(session, "close")
     core.count(row, error, retry_at, lost=why)
-    if error is not None and not isinstance(error, Exception):
+    if policy.ends_process(error):
+        assert error is not None
         raise error  # SystemExit/KeyboardInterrupt from the handler, now that it is recorded
     if fatal is not None:
         raise fatal  # the same, raised after a staged outcome committed: the job is done
@@ -266,7 +267,7 @@ def _run(
         row["type_name"],
         error,
     )
-    return state, None, False, None if isinstance(error, Exception) else error
+    return state, None, False, error if policy.ends_process(error) else None
 
 
 def _run_atomic(
@@ -286,7 +287,10 @@ def _run_atomic(
     """
     job = state.job
     if core.eager_savepoints:
-        state.savepoint = yield Savepoint(session)
+        try:
+            state.savepoint = yield Savepoint(session)
+        except Exception as exc:
+            return exc, False  # recorded in the attempt's transaction, or afresh if it is gone
     ended: HandlerEnded = yield CallHandler(registration, state, session)
     # A refused commit()/rollback()/close() fails the attempt even if the handler went on.
     error = ended.error or state.refused

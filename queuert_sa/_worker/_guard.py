@@ -30,7 +30,13 @@ GUARDED = ("commit", "rollback", "close", "reset", "invalidate")
 
 
 def guard(session: Session, state: AttemptState) -> Callable[[], None]:
-    """Refuse the :data:`GUARDED` calls on ``session``; returns what lifts the guard."""
+    """Refuse the :data:`GUARDED` calls on ``session``; returns what lifts the guard.
+
+    Re-entrant: a session already guarded (a scoped session handed out twice
+    in one attempt) keeps the outer guard, and the inner lift leaves it on.
+    """
+    if GUARDED[0] in session.__dict__:
+        return lambda: None
 
     def refusing(name: str) -> Callable[..., Any]:
         def refused(*args: object, **kwargs: object) -> Any:

@@ -49,7 +49,9 @@ class LeaseKeeper:
         self._held: dict[tuple[uuid.UUID, int], _Held] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._closed = False
+        # Each keeper thread has its own stop flag: one that outlived close()'s
+        # wait (a renewal stuck on a lock) stays stopped when a new one starts.
+        self._closed = threading.Event()
         self._ownership: Subscription | None = None
 
     def held_ids(self) -> set[uuid.UUID]:
@@ -67,10 +69,10 @@ class LeaseKeeper:
             self._held[_key(state)] = _Held(
                 state, lease, time.monotonic() + policy.renew_delay(lease)
             )
-            if self._thread is None or not self._thread.is_alive():
-                self._closed = False
+            if self._thread is None or not self._thread.is_alive() or self._closed.is_set():
+                self._closed = closed = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, name="queuert-lease-keeper", daemon=True
+                    target=self._run, args=(closed,), name="queuert-lease-keeper", daemon=True
                 )
                 self._thread.start()
             self._cond.notify()
@@ -101,16 +103,16 @@ class LeaseKeeper:
             self._ownership.close()
             self._ownership = None
         with self._cond:
-            self._closed = True
-            self._cond.notify()
+            self._closed.set()
+            self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
         self._thread = None
 
-    def _run(self) -> None:
+    def _run(self, closed: threading.Event) -> None:
         while True:
             with self._cond:
-                if self._closed:
+                if closed.is_set():
                     return
                 now = time.monotonic()
                 due = [h for h in self._held.values() if h.renew_at <= now]
@@ -119,6 +121,8 @@ class LeaseKeeper:
                     self._cond.wait(max(next_at - now, 0.01))
                     continue
             for held in due:
+                if closed.is_set():
+                    return
                 self._renew_one(held)
 
     def _renew_one(self, held: _Held) -> None:

@@ -86,10 +86,9 @@ class PerformerBase(Generic[SessionT]):
             self.sessions.remove(session)
 
     def left_open(self) -> list[SessionT]:
-        """Release the leases and the writer hold a dead flow left; the sessions to close."""
+        """Release the leases a dead flow left; the sessions to close, then drop the writer."""
         for state in list(self.leases):
             self.release_lease(fx.ReleaseLease(state))
-        self.hold.drop()
         sessions, self.sessions = self.sessions, []
         return sessions
 

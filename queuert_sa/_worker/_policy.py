@@ -131,6 +131,15 @@ def ownership_problem(
     return JobTakenByAnotherWorkerError(job_id, worker_id=worker_id, leased_by=row["leased_by"])
 
 
+def ends_process(error: BaseException | None) -> bool:
+    """Whether a handler's exception asked the process to end (raised once it is recorded).
+
+    Any other exception, ``asyncio.CancelledError`` from a future the handler
+    awaited included, is just the attempt's failure.
+    """
+    return isinstance(error, (SystemExit, KeyboardInterrupt))
+
+
 def result_problem(
     job_type: JobType[Any, Any], job_id: Any, result: object, *, owned: bool
 ) -> HandlerError | None:

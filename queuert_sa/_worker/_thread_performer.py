@@ -135,7 +135,11 @@ class Performer(PerformerBase[Session]):
             steps.close()
             if outermost:
                 for session in self.left_open():
-                    end(session, "close")
+                    try:
+                        end(session, "close")
+                    except Exception:
+                        log.debug("closing a session failed", exc_info=True)
+                self.hold.drop()  # after the close: its transaction held the write lock
             raise
 
     # --- sessions ----------------------------------------------------------------------

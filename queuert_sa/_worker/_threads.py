@@ -100,9 +100,10 @@ class Worker(WorkerCore):
         """Called (from the slot thread) when a handler's SystemExit/KeyboardInterrupt stops
         the worker; the asyncio worker running this one's plain handlers listens."""
         self._writer_lock = writer_lock(engine) if self.ctx.capabilities.single_writer else None
-        keeper = Performer(self, WriterHold(self._writer_lock))
+        # A performer (and writer hold) per renewal: holds are not shared between threads.
         self.leases = LeaseKeeper(
-            self.ctx.notify, lambda state, lease: keeper.drive(staged.renew(self, state, lease))
+            self.ctx.notify,
+            lambda state, lease: self._performer().drive(staged.renew(self, state, lease)),
         )
 
     # --- registration ------------------------------------------------------------
@@ -142,8 +143,9 @@ class Worker(WorkerCore):
 
         def register(fn: Handler[InT, OutT]) -> Handler[InT, OutT]:
             if inspect.iscoroutinefunction(fn):
+                name = self.ctx.job_types.resolve(job_type).name
                 raise WorkerConfigError(
-                    f"The handler for {job_type.name!r} is 'async def'; the thread worker "
+                    f"The handler for {name!r} is 'async def'; the thread worker "
                     "runs plain functions. Make it a 'def' function."
                 )
             registration = build(fn)
@@ -271,6 +273,9 @@ class Worker(WorkerCore):
         self._threads = []
         self.leases.close()
         log.info("worker %s stopped", self.worker_id)
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
         return True
 
     def request_stop(self) -> None:
@@ -315,9 +320,6 @@ class Worker(WorkerCore):
             finally:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
-        fatal, self._fatal = self._fatal, None
-        if fatal is not None:
-            raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
         return clean
 
     def drain(self, *, max_jobs: int | None = None) -> int:
