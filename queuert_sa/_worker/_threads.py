@@ -248,7 +248,9 @@ class Worker(WorkerCore):
 
         Waits up to ``timeout`` (default: ``shutdown_grace``). Returns True if
         every attempt finished; False if some were still running (they roll back
-        when their thread or the process ends).
+        when their thread or the process ends). If a handler raised
+        ``SystemExit``/``KeyboardInterrupt`` (which stopped the worker), it is
+        raised here, once the worker has stopped.
         """
         self.stopping.set()
         self._stop_requested.set()
