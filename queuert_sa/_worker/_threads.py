@@ -236,9 +236,10 @@ class Worker(WorkerCore):
             # A handler raised SystemExit/KeyboardInterrupt: its attempt is
             # recorded as failed; the process was asked to end, so stop.
             log.critical("worker %s: a handler raised %r; stopping the worker", self.worker_id, exc)
-            self._fatal = self._fatal or exc
             if self.on_fatal is not None:
-                self.on_fatal(exc)
+                self.on_fatal(exc)  # the owner (an AsyncWorker) raises it, not this stop()
+            else:
+                self._fatal = self._fatal or exc
             self.stopping.set()
             self._stop_requested.set()
             self.waker.close()
