@@ -242,6 +242,37 @@ def test_worker_processes_jobs_and_stops_on_sigterm(
     assert "Traceback" not in output
 
 
+def test_worker_started_with_the_database_down_waits_for_it_in_one_line_per_retry(
+    tmp_path: Path, spawned: list[subprocess.Popen[str]]
+) -> None:
+    """An outage is not a bug: no traceback, a warning per retry with the backoff, and the
+    worker still stops cleanly on SIGTERM (exit 0)."""
+    log = tmp_path / "worker.log"
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(
+            cli("worker", "tests.app:worker"),
+            cwd=ROOT,
+            env=child_env(QUEUERT_APP_URL="postgresql+psycopg://postgres@127.0.0.1:1/none"),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    spawned.append(proc)
+    wait_for(
+        lambda: "loop failed again (2 in a row" in log.read_text(),
+        "two retries",
+        proc=proc,
+        log=log,
+    )
+    proc.send_signal(signal.SIGTERM)
+    returncode = proc.wait(timeout=DEADLINE_S)
+    output = log.read_text()
+    assert returncode == 0, output
+    assert "database unavailable at start" in output
+    assert "retrying in 1 s (and with backoff until it is back)" in output
+    assert "Traceback" not in output
+
+
 def test_sigterm_lets_the_attempt_in_flight_finish(
     db: Db, tmp_path: Path, spawned: list[subprocess.Popen[str]]
 ) -> None:

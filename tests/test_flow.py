@@ -1360,6 +1360,24 @@ def test_a_slot_backs_off_after_failed_passes_and_resets_after_a_good_one() -> N
     assert waits == [(1.0, "stop"), (2.0, "stop"), (poll, "hint"), (1.0, "stop")]
 
 
+def test_an_outage_is_one_line_per_retry_and_its_end_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database down: a warning without a traceback; back: "working again"."""
+    core = make_core()
+    register(core, complete(1))
+    down_error = DatabaseUnavailableError("acquire job: connection failed", operation="acquire job")
+    driver = ScriptedDriver(
+        core,
+        {"Query(stopping)": slot_passes(3), "Run(acquire_job)": [down_error, down_error, None]},
+    )
+    with caplog.at_level(logging.INFO, "queuert_sa.worker"):
+        driver.drive(flow.slot_loop(core))
+    assert "retrying in 1 s (and with backoff until it is back)" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert "working again after 2 failed pass(es)" in caplog.text
+
+
 def test_a_slot_whose_reap_fails_every_pass_keeps_backing_off() -> None:
     """Only a whole pass that worked ends an outage: an acquire that works but a reap that
     fails every pass still waits 1 s, 2 s, 4 s (not 1 s forever, logging each time)."""

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from queuert_sa._attempt import AsyncAttempt, AttemptState
 from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
+from queuert_sa.state.operations import database_errors
 
 from . import _effects as fx
 from . import _flow as flow
@@ -174,7 +175,8 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         session = self._worker.session_factory()
         try:
             if self._worker.ctx.capabilities.single_writer:
-                await session.connection(execution_options={BEGIN_IMMEDIATE: True})
+                with database_errors("begin a write transaction", self._worker.ctx.models):
+                    await session.connection(execution_options={BEGIN_IMMEDIATE: True})
         except BaseException:
             await session.close()
             raise
@@ -194,7 +196,10 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         return await effect.session.run_sync(effect.unit)
 
     async def look(self, effect: fx.Look) -> Any:
-        async with self._worker.engine.connect() as conn:
+        # Connecting happens here, before any state operation: translate its errors too.
+        with database_errors("connect to the database", self._worker.ctx.models):
+            conn = await self._worker.engine.connect()
+        async with conn:
             result = await conn.run_sync(effect.unit)
             # Ended by COMMIT: a ROLLBACK makes psycopg drop its prepared statements.
             await conn.commit()
@@ -231,7 +236,8 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
             session = self._worker.session_factory()
             try:
                 if self._worker.ctx.capabilities.single_writer:
-                    await session.connection(execution_options={BEGIN_IMMEDIATE: True})
+                    with database_errors("begin a write transaction", self._worker.ctx.models):
+                        await session.connection(execution_options={BEGIN_IMMEDIATE: True})
                 yield session
                 await session.run_sync(end, "commit")
             except BaseException:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from queuert_sa._context import Context
-from queuert_sa._errors import DuplicateHandlerError, WorkerConfigError
+from queuert_sa._errors import DatabaseUnavailableError, DuplicateHandlerError, WorkerConfigError
 from queuert_sa._job_types import JobType
 from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, retry_decision
 
@@ -264,3 +264,28 @@ class WorkerCore:
                 retry_at.isoformat(),
                 error,
             )
+
+    def log_failed_pass(self, exc: Exception, failures: int, delay: float) -> None:
+        """Log a slot's pass that failed (``failures`` in a row) before it waits ``delay`` s."""
+        if failures == 1 and isinstance(exc, DatabaseUnavailableError):
+            # An outage, not a bug: one line; the traceback would only repeat it.
+            log.warning(
+                "worker %s: %s; retrying in %.0f s (and with backoff until it is back)",
+                self.worker_id,
+                exc,
+                delay,
+            )
+        elif failures == 1:
+            log.exception("worker %s: loop failed; retrying in %.0f s", self.worker_id, delay)
+        else:
+            log.warning(
+                "worker %s: loop failed again (%d in a row: %s); retrying in %.0f s",
+                self.worker_id,
+                failures,
+                exc,
+                delay,
+            )
+
+    def log_recovered(self, failures: int) -> None:
+        """Log that a slot works again after ``failures`` failed passes (the database is back)."""
+        log.info("worker %s: working again after %d failed pass(es)", self.worker_id, failures)

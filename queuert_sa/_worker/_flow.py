@@ -96,20 +96,13 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
                 yield Wait(timeout, "hint")
             # Only a whole pass that worked ends an outage (a reap failing
             # every pass keeps backing off).
+            if failures:
+                core.log_recovered(failures)
             failures = 0
         except Exception as exc:
             failures += 1
             delay = policy.recovery_delay(failures)
-            if failures == 1:
-                log.exception("worker %s: loop failed; retrying in %.0f s", core.worker_id, delay)
-            else:
-                log.warning(
-                    "worker %s: loop failed again (%d in a row: %s); retrying in %.0f s",
-                    core.worker_id,
-                    failures,
-                    exc,
-                    delay,
-                )
+            core.log_failed_pass(exc, failures, delay)
             yield Wait(delay, "stop")
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from queuert_sa._attempt import Attempt, AttemptState
 from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
+from queuert_sa.state.operations import database_errors
 
 from . import _effects as fx
 from . import _flow as flow
@@ -148,7 +149,8 @@ class Performer(PerformerBase[Session]):
         session = self._worker.session_factory()
         try:
             if self._worker.ctx.capabilities.single_writer:
-                session.connection(execution_options={BEGIN_IMMEDIATE: True})
+                with database_errors("begin a write transaction", self._worker.ctx.models):
+                    session.connection(execution_options={BEGIN_IMMEDIATE: True})
         except BaseException:
             session.close()
             raise
@@ -168,7 +170,10 @@ class Performer(PerformerBase[Session]):
         return effect.unit(effect.session)
 
     def look(self, effect: fx.Look) -> Any:
-        with self._worker.engine.connect() as conn:
+        # Connecting happens here, before any state operation: translate its errors too.
+        with database_errors("connect to the database", self._worker.ctx.models):
+            conn = self._worker.engine.connect()
+        with conn:
             result = effect.unit(conn)
             # Ended by COMMIT: the pool's reset would roll back, which makes
             # psycopg drop every prepared statement of the connection.
@@ -211,7 +216,8 @@ class Performer(PerformerBase[Session]):
             session = self._worker.session_factory()
             try:
                 if self._worker.ctx.capabilities.single_writer:
-                    session.connection(execution_options={BEGIN_IMMEDIATE: True})
+                    with database_errors("begin a write transaction", self._worker.ctx.models):
+                        session.connection(execution_options={BEGIN_IMMEDIATE: True})
                 yield session
                 end(session, "commit")
             except BaseException:
