@@ -1,14 +1,17 @@
 """A Flask app that starts job chains in its request transactions.
 
     pip install 'queuert_sa' flask
-    python examples/flask_app.py            # serves on http://127.0.0.1:5000
+    python examples/flask_app.py            # serves on http://127.0.0.1:5000 (or $PORT)
     curl -X POST localhost:5000/signup -H 'content-type: application/json' -d '{"email": "ada@example.com"}'
     curl localhost:5000/chains/<chain id>
 
 POST /signup inserts a user and starts a "welcome" chain in ONE transaction:
 an invalid email rolls back both. A worker running in the same process (a
-background thread here; ``queuert-sa worker examples.flask_app:worker`` in its
-own process in production) sends the welcome email and marks the user.
+background thread here; ``queuert-sa worker examples.flask_app:worker``, run
+from the repository root, in its own process in production) sends the welcome
+email and marks the user. The database is ``flask_example.db`` or
+``$DATABASE_URL``; importing this module creates the tables if missing, so
+either way works on a fresh database. Ctrl+C stops the server and the worker.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ job_types = q.JobTypes()
 welcome = job_types.entry("send-welcome", input=UserIn, output=Sent)
 
 engine = create_engine(os.environ.get("DATABASE_URL", "sqlite:///flask_example.db"))
+# Before any worker or request uses them. Production: the Alembic branch (docs/alembic.md).
+q.metadata.create_all(engine)
+Base.metadata.create_all(engine)
 queuert = q.Queuert(engine, job_types)
 worker = queuert.worker(concurrency=2)
 
@@ -62,8 +68,6 @@ def send_welcome(attempt: q.Attempt[UserIn, Sent]) -> q.Outcome:
 
 
 def create_app() -> Flask:
-    q.metadata.create_all(engine)  # production: the Alembic branch (docs/alembic.md)
-    Base.metadata.create_all(engine)
     app = Flask(__name__)
 
     @app.post("/signup")
@@ -94,6 +98,6 @@ def create_app() -> Flask:
 if __name__ == "__main__":
     worker.start()
     try:
-        create_app().run()
+        create_app().run(port=int(os.environ.get("PORT", "5000")))
     finally:
         worker.stop()

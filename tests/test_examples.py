@@ -1,23 +1,33 @@
 """Examples behave as their docstrings say.
 
-The Flask app on a real SQLite file (imported); ``recurring.py`` and
-``operate.py`` run as scripts on their own temporary SQLite file and, with
-``--db``, on PostgreSQL.
+The Flask app run as its docstring says, on a fresh SQLite file: as a script
+(``python examples/flask_app.py``, driven over HTTP) and its worker alone
+(``queuert-sa worker examples.flask_app:worker``); also imported, in-process.
+``recurring.py`` and ``operate.py`` run as scripts on their own temporary
+SQLite file and, with ``--db``, on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
+import json
 import os
 import re
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -26,19 +36,172 @@ from sqlalchemy.orm import Session
 import queuert_sa as q
 
 from .conftest import make_db
+from .test_cli import DEADLINE_S, child_env, cli, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def flask_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'flask.db'}")
+@contextlib.contextmanager
+def imported_flask_example(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """``examples/flask_app.py`` imported with ``DATABASE_URL=url`` (a fresh module)."""
+    monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     sys.modules.pop("flask_app", None)
     module = importlib.import_module("flask_app")
-    yield module
-    module.engine.dispose()
-    sys.modules.pop("flask_app", None)
+    try:
+        yield module
+    finally:
+        module.engine.dispose()
+        sys.modules.pop("flask_app", None)
+
+
+@pytest.fixture
+def flask_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    with imported_flask_example(f"sqlite:///{tmp_path / 'flask.db'}", monkeypatch) as module:
+        yield module
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes started by a test; killed if the test left them running."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def spawn(
+    command: list[str], log: Path, spawned: list[subprocess.Popen[str]], **env: str
+) -> subprocess.Popen[str]:
+    """Start ``command`` from the repository root, its stdout and stderr going to ``log``."""
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=child_env(**env),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    spawned.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[str], sig: signal.Signals, log: Path) -> int:
+    """Send ``sig`` and wait for ``proc`` to exit; its exit code."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {DEADLINE_S:g} s after {sig.name}:\n{log.read_text()}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """``method url`` with ``body`` as JSON: the status and the JSON reply (None if not JSON)."""
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, None
+
+
+def serving(url: str) -> bool:
+    try:
+        http("GET", url)
+    except (urllib.error.URLError, ConnectionError):
+        return False
+    return True
+
+
+def test_flask_example_as_a_script_serves_signups_and_its_worker_welcomes(
+    tmp_path: Path, spawned: list[subprocess.Popen[str]]
+) -> None:
+    # As the docstring says: python examples/flask_app.py, then curl; here on a fresh file.
+    db_file = tmp_path / "fresh.db"
+    base = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "flask.log"
+    proc = spawn(
+        [sys.executable, "-W", "error", "examples/flask_app.py"],
+        log,
+        spawned,
+        DATABASE_URL=f"sqlite:///{db_file}",
+        PORT=base.rsplit(":", 1)[1],
+    )
+    wait_for(lambda: serving(f"{base}/chains/x"), f"{base} to serve", proc=proc, log=log)
+
+    status, body = http("POST", f"{base}/signup", {"email": "ada@example.com"})
+    assert status == 201, log.read_text()
+    chain_url = f"{base}/chains/{body['chain_id']}"
+    wait_for(
+        lambda: http("GET", chain_url)[1]["status"] == "completed",
+        "the chain to complete",
+        proc=proc,
+        log=log,
+    )
+    assert http("GET", chain_url)[1]["output"]["to"] == "ada@example.com"
+    assert http("POST", f"{base}/signup", {"email": "not-an-email"})[0] == 400
+    assert http("GET", f"{base}/chains/not-a-uuid")[0] == 404
+
+    # Ctrl+C: the server returns, the worker stops, the script exits 0.
+    returncode = stop(proc, signal.SIGINT, log)
+    output = log.read_text()
+    assert returncode == 0, output
+    assert "Traceback" not in output
+    with contextlib.closing(sqlite3.connect(db_file)) as conn:
+        users = conn.execute("SELECT email, welcomed_at IS NOT NULL FROM example_user").fetchall()
+    assert users == [("ada@example.com", 1)]
+
+
+def test_flask_example_worker_runs_from_the_cli_on_a_fresh_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spawned: list[subprocess.Popen[str]]
+) -> None:
+    # As the docstring says: its worker in its own process, from the repository root.
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    log = tmp_path / "worker.log"
+    proc = spawn(cli("worker", "examples.flask_app:worker"), log, spawned, DATABASE_URL=url)
+    started = re.compile(r"worker \S+ started: types=send-welcome concurrency=2")
+    wait_for(
+        lambda: bool(started.search(log.read_text())), "the worker to start", proc=proc, log=log
+    )
+
+    # The app (here imported) signs a user up; the command's worker welcomes them.
+    with imported_flask_example(url, monkeypatch) as app:
+        with Session(app.engine) as session, session.begin():
+            user = app.User(email="ada@example.com")
+            session.add(user)
+            session.flush()
+            chain = app.queuert.start_chain(session, app.welcome, {"user_id": user.id})
+        wait_for(
+            lambda: app.queuert.get_chain(chain.id).is_completed,
+            "the command's worker to complete the chain",
+            proc=proc,
+            log=log,
+        )
+        with Session(app.engine) as session:
+            assert session.scalars(select(app.User)).one().welcomed_at is not None
+
+    returncode = stop(proc, signal.SIGTERM, log)
+    output = log.read_text()
+    assert returncode == 0, output
+    assert "SchemaMissingError" not in output
+    assert "tables are missing" not in output
+    assert re.search(r"queuert-sa worker \S+ stopped", output), output
 
 
 def test_signup_commits_user_and_chain_and_worker_welcomes(flask_example: ModuleType) -> None:

@@ -198,12 +198,14 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
     async def look(self, effect: fx.Look) -> Any:
         # Connecting happens here, before any state operation: translate its errors too.
         with database_errors("connect to the database", self._worker.ctx.models):
-            conn = await self._worker.engine.connect()
-        async with conn:
+            conn = await self._worker.engine.connect()  # started: not "async with" again
+        try:
             result = await conn.run_sync(effect.unit)
             # Ended by COMMIT: a ROLLBACK makes psycopg drop its prepared statements.
             await conn.commit()
             return result
+        finally:
+            await conn.close()
 
     @staticmethod
     async def savepoint(effect: fx.Savepoint) -> AsyncSessionTransaction:
