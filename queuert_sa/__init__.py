@@ -37,6 +37,7 @@ from ._errors import JobAlreadyCompletedError as JobAlreadyCompletedError
 from ._errors import JobInputError as JobInputError
 from ._errors import JobNotFoundError as JobNotFoundError
 from ._errors import JobNotTriggerableError as JobNotTriggerableError
+from ._errors import JobOutputError as JobOutputError
 from ._errors import JobOwnershipError as JobOwnershipError
 from ._errors import JobTakenByAnotherWorkerError as JobTakenByAnotherWorkerError
 from ._errors import JobTypeError as JobTypeError
@@ -103,6 +104,7 @@ __all__ = [
     "JobInputError",
     "JobNotFoundError",
     "JobNotTriggerableError",
+    "JobOutputError",
     "JobOwnershipError",
     "JobStatus",
     "JobTakenByAnotherWorkerError",

@@ -82,7 +82,15 @@ class InvalidJobTypesError(JobTypeError):
 
 
 class JobInputError(JobTypeError):
-    """An input (or output) value cannot be stored: it is not JSON, or has the wrong shape."""
+    """An input value cannot be stored: it is not JSON, or has the wrong shape."""
+
+    def __init__(self, message: str, *, type_name: str, path: str) -> None:
+        super().__init__(message, type_name=type_name)
+        self.path = path
+
+
+class JobOutputError(JobTypeError):
+    """An output value (``complete(output)``) cannot be stored: not JSON, or the wrong shape."""
 
     def __init__(self, message: str, *, type_name: str, path: str) -> None:
         super().__init__(message, type_name=type_name)

@@ -22,6 +22,8 @@ from ._errors import (
     InvalidBlockersError,
     InvalidContinuationError,
     InvalidJobTypesError,
+    JobInputError,
+    JobOutputError,
     NotAnEntryTypeError,
     UnknownJobTypeError,
 )
@@ -226,8 +228,11 @@ class JobType(Generic[InT, OutT]):
         return self._input_codec.decode(raw)  # type: ignore[no-any-return]
 
     def encode_output(self, value: OutT) -> JSONValue:
-        """Validate and encode an output value for storage."""
-        return self._output_codec.encode(value, type_name=self.name, what="output")
+        """Validate and encode an output value for storage (:class:`JobOutputError` if not)."""
+        try:
+            return self._output_codec.encode(value, type_name=self.name, what="output")
+        except JobInputError as exc:  # the codecs check inputs and outputs alike
+            raise JobOutputError(str(exc), type_name=self.name, path=exc.path) from None
 
     def decode_output(self, raw: JSONValue) -> OutT:
         """Rebuild a stored output."""

@@ -302,3 +302,13 @@ def test_immediate_engine_sessions_start_and_complete_chains(tmp_path: Any) -> N
         other.start_chain(s, work, {"n": 2, "sleep": 0})
     assert client.get_chain(chain.id).status == "pending"
     engine.dispose()
+
+
+def test_an_output_that_cannot_be_stored_is_an_output_error_not_an_input_error() -> None:
+    """``complete(output)`` with a value JSON cannot hold names the output, and its own error."""
+    with pytest.raises(q.JobOutputError, match="output of job type 'work'") as info:
+        work.encode_output(float("nan"))
+    assert (info.value.type_name, info.value.path) == ("work", "output")
+    assert not isinstance(info.value, q.JobInputError)
+    with pytest.raises(q.JobInputError):
+        work.encode_input({"n": float("nan"), "sleep": 0})  # inputs keep theirs

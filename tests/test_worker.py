@@ -197,7 +197,7 @@ def test_reschedule_picks_the_retry_time(kit: Kit) -> None:
         (lambda a: "done", "must return attempt.complete"),
         (lambda a: (a.complete(1), a.complete(2))[1], "already completed"),
         (lambda a: a.continue_with(signup, {"user_id": 1}), "cannot continue with 'signup'"),
-        (lambda a: a.complete(float("nan")), "JSON cannot represent"),
+        (lambda a: a.complete(float("nan")), "JobOutputError"),
         (lambda a: (a.session.commit(), a.complete(1))[1], "the worker owns that transaction"),
     ],
     ids=["none", "string", "twice", "undeclared-continuation", "non-json-output", "commit"],
