@@ -68,12 +68,13 @@ def count_effects(session: object, label: str | None = None) -> int:
 
 
 def build_worker(
-    url: str | None = None, *, concurrency: int = 1, sleep_scale: float = 1.0
+    url: str | None = None, *, concurrency: int = 1, sleep_scale: float = 1.0, batch: int = 1
 ) -> q.Worker:
     """The worker the subprocess tests run: records one Effect per completed job.
 
     If ``QUEUERT_APP_STARTED_DIR`` is set, each attempt first writes a file
     named after its job id there, so a test knows a handler is in flight.
+    ``batch``: group commit of ``work`` jobs (``handler(work, batch=...)``).
     """
     started_dir = os.environ.get("QUEUERT_APP_STARTED_DIR")
     engine = create_engine(url or os.environ["QUEUERT_APP_URL"])
@@ -84,7 +85,7 @@ def build_worker(
         backoff=q.Backoff(initial=dt.timedelta(milliseconds=100), jitter=0),
     )
 
-    @worker.handler(work)
+    @worker.handler(work, batch=batch)
     def do_work(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
         attempt.session.add(Effect(job_id=str(attempt.job.id), label="work"))
         attempt.session.flush()
@@ -178,7 +179,10 @@ def build_async_staged_worker() -> q.AsyncWorker:
 
 
 def worker_from_env() -> q.Worker:
-    return build_worker(concurrency=int(os.environ.get("QUEUERT_APP_CONCURRENCY", "1")))
+    return build_worker(
+        concurrency=int(os.environ.get("QUEUERT_APP_CONCURRENCY", "1")),
+        batch=int(os.environ.get("QUEUERT_APP_BATCH", "1")),
+    )
 
 
 def run_from_env() -> None:

@@ -306,6 +306,30 @@ class WorkerHandle:
 
         return register
 
+    def batch_handler(
+        self, job_type: q.JobType[Any, Any], **options: Any
+    ) -> Callable[[Body], Body]:
+        """Register a batch body written once: takes the list of attempts, returns the outcomes.
+
+        On the async kind it runs on the loop, in the group's sync ``Session``.
+        """
+        decorate: Callable[[Any], Any] = self.raw.batch_handler(job_type, **options)
+
+        def register(body: Body) -> Body:
+            if isinstance(self.raw, q.Worker):
+                decorate(body)
+                return body
+
+            async def fn(attempts: list[q.AsyncAttempt[Any, Any]]) -> Any:
+                return await attempts[0].session.run_sync(
+                    lambda s: body([_InlineAttempt(a, s) for a in attempts])
+                )
+
+            decorate(fn)
+            return body
+
+        return register
+
     def drain(self, *, max_jobs: int | None = None) -> int:
         if isinstance(self.raw, q.Worker):
             return self.raw.drain(max_jobs=max_jobs)

@@ -22,7 +22,7 @@ import logging
 import signal
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Unpack, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,14 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from queuert_sa._attempt import AsyncAttempt, AttemptState, Outcome
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
+from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
 
 from . import _flow as flow
 from . import _policy as policy
 from . import _staged as staged
 from ._asyncio_performer import AsyncPerformer, Waker, WriterHold, wait_for_event, writer_lock
-from ._config import HandlerOptions, WorkerCore, WorkerOptions
-from ._threads import Handler, Worker
+from ._config import DEFAULT_ATOMIC_TIMEOUT, HandlerOptions, WorkerCore, WorkerOptions
+from ._threads import BatchHandler, Handler, Worker
 
 if TYPE_CHECKING:
     from queuert_sa._async_client import AsyncQueuert
@@ -51,6 +52,9 @@ T = TypeVar("T")
 
 AsyncHandler = Callable[[AsyncAttempt[InT, OutT]], Awaitable[Outcome]]
 
+AsyncBatchHandler = Callable[[list[AsyncAttempt[InT, OutT]]], Awaitable[Sequence[Outcome]]]
+"""An ``async def`` :meth:`AsyncWorker.batch_handler`: attempts in, one outcome per attempt out."""
+
 
 class HandlerRegistrar(Protocol[InT, OutT]):
     """``@aworker.handler(job_type)``: takes an ``async def`` or a ``def`` handler of that type."""
@@ -60,6 +64,16 @@ class HandlerRegistrar(Protocol[InT, OutT]):
 
     @overload
     def __call__(self, fn: Handler[InT, OutT], /) -> Handler[InT, OutT]: ...
+
+
+class BatchHandlerRegistrar(Protocol[InT, OutT]):
+    """``@aworker.batch_handler(job_type)``: takes an ``async def`` or a ``def`` batch handler."""
+
+    @overload
+    def __call__(self, fn: AsyncBatchHandler[InT, OutT], /) -> AsyncBatchHandler[InT, OutT]: ...
+
+    @overload
+    def __call__(self, fn: BatchHandler[InT, OutT], /) -> BatchHandler[InT, OutT]: ...
 
 
 class AsyncWorker(WorkerCore):
@@ -137,6 +151,35 @@ class AsyncWorker(WorkerCore):
                 return fn
             build(fn)  # the same checks: duplicates across both kinds, not started
             self._thread_worker(job_type).handler(job_type, **options)(fn)
+            return fn
+
+        return register
+
+    def batch_handler(
+        self,
+        job_type: JobType[InT, OutT],
+        *,
+        size: int = 100,
+        backoff: Backoff | None = None,
+        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
+    ) -> BatchHandlerRegistrar[InT, OutT]:
+        """Register the decorated function as the handler of ``job_type``, for whole groups.
+
+        As :meth:`Worker.batch_handler`: an ``async def`` function receives a
+        list of :class:`AsyncAttempt` (a ``def`` one a list of :class:`Attempt`,
+        on a thread) and returns one outcome per attempt, in order.
+        """
+        build = self._batch_registration(job_type, size, backoff, timeout)
+
+        def register(fn: Any) -> Any:
+            if inspect.iscoroutinefunction(fn):
+                registration = build(fn)
+                self.handlers[registration.job_type.name] = registration
+                return fn
+            build(fn)  # the same checks: duplicates across both kinds, not started
+            self._thread_worker(job_type).batch_handler(
+                job_type, size=size, backoff=backoff, timeout=timeout
+            )(fn)
             return fn
 
         return register

@@ -29,7 +29,6 @@ from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from queuert_sa.state.operations import database_errors
 
 from . import _effects as fx
-from . import _flow as flow
 from . import _staged as staged
 from ._guard import end, guard
 from ._performer import Hold, PerformerBase
@@ -142,7 +141,7 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         self._worker = worker
         self._hold = hold
 
-    async def drive(self, steps: flow.Flow[T], *, outermost: bool = True) -> T:
+    async def drive(self, steps: fx.Flow[T], *, outermost: bool = True) -> T:
         """Run a flow to its end; the outermost one cleans up after cancellation."""
         try:
             effect = steps.send(None)
@@ -266,16 +265,18 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
     async def call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
         registration = effect.registration
         staged = registration.mode == "staged"
-        attempt: AsyncAttempt[Any, Any] = AsyncAttempt(
-            effect.state, effect.session, port=self if staged else None
-        )
+        port = self if staged else None
+        attempts: list[AsyncAttempt[Any, Any]] = [
+            AsyncAttempt(s, effect.session, port=port) for s in effect.group or (effect.state,)
+        ]
+        given = attempts if effect.group else attempts[0]
         lift = guard(effect.session.sync_session, effect.state)
         try:
             if staged:
-                value = await registration.fn(attempt)
+                value = await registration.fn(given)
             else:
                 async with asyncio.timeout(registration.timeout.total_seconds()):
-                    value = await registration.fn(attempt)
+                    value = await registration.fn(given)
             return fx.HandlerEnded(value=value)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()

@@ -8,6 +8,7 @@ statement needs, decides retries and counts and logs each attempt's end.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -58,13 +59,19 @@ class HandlerOptions(TypedDict, total=False):
 
     ``mode`` (``"atomic"``, the default, or ``"staged"``), ``backoff`` (default:
     the type's, else the worker's), ``timeout`` (atomic; default 5 minutes) and
-    ``lease`` (staged; default 60 seconds): see :meth:`Worker.handler`.
+    ``lease`` (staged; default 60 seconds) and ``batch`` (atomic; default 1):
+    see :meth:`Worker.handler`.
     """
 
     mode: Mode
     backoff: Backoff | None
     timeout: dt.timedelta
     lease: dt.timedelta
+    batch: int
+
+
+#: The largest group of attempts one transaction may hold (``batch=``, ``size=``).
+MAX_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,25 @@ class Registration:
     backoff: Backoff
     timeout: dt.timedelta
     lease: dt.timedelta
+    batch: int = 1
+    """How many due jobs of the type one transaction takes and commits together."""
+    whole: bool = False
+    """The function takes the whole group (``batch_handler``), not one attempt."""
+
+
+def check_batch(type_name: str, mode: Mode, value: object, option: str) -> None:
+    """Refuse a group size that is not a whole number from 1 to :data:`MAX_BATCH`, or staged."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
+        raise WorkerConfigError(
+            f"{option}= of the handler for {type_name!r} must be a whole number of jobs from 1 "
+            f"to {MAX_BATCH}, not {value!r}"
+        )
+    if mode == "staged" and value > 1:
+        raise WorkerConfigError(
+            f"batch= groups atomic attempts in one transaction; the handler for {type_name!r} "
+            "is staged, and each staged attempt commits on its own. Drop batch= or use "
+            "mode='atomic'."
+        )
 
 
 class WorkerCore:
@@ -146,9 +172,10 @@ class WorkerCore:
         if unknown:
             raise TypeError(
                 f"handler() got an unexpected keyword argument {unknown[0]!r}; it takes "
-                "mode, backoff, timeout and lease."
+                "mode, backoff, timeout, lease and batch."
             )
         mode = options.get("mode", "atomic")
+        batch = options.get("batch", 1)
         backoff = options.get("backoff")
         timeout = options.get("timeout", DEFAULT_ATOMIC_TIMEOUT)
         lease = options.get("lease", DEFAULT_LEASE)
@@ -157,6 +184,7 @@ class WorkerCore:
             raise WorkerConfigError(f"mode must be 'atomic' or 'staged', not {mode!r}")
         if timeout <= dt.timedelta(0) or lease <= dt.timedelta(0):
             raise WorkerConfigError("timeout and lease must be positive")
+        check_batch(resolved.name, mode, batch, "batch")
 
         def build(fn: Callable[..., Any]) -> Registration:
             if resolved.name in self.type_names:
@@ -170,9 +198,29 @@ class WorkerCore:
                 backoff=backoff or resolved.backoff or self.backoff,
                 timeout=timeout,
                 lease=lease,
+                batch=batch,
             )
 
         return build
+
+    def _batch_registration(
+        self,
+        job_type: JobType[Any, Any],
+        size: int,
+        backoff: Backoff | None,
+        timeout: dt.timedelta,
+    ) -> Callable[[Callable[..., Any]], Registration]:
+        """:meth:`_registration` of a function taking a whole group of attempts."""
+        name = self.ctx.job_types.resolve(job_type).name
+        check_batch(name, "atomic", size, "size")
+        build = self._registration(
+            job_type, {"backoff": backoff, "timeout": timeout, "batch": size}
+        )
+
+        def build_whole(fn: Callable[..., Any]) -> Registration:
+            return dataclasses.replace(build(fn), whole=True)
+
+        return build_whole
 
     @property
     def completed(self) -> int:

@@ -14,9 +14,9 @@ driver method that performs each effect, so both drivers dispatch alike.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from queuert_sa._attempt import AttemptState
 
@@ -95,6 +95,8 @@ class CallHandler:
     registration: Registration
     state: AttemptState
     session: Any
+    group: tuple[AttemptState, ...] = ()
+    """A ``batch_handler``'s attempts (``state`` is the first): it takes them all at once."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,11 @@ Effect = (
     | HintIdle
     | Wait
 )
+
+T = TypeVar("T")
+
+Flow = Generator[Effect, Any, T]
+"""A flow: yields effects, is sent their results, returns ``T``."""
 
 #: The driver method that performs each effect (each driver has all of them).
 PERFORMED_BY: dict[type[Any], str] = {

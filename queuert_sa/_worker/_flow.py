@@ -21,26 +21,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Collection, Generator
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from queuert_sa import _transitions as transitions
 from queuert_sa._attempt import AttemptState
-from queuert_sa._entities import Chain
-from queuert_sa._snapshots import job_from_row
 from queuert_sa.state import operations as ops
 
+from . import _group as group
 from . import _policy as policy
-from . import _units as units
+from . import _running as running
 from ._config import Registration, WorkerCore
 from ._effects import (
-    CallHandler,
-    Effect,
     End,
-    EndSavepoint,
-    HandlerEnded,
+    Flow,
     HintIdle,
     InTransaction,
     Look,
@@ -48,19 +43,11 @@ from ._effects import (
     Query,
     ReleaseLease,
     Run,
-    Savepoint,
-    SavepointOpen,
     Wait,
-    WriteOwned,
     Writer,
 )
 
 log = logging.getLogger("queuert_sa.worker")
-
-T = TypeVar("T")
-
-Flow = Generator[Effect, Any, T]
-"""A flow: yields effects, is sent their results, returns ``T``."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +60,15 @@ class Step:
     """The attempt ended in an exception."""
     next_due: dt.datetime | None = None
     """With nothing to run: when the next pending job is due, if any."""
+    others: tuple[tuple[uuid.UUID, bool], ...] = ()
+    """The rest of a group attempted in the same transaction: (job id, failed)."""
+
+    @property
+    def ran(self) -> list[tuple[uuid.UUID, bool]]:
+        """Every job attempted, with whether its attempt failed."""
+        if self.job_id is None:
+            return []
+        return [(self.job_id, self.failed), *self.others]
 
 
 # --- the loops ------------------------------------------------------------------------
@@ -115,14 +111,21 @@ def drain(core: WorkerCore, max_jobs: int | None) -> Flow[int]:
     done = 0
     failed: set[uuid.UUID] = set()
     while max_jobs is None or done < max_jobs:
-        step = yield from process_one(core, exclude=failed, look_first=done == 0, slot=False)
+        step = yield from process_one(
+            core,
+            exclude=failed,
+            look_first=done == 0,
+            slot=False,
+            most=None if max_jobs is None else max_jobs - done,
+        )
         if step.job_id is None:
             if (yield from reap_one(core)):
                 continue
             break
-        done += 1
-        if step.failed:
-            failed.add(step.job_id)
+        for job_id, job_failed in step.ran:
+            done += 1
+            if job_failed:
+                failed.add(job_id)
     return done
 
 
@@ -139,8 +142,11 @@ def process_one(
     exclude: Collection[uuid.UUID] = (),
     look_first: bool = True,
     slot: bool,
+    most: int | None = None,
 ) -> Flow[Step]:
-    """Run at most one attempt; with nothing to run, say when the next job is due.
+    """Run one attempt (or one group); with nothing to run, say when the next job is due.
+
+    ``most`` caps the jobs a group takes.
 
     ``look_first=False`` (the previous pass ran a job, so more are likely
     due) skips a single-writer database's read-only look before taking the
@@ -155,7 +161,7 @@ def process_one(
         if slot and (yield Query("stopping")):
             yield Writer(take=False)
             return Step()  # stopping: no attempt, and no look for the next one
-        step = yield from attempt(core, exclude)
+        step = yield from attempt(core, exclude, most)
     except Exception:
         yield Writer(take=False)
         raise
@@ -168,8 +174,13 @@ def process_one(
 # --- one attempt ----------------------------------------------------------------------
 
 
-def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
-    """Acquire a due job, run its handler, write or reschedule, commit; count it."""
+def attempt(
+    core: WorkerCore, exclude: Collection[uuid.UUID], most: int | None = None
+) -> Flow[Step]:
+    """Acquire a due job, run its handler, write or reschedule, commit; count it.
+
+    A job whose handler takes a ``batch`` goes on as a group: see :func:`_group`.
+    """
     ctx = core.ctx
     session = yield Open()
     state: AttemptState | None = None
@@ -197,7 +208,16 @@ def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
             yield End(session, "close")
             return Step()
         registration = core.handlers[row["type_name"]]
-        state, error, lost, fatal = yield from _run(core, session, registration, row)
+        if registration.batch > 1 and (most is None or most > 1):
+            limit = registration.batch - 1 if most is None else min(registration.batch, most) - 1
+            rows = [row, *(yield Run(session, group.more(core, registration, exclude, limit)))]
+            ran, stop = yield from group.group(core, session, registration, rows)
+            yield End(session, "close")
+            if stop is not None:
+                raise stop  # SystemExit/KeyboardInterrupt from a handler, now that it is recorded
+            (first, first_failed), *others = ran
+            return Step(job_id=first, failed=first_failed, others=tuple(others))
+        state, error, lost, fatal = yield from running.run(core, session, registration, row)
         error, retry_at, why = yield from _settle(
             core, session, registration, row, state, error, lost
         )
@@ -216,137 +236,6 @@ def attempt(core: WorkerCore, exclude: Collection[uuid.UUID]) -> Flow[Step]:
     if fatal is not None:
         raise fatal  # the same, raised after a staged outcome committed: the job is done
     return Step(job_id=row["id"], failed=error is not None)
-
-
-def _run(
-    core: WorkerCore, session: Any, registration: Registration, row: Any
-) -> Flow[tuple[AttemptState | None, BaseException | None, bool, BaseException | None]]:
-    """Run the handler.
-
-    Returns its state, the exception that ended the attempt, whether all was
-    rolled back, and a ``SystemExit``/``KeyboardInterrupt`` raised after a
-    staged outcome committed (the job is done; the exception is raised once
-    the attempt is counted).
-    """
-    ctx = core.ctx
-    job_type = registration.job_type
-    try:
-        blockers: list[Chain[Any, Any]] = []
-        if job_type.blocker_types:
-            blockers = yield Run(
-                session, partial(transitions.job_blockers, ctx=ctx, job_id=row["id"])
-            )
-        state = AttemptState(
-            job_types=ctx.job_types,
-            job_type=job_type,
-            job=job_from_row(row, job_type),
-            worker_id=core.worker_id,
-            mode=registration.mode,
-            blockers=blockers,
-        )
-    except Exception as exc:
-        return None, exc, False, None
-    if registration.mode == "atomic":
-        # The server-side time limit was set by the acquiring statement.
-        error, lost = yield from _run_atomic(core, session, registration, state)
-        return state, error, lost, None
-    error = yield from _run_staged(core, session, registration, state)
-    if not state.written or error is None:
-        return state, error, False, None
-    # The outcome is committed: the job is done, whatever the handler did afterwards.
-    log.warning(
-        "job %s (%s): the handler raised %r after its outcome was committed",
-        row["id"],
-        row["type_name"],
-        error,
-    )
-    return state, None, False, error if policy.ends_process(error) else None
-
-
-def _run_atomic(
-    core: WorkerCore, session: Any, registration: Registration, state: AttemptState
-) -> Flow[tuple[BaseException | None, bool]]:
-    """Run an atomic handler and write its outcome inside a SAVEPOINT.
-
-    Returns the exception that ended it, with everything the attempt wrote
-    undone, or None when the outcome is written; and whether the whole
-    transaction was rolled back (the acquisition with it).
-
-    Without ``core.eager_savepoints`` the driver opens the SAVEPOINT when the
-    handler first reads ``attempt.session``: a handler that only computes its
-    output costs no SAVEPOINT round trips, and its outcome is written without
-    one; if that write fails, the whole transaction is rolled back and the
-    attempt recorded afresh.
-    """
-    job = state.job
-    if core.eager_savepoints:
-        try:
-            state.savepoint = yield Savepoint(session)
-        except Exception as exc:
-            return exc, False  # recorded in the attempt's transaction, or afresh if it is gone
-    ended: HandlerEnded = yield CallHandler(registration, state, session)
-    # A refused commit()/rollback()/close() fails the attempt even if the handler went on.
-    error = ended.error or state.refused
-    savepoint = state.savepoint
-    if error is None:
-        if savepoint is not None and not (yield SavepointOpen(session, savepoint)):
-            error = policy.session_misuse(registration.job_type, job.id)
-        else:
-            owned = state.owns(ended.value)
-            error = policy.result_problem(registration.job_type, job.id, ended.value, owned=owned)
-    if error is not None:
-        yield from _undo(session, savepoint)
-        return error, False
-    write = Run(session, partial(units.write_decided, ctx=core.ctx, state=state))
-    if savepoint is None:
-        try:
-            yield write
-        except Exception as exc:
-            state.write_failed = True
-            yield End(session, "rollback")
-            return exc, True
-        return None, False
-    try:
-        yield write
-        yield EndSavepoint(savepoint, commit=True)
-    except Exception as exc:
-        state.write_failed = True
-        yield from _undo(session, savepoint)
-        return exc, False
-    return None, False
-
-
-def _undo(session: Any, savepoint: Any) -> Flow[None]:
-    """Roll back the handler's SAVEPOINT if it is still open."""
-    if savepoint is None or not (yield SavepointOpen(session, savepoint)):
-        return
-    try:
-        yield EndSavepoint(savepoint, commit=False)
-    except Exception:
-        # The connection is gone (e.g. the server ended a timed-out
-        # transaction); the commit path records the attempt.
-        log.debug("rolling back the handler's savepoint failed", exc_info=True)
-
-
-def _run_staged(
-    core: WorkerCore, session: Any, registration: Registration, state: AttemptState
-) -> Flow[BaseException | None]:
-    """Run a staged handler; the exception that ended it, if any."""
-    ended: HandlerEnded = yield CallHandler(registration, state, session)
-    if ended.error is not None or state.refused is not None:
-        return ended.error or state.refused
-    owned = state.owns(ended.value)
-    problem = policy.result_problem(registration.job_type, state.job.id, ended.value, owned=owned)
-    if problem is not None:
-        return problem
-    if not state.written:
-        # complete()/continue_with() outside transaction(): write it now,
-        # under the same ownership check.
-        try:
-            yield WriteOwned(state, session)
-        except Exception as exc:
-            return exc
-    return None
 
 
 def _settle(

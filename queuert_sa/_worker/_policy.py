@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
 
+from queuert_sa._attempt import AttemptState
 from queuert_sa._errors import (
     HandlerError,
     JobAlreadyCompletedError,
@@ -150,6 +151,25 @@ def result_problem(
         f"The handler of {job_type.name!r} returned {result!r:.80}; it must return "
         "attempt.complete(output) or attempt.continue_with(job_type, input).",
         job_id=job_id,
+        type_name=job_type.name,
+    )
+
+
+def batch_result_problem(
+    job_type: JobType[Any, Any], states: Sequence[AttemptState], result: object
+) -> HandlerError | None:
+    """The error for a batch handler that did not return one outcome per attempt, in order."""
+    if (
+        isinstance(result, list | tuple)
+        and len(cast("Sequence[object]", result)) == len(states)
+        and all(s.owns(r) for s, r in zip(states, cast("Sequence[object]", result), strict=True))
+    ):
+        return None
+    return HandlerError(
+        f"The batch handler of {job_type.name!r} returned {result!r:.80}; it must return a "
+        f"list of {len(states)} outcomes, one per attempt in the order given: "
+        "[attempt.complete(output) for attempt in attempts] (or continue_with).",
+        job_id=states[0].job.id,
         type_name=job_type.name,
     )
 

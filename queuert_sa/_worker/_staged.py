@@ -19,8 +19,7 @@ from queuert_sa.state import operations as ops
 from . import _policy as policy
 from . import _units as units
 from ._config import WorkerCore
-from ._effects import End, HoldLease, InTransaction, Run, Writer
-from ._flow import Flow
+from ._effects import End, Flow, HoldLease, InTransaction, Run, Writer
 
 log = logging.getLogger("queuert_sa.worker")
 

@@ -23,7 +23,6 @@ from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from queuert_sa.state.operations import database_errors
 
 from . import _effects as fx
-from . import _flow as flow
 from . import _staged as staged
 from ._guard import end, guard
 from ._performer import Hold, PerformerBase
@@ -119,7 +118,7 @@ class Performer(PerformerBase[Session]):
         self._worker = worker
         self._hold = hold
 
-    def drive(self, steps: flow.Flow[T], *, outermost: bool = True) -> T:
+    def drive(self, steps: fx.Flow[T], *, outermost: bool = True) -> T:
         """Run a flow to its end; the outermost one cleans up after a ``BaseException``."""
         try:
             effect = steps.send(None)
@@ -243,19 +242,22 @@ class Performer(PerformerBase[Session]):
 
     def call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
         state, session = effect.state, effect.session
-        if effect.registration.mode == "staged":
-            attempt: Attempt[Any, Any] = Attempt(state, session, port=self)
-        elif state.savepoint is None:
+        staged = effect.registration.mode == "staged"
 
-            def open_savepoint() -> None:
+        def open_savepoint() -> None:
+            if state.savepoint is None:  # a batch handler's attempts share one
                 state.savepoint = session.begin_nested()
 
-            attempt = Attempt(state, session, on_first_use=open_savepoint)
-        else:
-            attempt = Attempt(state, session)
+        opener = None if staged or state.savepoint is not None else open_savepoint
+        port = self if staged else None
+        attempts: list[Attempt[Any, Any]] = [
+            Attempt(s, session, port=port, on_first_use=opener) for s in effect.group or (state,)
+        ]
         lift = guard(session, state)
         try:
-            return fx.HandlerEnded(value=effect.registration.fn(attempt))
+            return fx.HandlerEnded(
+                value=effect.registration.fn(attempts if effect.group else attempts[0])
+            )
         except BaseException as exc:
             return fx.HandlerEnded(error=exc)
         finally:

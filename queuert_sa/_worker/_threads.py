@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -25,11 +25,12 @@ from sqlalchemy.orm import Session
 from queuert_sa._attempt import Attempt, AttemptState, Outcome
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
+from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
 
 from . import _flow as flow
 from . import _staged as staged
-from ._config import HandlerOptions, WorkerCore, WorkerOptions
+from ._config import DEFAULT_ATOMIC_TIMEOUT, HandlerOptions, WorkerCore, WorkerOptions
 from ._leases import LeaseKeeper
 from ._thread_performer import Performer, Waker, WriterHold, writer_lock
 
@@ -43,6 +44,9 @@ OutT = TypeVar("OutT")
 T = TypeVar("T")
 
 Handler = Callable[[Attempt[InT, OutT]], Outcome]
+
+BatchHandler = Callable[[list[Attempt[InT, OutT]]], Sequence[Outcome]]
+"""A :meth:`Worker.batch_handler`: the group's attempts in, one outcome per attempt out."""
 
 
 class Worker(WorkerCore):
@@ -138,21 +142,63 @@ class Worker(WorkerCore):
                 renewal; renewed every half lease while the handler runs. A
                 worker that dies loses the job to another worker after it.
                 Defaults to 60 seconds.
+            batch: Atomic mode: group commit. Once the slot has acquired a job
+                of this type, it takes up to ``batch - 1`` more due ones in the
+                same transaction, runs the handler on each (each attempt's
+                writes in a SAVEPOINT of its own, so one that raises undoes
+                only its own writes and is retried alone), writes the
+                completions together and commits once. If that COMMIT fails,
+                no job of the group is completed and each is retried. The
+                group holds its rows locked until it commits, and a job waits
+                for the jobs before it in its group. Defaults to 1 (a
+                transaction per job).
         """
         build = self._registration(job_type, options)
 
         def register(fn: Handler[InT, OutT]) -> Handler[InT, OutT]:
-            if inspect.iscoroutinefunction(fn):
-                name = self.ctx.job_types.resolve(job_type).name
-                raise WorkerConfigError(
-                    f"The handler for {name!r} is 'async def'; the thread worker "
-                    "runs plain functions. Make it a 'def' function."
-                )
+            self._refuse_coroutine(job_type, fn)
             registration = build(fn)
             self.handlers[registration.job_type.name] = registration
             return fn
 
         return register
+
+    def batch_handler(
+        self,
+        job_type: JobType[InT, OutT],
+        *,
+        size: int = 100,
+        backoff: Backoff | None = None,
+        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
+    ) -> Callable[[BatchHandler[InT, OutT]], BatchHandler[InT, OutT]]:
+        """Register the decorated function as the handler of ``job_type``, for whole groups.
+
+        The function receives a list of up to ``size`` atomic :class:`Attempt`
+        objects, acquired in one transaction, and returns one outcome per
+        attempt, in order: ``[a.complete(output) for a in attempts]``. All the
+        attempts share one ``session``: write everything (a bulk insert, the
+        results of one external call for all) through ``attempts[0].session``;
+        it commits with the completions. If the function raises, the writes
+        of the whole group are rolled back and every job of it is retried.
+        ``backoff`` and ``timeout`` as for :meth:`handler`.
+        """
+        build = self._batch_registration(job_type, size, backoff, timeout)
+
+        def register(fn: BatchHandler[InT, OutT]) -> BatchHandler[InT, OutT]:
+            self._refuse_coroutine(job_type, fn)
+            registration = build(fn)
+            self.handlers[registration.job_type.name] = registration
+            return fn
+
+        return register
+
+    def _refuse_coroutine(self, job_type: JobType[Any, Any], fn: Callable[..., Any]) -> None:
+        if inspect.iscoroutinefunction(fn):
+            name = self.ctx.job_types.resolve(job_type).name
+            raise WorkerConfigError(
+                f"The handler for {name!r} is 'async def'; the thread worker "
+                "runs plain functions. Make it a 'def' function."
+            )
 
     @property
     def running(self) -> bool:

@@ -66,6 +66,31 @@ def fetch(
     return executor.execute(statement, params).mappings().all()
 
 
+def execute_many(
+    executor: Executor,
+    models: Models,
+    statement: UpdateBase,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: Hashable,
+) -> None:
+    """Run ``statement`` once per row of parameters, in one batch (no rows returned).
+
+    On the driver's cursor psycopg sends the batch in one pipeline and sqlite3
+    steps it in C; through SQLAlchemy it is an executemany.
+    """
+    if not rows:
+        return
+    connection = _connection(executor, models)
+    caps = capabilities_for(connection.dialect)
+    if _on_driver_cursor(connection, caps):
+        _fastpath.statement_for(
+            connection.dialect, key, lambda: statement, prepare=caps.server_prepare
+        ).execute_many(connection, rows)
+        return
+    executor.execute(statement, [dict(row) for row in rows])
+
+
 def insert_rows(
     executor: Executor,
     models: Models,

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     String,
     Update,
@@ -40,11 +41,12 @@ def acquire(
     with_exclude: bool,
     timeouts: tuple[tuple[str, int], ...],
     type_names: tuple[str, ...] | None = None,
+    many: bool = False,
 ) -> Update:
     # Built once per worker shape: constructing the statement (and its cache
     # key) costs more Python time than the server spends running it. With
     # ``type_names`` they are part of the statement (the driver-level form
-    # has no expanding parameters).
+    # has no expanding parameters). ``many``: up to ``:limit`` rows, not one.
     table = models.job_table
     conditions = [
         table.c.type_name.in_(bindparam("type_names", expanding=True))
@@ -58,7 +60,10 @@ def acquire(
             table.c.id.not_in(bindparam("exclude_ids", expanding=True, type_=table.c.id.type))
         )
     candidate = (
-        select(table.c.id).where(*conditions).order_by(table.c.scheduled_at, table.c.id).limit(1)
+        select(table.c.id)
+        .where(*conditions)
+        .order_by(table.c.scheduled_at, table.c.id)
+        .limit(bindparam("limit", type_=Integer()) if many else 1)
     )
     if skip_locked:
         candidate = candidate.with_for_update(skip_locked=True, key_share=True)
@@ -73,7 +78,7 @@ def acquire(
         returning.append(func.set_config(setting, value, True).label(f"_{setting}"))
     base = (
         update(table)
-        .where(table.c.id == candidate.scalar_subquery())
+        .where(table.c.id.in_(candidate) if many else table.c.id == candidate.scalar_subquery())
         .values(
             status=JobStatus.RUNNING,
             attempt=table.c.attempt + 1,
@@ -92,6 +97,19 @@ def complete(models: Models) -> Update:
     # Whether any job declares this chain as a blocker: most chains have no
     # dependents, and then the unblocking step is skipped (no extra round trip).
     dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == table.c.chain_id)
+    return _completion(models).returning(dependents.exists().label("has_dependents"))
+
+
+@functools.cache
+def complete_many(models: Models) -> Update:
+    """:func:`complete` without RETURNING, for a batch of jobs run once per row."""
+    return _completion(models)
+
+
+def _completion(models: Models) -> Update:
+    # A new object for each: a statement derived from a cached one would share
+    # its memoized attributes (its exported columns among them).
+    table = models.job_table
     return (
         update(table)
         .where(table.c.id == bindparam("job_id", type_=table.c.id.type))
@@ -104,7 +122,6 @@ def complete(models: Models) -> Update:
             leased_until=None,
             last_attempt_error=None,
         )
-        .returning(dependents.exists().label("has_dependents"))
     )
 
 

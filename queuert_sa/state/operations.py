@@ -170,29 +170,71 @@ def acquire_job(
         if timeouts and caps.server_timeouts
         else ()
     )
+    rows = _acquire(
+        executor, models, caps, limits, type_names, worker_id, lease_until, now, exclude_ids, None
+    )
+    return rows[0] if rows else None
+
+
+def acquire_jobs(
+    executor: Executor,
+    models: Models,
+    caps: Capabilities,
+    *,
+    type_names: Sequence[str],
+    limit: int,
+    worker_id: str,
+    lease_until: dt.datetime,
+    now: dt.datetime,
+    exclude_ids: Collection[uuid.UUID] = (),
+) -> list[Mapping[Any, Any]]:
+    """:func:`acquire_job` for up to ``limit`` jobs in one statement, oldest first.
+
+    For a group of attempts sharing one transaction; the transaction's time
+    limits, if any, were set when its first job was acquired.
+    """
+    rows = _acquire(
+        executor, models, caps, (), type_names, worker_id, lease_until, now, exclude_ids, limit
+    )
+    return sorted(rows, key=lambda row: (_as_utc(row["scheduled_at"]), row["id"]))
+
+
+def _acquire(
+    executor: Executor,
+    models: Models,
+    caps: Capabilities,
+    limits: tuple[tuple[str, int], ...],
+    type_names: Sequence[str],
+    worker_id: str,
+    lease_until: dt.datetime,
+    now: dt.datetime,
+    exclude_ids: Collection[uuid.UUID],
+    limit: int | None,
+) -> Sequence[Mapping[Any, Any]]:
     params: dict[str, Any] = {
         "now": now,
         "worker_id": worker_id,
         "lease_until": lease_until,
         "type_names": list(type_names),
+        "limit": limit,
     }
     if exclude_ids:
         params["exclude_ids"] = list(exclude_ids)
     names = tuple(type_names)
+    many = limit is not None
     with database_errors("acquire job", models):
-        rows = _exec.fetch(
+        return _exec.fetch(
             executor,
             models,
-            _statements.acquire(models, caps.skip_locked, bool(exclude_ids), limits),
+            _statements.acquire(models, caps.skip_locked, bool(exclude_ids), limits, many=many),
             params,
             # The cursor takes no expanding parameters: its form names the
             # types in the statement, and excluding ids stays with SQLAlchemy.
-            key=None if exclude_ids else ("acquire", models, caps.skip_locked, limits, names),
+            key=None if exclude_ids else ("acquire", models, caps.skip_locked, limits, names, many),
             driver_statement=lambda: _statements.acquire(
-                models, caps.skip_locked, False, limits, names
+                models, caps.skip_locked, False, limits, names, many
             ),
         )
-    return rows[0] if rows else None
 
 
 def _ms(value: dt.timedelta) -> int:
@@ -241,6 +283,47 @@ def complete_job(
             executor, models, _statements.complete(models), params, key=("complete", models)
         )
     return bool(rows and rows[0]["has_dependents"])
+
+
+def complete_jobs(
+    executor: Executor,
+    models: Models,
+    *,
+    outputs: Sequence[tuple[uuid.UUID, Any]],
+    worker_id: str | None,
+    now: dt.datetime,
+) -> None:
+    """:func:`complete_job` for each ``(job id, output)``, in one batch (one round trip)."""
+    rows = [
+        {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
+        for job_id, output in outputs
+    ]
+    with database_errors("complete jobs", models):
+        _exec.execute_many(
+            executor, models, _statements.complete_many(models), rows, key=("complete-many", models)
+        )
+
+
+def return_jobs(executor: Executor, models: Models, *, job_ids: Collection[uuid.UUID]) -> None:
+    """Give back jobs acquired in this transaction but never attempted: pending, as they were.
+
+    The acquisition's ``attempt + 1`` is undone; their place in the queue is kept.
+    """
+    if not job_ids:
+        return
+    table = _job(models)
+    stmt = (
+        update(table)
+        .where(table.c.id.in_(list(job_ids)), table.c.status == JobStatus.RUNNING)
+        .values(
+            status=JobStatus.PENDING,
+            attempt=table.c.attempt - 1,
+            leased_by=None,
+            leased_until=None,
+        )
+    )
+    with database_errors("return jobs", models):
+        executor.execute(stmt)
 
 
 def insert_continuation(
