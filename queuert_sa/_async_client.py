@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
 
+from . import _removal as removal
 from . import _rules as rules
-from . import _transitions as transitions
 from ._client import Queuert
 from ._context import ClientOptions, ContextView
 from ._entities import Chain, Job, Page
@@ -332,7 +332,7 @@ class AsyncQueuert(ContextView):
         """Delete chains completed more than ``older_than`` ago; see :meth:`Queuert.cleanup`."""
         plan = rules.cleanup_plan(self.clock(), older_than, types, batch_size, max_batches)
         engine = self.immediate_engine()
-        run = transitions.Cleanup(self.ctx, plan)
+        run = removal.Cleanup(self.ctx, plan)
         more = True
         while more:
             with ops.database_errors("clean up chains", self.models):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from . import _removal as removal
 from . import _rules as rules
 from . import _transitions as transitions
 from ._attempt import Attempt, AttemptState
@@ -180,9 +181,7 @@ class Queuert(Reads):
         chains as they were, the listed ones first.
         """
         wanted = rules.deletion_ids(ids)
-        return transitions.delete_chains(
-            self.session_of(session), self.ctx, wanted, cascade=cascade
-        )
+        return removal.delete_chains(self.session_of(session), self.ctx, wanted, cascade=cascade)
 
     def cleanup(
         self,
@@ -217,7 +216,7 @@ class Queuert(Reads):
         """
         plan = rules.cleanup_plan(self.clock(), older_than, types, batch_size, max_batches)
         engine = immediate_engine(self.engine)
-        run = transitions.Cleanup(self.ctx, plan)
+        run = removal.Cleanup(self.ctx, plan)
         more = True
         while more:
             # BEGIN (IMMEDIATE on SQLite) may itself fail: translate that too.

@@ -25,8 +25,6 @@ from . import hooks
 from ._context import Context
 from ._entities import Chain, Dedup, Job
 from ._errors import (
-    BlockerReference,
-    BlockerReferenceError,
     ChainNotFoundError,
     DeduplicationError,
     InvalidBlockersError,
@@ -38,7 +36,6 @@ from ._errors import (
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType
 from ._rules import (
-    CleanupPlan,
     Completed,
     Continued,
     Decision,
@@ -48,13 +45,11 @@ from ._rules import (
 )
 from ._snapshots import chain_from_rows, job_from_row, job_snapshot
 from .models import JobStatus
-from .state import NewJob, queries
+from .state import NewJob
 from .state import blockers as ops_blockers
 from .state import chains as ops_chains
 from .state import dedup as ops_dedup
 from .state import operations as ops
-from .state import removal as ops_removal
-from .state.queries import Filters
 
 log = logging.getLogger("queuert_sa")
 
@@ -399,7 +394,7 @@ def lock_current_job(
     return job, current_type, [chain for chain in blockers if chain.is_completed]
 
 
-# --- operating: trigger, delete, clean up ------------------------------------------------
+# --- operating: trigger -------------------------------------------------------------------
 
 
 def trigger_job(session: Session, ctx: Context, job_id: uuid.UUID) -> Job[Any]:
@@ -412,100 +407,3 @@ def trigger_job(session: Session, ctx: Context, job_id: uuid.UUID) -> Job[Any]:
         raise JobNotTriggerableError(job_id, status=str(current["status"]))
     wake_after_commit(session, ctx, Counter({row["type_name"]: 1}))
     return job_snapshot(ctx.job_types, row)
-
-
-def delete_chains(
-    session: Session, ctx: Context, wanted: Sequence[uuid.UUID], *, cascade: bool
-) -> list[Chain[Any, Any]]:
-    """Delete chains all or nothing (see ``Queuert.delete_chains``); the deleted ones."""
-    models, caps = ctx.models, ctx.capabilities
-    found = ops_removal.lock_chains(session, models, caps, wanted)
-    doomed = [chain_id for chain_id in wanted if chain_id in found]
-    if cascade:
-        frontier = set(doomed)
-        while frontier:
-            blockers = ops_removal.blocker_chains_of(session, models, frontier)
-            new = sorted(blockers - set(doomed))
-            frontier = ops_removal.lock_chains(session, models, caps, new)
-            doomed += [chain_id for chain_id in new if chain_id in frontier]
-    references = ops_removal.outside_references(session, models, doomed)
-    if references:
-        raise BlockerReferenceError([BlockerReference(*ref) for ref in references])
-    rows = queries.list_chains(
-        session,
-        models,
-        filters=Filters(chain_ids=doomed),
-        order="asc",
-        after=None,
-        limit=max(len(doomed), 1),
-    )
-    by_id = {root["id"]: chain_from_rows(ctx.job_types, root, latest) for root, latest in rows}
-    ops_removal.delete_chain_rows(session, models, doomed)
-    for _, latest in rows:
-        if latest["status"] == JobStatus.RUNNING:
-            # A staged attempt is running it: tell its worker after COMMIT.
-            lost_after_commit(session, ctx, latest["id"])
-    return [by_id[chain_id] for chain_id in doomed if chain_id in by_id]
-
-
-def cleanup_batch(
-    executor: ops.Executor,
-    ctx: Context,
-    *,
-    cutoff: dt.datetime,
-    type_names: Sequence[str] | None,
-    after: tuple[dt.datetime, uuid.UUID] | None,
-    limit: int,
-) -> tuple[int, int, tuple[dt.datetime, uuid.UUID] | None]:
-    """One retention batch in the caller's transaction: (examined, deleted, next key)."""
-    models, caps = ctx.models, ctx.capabilities
-    candidates = ops_removal.retention_candidates(
-        executor, models, caps, cutoff=cutoff, type_names=type_names, after=after, limit=limit
-    )
-    if not candidates:
-        return 0, 0, after
-    ids = ops_removal.lock_whole_chains(
-        executor, models, caps, {chain_id for chain_id, _ in candidates}
-    )
-    keep = ops_removal.still_needed(
-        executor, models, chain_ids=ids, cutoff=cutoff, type_names=type_names
-    )
-    ops_removal.delete_chain_rows(executor, models, ids - keep)
-    last_id, last_created = candidates[-1]
-    return len(candidates), len(ids - keep), (last_created, last_id)
-
-
-class Cleanup:
-    """A retention run in batches: each :meth:`batch` is one transaction of the caller's."""
-
-    def __init__(self, ctx: Context, plan: CleanupPlan) -> None:
-        self._ctx = ctx
-        self._plan = plan
-        self._after: tuple[dt.datetime, uuid.UUID] | None = None
-        self._batches = 0
-        self.deleted = 0
-        """Chains deleted so far."""
-
-    def batch(self, executor: ops.Executor) -> bool:
-        """Delete one batch in ``executor``'s transaction; whether another batch should run."""
-        plan = self._plan
-        examined, gone, self._after = cleanup_batch(
-            executor,
-            self._ctx,
-            cutoff=plan.cutoff,
-            type_names=plan.type_names,
-            after=self._after,
-            limit=plan.batch_size,
-        )
-        self.deleted += gone
-        self._batches += 1
-        return plan.more(self._batches, examined)
-
-    def finish(self) -> int:
-        """Log the run; how many chains it deleted."""
-        log.info(
-            "cleanup deleted %d chains completed before %s",
-            self.deleted,
-            self._plan.cutoff.isoformat(),
-        )
-        return self.deleted

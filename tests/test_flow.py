@@ -54,6 +54,7 @@ from queuert_sa._worker._asyncio_performer import AsyncPerformer
 from queuert_sa._worker._config import Mode, Registration, WorkerCore
 from queuert_sa._worker._thread_performer import Performer
 from queuert_sa.models import DEFAULT_MODELS, JobStatus
+from queuert_sa.state import leases
 from queuert_sa.state import operations as ops
 from queuert_sa.state.capabilities import Capabilities, capabilities_for
 
@@ -1066,7 +1067,7 @@ def test_commit_prepare_renews_a_lease_that_aged_in_prepare() -> None:
     driver.drive(staged.commit_prepare(core, state, Handle("session 1")))
     assert driver.trace == ["Run(renew_lease)", *PREPARE]
     renew = driver.one("Run(renew_lease)").unit
-    assert renew.func is ops.renew_lease
+    assert renew.func is leases.renew_lease
     assert renew.keywords == {
         "models": DEFAULT_MODELS,
         "job_id": JOB_ID,
@@ -1238,7 +1239,7 @@ def test_reaping_returns_an_expired_lease_to_pending_and_tells_its_holder() -> N
         "InTransaction(write, reap_expired_lease)",
     ]
     reap = driver.one("InTransaction(write, reap_expired_lease)").unit
-    assert reap.func is ops.reap_expired_lease
+    assert reap.func is leases.reap_expired_lease
     assert reap.keywords == {
         "models": DEFAULT_MODELS,
         "caps": SQLITE,

@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any
 
 from queuert_sa._attempt import AttemptState
+from queuert_sa.state import leases
 from queuert_sa.state import operations as ops
 
 from . import _group as group
@@ -344,7 +345,7 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
     if ctx.capabilities.single_writer:
         # Single writer: look with a read before taking the write lock.
         look = partial(
-            ops.has_expired_lease,
+            leases.has_expired_lease,
             models=ctx.models,
             type_names=core.acquired_types,
             now=ctx.clock(),
@@ -353,7 +354,7 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
             return False
     held = yield Query("held_ids")
     reap = partial(
-        ops.reap_expired_lease,
+        leases.reap_expired_lease,
         models=ctx.models,
         caps=ctx.capabilities,
         type_names=core.acquired_types,

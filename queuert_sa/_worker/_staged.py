@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from queuert_sa._attempt import AttemptState
+from queuert_sa.state import leases
 from queuert_sa.state import operations as ops
 
 from . import _policy as policy
@@ -39,7 +40,7 @@ def commit_prepare(core: WorkerCore, state: AttemptState, session: Any) -> Flow[
         yield Run(
             session,
             partial(
-                ops.renew_lease,
+                leases.renew_lease,
                 models=ctx.models,
                 job_id=state.job.id,
                 worker_id=core.worker_id,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from queuert_sa import _transitions as transitions
 from queuert_sa._attempt import AttemptState
 from queuert_sa._context import Context
+from queuert_sa.state import leases
 from queuert_sa.state import operations as ops
 
 
@@ -41,7 +42,7 @@ def renew_held(
     # renewals of every other job: bounded wait, then retry soon (a lock
     # timeout is not a lost lease).
     ops.limit_lock_wait(session, ctx.capabilities, lease / 8)
-    ours = ops.renew_lease(
+    ours = leases.renew_lease(
         session,
         ctx.models,
         job_id=job_id,
