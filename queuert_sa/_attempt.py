@@ -70,6 +70,10 @@ class Outcome:
         return f"<Outcome continued with {self.next_type_name}>"
 
 
+#: Guards the first use of an attempt's signal from two threads at once.
+_SIGNAL_EVENTS = threading.Lock()
+
+
 class AttemptSignal:
     """Tells a staged handler that its attempt lost the job.
 
@@ -81,22 +85,35 @@ class AttemptSignal:
     """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        # Made on first use: most attempts never wait on it, and an Event
+        # (a Condition and its lock) costs more than the rest of the attempt's state.
+        self._event: threading.Event | None = None
         self.reason: str | None = None
+
+    def _the_event(self) -> threading.Event:
+        event = self._event
+        if event is None:
+            with _SIGNAL_EVENTS:
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+        return event
 
     def is_set(self) -> bool:
         """True once the attempt lost its job."""
-        return self._event.is_set()
+        event = self._event
+        return event is not None and event.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job is lost or ``timeout`` seconds pass; True if lost."""
-        return self._event.wait(timeout)
+        return self._the_event().wait(timeout)
 
     def set(self, reason: str) -> None:
         """Mark the attempt as having lost its job (called by the worker)."""
-        if not self._event.is_set():
+        event = self._the_event()
+        if not event.is_set():
             self.reason = reason
-            self._event.set()
+            event.set()
 
     def __bool__(self) -> bool:
         return self.is_set()

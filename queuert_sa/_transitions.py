@@ -45,6 +45,7 @@ from ._rules import (
 )
 from ._snapshots import chain_from_rows, job_from_row, job_snapshot
 from .models import JobStatus
+from .notify import NotifyAdapter
 from .state import NewJob
 from .state import blockers as ops_blockers
 from .state import chains as ops_chains
@@ -288,23 +289,32 @@ def write_outcome(
 def complete_jobs(
     session: Session,
     ctx: Context,
-    completed: Sequence[tuple[Job[Any], Completed]],
+    completed: Sequence[tuple[Job[Any], Completed, bool]],
     worker_id: str | None,
 ) -> None:
-    """:func:`write_outcome` for a group's completed jobs, in one batch of statements."""
+    """:func:`write_outcome` for a group's completed jobs, in one batch of statements.
+
+    Each is (job, decision, whether its chain has dependents, as read when
+    the job was acquired in this transaction).
+    """
     if not completed:
         return
     now = ctx.clock()
     ops.complete_jobs(
         session,
         ctx.models,
-        outputs=[(job.id, decision.output) for job, decision in completed],
+        outputs=[(job.id, decision.output) for job, decision, _ in completed],
         worker_id=worker_id,
         now=now,
     )
-    chain_ids = [job.chain_id for job, _ in completed]
-    depended = ops_blockers.chains_with_dependents(session, ctx.models, chain_ids)
-    _chains_completed(session, ctx, chain_ids, sorted(depended), now)
+    chain_ids = [job.chain_id for job, _, _ in completed]
+    depended = [job.chain_id for job, _, has_dependents in completed if has_dependents]
+    _chains_completed(session, ctx, chain_ids, depended, now)
+
+
+def _notify_completed(notify: NotifyAdapter, chain_ids: Sequence[uuid.UUID]) -> None:
+    for chain_id in chain_ids:
+        notify.notify_chain_completed(chain_id)
 
 
 def _chains_completed(
@@ -315,9 +325,7 @@ def _chains_completed(
     now: dt.datetime,
 ) -> None:
     """Signal completed chains after COMMIT, and free the jobs waiting on the ``depended`` ones."""
-    notify = ctx.notify
-    for chain_id in chain_ids:
-        hooks.on_commit(session, partial(notify.notify_chain_completed, chain_id))
+    hooks.on_commit(session, partial(_notify_completed, ctx.notify, chain_ids))
     unblocked = [
         row
         for chain_id in depended

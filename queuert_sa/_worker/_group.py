@@ -108,7 +108,7 @@ def group(
                     unstarted = rows[index + 1 :]  # the worker stops: give the rest back
                     break
         completed = [
-            (m.state.job, m.state.decision)
+            (m.state.job, m.state.decision, bool(m.row["has_dependents"]))
             for m in members
             if m.error is None and m.state is not None and isinstance(m.state.decision, Completed)
         ]

@@ -31,7 +31,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from queuert_sa.models import Models
 
-from . import _fastpath
+from . import _fastpath, _statements
 from .capabilities import Capabilities, capabilities_for
 
 if TYPE_CHECKING:
@@ -89,6 +89,39 @@ def execute_many(
         ).execute_many(connection, rows)
         return
     executor.execute(statement, [dict(row) for row in rows])
+
+
+def update_rows(
+    executor: Executor,
+    models: Models,
+    table: Table,
+    *,
+    key: str,
+    per_row: tuple[str, ...],
+    shared: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+) -> None:
+    """Set the ``per_row`` columns of each row (found by its ``key``) and ``shared`` on all.
+
+    In one round trip. On the driver's cursor with
+    :attr:`~.Capabilities.array_insert`: one UPDATE over an array per column
+    (the server runs one statement whatever the batch size); otherwise one
+    execution per row in one batch.
+    """
+    if not rows:
+        return
+    connection = _connection(executor, models)
+    caps = capabilities_for(connection.dialect)
+    names = tuple(shared)
+    if caps.array_insert and _on_driver_cursor(connection, caps):
+        _fastpath.array_update_for(
+            connection.dialect, table, key, per_row, names, prepare=caps.server_prepare
+        ).execute(connection, rows, shared)
+        return
+    statement = _statements.update_by_key(table, key, (*per_row, *names))
+    fixed = {f"p_{name}": value for name, value in shared.items()}
+    params = [{**fixed, **{f"p_{name}": row[name] for name in (key, *per_row)}} for row in rows]
+    execute_many(executor, models, statement, params, key=("update", table, key, per_row, names))
 
 
 def insert_rows(

@@ -68,6 +68,26 @@ def array_insert_for(
     return cast("ArrayInsert", found)
 
 
+def array_update_for(
+    dialect: Dialect,
+    table: Table,
+    key: str,
+    per_row: tuple[str, ...],
+    shared: tuple[str, ...],
+    *,
+    prepare: bool,
+) -> ArrayUpdate:
+    """The one-statement batch UPDATE of ``table`` (see :class:`ArrayUpdate`), once per dialect."""
+    per_dialect = _cache_of(dialect)
+    cache_key = ("array_update", table, key, per_row, shared)
+    found = per_dialect.get(cache_key)
+    if found is None:
+        found = per_dialect[cache_key] = ArrayUpdate(
+            table, key, per_row, shared, dialect, prepare=prepare
+        )
+    return cast("ArrayUpdate", found)
+
+
 def _cache_of(dialect: Dialect) -> dict[Hashable, Any]:
     """The dialect's own cache of compiled statements: it goes with its engine."""
     per_dialect: dict[Hashable, Any] | None = getattr(dialect, _STATEMENTS_ATTR, None)
@@ -246,16 +266,7 @@ class ArrayInsert:
             f"({', '.join(preparer.quote(name) for name in columns)}) "
             f"SELECT * FROM unnest({arrays})"
         )
-        self._columns = [
-            (
-                name,
-                cast(
-                    "Processor | None",
-                    table.c[name].type.dialect_impl(dialect).bind_processor(dialect),
-                ),
-            )
-            for name in columns
-        ]
+        self._columns = [(name, _bind_processor(table, name, dialect)) for name in columns]
         self._prepare = prepare
 
     def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -271,6 +282,71 @@ class ArrayInsert:
             _run(cursor, self.sql, arrays, self._prepare)
         except BaseException as exc:
             _handle(connection, exc, self.sql, arrays, cursor)
+
+
+class ArrayUpdate:
+    """Many rows updated by one UPDATE on PostgreSQL: each row's values as arrays, ``unnest``.
+
+    ``UPDATE t SET c = v.c, ..., s = %(s)s, ... FROM unnest(...) AS v(key, c, ...)
+    WHERE t.key = v.key``: one statement whatever the batch size (prepared once),
+    instead of one execution per row.
+    """
+
+    __slots__ = ("_arrays", "_prepare", "_shared", "sql")
+
+    def __init__(
+        self,
+        table: Table,
+        key: str,
+        per_row: Sequence[str],
+        shared: Sequence[str],
+        dialect: Dialect,
+        *,
+        prepare: bool,
+    ) -> None:
+        preparer = dialect.identifier_preparer
+        name = preparer.format_table(table)
+        arrayed = (key, *per_row)
+        arrays = ", ".join(
+            f"%(a_{c})s::{table.c[c].type.compile(dialect=dialect)}[]" for c in arrayed
+        )
+        sets = [f"{preparer.quote(c)} = v.{preparer.quote(c)}" for c in per_row]
+        sets += [f"{preparer.quote(c)} = %(s_{c})s" for c in shared]
+        self.sql = (
+            f"UPDATE {name} SET {', '.join(sets)} "
+            f"FROM unnest({arrays}) AS v({', '.join(preparer.quote(c) for c in arrayed)}) "
+            f"WHERE {name}.{preparer.quote(key)} = v.{preparer.quote(key)}"
+        )
+        self._arrays = [(c, _bind_processor(table, c, dialect)) for c in arrayed]
+        self._shared = [(c, _bind_processor(table, c, dialect)) for c in shared]
+        self._prepare = prepare
+
+    def execute(
+        self, connection: Connection, rows: Sequence[Mapping[str, Any]], shared: Mapping[str, Any]
+    ) -> None:
+        """Update ``rows`` in ``connection``'s transaction, with ``shared`` on every one."""
+        cursor = _cursor(connection)
+        params: dict[str, Any] = {}
+        for name, processor in self._arrays:
+            values = [row[name] for row in rows]
+            params[f"a_{name}"] = (
+                _convert(processor, values, self.sql) if processor is not None else values
+            )
+        for name, processor in self._shared:
+            value = shared[name]
+            if processor is not None and value is not None:
+                value = _convert(processor, [value], self.sql)[0]
+            params[f"s_{name}"] = value
+        try:
+            _run(cursor, self.sql, params, self._prepare)
+        except BaseException as exc:
+            _handle(connection, exc, self.sql, params, cursor)
+
+
+def _bind_processor(table: Table, column: str, dialect: Dialect) -> Processor | None:
+    return cast(
+        "Processor | None", table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
+    )
 
 
 def _convert(processor: Processor, values: list[Any], sql: str) -> list[Any]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Table,
     Update,
     bindparam,
     case,
@@ -67,7 +68,7 @@ def acquire(
     )
     if skip_locked:
         candidate = candidate.with_for_update(skip_locked=True, key_share=True)
-    returning: list[Any] = list(table.c)
+    returning: list[Any] = [*table.c, _has_dependents(models)]
     for setting in ("idle_in_transaction_session_timeout", "statement_timeout") if timeouts else ():
         # SET LOCAL of the attempt's timeout, in the acquiring round trip (it
         # runs once, for the row acquired; other types keep the current value).
@@ -90,25 +91,26 @@ def acquire(
     return cast("Update", base.returning(*returning))  # pyright: ignore[reportUnknownMemberType]
 
 
-@functools.cache
-def complete(models: Models) -> Update:
+def _has_dependents(models: Models) -> ColumnElement[bool]:
+    """Whether any job declares the row's chain as a blocker.
+
+    Most chains have none, and then the unblocking step is skipped (no extra
+    round trip). Read when the job is acquired it stays true until the
+    acquirer commits: a dependent attaching meanwhile must first lock the
+    chain's latest job, which the acquirer holds.
+    """
     table = models.job_table
     blocker = models.job_blocker_table
-    # Whether any job declares this chain as a blocker: most chains have no
-    # dependents, and then the unblocking step is skipped (no extra round trip).
     dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == table.c.chain_id)
-    return _completion(models).returning(dependents.exists().label("has_dependents"))
+    return dependents.exists().label("has_dependents")
 
 
 @functools.cache
-def complete_many(models: Models) -> Update:
-    """:func:`complete` without RETURNING, for a batch of jobs run once per row."""
-    return _completion(models)
+def complete(models: Models) -> Update:
+    return _completion(models).returning(_has_dependents(models))
 
 
 def _completion(models: Models) -> Update:
-    # A new object for each: a statement derived from a cached one would share
-    # its memoized attributes (its exported columns among them).
     table = models.job_table
     return (
         update(table)
@@ -122,6 +124,16 @@ def _completion(models: Models) -> Update:
             leased_until=None,
             last_attempt_error=None,
         )
+    )
+
+
+@functools.cache
+def update_by_key(table: Table, key: str, columns: tuple[str, ...]) -> Update:
+    """``UPDATE table SET column = :p_column, ... WHERE key = :p_key``, run once per row."""
+    return (
+        update(table)
+        .where(table.c[key] == bindparam(f"p_{key}", type_=table.c[key].type))
+        .values({name: bindparam(f"p_{name}", type_=table.c[name].type) for name in columns})
     )
 
 

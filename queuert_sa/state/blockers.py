@@ -168,19 +168,3 @@ def unblock_dependents(
         if not ids:
             return []
         return list(executor.execute(unblock, {"ids": ids, "now": now}).mappings())
-
-
-def chains_with_dependents(
-    executor: Executor, models: Models, chain_ids: Collection[uuid.UUID]
-) -> set[uuid.UUID]:
-    """Which of these chains some job declares as a blocker (one statement for a batch)."""
-    if not chain_ids:
-        return set()
-    blocker = models.job_blocker_table
-    stmt = (
-        select(blocker.c.blocked_by_chain_id)
-        .where(blocker.c.blocked_by_chain_id.in_(list(chain_ids)))
-        .distinct()
-    )
-    with database_errors("find dependents", models):
-        return set(executor.execute(stmt).scalars())

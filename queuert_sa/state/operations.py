@@ -292,14 +292,24 @@ def complete_jobs(
     worker_id: str | None,
     now: dt.datetime,
 ) -> None:
-    """:func:`complete_job` for each ``(job id, output)``, in one batch (one round trip)."""
-    rows = [
-        {"job_id": job_id, "output": output, "worker_id": worker_id, "now": now}
-        for job_id, output in outputs
-    ]
+    """:func:`complete_job` for each ``(job id, output)``, in one round trip."""
+    shared = {
+        "status": JobStatus.COMPLETED,
+        "completed_at": now,
+        "completed_by": worker_id,
+        "leased_by": None,
+        "leased_until": None,
+        "last_attempt_error": None,
+    }
     with database_errors("complete jobs", models):
-        _exec.execute_many(
-            executor, models, _statements.complete_many(models), rows, key=("complete-many", models)
+        _exec.update_rows(
+            executor,
+            models,
+            _job(models),
+            key="id",
+            per_row=("output",),
+            shared=shared,
+            rows=[{"id": job_id, "output": output} for job_id, output in outputs],
         )
 
 
