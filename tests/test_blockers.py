@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
@@ -434,3 +434,66 @@ def test_sqlite_writer_committing_between_the_blocker_read_and_the_insert(
         assert [c.id for c in client.get_job_blockers(dependent.id)] == [a.id]
     finally:
         db.engine.dispose()
+
+
+def test_a_group_completing_blockers_unblocks_their_dependents(db: Db) -> None:
+    """Group commit (batch=) writes the completions together; the dependents of the
+    completed chains start, and a dependent still waiting on an unfinished blocker stays."""
+    client = q.Queuert(db.engine, types)
+    with Session(db.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "a")
+        b = start_fetch(client, s, fetch_a, "bb")
+        lone = start_fetch(client, s, fetch_a, "c")
+        both = client.start_chain(s, merge, {"title": "both"}, blockers=[a, b])
+    worker = client.worker()
+    worker.handler(fetch_a, batch=10)(lambda att: att.complete({"rows": len(att.input["source"])}))
+    worker.handler(merge)(lambda att: att.complete({"from": [c.output for c in att.blockers]}))
+    assert worker.drain() == 4
+    assert client.get_chain(both.id).output == {"from": [{"rows": 1}, {"rows": 2}]}
+    assert client.get_chain(lone.id).status == "completed"
+
+
+def test_a_dependent_attaching_while_a_group_holds_its_blocker_is_unblocked(pg: Db) -> None:
+    """The group read "no dependents" when it acquired the blocker; a dependent started
+    meanwhile waits for the blocker's row lock, then sees the chain completed."""
+    client = q.Queuert(pg.engine, types)
+    with Session(pg.engine) as s, s.begin():
+        a = start_fetch(client, s, fetch_a, "a")
+    inside = threading.Event()
+    release = threading.Event()
+    worker = client.worker()
+
+    @worker.handler(fetch_a, batch=5)
+    def fetch(attempt: q.Attempt[SourceIn, Rows]) -> q.Outcome:
+        inside.set()
+        release.wait(10)
+        return attempt.complete({"rows": 1})
+
+    worker.handler(merge)(lambda att: att.complete({"n": len(att.blockers)}))
+    drained = threading.Thread(target=worker.drain, kwargs={"max_jobs": 1})
+    drained.start()
+    assert inside.wait(10)
+    started: list[q.Chain[Any, Any]] = []
+
+    def start_dependent() -> None:
+        with Session(pg.engine) as s, s.begin():
+            started.append(client.start_chain(s, merge, {"title": "t"}, blockers=[a]))
+
+    starter = threading.Thread(target=start_dependent)
+    starter.start()
+    deadline = time.monotonic() + 10
+    with pg.engine.connect() as conn:  # until the starter waits for the blocker's row lock
+        while not conn.execute(
+            text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        ).scalar_one():
+            assert time.monotonic() < deadline, "the starter never waited for the row lock"
+            conn.rollback()
+            time.sleep(0.01)
+    assert not started
+    release.set()
+    drained.join(10)
+    starter.join(10)
+    assert started
+    assert client.get_job(started[0].id).status == "pending"
+    assert worker.drain() == 1
+    assert client.get_chain(started[0].id).output == {"n": 1}

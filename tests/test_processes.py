@@ -25,11 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def spawn_worker(db: Db, tmp_path: Path, *, concurrency: int = 1) -> subprocess.Popen[str]:
+def spawn_worker(
+    db: Db, tmp_path: Path, *, concurrency: int = 1, batch: int = 1
+) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "QUEUERT_APP_URL": db.url,
         "QUEUERT_APP_CONCURRENCY": str(concurrency),
+        "QUEUERT_APP_BATCH": str(batch),
         "QUEUERT_APP_STARTED_DIR": str(tmp_path),
         "PYTHONPATH": str(ROOT),
     }
@@ -102,9 +105,48 @@ def test_sigkill_mid_handler_job_returns_and_completes_exactly_once(
     assert count(db, select(func.count()).select_from(Effect)) == 1
 
 
+def test_sigkill_of_a_worker_holding_a_group_keeps_nothing_and_loses_nothing(
+    db: Db, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """Group commit (batch=): the worker is killed while the group's handlers run, some
+    done, one in flight. Every job of the group is pending, none of their writes exist;
+    a rescuer completes each exactly once."""
+    client = q.Queuert(db.engine, job_types)
+    with Session(db.engine) as s, s.begin():
+        quick = client.start_chains(s, [q.ChainStart(work, {"n": i, "sleep": 0}) for i in range(4)])
+    with Session(db.engine) as s, s.begin():
+        slow = client.start_chain(s, work, {"n": 9, "sleep": 60})  # the last of the group
+
+    proc = spawn_worker(db, tmp_path, batch=10)
+    processes.append(proc)
+    marker = tmp_path / str(slow.id)
+    wait_for(marker.exists, 30, "the group's last handler to start in the worker process")
+    # The four before it ran in the same transaction, their Effect rows flushed.
+    assert all((tmp_path / str(c.id)).exists() for c in quick)
+
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+
+    for chain in [*quick, slow]:
+        job = client.get_job(chain.id)
+        assert (job.status, job.attempt) == ("pending", 0)
+    assert count(db, select(func.count()).select_from(Effect)) == 0
+
+    rescuer = build_worker(db.url, sleep_scale=0, batch=10)
+    try:
+        assert rescuer.drain() == 5
+        assert rescuer.drain() == 0
+    finally:
+        rescuer.client.engine.dispose()
+    assert [client.get_chain(c.id).output for c in [*quick, slow]] == [0, 2, 4, 6, 18]
+    assert count(db, select(func.count()).select_from(Effect)) == 5
+    assert count(db, select(func.count(func.distinct(Effect.job_id)))) == 5
+
+
 @pytest.mark.parametrize("jobs", [2000])
+@pytest.mark.parametrize("batch", [1, 25])
 def test_two_worker_processes_drain_without_double_processing(
-    pg: Db, tmp_path: Path, processes: list[subprocess.Popen[str]], jobs: int
+    pg: Db, tmp_path: Path, processes: list[subprocess.Popen[str]], jobs: int, batch: int
 ) -> None:
     db = pg
     client = q.Queuert(db.engine, job_types)
@@ -113,7 +155,7 @@ def test_two_worker_processes_drain_without_double_processing(
 
     started = time.monotonic()
     for _ in range(2):
-        processes.append(spawn_worker(db, tmp_path, concurrency=4))
+        processes.append(spawn_worker(db, tmp_path, concurrency=4, batch=batch))
     done_stmt = select(func.count()).select_from(Job).where(Job.status == "completed")
     wait_for(lambda: count(db, done_stmt) == jobs, 120, f"{jobs} jobs to complete")
     elapsed = time.monotonic() - started
