@@ -28,7 +28,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-from queuert_sa.bench import PHASES
+from queuert_sa._worker._config import HandlerOptions
+from queuert_sa.bench import BATCHED_PHASES, PHASES
 from queuert_sa.cli import (
     AppPathError,
     build_cli,
@@ -1024,11 +1025,21 @@ def test_format_table_fits_each_column_to_its_widest_cell() -> None:
 # --- bench ----------------------------------------------------------------------------
 
 
-def test_bench_runs_every_phase_and_the_reference_on_a_temporary_sqlite_file(
+#: The worker's batch registrations (``handler(batch=)``, ``batch_handler``) are
+#: being built beside these phases; until they land the batched phases cannot run.
+needs_batch_api = pytest.mark.skipif(
+    "batch" not in HandlerOptions.__annotations__,
+    reason="the workers have no batch registration yet (HandlerOptions has no 'batch')",
+)
+UNBATCHED_PHASES = [p for p in PHASES if p not in BATCHED_PHASES]
+
+
+def test_bench_runs_the_unbatched_phases_and_their_references_on_a_temporary_sqlite_file(
     tmp_path: Path,
 ) -> None:
+    modes = [arg for phase in UNBATCHED_PHASES for arg in ("--mode", phase)]
     result = run(
-        cli("bench", "--chains", "30", "--concurrency", "2", "--json"),
+        cli("bench", "--chains", "30", "--concurrency", "2", *modes, "--json"),
         env=child_env(TMPDIR=str(tmp_path)),
     )
 
@@ -1053,10 +1064,42 @@ def test_bench_runs_every_phase_and_the_reference_on_a_temporary_sqlite_file(
     assert list(tmp_path.iterdir()) == []  # its temporary database is removed
 
 
+@needs_batch_api
+def test_bench_runs_every_phase_by_default_batched_ones_included(tmp_path: Path) -> None:
+    result = run(
+        cli("bench", "--chains", "30", "--concurrency", "2", "--batch", "7", "--json"),
+        env=child_env(TMPDIR=str(tmp_path)),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert [f["phase"] for f in report["figures"]] == list(PHASES)
+    assert report["batch"] == 7
+    assert all(f["count"] == 30 and f["rate"] > 0 for f in report["figures"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_batch_api
+def test_bench_batched_phases_on_postgresql(pg: Db) -> None:
+    modes = [arg for phase in BATCHED_PHASES for arg in ("--mode", phase)]
+    result = run(
+        cli(
+            "bench", "--db", pg.url, "--chains", "40", "--concurrency", "3", "--batch", "9", *modes
+        ),
+        env=child_env(),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "up to 9 jobs per transaction when batched" in result.stdout
+    for phase in BATCHED_PHASES:
+        assert re.search(rf"^{phase} +[0-9,]+ +jobs/s", result.stdout, re.M), result.stdout
+
+
 def test_bench_on_postgresql_leaves_no_schema_behind(pg: Db) -> None:
     db = pg
+    modes = [arg for phase in UNBATCHED_PHASES for arg in ("--mode", phase)]
     result = run(
-        cli("bench", "--db", db.url, "--chains", "20", "--concurrency", "2"),
+        cli("bench", "--db", db.url, "--chains", "20", "--concurrency", "2", *modes),
         env=child_env(),
     )
 

@@ -149,6 +149,14 @@ def worker(app_path: str, log_level: str) -> None:
     type=click.Choice(PHASES),
     help="Phase to run (repeatable). Default: all.",
 )
+@click.option(
+    "--batch",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Jobs per transaction in the batched phases (atomic-batch, batch-handler, "
+    "async-atomic-batch) and their reference.",
+)
 @click.option("--no-reference", is_flag=True, help="Skip the raw-SQL reference figure.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(
@@ -156,14 +164,16 @@ def bench(
     chains: int,
     concurrency: int,
     modes: tuple[str, ...],
+    batch: int,
     no_reference: bool,
     as_json: bool,
 ) -> None:
-    """Measure throughput on your database: starts, atomic and staged processing.
+    """Measure throughput on your database: starts, atomic, batched and staged processing.
 
     Prints chains/s and jobs/s beside what the database does with the same
     acquire + complete SQL and no Python (pgbench on PostgreSQL when
-    installed; raw sqlite3 on SQLite).
+    installed; raw sqlite3 on SQLite), one job per transaction or, for the
+    batched phases, --batch jobs per transaction.
     """
     from queuert_sa.bench import run_bench  # here, not at the top: see _bench_phases
 
@@ -178,6 +188,7 @@ def bench(
             concurrency=concurrency,
             phases=modes or PHASES,
             reference=not no_reference,
+            batch=batch,
             progress=progress,
         )
     except QueuertError as exc:
