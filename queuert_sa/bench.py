@@ -23,6 +23,10 @@ Python, so the report reads "x % of what this database does".
 * processing: acquire + complete, one transaction per job — ``pgbench`` with
   ``concurrency`` clients on PostgreSQL (when ``pgbench`` is installed), a raw
   ``sqlite3`` loop on SQLite;
+* batched processing (the batched phases): ``batch`` jobs per transaction,
+  each acquired by one ``UPDATE ... WHERE id IN (SELECT ... LIMIT batch)``
+  and completed by one multi-row ``UPDATE`` writing each job's own output —
+  ``pgbench`` with ``concurrency`` clients, or the same ``sqlite3`` loop;
 * starts: the same job rows inserted one (or 100) per transaction from one
   client — ``pgbench`` with server-generated rows, or ``sqlite3`` with rows
   prepared before the clock starts.
@@ -50,7 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, Table, create_engine, func, make_url, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -91,6 +95,7 @@ REFERENCES = {
     "start-single": ("start-single",),
     "start-batched": ("start-batched",),
     "process": ("atomic", "atomic-session", "staged", "async-atomic", "async-staged"),
+    "process-batched": BATCHED_PHASES,
 }
 
 
@@ -387,7 +392,10 @@ def _process_async(
 
 
 def _table_name(models: Models) -> str:
-    table = models.job_table
+    return _quoted(models.job_table)
+
+
+def _quoted(table: Table) -> str:
     return f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
 
 
@@ -461,6 +469,60 @@ def _pg_process_reference(
         Figure("reference-process", jobs, jobs / tps, "jobs/s"),
         f"pgbench, {concurrency} clients, one transaction per acquire + complete",
     )
+
+
+def _pg_batched_process_reference(
+    engine: Engine, models: Models, chains: int, concurrency: int, batch: int
+) -> Reference:
+    """``concurrency`` pgbench clients, each transaction taking and completing ``batch`` jobs.
+
+    The statements a batching worker needs: one acquire of up to ``batch``
+    rows (all their columns, as the worker reads them) and one completion
+    writing each job's own output (the handler's ``input["i"]``) and telling
+    whether any job waits on its chain.
+    """
+    name = _table_name(models)
+    blocker = _quoted(models.job_blocker_table)
+    script = (
+        "BEGIN;\n"
+        f"WITH taken AS (UPDATE {name} SET status = 'running', attempt = attempt + 1, "
+        "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
+        f"WHERE id IN (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
+        f"AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT {batch} "
+        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING *) "
+        "SELECT coalesce(array_agg(id), '{}')::text AS ids, "
+        "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs FROM taken \\gset\n"
+        f"UPDATE {name} AS job SET status = 'completed', output = done.output, "
+        "completed_at = now(), completed_by = 'pgbench', leased_by = NULL, leased_until = NULL, "
+        "last_attempt_error = NULL "
+        "FROM unnest(:ids::uuid[], :outputs::jsonb[]) AS done(id, output) WHERE job.id = done.id "
+        f"RETURNING EXISTS (SELECT 1 FROM {blocker} AS b "
+        "WHERE b.blocked_by_chain_id = job.chain_id) AS has_dependents;\n"
+        "END;\n"
+    )
+    # Enough transactions for every job; the last ones may find fewer (or none).
+    per_client = max(-(-chains // (concurrency * batch)), 1)
+    tps, error = _pgbench(engine, script, concurrency, per_client)
+    if tps is None:
+        return Reference("process-batched", None, error)
+    jobs = _completed_by(engine, models, "pgbench")
+    return Reference(
+        "process-batched",
+        Figure("reference-process-batched", jobs, per_client * concurrency / tps, "jobs/s"),
+        f"pgbench, {concurrency} clients, one transaction per {batch} jobs: one UPDATE ... "
+        "LIMIT n FOR NO KEY UPDATE SKIP LOCKED acquires them, one UPDATE ... FROM unnest() "
+        "completes them",
+    )
+
+
+def _completed_by(engine: Engine, models: Models, who: str) -> int:
+    """How many jobs ``who`` completed (a reference counts what it did, not what it tried)."""
+    table = models.job_table
+    with engine.connect() as conn:
+        count = conn.execute(
+            select(func.count()).where(table.c.status == "completed", table.c.completed_by == who)
+        ).scalar_one()
+    return int(count)
 
 
 def _pg_start_references(engine: Engine, models: Models, chains: int) -> list[Reference]:
@@ -572,6 +634,68 @@ def _sqlite_process_reference(engine: Engine, models: Models) -> Reference:
     )
 
 
+def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int) -> Reference:
+    """One ``BEGIN IMMEDIATE`` per ``batch`` jobs: one statement acquires them, one completes.
+
+    As :func:`_pg_batched_process_reference`: the acquire returns every column,
+    the completion writes each job's own output (passed as one JSON parameter
+    of ``[id, output]`` pairs) and returns whether any job waits on its chain.
+    """
+    table = f'"{models.job_table.name}"'
+    blocker = f'"{models.job_blocker_table.name}"'
+    conn = _sqlite_connect(engine)
+    try:
+        acquire = (
+            f"UPDATE {table} SET status = 'running', attempt = attempt + 1, "
+            "last_attempt_at = ?, leased_by = 'raw', leased_until = ? "
+            f"WHERE id IN (SELECT id FROM {table} WHERE type_name = 'noop' AND "
+            f"status = 'pending' AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT {batch}) "
+            "RETURNING *"
+        )
+        complete = (
+            f"UPDATE {table} SET status = 'completed', "
+            "output = json_extract(done.value, '$[1]'), completed_at = ?, completed_by = 'raw', "
+            "leased_by = NULL, leased_until = NULL, last_attempt_error = NULL "
+            f"FROM json_each(?) AS done WHERE {table}.id = json_extract(done.value, '$[0]') "
+            f"RETURNING EXISTS (SELECT 1 FROM {blocker} "
+            f"WHERE {blocker}.blocked_by_chain_id = {table}.chain_id)"
+        )
+        done = 0
+        started = time.perf_counter()
+        while True:
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            conn.execute("BEGIN IMMEDIATE")
+            cursor = conn.execute(acquire, (now, now, now))
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            if not rows:
+                conn.execute("COMMIT")
+                break
+            # What the handler returns, input["i"]: the one piece of Python per job.
+            outputs = [[row["id"], json.loads(row["input"])["i"]] for row in rows]
+            conn.execute(complete, (now, json.dumps(outputs))).fetchall()
+            conn.execute("COMMIT")
+            done += len(rows)
+        seconds = time.perf_counter() - started
+    finally:
+        conn.close()
+    return Reference(
+        "process-batched",
+        Figure("reference-process-batched", done, seconds, "jobs/s"),
+        f"Python's sqlite3 with no ORM, one BEGIN IMMEDIATE transaction per {batch} jobs: "
+        "one UPDATE ... LIMIT n acquires them, one UPDATE ... FROM json_each() completes them",
+    )
+
+
+def _batched_process_reference(
+    client: Queuert, models: Models, chains: int, concurrency: int, batch: int
+) -> Reference:
+    """The batched phases' reference on ``client``'s database (queued jobs: ``_fill`` first)."""
+    if client.capabilities.skip_locked:
+        return _pg_batched_process_reference(client.engine, models, chains, concurrency, batch)
+    return _sqlite_batched_process_reference(client.engine, models, batch)
+
+
 # --- the whole run ----------------------------------------------------------------------
 
 
@@ -648,6 +772,12 @@ def run_bench(
                     _pg_process_reference(engine, models, chains, concurrency)
                     if postgres
                     else _sqlite_process_reference(engine, models)
+                )
+            if "process-batched" in wanted:
+                _clear(engine, models)
+                _fill(client, noop, chains)
+                references.append(
+                    _batched_process_reference(client, models, chains, concurrency, batch)
                 )
     return Report(shown, chains, concurrency, figures, references, batch=batch)
 

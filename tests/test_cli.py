@@ -24,10 +24,11 @@ from typing import Any, TypedDict
 import click
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
+from queuert_sa import bench
 from queuert_sa._worker._config import HandlerOptions
 from queuert_sa.bench import BATCHED_PHASES, PHASES
 from queuert_sa.cli import (
@@ -1076,6 +1077,10 @@ def test_bench_runs_every_phase_by_default_batched_ones_included(tmp_path: Path)
     assert [f["phase"] for f in report["figures"]] == list(PHASES)
     assert report["batch"] == 7
     assert all(f["count"] == 30 and f["rate"] > 0 for f in report["figures"])
+    references = {r["kind"]: r["figure"] for r in report["references"]}
+    assert list(references) == ["start-single", "start-batched", "process", "process-batched"]
+    assert references["process-batched"]["count"] == 30
+    assert all(f["of_reference"] > 0 for f in report["figures"])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -1092,7 +1097,39 @@ def test_bench_batched_phases_on_postgresql(pg: Db) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "up to 9 jobs per transaction when batched" in result.stdout
     for phase in BATCHED_PHASES:
-        assert re.search(rf"^{phase} +[0-9,]+ +jobs/s", result.stdout, re.M), result.stdout
+        # Each beside its share of the batched reference.
+        assert re.search(rf"^{phase} +[0-9,]+ +jobs/s +[0-9.]+ +[0-9]+%$", result.stdout, re.M), (
+            result.stdout
+        )
+    assert re.search(r"^reference process-batched +[0-9,]+ +jobs/s", result.stdout, re.M)
+    assert "reference process-batched: pgbench, 3 clients, one transaction per 9 jobs" in (
+        result.stdout
+    )
+    assert "reference process:" not in result.stdout  # no unbatched phase ran
+
+
+def test_bench_batched_reference_takes_and_completes_batch_jobs_per_transaction(db: Db) -> None:
+    with bench._bench_database(db.url) as (engine, models, _):
+        client, noop = bench._client(engine, models)
+        bench._fill(client, noop, 45)
+
+        reference = bench._batched_process_reference(client, models, 45, 1, 10)
+
+        assert reference.figure is not None
+        assert reference.figure.count == 45
+        table = models.job_table
+        with engine.connect() as conn:
+            jobs = conn.execute(select(table.c.status, table.c.input, table.c.output)).all()
+            # One client: each transaction's jobs share its time, and no other's.
+            per_commit = conn.execute(
+                select(func.count())
+                .select_from(table)
+                .group_by(table.c.completed_at)
+                .order_by(func.count())
+            ).scalars()
+            assert list(per_commit) == [5, 10, 10, 10, 10]
+    assert len(jobs) == 45
+    assert all(status == "completed" and output == i["i"] for status, i, output in jobs)
 
 
 def test_bench_on_postgresql_leaves_no_schema_behind(pg: Db) -> None:
