@@ -1088,11 +1088,10 @@ def test_bench_runs_every_phase_by_default_batched_ones_included(tmp_path: Path)
 def test_bench_batched_phases_on_postgresql(pg: Db) -> None:
     modes = [arg for phase in BATCHED_PHASES for arg in ("--mode", phase)]
     result = run(
-        cli(
-            "bench", "--db", pg.url, "--chains", "40", "--concurrency", "3", "--batch", "9", *modes
-        ),
+        cli("bench", "--db", pg.url, "--chains", "40", "--concurrency", "3", "--batch", "9",
+            "--history", "100", "--blocked", "10", *modes),
         env=child_env(),
-    )
+    )  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "up to 9 jobs per transaction when batched" in result.stdout
@@ -1132,17 +1131,70 @@ def test_bench_batched_reference_takes_and_completes_batch_jobs_per_transaction(
     assert all(status == "completed" and output == i["i"] for status, i, output in jobs)
 
 
+def test_bench_history_and_blocked_jobs_stay_in_the_table_across_phases(db: Db) -> None:
+    with bench._bench_database(db.url) as (engine, models, _):
+        client, noop = bench._client(engine, models)
+        table = models.job_table
+
+        def statuses() -> dict[str, int]:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(table.c.status, func.count()).group_by(table.c.status)
+                ).all()
+            return {str(status): count for status, count in rows}
+
+        bench._insert_background(client, models, 120, 40)
+        background = {"completed": 120, "blocked": 40, "pending": 1}  # 1: the blocker chain
+        assert statuses() == background
+        references = (
+            lambda: bench._process_reference(client, models, 30, 2),
+            lambda: bench._batched_process_reference(client, models, 30, 2, 8),
+        )
+        for reference in references:
+            bench._fill(client, noop, 30)
+            figure = reference().figure
+            assert figure is not None
+            assert figure.count == 30  # the phase's jobs, not the history
+            assert statuses() == {**background, "completed": 150}
+            bench._clear(engine, models)
+            assert statuses() == background
+        with Session(engine) as session:
+            blocked = session.scalars(
+                select(table.c.id).where(table.c.status == "blocked").limit(1)
+            ).one()
+            [blocker] = client.get_job_blockers(blocked, session=session)
+        assert (blocker.type_name, blocker.status) == ("bench-blocker", "pending")
+
+
+def test_bench_reports_the_jobs_already_in_the_table(tmp_path: Path) -> None:
+    result = run(
+        cli("bench", "--chains", "30", "--concurrency", "2", "--mode", "atomic",
+            "--history", "200", "--blocked", "50", "--json"),
+        env=child_env(TMPDIR=str(tmp_path)),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["history"], report["blocked"]) == (200, 50)
+    assert [(f["phase"], f["count"]) for f in report["figures"]] == [("atomic", 30)]
+    assert report["reference"]["count"] == 30
+
+
 def test_bench_on_postgresql_leaves_no_schema_behind(pg: Db) -> None:
     db = pg
     modes = [arg for phase in UNBATCHED_PHASES for arg in ("--mode", phase)]
     result = run(
-        cli("bench", "--db", db.url, "--chains", "20", "--concurrency", "2", *modes),
+        cli("bench", "--db", db.url, "--chains", "20", "--concurrency", "2", *modes,
+            "--history", "300", "--blocked", "30"),
         env=child_env(),
-    )
+    )  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "atomic" in result.stdout
     assert "of reference" in result.stdout
+    assert "already in the table during each phase: 300 completed jobs, 30 blocked jobs" in (
+        result.stdout
+    )
     for kind in ("start-single", "start-batched", "process"):
         assert f"reference {kind}: pgbench" in result.stdout
     with db.engine.connect() as conn:

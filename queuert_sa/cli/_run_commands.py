@@ -157,6 +157,24 @@ def worker(app_path: str, log_level: str) -> None:
     help="Jobs per transaction in the batched phases (atomic-batch, batch-handler, "
     "async-atomic-batch) and their reference.",
 )
+@click.option(
+    "--history",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="N",
+    help="Completed jobs already in the table during every phase (inserted once, by the "
+    "server, before the first): throughput as the table grows.",
+)
+@click.option(
+    "--blocked",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="M",
+    help="Blocked jobs (waiting on a chain that never completes) in the table during "
+    "every phase, as --history.",
+)
 @click.option("--no-reference", is_flag=True, help="Skip the raw-SQL reference figure.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(
@@ -165,6 +183,8 @@ def bench(
     concurrency: int,
     modes: tuple[str, ...],
     batch: int,
+    history: int,
+    blocked: int,
     no_reference: bool,
     as_json: bool,
 ) -> None:
@@ -189,6 +209,8 @@ def bench(
             phases=modes or PHASES,
             reference=not no_reference,
             batch=batch,
+            history=history,
+            blocked=blocked,
             progress=progress,
         )
     except QueuertError as exc:
