@@ -1047,6 +1047,7 @@ def test_bench_runs_the_unbatched_phases_and_their_references_on_a_temporary_sql
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["database"].startswith("sqlite:///")
+    assert (report["batch"], report["history"], report["blocked"]) == (100, 0, 0)
     assert [f["phase"] for f in report["figures"]] == [
         "start-single",
         "start-batched",
@@ -1209,6 +1210,14 @@ def test_bench_refuses_an_unknown_mode() -> None:
 
     assert result.returncode == 2
     assert "Invalid value for '--mode'" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--batch=0", "--history=-1", "--blocked=-1"])
+def test_bench_refuses_an_empty_batch_and_negative_counts(option: str) -> None:
+    result = run(cli("bench", option))
+
+    assert result.returncode == 2
+    assert f"Invalid value for '{option.split('=')[0]}'" in result.stderr
 
 
 def test_bench_modes_are_the_phases_of_the_bench_module() -> None:
