@@ -154,6 +154,7 @@ def worker(app_path: str, log_level: str) -> None:
     default=100,
     show_default=True,
     type=click.IntRange(1),
+    metavar="B",
     help="Jobs per transaction in the batched phases (atomic-batch, batch-handler, "
     "async-atomic-batch) and their reference.",
 )
