@@ -577,9 +577,12 @@ def _pg_batched_process_reference(
     """``concurrency`` pgbench clients, each transaction taking and completing ``batch`` jobs.
 
     The statements a batching worker needs: one acquire of up to ``batch``
-    rows (all their columns, as the worker reads them) and one completion
-    writing each job's own output (the handler's ``input["i"]``) and telling
-    whether any job waits on its chain.
+    rows (all their columns, as the worker reads them), one completion writing
+    each job's own output (the handler's ``input["i"]``), and one look for the
+    jobs waiting on any of their chains (the worker's is one statement per
+    group too; a correlated ``EXISTS`` per completed row, as the one-job
+    completion returns, is planned as a scan of the whole blocker table when
+    many jobs wait on one chain).
     """
     name = _table_name(models)
     blocker = _quoted(models.job_blocker_table)
@@ -591,13 +594,14 @@ def _pg_batched_process_reference(
         f"AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT {batch} "
         "FOR NO KEY UPDATE SKIP LOCKED) RETURNING *) "
         "SELECT coalesce(array_agg(id), '{}')::text AS ids, "
-        "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs FROM taken \\gset\n"
+        "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs, "
+        "coalesce(array_agg(chain_id), '{}')::text AS chains FROM taken \\gset\n"
         f"UPDATE {name} AS job SET status = 'completed', output = done.output, "
         "completed_at = now(), completed_by = 'pgbench', leased_by = NULL, leased_until = NULL, "
         "last_attempt_error = NULL "
-        "FROM unnest(:ids::uuid[], :outputs::jsonb[]) AS done(id, output) WHERE job.id = done.id "
-        f"RETURNING EXISTS (SELECT 1 FROM {blocker} AS b "
-        "WHERE b.blocked_by_chain_id = job.chain_id) AS has_dependents;\n"
+        "FROM unnest(:ids::uuid[], :outputs::jsonb[]) AS done(id, output) WHERE job.id = done.id;\n"
+        f"SELECT DISTINCT blocked_by_chain_id FROM {blocker} "
+        "WHERE blocked_by_chain_id = ANY (:chains::uuid[]);\n"
         "END;\n"
     )
     # Enough transactions for every job; the last ones may find fewer (or none).
@@ -611,7 +615,7 @@ def _pg_batched_process_reference(
         Figure("reference-process-batched", jobs, per_client * concurrency / tps, "jobs/s"),
         f"pgbench, {concurrency} clients, one transaction per {batch} jobs: one UPDATE ... "
         "LIMIT n FOR NO KEY UPDATE SKIP LOCKED acquires them, one UPDATE ... FROM unnest() "
-        "completes them",
+        "completes them, one SELECT finds their dependents",
     )
 
 
@@ -743,7 +747,7 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
 
     As :func:`_pg_batched_process_reference`: the acquire returns every column,
     the completion writes each job's own output (passed as one JSON parameter
-    of ``[id, output]`` pairs) and returns whether any job waits on its chain.
+    of ``[id, output]`` pairs), one SELECT finds the jobs waiting on their chains.
     """
     table = f'"{models.job_table.name}"'
     blocker = f'"{models.job_blocker_table.name}"'
@@ -760,9 +764,11 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
             f"UPDATE {table} SET status = 'completed', "
             "output = json_extract(done.value, '$[1]'), completed_at = ?, completed_by = 'raw', "
             "leased_by = NULL, leased_until = NULL, last_attempt_error = NULL "
-            f"FROM json_each(?) AS done WHERE {table}.id = json_extract(done.value, '$[0]') "
-            f"RETURNING EXISTS (SELECT 1 FROM {blocker} "
-            f"WHERE {blocker}.blocked_by_chain_id = {table}.chain_id)"
+            f"FROM json_each(?) AS done WHERE {table}.id = json_extract(done.value, '$[0]')"
+        )
+        dependents = (
+            f"SELECT DISTINCT blocked_by_chain_id FROM {blocker} "
+            "WHERE blocked_by_chain_id IN (SELECT value FROM json_each(?))"
         )
         done = 0
         started = time.perf_counter()
@@ -777,7 +783,8 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
                 break
             # What the handler returns, input["i"]: the one piece of Python per job.
             outputs = [[row["id"], json.loads(row["input"])["i"]] for row in rows]
-            conn.execute(complete, (now, json.dumps(outputs))).fetchall()
+            conn.execute(complete, (now, json.dumps(outputs)))
+            conn.execute(dependents, (json.dumps([row["chain_id"] for row in rows]),)).fetchall()
             conn.execute("COMMIT")
             done += len(rows)
         seconds = time.perf_counter() - started
@@ -787,7 +794,8 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
         "process-batched",
         Figure("reference-process-batched", done, seconds, "jobs/s"),
         f"Python's sqlite3 with no ORM, one BEGIN IMMEDIATE transaction per {batch} jobs: "
-        "one UPDATE ... LIMIT n acquires them, one UPDATE ... FROM json_each() completes them",
+        "one UPDATE ... LIMIT n acquires them, one UPDATE ... FROM json_each() completes them, "
+        "one SELECT finds their dependents",
     )
 
 
