@@ -7,9 +7,15 @@ Phases (each on ``chains`` single-job chains of a no-op type):
 * **atomic** / **staged** — one worker with ``concurrency`` slots drains a
   queue of ``chains`` due jobs (jobs/s); staged runs an empty ``prepare()``
   then completes in ``transaction()``;
+* **atomic-batch** — atomic with ``handler(noop, batch=B)``: a slot acquires up
+  to ``batch`` due jobs in one transaction, runs the handler on each and
+  completes them all with one statement and one COMMIT ("group commit");
+* **batch-handler** — the same transaction shape, with
+  ``batch_handler(noop, size=B)``: one call handles the whole list;
 * **atomic-session** — atomic, with a handler that reads ``attempt.session``
   (so its SAVEPOINT opens, as for any handler that writes through it);
-* **async-atomic** / **async-staged** — the same with the asyncio worker.
+* **async-atomic** / **async-atomic-batch** / **async-staged** — the same with
+  the asyncio worker.
 
 Each phase is printed beside a reference: the same SQL driven without
 Python, so the report reads "x % of what this database does".
@@ -17,9 +23,19 @@ Python, so the report reads "x % of what this database does".
 * processing: acquire + complete, one transaction per job — ``pgbench`` with
   ``concurrency`` clients on PostgreSQL (when ``pgbench`` is installed), a raw
   ``sqlite3`` loop on SQLite;
+* batched processing (the batched phases): ``batch`` jobs per transaction,
+  each acquired by one ``UPDATE ... WHERE id IN (SELECT ... LIMIT batch)``
+  and completed by one multi-row ``UPDATE`` writing each job's own output —
+  ``pgbench`` with ``concurrency`` clients, or the same ``sqlite3`` loop;
 * starts: the same job rows inserted one (or 100) per transaction from one
   client — ``pgbench`` with server-generated rows, or ``sqlite3`` with rows
   prepared before the clock starts.
+
+With ``history`` and ``blocked``, the table is not empty when a phase starts:
+it holds ``history`` completed jobs and ``blocked`` jobs waiting on a chain
+that never completes (all of the phases' type), inserted once by the server
+before the first phase and kept across phases and references. This is how
+throughput moves as the table grows.
 
 Everything runs in a schema (PostgreSQL) or file (SQLite) of its own, removed
 at the end; the application's tables are never touched.
@@ -42,9 +58,9 @@ from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, Table, bindparam, create_engine, func, make_url, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -52,10 +68,14 @@ from ._attempt import Attempt, Outcome
 from ._client import Queuert
 from ._ids import new_id
 from ._job_types import JobTypes
+from .cli._bench_phases import BATCHED_PHASES as BATCHED_PHASES
 from .cli._bench_phases import PHASES as PHASES
 from .models import Models, create_models
 
 _BATCH = 100
+
+#: Jobs a batched phase's worker takes per transaction, unless ``batch=`` says otherwise.
+DEFAULT_BATCH = 100
 
 
 class _NoopIn(TypedDict):
@@ -81,6 +101,7 @@ REFERENCES = {
     "start-single": ("start-single",),
     "start-batched": ("start-batched",),
     "process": ("atomic", "atomic-session", "staged", "async-atomic", "async-staged"),
+    "process-batched": BATCHED_PHASES,
 }
 
 
@@ -102,6 +123,12 @@ class Report:
     concurrency: int
     figures: list[Figure]
     references: list[Reference]
+    #: Jobs per transaction of the batched phases (and of their reference).
+    batch: int = DEFAULT_BATCH
+    #: Completed jobs already in the table during every phase.
+    history: int = 0
+    #: Blocked jobs (waiting on a chain that never completes) in the table during every phase.
+    blocked: int = 0
 
     @property
     def reference(self) -> Figure | None:
@@ -127,6 +154,9 @@ class Report:
             "database": self.database,
             "chains": self.chains,
             "concurrency": self.concurrency,
+            "batch": self.batch,
+            "history": self.history,
+            "blocked": self.blocked,
             "figures": figures,
             "reference": figure(self.reference),
             "references": [
@@ -136,9 +166,13 @@ class Report:
         }
 
     def table(self) -> str:
+        batched = any(f.phase in BATCHED_PHASES for f in self.figures)
         lines = [
             f"database: {self.database}",
-            f"{self.chains} chains per phase, worker concurrency {self.concurrency}",
+            f"{self.chains} chains per phase, worker concurrency {self.concurrency}"
+            + (f", up to {self.batch} jobs per transaction when batched" if batched else ""),
+            f"already in the table during each phase: {self.history:,} completed jobs, "
+            f"{self.blocked:,} blocked jobs",
             "",
             f"{'phase':<26} {'rate':>10}  {'unit':<9} {'seconds':>8}  {'of reference':>12}",
         ]
@@ -201,10 +235,96 @@ def _client(engine: Engine, models: Models) -> tuple[Queuert, Any]:
     return Queuert(engine, job_types, models=models), noop
 
 
+#: When the background rows (``history`` and ``blocked``) were created: long
+#: before anything a phase creates, so telling them apart is one index range.
+_BACKGROUND_AT = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_BACKGROUND_BEFORE = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
+
+#: ``completed_by`` of the history rows.
+_HISTORY_WORKER = "bench-history"
+
+
 def _clear(engine: Engine, models: Models) -> None:
+    """Remove what phases and references created; keep the background rows.
+
+    Keeping them (rather than inserting them again before each phase) costs one
+    insert per run, not one per phase: a million rows take seconds to insert.
+    """
+    table = models.job_table
+    blocker = models.job_blocker_table
+    created = table.c.created_at >= _BACKGROUND_BEFORE
     with engine.begin() as conn:
-        conn.execute(models.job_blocker_table.delete())
-        conn.execute(models.job_table.delete())
+        conn.execute(
+            blocker.delete().where(blocker.c.job_id.in_(select(table.c.id).where(created)))
+        )
+        conn.execute(table.delete().where(created))
+
+
+def _insert_background(client: Queuert, models: Models, history: int, blocked: int) -> None:
+    """``history`` completed jobs and ``blocked`` blocked ones, generated by the server.
+
+    All are single-job chains of the phases' type (``noop``), created at
+    ``_BACKGROUND_AT``. The blocked jobs all wait on one chain of a type no
+    worker handles (``bench-blocker``, pending), so none is ever unblocked.
+    Ids are UUIDv7-shaped, the millisecond of ``_BACKGROUND_AT`` then a
+    counter: ordered, and before every id a phase creates.
+    """
+    postgres = client.capabilities.skip_locked
+    table = _table_name(models)
+    blocker = _quoted(models.job_blocker_table)
+    ms = int(_BACKGROUND_AT.timestamp() * 1000)
+
+    def job_id(n: str) -> str:
+        if postgres:
+            return (
+                f"(lpad(to_hex({ms}::bigint), 12, '0') "
+                f"|| lpad(to_hex(({n})::bigint), 20, '0'))::uuid"
+            )
+        return f"printf('%012x%020x', {ms}, {n})"
+
+    def series(first: int, last: int) -> str:
+        """A FROM clause of the integers ``first..last``, as column ``n``."""
+        if postgres:
+            return f"generate_series({first}, {last}) AS series(n)"
+        return (
+            f"(WITH RECURSIVE series(n) AS (SELECT {first} UNION ALL "
+            f"SELECT n + 1 FROM series WHERE n < {last}) SELECT n FROM series) AS series"
+        )
+
+    input_of = "jsonb_build_object('i', n)" if postgres else "json_object('i', n)"
+    output_of = "to_jsonb(n)" if postgres else "n"
+    columns = (
+        "id, type_name, chain_id, chain_type_name, chain_index, input, output, status, "
+        "created_at, scheduled_at, completed_at, completed_by, attempt, last_attempt_at"
+    )
+    statements: list[str] = []
+    if history:
+        statements.append(
+            f"INSERT INTO {table} ({columns}) SELECT {job_id('n')}, 'noop', {job_id('n')}, "
+            f"'noop', 0, {input_of}, {output_of}, 'completed', :at, :at, :at, "
+            f"'{_HISTORY_WORKER}', 1, :at FROM {series(1, history)}"
+        )
+    if blocked:
+        first, last = history + 1, history + blocked
+        statements += [
+            f"INSERT INTO {table} ({columns}) VALUES ({job_id('0')}, 'bench-blocker', "
+            f"{job_id('0')}, 'bench-blocker', 0, NULL, NULL, 'pending', :at, :at, NULL, NULL, "
+            "0, NULL)",
+            f"INSERT INTO {table} ({columns}) SELECT {job_id('n')}, 'noop', {job_id('n')}, "
+            f"'noop', 0, {input_of}, NULL, 'blocked', :at, :at, NULL, NULL, 0, NULL "
+            f"FROM {series(first, last)}",
+            f'INSERT INTO {blocker} (job_id, blocked_by_chain_id, "index") '
+            f"SELECT {job_id('n')}, {job_id('0')}, 0 FROM {series(first, last)}",
+        ]
+    at = bindparam("at", _BACKGROUND_AT, type_=models.job_table.c.created_at.type)
+    with client.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement).bindparams(at) if ":at" in statement else text(statement))
+    if postgres and statements:
+        # As a table that grew over time would be: vacuumed and analyzed. Else
+        # autovacuum would start on the new rows in the middle of a phase.
+        with client.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"VACUUM ANALYZE {table}, {blocker}"))
 
 
 def _fill(client: Queuert, noop: Any, chains: int) -> None:
@@ -236,20 +356,35 @@ def _start_batched(client: Queuert, noop: Any, chains: int) -> float:
     return time.perf_counter() - started
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _BatchRegistrar(Protocol):
+    """The batch registrations both workers take: ``handler(batch=)`` and ``batch_handler``.
+
+    They are being added to the workers beside these phases; until they have
+    landed the workers' own annotations do not have them, hence this protocol
+    (once they have, the cast in :func:`_batching` can go).
+    """
+
+    def handler(self, job_type: Any, /, *, batch: int) -> Callable[[_F], _F]: ...
+
+    def batch_handler(self, job_type: Any, /, *, size: int) -> Callable[[_F], _F]: ...
+
+
+def _batching(worker: object) -> _BatchRegistrar:
+    return cast("_BatchRegistrar", worker)
+
+
 def _process_sync(
-    client: Queuert,
-    noop: Any,
-    chains: int,
-    concurrency: int,
-    staged: bool,
-    session: bool = False,
+    client: Queuert, noop: Any, chains: int, concurrency: int, phase: str, batch: int
 ) -> float:
     worker = client.worker(
         concurrency=concurrency,
         poll_interval=dt.timedelta(milliseconds=100),
         handle_signals="never",
     )
-    if staged:
+    if phase == "staged":
 
         @worker.handler(noop, mode="staged")
         def handle_staged(attempt: Attempt[_NoopIn, int]) -> Outcome:
@@ -258,7 +393,20 @@ def _process_sync(
             with attempt.transaction():
                 return attempt.complete(attempt.input["i"])
 
+    elif phase == "atomic-batch":
+
+        @_batching(worker).handler(noop, batch=batch)
+        def handle_each(attempt: Attempt[_NoopIn, int]) -> Outcome:
+            return attempt.complete(attempt.input["i"])
+
+    elif phase == "batch-handler":
+
+        @_batching(worker).batch_handler(noop, size=batch)
+        def handle_all(attempts: list[Attempt[_NoopIn, int]]) -> list[Outcome]:
+            return [attempt.complete(attempt.input["i"]) for attempt in attempts]
+
     else:
+        session = phase == "atomic-session"
 
         @worker.handler(noop)
         def handle(attempt: Attempt[_NoopIn, int]) -> Outcome:
@@ -283,8 +431,14 @@ def _async_url(url: URL) -> URL:
 
 
 def _process_async(
-    engine: Engine, models: Models, chains: int, concurrency: int, staged: bool
+    engine: Engine,
+    models: Models,
+    chains: int,
+    concurrency: int,
+    staged: bool,
+    batch: int | None = None,
 ) -> float:
+    """Drain the queue with an :class:`AsyncWorker`; with ``batch``, ``batch`` jobs per commit."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from ._async_client import AsyncQueuert
@@ -309,6 +463,12 @@ def _process_async(
                 async with attempt.transaction():
                     return attempt.complete(attempt.input["i"])
 
+        elif batch is not None:
+
+            @_batching(worker).handler(noop, batch=batch)
+            async def handle_each(attempt: AsyncAttempt[_NoopIn, int]) -> Outcome:
+                return attempt.complete(attempt.input["i"])
+
         else:
 
             @worker.handler(noop)
@@ -332,7 +492,10 @@ def _process_async(
 
 
 def _table_name(models: Models) -> str:
-    table = models.job_table
+    return _quoted(models.job_table)
+
+
+def _quoted(table: Table) -> str:
     return f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
 
 
@@ -406,6 +569,68 @@ def _pg_process_reference(
         Figure("reference-process", jobs, jobs / tps, "jobs/s"),
         f"pgbench, {concurrency} clients, one transaction per acquire + complete",
     )
+
+
+def _pg_batched_process_reference(
+    engine: Engine, models: Models, chains: int, concurrency: int, batch: int
+) -> Reference:
+    """``concurrency`` pgbench clients, each transaction taking and completing ``batch`` jobs.
+
+    The statements a batching worker needs: one acquire of up to ``batch``
+    rows (all their columns, as the worker reads them), one completion writing
+    each job's own output (the handler's ``input["i"]``), and one look for the
+    jobs waiting on any of their chains (the worker's is one statement per
+    group too; a correlated ``EXISTS`` per completed row, as the one-job
+    completion returns, is planned as a scan of the whole blocker table when
+    many jobs wait on one chain).
+    """
+    name = _table_name(models)
+    blocker = _quoted(models.job_blocker_table)
+    script = (
+        "BEGIN;\n"
+        f"WITH taken AS (UPDATE {name} SET status = 'running', attempt = attempt + 1, "
+        "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
+        f"WHERE id IN (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
+        f"AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT {batch} "
+        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING *) "
+        "SELECT coalesce(array_agg(id), '{}')::text AS ids, "
+        "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs, "
+        "coalesce(array_agg(chain_id), '{}')::text AS chains FROM taken \\gset\n"
+        f"UPDATE {name} AS job SET status = 'completed', output = done.output, "
+        "completed_at = now(), completed_by = 'pgbench', leased_by = NULL, leased_until = NULL, "
+        "last_attempt_error = NULL "
+        "FROM unnest(:ids::uuid[], :outputs::jsonb[]) AS done(id, output) WHERE job.id = done.id;\n"
+        f"SELECT DISTINCT blocked_by_chain_id FROM {blocker} "
+        "WHERE blocked_by_chain_id = ANY (:chains::uuid[]);\n"
+        "END;\n"
+    )
+    # Enough transactions for every job; the last ones may find fewer (or none).
+    per_client = max(-(-chains // (concurrency * batch)), 1)
+    tps, error = _pgbench(engine, script, concurrency, per_client)
+    if tps is None:
+        return Reference("process-batched", None, error)
+    jobs = _completed_by(engine, models, "pgbench")
+    return Reference(
+        "process-batched",
+        Figure("reference-process-batched", jobs, per_client * concurrency / tps, "jobs/s"),
+        f"pgbench, {concurrency} clients, one transaction per {batch} jobs: one UPDATE ... "
+        "LIMIT n FOR NO KEY UPDATE SKIP LOCKED acquires them, one UPDATE ... FROM unnest() "
+        "completes them, one SELECT finds their dependents",
+    )
+
+
+def _completed_by(engine: Engine, models: Models, who: str) -> int:
+    """How many jobs ``who`` completed (a reference counts what it did, not what it tried)."""
+    table = models.job_table
+    with engine.connect() as conn:
+        count = conn.execute(
+            select(func.count()).where(
+                table.c.status == "completed",
+                table.c.created_at >= _BACKGROUND_BEFORE,  # not the history: an index range
+                table.c.completed_by == who,
+            )
+        ).scalar_one()
+    return int(count)
 
 
 def _pg_start_references(engine: Engine, models: Models, chains: int) -> list[Reference]:
@@ -517,6 +742,79 @@ def _sqlite_process_reference(engine: Engine, models: Models) -> Reference:
     )
 
 
+def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int) -> Reference:
+    """One ``BEGIN IMMEDIATE`` per ``batch`` jobs: one statement acquires them, one completes.
+
+    As :func:`_pg_batched_process_reference`: the acquire returns every column,
+    the completion writes each job's own output (passed as one JSON parameter
+    of ``[id, output]`` pairs), one SELECT finds the jobs waiting on their chains.
+    """
+    table = f'"{models.job_table.name}"'
+    blocker = f'"{models.job_blocker_table.name}"'
+    conn = _sqlite_connect(engine)
+    try:
+        acquire = (
+            f"UPDATE {table} SET status = 'running', attempt = attempt + 1, "
+            "last_attempt_at = ?, leased_by = 'raw', leased_until = ? "
+            f"WHERE id IN (SELECT id FROM {table} WHERE type_name = 'noop' AND "
+            f"status = 'pending' AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT {batch}) "
+            "RETURNING *"
+        )
+        complete = (
+            f"UPDATE {table} SET status = 'completed', "
+            "output = json_extract(done.value, '$[1]'), completed_at = ?, completed_by = 'raw', "
+            "leased_by = NULL, leased_until = NULL, last_attempt_error = NULL "
+            f"FROM json_each(?) AS done WHERE {table}.id = json_extract(done.value, '$[0]')"
+        )
+        dependents = (
+            f"SELECT DISTINCT blocked_by_chain_id FROM {blocker} "
+            "WHERE blocked_by_chain_id IN (SELECT value FROM json_each(?))"
+        )
+        done = 0
+        started = time.perf_counter()
+        while True:
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            conn.execute("BEGIN IMMEDIATE")
+            cursor = conn.execute(acquire, (now, now, now))
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            if not rows:
+                conn.execute("COMMIT")
+                break
+            # What the handler returns, input["i"]: the one piece of Python per job.
+            outputs = [[row["id"], json.loads(row["input"])["i"]] for row in rows]
+            conn.execute(complete, (now, json.dumps(outputs)))
+            conn.execute(dependents, (json.dumps([row["chain_id"] for row in rows]),)).fetchall()
+            conn.execute("COMMIT")
+            done += len(rows)
+        seconds = time.perf_counter() - started
+    finally:
+        conn.close()
+    return Reference(
+        "process-batched",
+        Figure("reference-process-batched", done, seconds, "jobs/s"),
+        f"Python's sqlite3 with no ORM, one BEGIN IMMEDIATE transaction per {batch} jobs: "
+        "one UPDATE ... LIMIT n acquires them, one UPDATE ... FROM json_each() completes them, "
+        "one SELECT finds their dependents",
+    )
+
+
+def _process_reference(client: Queuert, models: Models, chains: int, concurrency: int) -> Reference:
+    """The unbatched phases' reference on ``client``'s database (queued jobs: ``_fill`` first)."""
+    if client.capabilities.skip_locked:
+        return _pg_process_reference(client.engine, models, chains, concurrency)
+    return _sqlite_process_reference(client.engine, models)
+
+
+def _batched_process_reference(
+    client: Queuert, models: Models, chains: int, concurrency: int, batch: int
+) -> Reference:
+    """The batched phases' reference on ``client``'s database (queued jobs: ``_fill`` first)."""
+    if client.capabilities.skip_locked:
+        return _pg_batched_process_reference(client.engine, models, chains, concurrency, batch)
+    return _sqlite_batched_process_reference(client.engine, models, batch)
+
+
 # --- the whole run ----------------------------------------------------------------------
 
 
@@ -527,12 +825,25 @@ def run_bench(
     concurrency: int = 10,
     phases: Sequence[str] = PHASES,
     reference: bool = True,
+    batch: int = DEFAULT_BATCH,
+    history: int = 0,
+    blocked: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Run the phases on ``url`` (default: a temporary SQLite file); the figures."""
+    """Run the phases on ``url`` (default: a temporary SQLite file); the figures.
+
+    ``batch``: jobs per transaction of the batched phases (``BATCHED_PHASES``)
+    and of their reference; defaults to 100. ``history`` completed jobs and
+    ``blocked`` blocked jobs are in the table during every phase and
+    reference; default none.
+    """
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         raise ValueError(f"unknown phase(s) {unknown}; choose from {', '.join(PHASES)}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, not {batch}")
+    if history < 0 or blocked < 0:
+        raise ValueError(f"history and blocked must not be negative, not {history}, {blocked}")
 
     def say(line: str) -> None:
         if progress is not None:
@@ -542,6 +853,9 @@ def run_bench(
     references: list[Reference] = []
     with _bench_database(url) as (engine, models, shown):
         client, noop = _client(engine, models)
+        if history or blocked:
+            say(f"inserting {history:,} completed and {blocked:,} blocked jobs ...")
+            _insert_background(client, models, history, blocked)
         for phase in phases:
             say(f"{phase} ...")
             _clear(engine, models)
@@ -556,13 +870,17 @@ def run_bench(
                 )
                 continue
             _fill(client, noop, chains)
-            staged = phase.endswith("staged")
             if phase.startswith("async"):
-                seconds = _process_async(engine, models, chains, concurrency, staged)
-            else:
-                seconds = _process_sync(
-                    client, noop, chains, concurrency, staged, session=phase == "atomic-session"
+                seconds = _process_async(
+                    engine,
+                    models,
+                    chains,
+                    concurrency,
+                    staged=phase.endswith("staged"),
+                    batch=batch if phase in BATCHED_PHASES else None,
                 )
+            else:
+                seconds = _process_sync(client, noop, chains, concurrency, phase, batch)
             figures.append(Figure(phase, chains, seconds, "jobs/s"))
         if reference:
             say("reference ...")
@@ -578,12 +896,23 @@ def run_bench(
             if "process" in wanted:
                 _clear(engine, models)
                 _fill(client, noop, chains)
+                references.append(_process_reference(client, models, chains, concurrency))
+            if "process-batched" in wanted:
+                _clear(engine, models)
+                _fill(client, noop, chains)
                 references.append(
-                    _pg_process_reference(engine, models, chains, concurrency)
-                    if postgres
-                    else _sqlite_process_reference(engine, models)
+                    _batched_process_reference(client, models, chains, concurrency, batch)
                 )
-    return Report(shown, chains, concurrency, figures, references)
+    return Report(
+        shown,
+        chains,
+        concurrency,
+        figures,
+        references,
+        batch=batch,
+        history=history,
+        blocked=blocked,
+    )
 
 
 def report_json(report: Report) -> str:

@@ -24,11 +24,13 @@ from typing import Any, TypedDict
 import click
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-from queuert_sa.bench import PHASES
+from queuert_sa import bench
+from queuert_sa._worker._config import HandlerOptions
+from queuert_sa.bench import BATCHED_PHASES, PHASES
 from queuert_sa.cli import (
     AppPathError,
     build_cli,
@@ -1024,17 +1026,28 @@ def test_format_table_fits_each_column_to_its_widest_cell() -> None:
 # --- bench ----------------------------------------------------------------------------
 
 
-def test_bench_runs_every_phase_and_the_reference_on_a_temporary_sqlite_file(
+#: The worker's batch registrations (``handler(batch=)``, ``batch_handler``) are
+#: being built beside these phases; until they land the batched phases cannot run.
+needs_batch_api = pytest.mark.skipif(
+    "batch" not in HandlerOptions.__annotations__,
+    reason="the workers have no batch registration yet (HandlerOptions has no 'batch')",
+)
+UNBATCHED_PHASES = [p for p in PHASES if p not in BATCHED_PHASES]
+
+
+def test_bench_runs_the_unbatched_phases_and_their_references_on_a_temporary_sqlite_file(
     tmp_path: Path,
 ) -> None:
+    modes = [arg for phase in UNBATCHED_PHASES for arg in ("--mode", phase)]
     result = run(
-        cli("bench", "--chains", "30", "--concurrency", "2", "--json"),
+        cli("bench", "--chains", "30", "--concurrency", "2", *modes, "--json"),
         env=child_env(TMPDIR=str(tmp_path)),
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["database"].startswith("sqlite:///")
+    assert (report["batch"], report["history"], report["blocked"]) == (100, 0, 0)
     assert [f["phase"] for f in report["figures"]] == [
         "start-single",
         "start-batched",
@@ -1053,16 +1066,136 @@ def test_bench_runs_every_phase_and_the_reference_on_a_temporary_sqlite_file(
     assert list(tmp_path.iterdir()) == []  # its temporary database is removed
 
 
+@needs_batch_api
+def test_bench_runs_every_phase_by_default_batched_ones_included(tmp_path: Path) -> None:
+    result = run(
+        cli("bench", "--chains", "30", "--concurrency", "2", "--batch", "7", "--json"),
+        env=child_env(TMPDIR=str(tmp_path)),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert [f["phase"] for f in report["figures"]] == list(PHASES)
+    assert report["batch"] == 7
+    assert all(f["count"] == 30 and f["rate"] > 0 for f in report["figures"])
+    references = {r["kind"]: r["figure"] for r in report["references"]}
+    assert list(references) == ["start-single", "start-batched", "process", "process-batched"]
+    assert references["process-batched"]["count"] == 30
+    assert all(f["of_reference"] > 0 for f in report["figures"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_batch_api
+def test_bench_batched_phases_on_postgresql(pg: Db) -> None:
+    modes = [arg for phase in BATCHED_PHASES for arg in ("--mode", phase)]
+    result = run(
+        cli("bench", "--db", pg.url, "--chains", "40", "--concurrency", "3", "--batch", "9",
+            "--history", "100", "--blocked", "10", *modes),
+        env=child_env(),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "up to 9 jobs per transaction when batched" in result.stdout
+    for phase in BATCHED_PHASES:
+        # Each beside its share of the batched reference.
+        assert re.search(rf"^{phase} +[0-9,]+ +jobs/s +[0-9.]+ +[0-9]+%$", result.stdout, re.M), (
+            result.stdout
+        )
+    assert re.search(r"^reference process-batched +[0-9,]+ +jobs/s", result.stdout, re.M)
+    assert "reference process-batched: pgbench, 3 clients, one transaction per 9 jobs" in (
+        result.stdout
+    )
+    assert "reference process:" not in result.stdout  # no unbatched phase ran
+
+
+def test_bench_batched_reference_takes_and_completes_batch_jobs_per_transaction(db: Db) -> None:
+    with bench._bench_database(db.url) as (engine, models, _):
+        client, noop = bench._client(engine, models)
+        bench._fill(client, noop, 45)
+
+        reference = bench._batched_process_reference(client, models, 45, 1, 10)
+
+        assert reference.figure is not None
+        assert reference.figure.count == 45
+        table = models.job_table
+        with engine.connect() as conn:
+            jobs = conn.execute(select(table.c.status, table.c.input, table.c.output)).all()
+            # One client: each transaction's jobs share its time, and no other's.
+            per_commit = conn.execute(
+                select(func.count())
+                .select_from(table)
+                .group_by(table.c.completed_at)
+                .order_by(func.count())
+            ).scalars()
+            assert list(per_commit) == [5, 10, 10, 10, 10]
+    assert len(jobs) == 45
+    assert all(status == "completed" and output == i["i"] for status, i, output in jobs)
+
+
+def test_bench_history_and_blocked_jobs_stay_in_the_table_across_phases(db: Db) -> None:
+    with bench._bench_database(db.url) as (engine, models, _):
+        client, noop = bench._client(engine, models)
+        table = models.job_table
+
+        def statuses() -> dict[str, int]:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(table.c.status, func.count()).group_by(table.c.status)
+                ).all()
+            return {str(status): count for status, count in rows}
+
+        bench._insert_background(client, models, 120, 40)
+        background = {"completed": 120, "blocked": 40, "pending": 1}  # 1: the blocker chain
+        assert statuses() == background
+        references = (
+            lambda: bench._process_reference(client, models, 30, 2),
+            lambda: bench._batched_process_reference(client, models, 30, 2, 8),
+        )
+        for reference in references:
+            bench._fill(client, noop, 30)
+            figure = reference().figure
+            assert figure is not None
+            assert figure.count == 30  # the phase's jobs, not the history
+            assert statuses() == {**background, "completed": 150}
+            bench._clear(engine, models)
+            assert statuses() == background
+        with Session(engine) as session:
+            blocked = session.scalars(
+                select(table.c.id).where(table.c.status == "blocked").limit(1)
+            ).one()
+            [blocker] = client.get_job_blockers(blocked, session=session)
+        assert (blocker.type_name, blocker.status) == ("bench-blocker", "pending")
+
+
+def test_bench_reports_the_jobs_already_in_the_table(tmp_path: Path) -> None:
+    result = run(
+        cli("bench", "--chains", "30", "--concurrency", "2", "--mode", "atomic",
+            "--history", "200", "--blocked", "50", "--json"),
+        env=child_env(TMPDIR=str(tmp_path)),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["history"], report["blocked"]) == (200, 50)
+    assert [(f["phase"], f["count"]) for f in report["figures"]] == [("atomic", 30)]
+    assert report["reference"]["count"] == 30
+
+
 def test_bench_on_postgresql_leaves_no_schema_behind(pg: Db) -> None:
     db = pg
+    modes = [arg for phase in UNBATCHED_PHASES for arg in ("--mode", phase)]
     result = run(
-        cli("bench", "--db", db.url, "--chains", "20", "--concurrency", "2"),
+        cli("bench", "--db", db.url, "--chains", "20", "--concurrency", "2", *modes,
+            "--history", "300", "--blocked", "30"),
         env=child_env(),
-    )
+    )  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "atomic" in result.stdout
     assert "of reference" in result.stdout
+    assert "already in the table during each phase: 300 completed jobs, 30 blocked jobs" in (
+        result.stdout
+    )
     for kind in ("start-single", "start-batched", "process"):
         assert f"reference {kind}: pgbench" in result.stdout
     with db.engine.connect() as conn:
@@ -1077,6 +1210,14 @@ def test_bench_refuses_an_unknown_mode() -> None:
 
     assert result.returncode == 2
     assert "Invalid value for '--mode'" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--batch=0", "--history=-1", "--blocked=-1"])
+def test_bench_refuses_an_empty_batch_and_negative_counts(option: str) -> None:
+    result = run(cli("bench", option))
+
+    assert result.returncode == 2
+    assert f"Invalid value for '{option.split('=')[0]}'" in result.stderr
 
 
 def test_bench_modes_are_the_phases_of_the_bench_module() -> None:

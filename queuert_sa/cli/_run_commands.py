@@ -149,6 +149,33 @@ def worker(app_path: str, log_level: str) -> None:
     type=click.Choice(PHASES),
     help="Phase to run (repeatable). Default: all.",
 )
+@click.option(
+    "--batch",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="B",
+    help="Jobs per transaction in the batched phases (atomic-batch, batch-handler, "
+    "async-atomic-batch) and their reference.",
+)
+@click.option(
+    "--history",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="N",
+    help="Completed jobs already in the table during every phase (inserted once, by the "
+    "server, before the first): throughput as the table grows.",
+)
+@click.option(
+    "--blocked",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="M",
+    help="Blocked jobs (waiting on a chain that never completes) in the table during "
+    "every phase, as --history.",
+)
 @click.option("--no-reference", is_flag=True, help="Skip the raw-SQL reference figure.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(
@@ -156,14 +183,18 @@ def bench(
     chains: int,
     concurrency: int,
     modes: tuple[str, ...],
+    batch: int,
+    history: int,
+    blocked: int,
     no_reference: bool,
     as_json: bool,
 ) -> None:
-    """Measure throughput on your database: starts, atomic and staged processing.
+    """Measure throughput on your database: starts, atomic, batched and staged processing.
 
     Prints chains/s and jobs/s beside what the database does with the same
     acquire + complete SQL and no Python (pgbench on PostgreSQL when
-    installed; raw sqlite3 on SQLite).
+    installed; raw sqlite3 on SQLite), one job per transaction or, for the
+    batched phases, --batch jobs per transaction.
     """
     from queuert_sa.bench import run_bench  # here, not at the top: see _bench_phases
 
@@ -178,6 +209,9 @@ def bench(
             concurrency=concurrency,
             phases=modes or PHASES,
             reference=not no_reference,
+            batch=batch,
+            history=history,
+            blocked=blocked,
             progress=progress,
         )
     except QueuertError as exc:
