@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = Path(__file__).resolve().parent / "alembic_app"
 APP_REVISION = "ef0505469c4b"
 QUEUERT_BASE_REVISION = "2fac216ef489"
-QUEUERT_REVISION = "7c41d9e0b5a2"  # the head of the queuert branch
+QUEUERT_REVISION = "b5d3e8a1c4f7"  # the head of the queuert branch
 QUEUERT_TABLES = {"queuert_job", "queuert_job_blocker"}
 QUEUERT_INDEXES = {
     "queuert_job": {
@@ -304,6 +304,44 @@ def test_queuert_tables_match_the_models(server: Server, url: str) -> None:
             assert {ix["name"] for ix in insp.get_indexes(table)} == expected
     reference = models_reference(server, queuert_sa.metadata)
     assert reflect(url, QUEUERT_TABLES) == reflect(reference, QUEUERT_TABLES)
+
+
+def blocker_column_options(url: str, table: str, schema: str | None = None) -> list[str]:
+    """PostgreSQL's per-column options of ``blocked_by_chain_id`` (``n_distinct=-1``)."""
+    with connect(url) as conn:
+        found = conn.execute(
+            text(
+                "SELECT attoptions FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+                "AND attname = 'blocked_by_chain_id'"
+            ),
+            {"t": f'"{schema}"."{table}"' if schema else f'"{table}"'},
+        ).scalar_one()
+    return [option for option in found or [] if option.startswith("n_distinct")]
+
+
+@pytest.mark.parametrize("custom", [False, True])
+def test_blocker_lookups_stay_on_the_index_however_they_were_made(
+    server: Server, url: str, custom: bool
+) -> None:
+    """The migration and ``create_all`` both declare the blocker chains distinct on
+    PostgreSQL (else a chain many jobs wait on makes every completion scan the table),
+    and the downgrade takes it back."""
+    if server.kind != "postgresql":
+        pytest.skip("a PostgreSQL planner setting; SQLite has nothing to set")
+    prefix, schema = ("myapp_", "jobs") if custom else ("queuert_", None)
+    if schema:
+        with connect(url) as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            conn.commit()
+    cfg = app_config(url, table_prefix=prefix, schema=schema) if custom else app_config(url)
+    command.upgrade(cfg, "heads")
+    table = f"{prefix}job_blocker"
+    assert blocker_column_options(url, table, schema) == ["n_distinct=-1"]
+    models = create_models(table_prefix=prefix, schema=schema)
+    reference = models_reference(server, models.metadata, schema)
+    assert blocker_column_options(reference, table, schema) == ["n_distinct=-1"]
+    command.downgrade(cfg, "7c41d9e0b5a2")
+    assert blocker_column_options(url, table, schema) == []
 
 
 def test_upgrade_from_the_first_revision_backfills_continuation_keys(url: str) -> None:
