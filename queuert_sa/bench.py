@@ -58,7 +58,7 @@ from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, TypeVar, cast
+from typing import Any, TypedDict
 
 from sqlalchemy import Engine, Table, bindparam, create_engine, func, make_url, select, text
 from sqlalchemy.engine import URL
@@ -356,26 +356,6 @@ def _start_batched(client: Queuert, noop: Any, chains: int) -> float:
     return time.perf_counter() - started
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-class _BatchRegistrar(Protocol):
-    """The batch registrations both workers take: ``handler(batch=)`` and ``batch_handler``.
-
-    They are being added to the workers beside these phases; until they have
-    landed the workers' own annotations do not have them, hence this protocol
-    (once they have, the cast in :func:`_batching` can go).
-    """
-
-    def handler(self, job_type: Any, /, *, batch: int) -> Callable[[_F], _F]: ...
-
-    def batch_handler(self, job_type: Any, /, *, size: int) -> Callable[[_F], _F]: ...
-
-
-def _batching(worker: object) -> _BatchRegistrar:
-    return cast("_BatchRegistrar", worker)
-
-
 def _process_sync(
     client: Queuert, noop: Any, chains: int, concurrency: int, phase: str, batch: int
 ) -> float:
@@ -395,13 +375,13 @@ def _process_sync(
 
     elif phase == "atomic-batch":
 
-        @_batching(worker).handler(noop, batch=batch)
+        @worker.handler(noop, batch=batch)
         def handle_each(attempt: Attempt[_NoopIn, int]) -> Outcome:
             return attempt.complete(attempt.input["i"])
 
     elif phase == "batch-handler":
 
-        @_batching(worker).batch_handler(noop, size=batch)
+        @worker.batch_handler(noop, size=batch)
         def handle_all(attempts: list[Attempt[_NoopIn, int]]) -> list[Outcome]:
             return [attempt.complete(attempt.input["i"]) for attempt in attempts]
 
@@ -465,7 +445,7 @@ def _process_async(
 
         elif batch is not None:
 
-            @_batching(worker).handler(noop, batch=batch)
+            @worker.handler(noop, batch=batch)
             async def handle_each(attempt: AsyncAttempt[_NoopIn, int]) -> Outcome:
                 return attempt.complete(attempt.input["i"])
 
@@ -577,12 +557,9 @@ def _pg_batched_process_reference(
     """``concurrency`` pgbench clients, each transaction taking and completing ``batch`` jobs.
 
     The statements a batching worker needs: one acquire of up to ``batch``
-    rows (all their columns, as the worker reads them), one completion writing
-    each job's own output (the handler's ``input["i"]``), and one look for the
-    jobs waiting on any of their chains (the worker's is one statement per
-    group too; a correlated ``EXISTS`` per completed row, as the one-job
-    completion returns, is planned as a scan of the whole blocker table when
-    many jobs wait on one chain).
+    rows (all their columns, as the worker reads them, and whether any job
+    waits on each one's chain) and one completion writing each job's own
+    output (the handler's ``input["i"]``).
     """
     name = _table_name(models)
     blocker = _quoted(models.job_blocker_table)
@@ -592,16 +569,14 @@ def _pg_batched_process_reference(
         "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
         f"WHERE id IN (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
         f"AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT {batch} "
-        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING *) "
+        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING *, EXISTS (SELECT 1 FROM "
+        f"{blocker} WHERE blocked_by_chain_id = chain_id) AS has_dependents) "
         "SELECT coalesce(array_agg(id), '{}')::text AS ids, "
-        "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs, "
-        "coalesce(array_agg(chain_id), '{}')::text AS chains FROM taken \\gset\n"
+        "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs FROM taken \\gset\n"
         f"UPDATE {name} AS job SET status = 'completed', output = done.output, "
         "completed_at = now(), completed_by = 'pgbench', leased_by = NULL, leased_until = NULL, "
         "last_attempt_error = NULL "
         "FROM unnest(:ids::uuid[], :outputs::jsonb[]) AS done(id, output) WHERE job.id = done.id;\n"
-        f"SELECT DISTINCT blocked_by_chain_id FROM {blocker} "
-        "WHERE blocked_by_chain_id = ANY (:chains::uuid[]);\n"
         "END;\n"
     )
     # Enough transactions for every job; the last ones may find fewer (or none).
@@ -614,8 +589,8 @@ def _pg_batched_process_reference(
         "process-batched",
         Figure("reference-process-batched", jobs, per_client * concurrency / tps, "jobs/s"),
         f"pgbench, {concurrency} clients, one transaction per {batch} jobs: one UPDATE ... "
-        "LIMIT n FOR NO KEY UPDATE SKIP LOCKED acquires them, one UPDATE ... FROM unnest() "
-        "completes them, one SELECT finds their dependents",
+        "LIMIT n FOR NO KEY UPDATE SKIP LOCKED acquires them (and reads whether their chains "
+        "have dependents), one UPDATE ... FROM unnest() completes them",
     )
 
 
@@ -745,9 +720,9 @@ def _sqlite_process_reference(engine: Engine, models: Models) -> Reference:
 def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int) -> Reference:
     """One ``BEGIN IMMEDIATE`` per ``batch`` jobs: one statement acquires them, one completes.
 
-    As :func:`_pg_batched_process_reference`: the acquire returns every column,
-    the completion writes each job's own output (passed as one JSON parameter
-    of ``[id, output]`` pairs), one SELECT finds the jobs waiting on their chains.
+    As :func:`_pg_batched_process_reference`: the acquire returns every column
+    and whether each chain has dependents, the completion writes each job's
+    own output (passed as one JSON parameter of ``[id, output]`` pairs).
     """
     table = f'"{models.job_table.name}"'
     blocker = f'"{models.job_blocker_table.name}"'
@@ -758,17 +733,14 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
             "last_attempt_at = ?, leased_by = 'raw', leased_until = ? "
             f"WHERE id IN (SELECT id FROM {table} WHERE type_name = 'noop' AND "
             f"status = 'pending' AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT {batch}) "
-            "RETURNING *"
+            f"RETURNING *, EXISTS (SELECT 1 FROM {blocker} WHERE blocked_by_chain_id = chain_id) "
+            "AS has_dependents"
         )
         complete = (
             f"UPDATE {table} SET status = 'completed', "
             "output = json_extract(done.value, '$[1]'), completed_at = ?, completed_by = 'raw', "
             "leased_by = NULL, leased_until = NULL, last_attempt_error = NULL "
             f"FROM json_each(?) AS done WHERE {table}.id = json_extract(done.value, '$[0]')"
-        )
-        dependents = (
-            f"SELECT DISTINCT blocked_by_chain_id FROM {blocker} "
-            "WHERE blocked_by_chain_id IN (SELECT value FROM json_each(?))"
         )
         done = 0
         started = time.perf_counter()
@@ -784,7 +756,6 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
             # What the handler returns, input["i"]: the one piece of Python per job.
             outputs = [[row["id"], json.loads(row["input"])["i"]] for row in rows]
             conn.execute(complete, (now, json.dumps(outputs)))
-            conn.execute(dependents, (json.dumps([row["chain_id"] for row in rows]),)).fetchall()
             conn.execute("COMMIT")
             done += len(rows)
         seconds = time.perf_counter() - started
@@ -794,8 +765,8 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
         "process-batched",
         Figure("reference-process-batched", done, seconds, "jobs/s"),
         f"Python's sqlite3 with no ORM, one BEGIN IMMEDIATE transaction per {batch} jobs: "
-        "one UPDATE ... LIMIT n acquires them, one UPDATE ... FROM json_each() completes them, "
-        "one SELECT finds their dependents",
+        "one UPDATE ... LIMIT n acquires them (and reads whether their chains have dependents), "
+        "one UPDATE ... FROM json_each() completes them",
     )
 
 

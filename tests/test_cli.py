@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session
 
 import queuert_sa as q
 from queuert_sa import bench
-from queuert_sa._worker._config import HandlerOptions
 from queuert_sa.bench import BATCHED_PHASES, PHASES
 from queuert_sa.cli import (
     AppPathError,
@@ -1026,12 +1025,6 @@ def test_format_table_fits_each_column_to_its_widest_cell() -> None:
 # --- bench ----------------------------------------------------------------------------
 
 
-#: The worker's batch registrations (``handler(batch=)``, ``batch_handler``) are
-#: being built beside these phases; until they land the batched phases cannot run.
-needs_batch_api = pytest.mark.skipif(
-    "batch" not in HandlerOptions.__annotations__,
-    reason="the workers have no batch registration yet (HandlerOptions has no 'batch')",
-)
 UNBATCHED_PHASES = [p for p in PHASES if p not in BATCHED_PHASES]
 
 
@@ -1066,7 +1059,6 @@ def test_bench_runs_the_unbatched_phases_and_their_references_on_a_temporary_sql
     assert list(tmp_path.iterdir()) == []  # its temporary database is removed
 
 
-@needs_batch_api
 def test_bench_runs_every_phase_by_default_batched_ones_included(tmp_path: Path) -> None:
     result = run(
         cli("bench", "--chains", "30", "--concurrency", "2", "--batch", "7", "--json"),
@@ -1085,7 +1077,6 @@ def test_bench_runs_every_phase_by_default_batched_ones_included(tmp_path: Path)
     assert list(tmp_path.iterdir()) == []
 
 
-@needs_batch_api
 def test_bench_batched_phases_on_postgresql(pg: Db) -> None:
     modes = [arg for phase in BATCHED_PHASES for arg in ("--mode", phase)]
     result = run(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from queuert_sa._errors import QueuertError
+from queuert_sa._worker._config import MAX_BATCH
 from queuert_sa._worker._threads import Worker
 
 from ._app import AppPathError, import_worker
@@ -153,7 +154,7 @@ def worker(app_path: str, log_level: str) -> None:
     "--batch",
     default=100,
     show_default=True,
-    type=click.IntRange(1),
+    type=click.IntRange(1, MAX_BATCH),
     metavar="B",
     help="Jobs per transaction in the batched phases (atomic-batch, batch-handler, "
     "async-atomic-batch) and their reference.",
