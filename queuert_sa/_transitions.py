@@ -289,13 +289,14 @@ def write_outcome(
 def complete_jobs(
     session: Session,
     ctx: Context,
-    completed: Sequence[tuple[Job[Any], Completed, bool]],
+    completed: Sequence[tuple[Job[Any], Completed]],
     worker_id: str | None,
 ) -> None:
     """:func:`write_outcome` for a group's completed jobs, in one batch of statements.
 
-    Each is (job, decision, whether its chain has dependents, as read when
-    the job was acquired in this transaction).
+    Their dependents are looked for in one statement after the completions
+    (a fresh snapshot: a dependent that attached while the group ran, before
+    it took a job's row, is seen).
     """
     if not completed:
         return
@@ -303,13 +304,12 @@ def complete_jobs(
     ops.complete_jobs(
         session,
         ctx.models,
-        outputs=[(job.id, decision.output) for job, decision, _ in completed],
+        outputs=[(job.id, decision.output) for job, decision in completed],
         worker_id=worker_id,
         now=now,
     )
-    chain_ids = [job.chain_id for job, _, _ in completed]
-    depended = [job.chain_id for job, _, has_dependents in completed if has_dependents]
-    _chains_completed(session, ctx, chain_ids, depended, now)
+    chain_ids = [job.chain_id for job, _ in completed]
+    _chains_completed(session, ctx, chain_ids, chain_ids, now)
 
 
 def _notify_completed(notify: NotifyAdapter, chain_ids: Sequence[uuid.UUID]) -> None:
@@ -326,13 +326,13 @@ def _chains_completed(
 ) -> None:
     """Signal completed chains after COMMIT, and free the jobs waiting on the ``depended`` ones."""
     hooks.on_commit(session, partial(_notify_completed, ctx.notify, chain_ids))
-    unblocked = [
-        row
-        for chain_id in depended
-        for row in ops_blockers.unblock_dependents(
-            session, ctx.models, ctx.capabilities, chain_id=chain_id, now=now
+    unblocked = (
+        ops_blockers.unblock_dependents(
+            session, ctx.models, ctx.capabilities, chain_ids=depended, now=now
         )
-    ]
+        if depended
+        else []
+    )
     wake_after_commit(session, ctx, Counter(row["type_name"] for row in unblocked))
 
 

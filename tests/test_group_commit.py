@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -136,7 +137,9 @@ def test_a_group_whose_commit_fails_keeps_nothing_and_retries_every_job(kit: Kit
             job = kit.client.get_job(chain.id)
             assert (job.status, job.attempt) == ("pending", 1)
             assert job.last_attempt_error is not None
-            assert "COMMIT failed" in job.last_attempt_error
+            assert job.last_attempt_error.startswith(
+                "the group's transaction failed (completions or COMMIT)"
+            ), job.last_attempt_error[:200]
             assert job.scheduled_at >= before + dt.timedelta(seconds=10)
         assert effects(db, "work") == 0
         assert (worker.completed, worker.failed) == (0, 4)
@@ -325,3 +328,34 @@ def test_two_grouping_workers_never_run_a_job_twice(pg_kit: Kit) -> None:
     assert sum(h.completed for h in handles) == 300
     assert len(runs) == len(set(runs)) == 300
     assert effects(kit.db, "rival") == 300
+
+
+def test_a_worker_stopping_mid_group_gives_back_the_jobs_it_has_not_started(kit: Kit) -> None:
+    """stop() while a group runs: the attempt in flight finishes and commits, the rest of
+    the group is pending again as it was (attempt 0), for the next worker."""
+    chains = start_many(kit, 5)
+    worker = kit.worker(shutdown_grace=dt.timedelta(seconds=20))
+    entered, release = threading.Event(), threading.Event()
+
+    @worker.handler(work, batch=5, on_thread=True)
+    def handle(attempt: Any) -> q.Outcome:
+        if attempt.input["n"] == 0:
+            entered.set()
+            release.wait(20)
+        return attempt.complete(attempt.input["n"])
+
+    worker.start()
+    assert entered.wait(20)
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    deadline = time.monotonic() + 20
+    while not worker.raw.is_stopping():
+        assert time.monotonic() < deadline, "the worker never began stopping"
+        time.sleep(0.01)
+    release.set()
+    stopper.join(30)
+    assert kit.client.get_chain(chains[0].id).status == "completed"
+    for chain in chains[1:]:
+        job = kit.client.get_job(chain.id)
+        assert (job.status, job.attempt, job.leased_by) == ("pending", 0, None)
+    assert (worker.completed, worker.failed) == (1, 0)

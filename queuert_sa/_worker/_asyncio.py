@@ -37,7 +37,13 @@ from . import _flow as flow
 from . import _policy as policy
 from . import _staged as staged
 from ._asyncio_performer import AsyncPerformer, Waker, WriterHold, wait_for_event, writer_lock
-from ._config import DEFAULT_ATOMIC_TIMEOUT, HandlerOptions, WorkerCore, WorkerOptions
+from ._config import (
+    DEFAULT_ATOMIC_TIMEOUT,
+    HandlerOptions,
+    Registration,
+    WorkerCore,
+    WorkerOptions,
+)
 from ._threads import BatchHandler, Handler, Worker
 
 if TYPE_CHECKING:
@@ -142,18 +148,10 @@ class AsyncWorker(WorkerCore):
         in atomic mode an ``async def`` handler still running after
         ``timeout`` is cancelled, its writes rolled back and the job retried.
         """
-        build = self._registration(job_type, options)
-
-        def register(fn: Any) -> Any:
-            if inspect.iscoroutinefunction(fn):
-                registration = build(fn)
-                self.handlers[registration.job_type.name] = registration
-                return fn
-            build(fn)  # the same checks: duplicates across both kinds, not started
-            self._thread_worker(job_type).handler(job_type, **options)(fn)
-            return fn
-
-        return register
+        return self._registrar(
+            self._registration(job_type, options),
+            lambda: self._thread_worker(job_type).handler(job_type, **options),
+        )
 
     def batch_handler(
         self,
@@ -169,7 +167,19 @@ class AsyncWorker(WorkerCore):
         list of :class:`AsyncAttempt` (a ``def`` one a list of :class:`Attempt`,
         on a thread) and returns one outcome per attempt, in order.
         """
-        build = self._batch_registration(job_type, size, backoff, timeout)
+        return self._registrar(
+            self._batch_registration(job_type, size, backoff, timeout),
+            lambda: self._thread_worker(job_type).batch_handler(
+                job_type, size=size, backoff=backoff, timeout=timeout
+            ),
+        )
+
+    def _registrar(
+        self,
+        build: Callable[[Callable[..., Any]], Registration],
+        on_thread: Callable[[], Callable[[Any], Any]],
+    ) -> Callable[[Any], Any]:
+        """Register an ``async def`` function here, a plain one on the thread worker."""
 
         def register(fn: Any) -> Any:
             if inspect.iscoroutinefunction(fn):
@@ -177,9 +187,7 @@ class AsyncWorker(WorkerCore):
                 self.handlers[registration.job_type.name] = registration
                 return fn
             build(fn)  # the same checks: duplicates across both kinds, not started
-            self._thread_worker(job_type).batch_handler(
-                job_type, size=size, backoff=backoff, timeout=timeout
-            )(fn)
+            on_thread()(fn)
             return fn
 
         return register

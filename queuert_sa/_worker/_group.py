@@ -43,6 +43,7 @@ from ._effects import (
     Flow,
     HandlerEnded,
     InTransaction,
+    Query,
     Run,
     Savepoint,
     SavepointOpen,
@@ -99,6 +100,9 @@ def group(
             members = yield from _run_whole(core, session, registration, rows)
         else:
             for index, row in enumerate(rows):
+                if index and (yield Query("stopping")):
+                    unstarted = rows[index:]  # the worker stops: give the rest back
+                    break
                 state, error, lost, _ = yield from running.run(
                     core, session, registration, row, grouped=True
                 )
@@ -108,7 +112,7 @@ def group(
                     unstarted = rows[index + 1 :]  # the worker stops: give the rest back
                     break
         completed = [
-            (m.state.job, m.state.decision, bool(m.row["has_dependents"]))
+            (m.state.job, m.state.decision)
             for m in members
             if m.error is None and m.state is not None and isinstance(m.state.decision, Completed)
         ]
@@ -174,7 +178,7 @@ def _record_lost(
     for member in members:
         error = member.error or failure
         retry_at, text = core.retry(registration, error, member.row["attempt"])
-        text = policy.lost_attempt_text(error, failure, text)
+        text = policy.lost_attempt_text(error, failure, text, group=True)
         records.append((member.row["id"], retry_at, text))
 
     def record(session: Session) -> None:

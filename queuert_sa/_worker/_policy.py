@@ -215,15 +215,22 @@ def settlement(*, prepared: bool, lost: bool) -> Settlement:
     return "in_transaction"
 
 
-def lost_attempt_text(error: BaseException, failure: BaseException | None, text: str) -> str:
+def lost_attempt_text(
+    error: BaseException, failure: BaseException | None, text: str, *, group: bool = False
+) -> str:
     """The error kept for an attempt none of whose writes were kept.
 
     ``failure`` is what ended the transaction; None when writing the outcome
     failed (whether the worker then rolled back the SAVEPOINT or the whole
-    transaction).
+    transaction). ``group``: the transaction was a group's (``batch=``), ended
+    while writing its completions or at its COMMIT.
     """
     if failure is None:
         return f"writing the attempt's outcome failed; nothing was kept: {text}"
+    if group:
+        if error is failure:
+            return f"the group's transaction failed (completions or COMMIT): {text}"
+        return f"the group's transaction failed ({failure}) after: {text}"
     if error is failure:
         return f"the attempt's COMMIT failed: {text}"
     return f"the attempt's transaction failed ({failure}) after: {text}"

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from sqlalchemy import Connection, Dialect, Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
+
+T = TypeVar("T")
 
 _CURSOR_KEY = "queuert_sa.driver_cursor"
 
@@ -49,23 +51,18 @@ def statement_for(
 
     With ``prepare``, it is prepared server side at its first run.
     """
-    per_dialect = _cache_of(dialect)
-    found = per_dialect.get(key)
-    if found is None:
-        found = per_dialect[key] = DriverStatement(build(), dialect, prepare=prepare)
-    return cast("DriverStatement", found)
+    return _once(dialect, key, lambda: DriverStatement(build(), dialect, prepare=prepare))
 
 
 def array_insert_for(
     dialect: Dialect, table: Table, columns: tuple[str, ...], *, prepare: bool
 ) -> ArrayInsert:
     """The one-statement batch INSERT of ``columns`` into ``table``, once per dialect."""
-    per_dialect = _cache_of(dialect)
-    key = ("array_insert", table, columns)
-    found = per_dialect.get(key)
-    if found is None:
-        found = per_dialect[key] = ArrayInsert(table, columns, dialect, prepare=prepare)
-    return cast("ArrayInsert", found)
+    return _once(
+        dialect,
+        ("array_insert", table, columns),
+        lambda: ArrayInsert(table, columns, dialect, prepare=prepare),
+    )
 
 
 def array_update_for(
@@ -78,14 +75,20 @@ def array_update_for(
     prepare: bool,
 ) -> ArrayUpdate:
     """The one-statement batch UPDATE of ``table`` (see :class:`ArrayUpdate`), once per dialect."""
+    return _once(
+        dialect,
+        ("array_update", table, key, per_row, shared),
+        lambda: ArrayUpdate(table, key, per_row, shared, dialect, prepare=prepare),
+    )
+
+
+def _once(dialect: Dialect, key: Hashable, build: Callable[[], T]) -> T:
+    """``build()`` once per (dialect, key), kept in the dialect's cache."""
     per_dialect = _cache_of(dialect)
-    cache_key = ("array_update", table, key, per_row, shared)
-    found = per_dialect.get(cache_key)
+    found = per_dialect.get(key)
     if found is None:
-        found = per_dialect[cache_key] = ArrayUpdate(
-            table, key, per_row, shared, dialect, prepare=prepare
-        )
-    return cast("ArrayUpdate", found)
+        found = per_dialect[key] = build()
+    return cast("T", found)
 
 
 def _cache_of(dialect: Dialect) -> dict[Hashable, Any]:

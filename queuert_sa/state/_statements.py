@@ -68,7 +68,7 @@ def acquire(
     )
     if skip_locked:
         candidate = candidate.with_for_update(skip_locked=True, key_share=True)
-    returning: list[Any] = [*table.c, _has_dependents(models)]
+    returning: list[Any] = list(table.c)
     for setting in ("idle_in_transaction_session_timeout", "statement_timeout") if timeouts else ():
         # SET LOCAL of the attempt's timeout, in the acquiring round trip (it
         # runs once, for the row acquired; other types keep the current value).
@@ -91,23 +91,14 @@ def acquire(
     return cast("Update", base.returning(*returning))  # pyright: ignore[reportUnknownMemberType]
 
 
-def _has_dependents(models: Models) -> ColumnElement[bool]:
-    """Whether any job declares the row's chain as a blocker.
-
-    Most chains have none, and then the unblocking step is skipped (no extra
-    round trip). Read when the job is acquired it stays true until the
-    acquirer commits: a dependent attaching meanwhile must first lock the
-    chain's latest job, which the acquirer holds.
-    """
-    table = models.job_table
-    blocker = models.job_blocker_table
-    dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == table.c.chain_id)
-    return dependents.exists().label("has_dependents")
-
-
 @functools.cache
 def complete(models: Models) -> Update:
-    return _completion(models).returning(_has_dependents(models))
+    table = models.job_table
+    blocker = models.job_blocker_table
+    # Whether any job declares this chain as a blocker: most chains have no
+    # dependents, and then the unblocking step is skipped (no extra round trip).
+    dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == table.c.chain_id)
+    return _completion(models).returning(dependents.exists().label("has_dependents"))
 
 
 def _completion(models: Models) -> Update:

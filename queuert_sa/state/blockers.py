@@ -106,8 +106,8 @@ def _unblock_statements(models: Models, row_locks: bool) -> tuple[Select[Any], U
     # costs more than running them.
     job = models.job_table
     blocker = models.job_blocker_table
-    chain_id = bindparam("chain_id", type_=job.c.chain_id.type)
-    dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == chain_id)
+    chain_ids = bindparam("chain_ids", expanding=True, type_=job.c.chain_id.type)
+    dependents = select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id.in_(chain_ids))
     lock = (
         select(job.c.id)
         .where(job.c.id.in_(dependents), job.c.status == JobStatus.BLOCKED)
@@ -153,18 +153,20 @@ def unblock_dependents(
     models: Models,
     caps: Capabilities,
     *,
-    chain_id: uuid.UUID,
+    chain_ids: Sequence[uuid.UUID],
     now: dt.datetime,
 ) -> list[RowMapping]:
-    """After ``chain_id`` completed: make pending every blocked job whose blockers are all done.
+    """After ``chain_ids`` completed: make pending every blocked job whose blockers are all done.
 
-    Returns ``id`` and ``type_name`` of the jobs unblocked. The dependents are
-    locked first, so two blockers completing in parallel transactions cannot
-    both miss each other: the second waits, then sees the first committed.
+    Returns ``id`` and ``type_name`` of the jobs unblocked. The dependents of
+    all the chains are locked first, in one statement and in id order, so two
+    blockers completing in parallel transactions cannot both miss each other
+    (the second waits, then sees the first committed), nor lock the same
+    dependents in opposite orders.
     """
     lock, unblock = _unblock_statements(models, caps.skip_locked)
     with database_errors("unblock dependents", models):
-        ids = list(executor.execute(lock, {"chain_id": chain_id}).scalars())
+        ids = list(executor.execute(lock, {"chain_ids": list(chain_ids)}).scalars())
         if not ids:
             return []
         return list(executor.execute(unblock, {"ids": ids, "now": now}).mappings())
