@@ -557,9 +557,9 @@ def _pg_batched_process_reference(
     """``concurrency`` pgbench clients, each transaction taking and completing ``batch`` jobs.
 
     The statements a batching worker needs: one acquire of up to ``batch``
-    rows (all their columns, as the worker reads them, and whether any job
-    waits on each one's chain) and one completion writing each job's own
-    output (the handler's ``input["i"]``).
+    rows (all their columns, as the worker reads them), one completion
+    writing each job's own output (the handler's ``input["i"]``), and one look
+    for the jobs waiting on any of their chains.
     """
     name = _table_name(models)
     blocker = _quoted(models.job_blocker_table)
@@ -569,14 +569,15 @@ def _pg_batched_process_reference(
         "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
         f"WHERE id IN (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
         f"AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT {batch} "
-        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING *, EXISTS (SELECT 1 FROM "
-        f"{blocker} WHERE blocked_by_chain_id = chain_id) AS has_dependents) "
+        "FOR NO KEY UPDATE SKIP LOCKED) RETURNING *) "
         "SELECT coalesce(array_agg(id), '{}')::text AS ids, "
-        "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs FROM taken \\gset\n"
+        "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs, "
+        "coalesce(array_agg(chain_id), '{}')::text AS chains FROM taken \\gset\n"
         f"UPDATE {name} AS job SET status = 'completed', output = done.output, "
         "completed_at = now(), completed_by = 'pgbench', leased_by = NULL, leased_until = NULL, "
         "last_attempt_error = NULL "
         "FROM unnest(:ids::uuid[], :outputs::jsonb[]) AS done(id, output) WHERE job.id = done.id;\n"
+        f"SELECT job_id FROM {blocker} WHERE blocked_by_chain_id = ANY (:chains::uuid[]);\n"
         "END;\n"
     )
     # Enough transactions for every job; the last ones may find fewer (or none).
@@ -589,8 +590,8 @@ def _pg_batched_process_reference(
         "process-batched",
         Figure("reference-process-batched", jobs, per_client * concurrency / tps, "jobs/s"),
         f"pgbench, {concurrency} clients, one transaction per {batch} jobs: one UPDATE ... "
-        "LIMIT n FOR NO KEY UPDATE SKIP LOCKED acquires them (and reads whether their chains "
-        "have dependents), one UPDATE ... FROM unnest() completes them",
+        "LIMIT n FOR NO KEY UPDATE SKIP LOCKED acquires them, one UPDATE ... FROM unnest() "
+        "completes them, one SELECT looks for their dependents",
     )
 
 
@@ -720,9 +721,9 @@ def _sqlite_process_reference(engine: Engine, models: Models) -> Reference:
 def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int) -> Reference:
     """One ``BEGIN IMMEDIATE`` per ``batch`` jobs: one statement acquires them, one completes.
 
-    As :func:`_pg_batched_process_reference`: the acquire returns every column
-    and whether each chain has dependents, the completion writes each job's
-    own output (passed as one JSON parameter of ``[id, output]`` pairs).
+    As :func:`_pg_batched_process_reference`: the acquire returns every column,
+    the completion writes each job's own output (passed as one JSON parameter
+    of ``[id, output]`` pairs), one SELECT looks for the jobs waiting on their chains.
     """
     table = f'"{models.job_table.name}"'
     blocker = f'"{models.job_blocker_table.name}"'
@@ -733,14 +734,17 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
             "last_attempt_at = ?, leased_by = 'raw', leased_until = ? "
             f"WHERE id IN (SELECT id FROM {table} WHERE type_name = 'noop' AND "
             f"status = 'pending' AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT {batch}) "
-            f"RETURNING *, EXISTS (SELECT 1 FROM {blocker} WHERE blocked_by_chain_id = chain_id) "
-            "AS has_dependents"
+            "RETURNING *"
         )
         complete = (
             f"UPDATE {table} SET status = 'completed', "
             "output = json_extract(done.value, '$[1]'), completed_at = ?, completed_by = 'raw', "
             "leased_by = NULL, leased_until = NULL, last_attempt_error = NULL "
             f"FROM json_each(?) AS done WHERE {table}.id = json_extract(done.value, '$[0]')"
+        )
+        dependents = (
+            f"SELECT job_id FROM {blocker} "
+            "WHERE blocked_by_chain_id IN (SELECT value FROM json_each(?))"
         )
         done = 0
         started = time.perf_counter()
@@ -756,6 +760,7 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
             # What the handler returns, input["i"]: the one piece of Python per job.
             outputs = [[row["id"], json.loads(row["input"])["i"]] for row in rows]
             conn.execute(complete, (now, json.dumps(outputs)))
+            conn.execute(dependents, (json.dumps([row["chain_id"] for row in rows]),)).fetchall()
             conn.execute("COMMIT")
             done += len(rows)
         seconds = time.perf_counter() - started
@@ -765,8 +770,8 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
         "process-batched",
         Figure("reference-process-batched", done, seconds, "jobs/s"),
         f"Python's sqlite3 with no ORM, one BEGIN IMMEDIATE transaction per {batch} jobs: "
-        "one UPDATE ... LIMIT n acquires them (and reads whether their chains have dependents), "
-        "one UPDATE ... FROM json_each() completes them",
+        "one UPDATE ... LIMIT n acquires them, one UPDATE ... FROM json_each() completes them, "
+        "one SELECT looks for their dependents",
     )
 
 

@@ -395,3 +395,18 @@ def test_fastapi_example_commits_order_with_chain_and_runs_atomic_then_staged(
     assert "order: paid True" in out
     # The refused order rolled back with its chain: one order in the database.
     assert out[-1] == "orders in the database: 1"
+
+
+def test_group_commit_example_commits_groups_and_retries_the_refused_job_alone(
+    example_db_args: list[str],
+) -> None:
+    lines = run_script("group_commit.py", *example_db_args).splitlines()
+    assert lines == [
+        "worker ran 420 attempts (1 failed)",
+        # 300 jobs in groups of 50 (the refused one rescheduled inside its group's
+        # transaction); 120 in groups of 40.
+        "count-view: 299 completed in 6 transactions",
+        "index-document: 120 completed in 3 transactions",
+        "business rows: 299 page views, 120 search rows",
+        "refused job: pending, attempt 1, ValueError: not a page: 'oops'",
+    ], lines
