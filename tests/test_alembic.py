@@ -319,6 +319,7 @@ def blocker_column_options(url: str, table: str, schema: str | None = None) -> l
     return [option for option in found or [] if option.startswith("n_distinct")]
 
 
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)  # a PostgreSQL planner setting
 @pytest.mark.parametrize("custom", [False, True])
 def test_blocker_lookups_stay_on_the_index_however_they_were_made(
     server: Server, url: str, custom: bool
@@ -326,8 +327,6 @@ def test_blocker_lookups_stay_on_the_index_however_they_were_made(
     """The migration and ``create_all`` both declare the blocker chains distinct on
     PostgreSQL (else a chain many jobs wait on makes every completion scan the table),
     and the downgrade takes it back."""
-    if server.kind != "postgresql":
-        pytest.skip("a PostgreSQL planner setting; SQLite has nothing to set")
     prefix, schema = ("myapp_", "jobs") if custom else ("queuert_", None)
     if schema:
         with connect(url) as conn:
