@@ -24,8 +24,9 @@ from queuert_sa.models import Job
 
 from .app import Effect, WorkIn, greet, signup, work
 from .conftest import Db
-from .test_worker import effects, jobs_of_chain
-from .workers import Kit
+from .test_parity import sync_engine_for
+from .test_worker import effects, jobs_of_chain, new_user_chain
+from .workers import Kit, open_kit
 
 #: Retries due at once, so a second drain takes them.
 AT_ONCE = q.Backoff(initial=dt.timedelta(0), jitter=0)
@@ -151,8 +152,6 @@ def test_a_group_whose_commit_fails_keeps_nothing_and_retries_every_job(kit: Kit
 def test_continuations_in_a_group_commit_with_it_and_a_bad_one_fails_alone(kit: Kit) -> None:
     """A continuation is written in its attempt's SAVEPOINT: one that cannot be kept undoes
     only that attempt (here: the next job's id is taken)."""
-    from .test_worker import new_user_chain
-
     db, client = kit.db, kit.client
     first = new_user_chain(client, db)
     second = new_user_chain(client, db)
@@ -176,8 +175,6 @@ def test_continuations_in_a_group_commit_with_it_and_a_bad_one_fails_alone(kit: 
 
 def test_a_group_only_holds_jobs_of_its_own_type(kit: Kit) -> None:
     start_many(kit, 3)
-    from .test_worker import new_user_chain
-
     users = [new_user_chain(kit.client, kit.db) for _ in range(2)]
     worker = kit.worker()
     groups: list[str] = []
@@ -359,3 +356,30 @@ def test_a_worker_stopping_mid_group_gives_back_the_jobs_it_has_not_started(kit:
         job = kit.client.get_job(chain.id)
         assert (job.status, job.attempt, job.leased_by) == ("pending", 0, None)
     assert (worker.completed, worker.failed) == (1, 0)
+
+
+def test_a_plain_def_batch_handler_on_the_async_worker_runs_on_its_thread_engine(db: Db) -> None:
+    """``AsyncWorker.batch_handler`` takes a plain ``def`` too: it gets sync ``Attempt``s
+    on the ``thread_engine`` given, one group per transaction."""
+    thread_engine = sync_engine_for(db)
+    try:
+        with open_kit("async", db) as kit:
+            chains = start_many(kit, 6)
+            worker = kit.worker(thread_engine=thread_engine)
+            sizes: list[int] = []
+
+            @worker.raw.batch_handler(work, size=4)
+            def plain(attempts: list[q.Attempt[WorkIn, int]]) -> list[q.Outcome]:
+                assert all(a.session.get_bind() is thread_engine for a in attempts)
+                sizes.append(len(attempts))
+                attempts[0].session.add_all(
+                    [Effect(job_id=str(a.job.id), label="plain-bulk") for a in attempts]
+                )
+                return [a.complete(a.input["n"]) for a in attempts]
+
+            assert worker.drain() == 6
+            assert sorted(sizes) == [2, 4]
+            assert [kit.client.get_chain(c.id).output for c in chains] == list(range(6))
+            assert effects(db, "plain-bulk") == 6
+    finally:
+        thread_engine.dispose()
