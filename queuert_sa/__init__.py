@@ -13,6 +13,7 @@ from ._attempt import AsyncAttempt as AsyncAttempt
 from ._attempt import Attempt as Attempt
 from ._attempt import Outcome as Outcome
 from ._client import Queuert as Queuert
+from ._durations import Duration as Duration
 from ._entities import Chain as Chain
 from ._entities import Dedup as Dedup
 from ._entities import Job as Job
@@ -90,6 +91,7 @@ __all__ = [
     "DeduplicationError",
     "DuplicateHandlerError",
     "DuplicateJobTypeError",
+    "Duration",
     "EngineMismatchError",
     "HandlerError",
     "InMemoryNotify",

@@ -25,6 +25,7 @@ from . import _removal as removal
 from . import _rules as rules
 from ._client import Queuert
 from ._context import ClientOptions, ContextView
+from ._durations import Duration, as_duration
 from ._entities import Chain, Job, Page
 from ._errors import (
     EngineMismatchError,
@@ -324,7 +325,7 @@ class AsyncQueuert(ContextView):
     async def cleanup(
         self,
         *,
-        older_than: dt.timedelta,
+        older_than: Duration,
         types: Iterable[JobType[Any, Any] | str] | None = None,
         batch_size: int = 1000,
         max_batches: int | None = None,
@@ -348,8 +349,8 @@ class AsyncQueuert(ContextView):
         id: uuid.UUID | str,
         job_type: None = None,
         *,
-        timeout: dt.timedelta = ...,
-        poll_interval: dt.timedelta = ...,
+        timeout: Duration = ...,
+        poll_interval: Duration = ...,
     ) -> Chain[Any, Any]: ...
 
     @overload
@@ -358,8 +359,8 @@ class AsyncQueuert(ContextView):
         id: uuid.UUID | str,
         job_type: JobType[InT, Any],
         *,
-        timeout: dt.timedelta = ...,
-        poll_interval: dt.timedelta = ...,
+        timeout: Duration = ...,
+        poll_interval: Duration = ...,
     ) -> Chain[InT, Any]: ...
 
     async def await_chain(
@@ -367,8 +368,8 @@ class AsyncQueuert(ContextView):
         id: uuid.UUID | str,
         job_type: JobType[Any, Any] | None = None,
         *,
-        timeout: dt.timedelta = dt.timedelta(seconds=30),
-        poll_interval: dt.timedelta = dt.timedelta(seconds=1),
+        timeout: Duration = dt.timedelta(seconds=30),
+        poll_interval: Duration = dt.timedelta(seconds=1),
     ) -> Chain[Any, Any]:
         """Wait (without blocking the event loop) until the chain completes; return it.
 
@@ -377,6 +378,8 @@ class AsyncQueuert(ContextView):
         :class:`WaitChainTimeoutError` after ``timeout``.
         """
         chain_id = coerce_id(id)
+        timeout = as_duration(timeout, "timeout")
+        poll_interval = as_duration(poll_interval, "poll_interval")
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
 

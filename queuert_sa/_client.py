@@ -23,6 +23,7 @@ from . import _rules as rules
 from . import _transitions as transitions
 from ._attempt import Attempt, AttemptState
 from ._context import ClientOptions, Context, utc_now
+from ._durations import Duration, as_duration
 from ._entities import Chain, Job
 from ._errors import (
     WaitChainTimeoutError,
@@ -186,7 +187,7 @@ class Queuert(Reads):
     def cleanup(
         self,
         *,
-        older_than: dt.timedelta,
+        older_than: Duration,
         types: Iterable[JobType[Any, Any] | str] | None = None,
         batch_size: int = 1000,
         max_batches: int | None = None,
@@ -232,8 +233,8 @@ class Queuert(Reads):
         id: uuid.UUID | str,
         job_type: None = None,
         *,
-        timeout: dt.timedelta = ...,
-        poll_interval: dt.timedelta = ...,
+        timeout: Duration = ...,
+        poll_interval: Duration = ...,
     ) -> Chain[Any, Any]: ...
 
     @overload
@@ -242,8 +243,8 @@ class Queuert(Reads):
         id: uuid.UUID | str,
         job_type: JobType[InT, Any],
         *,
-        timeout: dt.timedelta = ...,
-        poll_interval: dt.timedelta = ...,
+        timeout: Duration = ...,
+        poll_interval: Duration = ...,
     ) -> Chain[InT, Any]: ...
 
     def await_chain(
@@ -251,8 +252,8 @@ class Queuert(Reads):
         id: uuid.UUID | str,
         job_type: JobType[Any, Any] | None = None,
         *,
-        timeout: dt.timedelta = dt.timedelta(seconds=30),
-        poll_interval: dt.timedelta = dt.timedelta(seconds=1),
+        timeout: Duration = dt.timedelta(seconds=30),
+        poll_interval: Duration = dt.timedelta(seconds=1),
     ) -> Chain[Any, Any]:
         """Block until the chain completes and return it.
 
@@ -265,6 +266,8 @@ class Queuert(Reads):
         chain's jobs depend on: nothing you have not committed can complete.
         """
         chain_id = coerce_id(id)
+        timeout = as_duration(timeout, "timeout")
+        poll_interval = as_duration(poll_interval, "poll_interval")
         woken = threading.Event()
         subscription = self.notify.listen_chain_completed(chain_id, lambda _id: woken.set())
         try:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
 
+from ._durations import Duration
 from ._entities import Dedup
 from ._errors import (
     DuplicateJobTypeError,
@@ -101,7 +102,7 @@ class ChainStart(Generic[InT, OutT]):
     input: InT
     id: uuid.UUID | str | None = None
     run_at: dt.datetime | None = None
-    run_in: dt.timedelta | None = None
+    run_in: Duration | None = None
     blockers: tuple[BlockerRef, ...] = ()
     dedup: Dedup | None = None
 
@@ -165,7 +166,7 @@ class JobType(Generic[InT, OutT]):
         *,
         id: uuid.UUID | str | None = None,
         run_at: dt.datetime | None = None,
-        run_in: dt.timedelta | None = None,
+        run_in: Duration | None = None,
         blockers: Sequence[BlockerRef] = (),
         dedup: Dedup | None = None,
     ) -> ChainStart[InT, OutT]:

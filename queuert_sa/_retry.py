@@ -13,6 +13,8 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ._durations import Duration, as_duration
+
 #: ``last_attempt_error`` is cut to this many characters.
 MAX_ERROR_CHARS = 10_000
 
@@ -29,7 +31,7 @@ class Reschedule(Exception):
         self,
         *,
         run_at: dt.datetime | None = None,
-        run_in: dt.timedelta | None = None,
+        run_in: Duration | None = None,
         reason: str = "",
     ) -> None:
         if (run_at is None) == (run_in is None):
@@ -38,11 +40,11 @@ class Reschedule(Exception):
             raise ValueError("Reschedule(run_at=...) needs an aware datetime")
         super().__init__(reason or "rescheduled by the handler")
         self.run_at = run_at
-        self.run_in = run_in
+        self.run_in = None if run_in is None else as_duration(run_in, "Reschedule(run_in=...)")
         self.reason = reason
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class Backoff:
     """Exponential backoff between attempts of a failing job.
 
@@ -64,7 +66,22 @@ class Backoff:
     jitter: float = 0.1
     """Relative spread, 0 to 1: 0.1 means ±10 %. Defaults to 0.1."""
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        initial: Duration = timedelta(seconds=10),
+        multiplier: float = 2.0,
+        maximum: Duration = timedelta(seconds=300),
+        jitter: float = 0.1,
+    ) -> None:
+        # Written by hand so that initial= and maximum= take seconds too.
+        object.__setattr__(self, "initial", as_duration(initial, "Backoff(initial=...)"))
+        object.__setattr__(self, "multiplier", multiplier)
+        object.__setattr__(self, "maximum", as_duration(maximum, "Backoff(maximum=...)"))
+        object.__setattr__(self, "jitter", jitter)
+        self._check()
+
+    def _check(self) -> None:
         if self.initial < timedelta(0) or self.maximum < timedelta(0):
             raise ValueError("Backoff.initial and Backoff.maximum must not be negative")
         if self.multiplier < 1:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypedDict, TypeVar
 
+from ._durations import Duration, as_duration
 from ._errors import DeduplicationError, InvalidBlockersError, InvalidScheduleError
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType, JobTypes
@@ -52,7 +53,7 @@ class Continued:
     input: JSONValue
     id: uuid.UUID
     run_at: dt.datetime | None
-    run_in: dt.timedelta | None
+    run_in: Duration | None
     blockers: list[uuid.UUID]
 
 
@@ -62,8 +63,15 @@ Decision = Completed | Continued
 # --- starting and continuing ------------------------------------------------------
 
 
-def check_schedule(type_name: str, run_at: dt.datetime | None, run_in: dt.timedelta | None) -> None:
+def check_schedule(type_name: str, run_at: dt.datetime | None, run_in: Duration | None) -> None:
     """Raise :class:`InvalidScheduleError` for schedule options that cannot be honoured."""
+    if run_in is not None:
+        try:
+            as_duration(run_in, "run_in")
+        except TypeError as exc:
+            raise InvalidScheduleError(
+                f"Job of type {type_name!r}: {exc}", type_name=type_name
+            ) from None
     if run_at is not None and run_in is not None:
         raise InvalidScheduleError(
             f"Job of type {type_name!r}: pass run_at= or run_in=, not both.", type_name=type_name
@@ -77,7 +85,7 @@ def check_schedule(type_name: str, run_at: dt.datetime | None, run_in: dt.timede
 
 
 def scheduled_time(
-    now: dt.datetime, run_at: dt.datetime | None, run_in: dt.timedelta | None
+    now: dt.datetime, run_at: dt.datetime | None, run_in: Duration | None
 ) -> dt.datetime:
     """When a new job becomes due: ``run_at``/``run_in`` clamped to ``now``.
 
@@ -87,7 +95,7 @@ def scheduled_time(
     if run_at is not None:
         return max(run_at.astimezone(dt.UTC), now)
     if run_in is not None:
-        return now + max(run_in, dt.timedelta(0))
+        return now + max(as_duration(run_in, "run_in"), dt.timedelta(0))
     return now
 
 
@@ -273,12 +281,13 @@ class CleanupPlan:
 
 def cleanup_plan(
     now: dt.datetime,
-    older_than: dt.timedelta,
+    older_than: Duration,
     types: Iterable[JobType[Any, Any] | str] | None,
     batch_size: int,
     max_batches: int | None,
 ) -> CleanupPlan:
     """Check ``cleanup``'s arguments (both clients) and fix its cutoff."""
+    older_than = as_duration(older_than, "older_than")
     if older_than < dt.timedelta(0):
         raise ValueError(f"older_than must not be negative, got {older_than!r}")
     if not 1 <= batch_size <= MAX_BATCH_SIZE or (max_batches is not None and max_batches < 1):

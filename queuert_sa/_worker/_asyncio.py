@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Unpack, overload
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from queuert_sa._attempt import AsyncAttempt, AttemptState, Outcome
+from queuert_sa._durations import Duration
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
 from queuert_sa._retry import Backoff
@@ -43,6 +44,7 @@ from ._config import (
     Registration,
     WorkerCore,
     WorkerOptions,
+    config_duration,
 )
 from ._threads import BatchHandler, Handler, Worker
 
@@ -159,7 +161,7 @@ class AsyncWorker(WorkerCore):
         *,
         size: int = 100,
         backoff: Backoff | None = None,
-        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
+        timeout: Duration = DEFAULT_ATOMIC_TIMEOUT,
     ) -> BatchHandlerRegistrar[InT, OutT]:
         """Register the decorated function as the handler of ``job_type``, for whole groups.
 
@@ -293,7 +295,7 @@ class AsyncWorker(WorkerCore):
             self._stop_requested.set()
             self.waker.close()
 
-    async def stop(self, timeout: dt.timedelta | None = None) -> bool:
+    async def stop(self, timeout: Duration | None = None) -> bool:
         """Stop acquiring, wait up to ``timeout`` (default ``shutdown_grace``) for attempts.
 
         Returns True if every attempt finished. Attempts still running are
@@ -307,7 +309,9 @@ class AsyncWorker(WorkerCore):
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None
-        grace = (timeout or self.shutdown_grace).total_seconds()
+        grace = (
+            self.shutdown_grace if timeout is None else config_duration(timeout, "timeout")
+        ).total_seconds()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         clean = True

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from queuert_sa._context import Context
+from queuert_sa._durations import Duration, as_duration
 from queuert_sa._errors import DatabaseUnavailableError, DuplicateHandlerError, WorkerConfigError
 from queuert_sa._job_types import JobType
 from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, retry_decision
@@ -47,9 +48,9 @@ class WorkerOptions(TypedDict, total=False):
     """The options both workers take (``queuert.worker(**options)``); see :class:`WorkerCore`."""
 
     concurrency: int
-    poll_interval: dt.timedelta
+    poll_interval: Duration
     backoff: Backoff | None
-    shutdown_grace: dt.timedelta
+    shutdown_grace: Duration
     worker_id: str | None
     handle_signals: Literal["auto", "never"]
 
@@ -65,8 +66,8 @@ class HandlerOptions(TypedDict, total=False):
 
     mode: Mode
     backoff: Backoff | None
-    timeout: dt.timedelta
-    lease: dt.timedelta
+    timeout: Duration
+    lease: Duration
     batch: int
 
 
@@ -88,6 +89,14 @@ class Registration:
     """How many due jobs of the type one transaction takes and commits together."""
     whole: bool = False
     """The function takes the whole group (``batch_handler``), not one attempt."""
+
+
+def config_duration(value: object, name: str) -> dt.timedelta:
+    """A worker or handler option's duration (seconds or ``timedelta``); bad ones refused."""
+    try:
+        return as_duration(value, name)
+    except TypeError as exc:
+        raise WorkerConfigError(str(exc)) from None
 
 
 def check_batch(type_name: str, mode: Mode, value: object, option: str) -> None:
@@ -127,12 +136,14 @@ class WorkerCore:
         ctx: Context,
         *,
         concurrency: int = 1,
-        poll_interval: dt.timedelta = dt.timedelta(seconds=5),
+        poll_interval: Duration = dt.timedelta(seconds=5),
         backoff: Backoff | None = None,
-        shutdown_grace: dt.timedelta = dt.timedelta(seconds=30),
+        shutdown_grace: Duration = dt.timedelta(seconds=30),
         worker_id: str | None = None,
         handle_signals: Literal["auto", "never"] = "auto",
     ) -> None:
+        poll_interval = config_duration(poll_interval, "poll_interval")
+        shutdown_grace = config_duration(shutdown_grace, "shutdown_grace")
         if concurrency < 1:
             raise WorkerConfigError(f"concurrency must be at least 1, got {concurrency}")
         if poll_interval <= dt.timedelta(0):
@@ -177,8 +188,8 @@ class WorkerCore:
         mode = options.get("mode", "atomic")
         batch = options.get("batch", 1)
         backoff = options.get("backoff")
-        timeout = options.get("timeout", DEFAULT_ATOMIC_TIMEOUT)
-        lease = options.get("lease", DEFAULT_LEASE)
+        timeout = config_duration(options.get("timeout", DEFAULT_ATOMIC_TIMEOUT), "timeout")
+        lease = config_duration(options.get("lease", DEFAULT_LEASE), "lease")
         resolved = self.ctx.job_types.resolve(job_type)
         if mode not in ("atomic", "staged"):
             raise WorkerConfigError(f"mode must be 'atomic' or 'staged', not {mode!r}")
@@ -208,7 +219,7 @@ class WorkerCore:
         job_type: JobType[Any, Any],
         size: int,
         backoff: Backoff | None,
-        timeout: dt.timedelta,
+        timeout: Duration,
     ) -> Callable[[Callable[..., Any]], Registration]:
         """:meth:`_registration` of a function taking a whole group of attempts."""
         name = self.ctx.job_types.resolve(job_type).name

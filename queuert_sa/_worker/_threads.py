@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 from sqlalchemy.orm import Session
 
 from queuert_sa._attempt import Attempt, AttemptState, Outcome
+from queuert_sa._durations import Duration
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
 from queuert_sa._retry import Backoff
@@ -30,7 +31,13 @@ from queuert_sa.notify import Subscription
 
 from . import _flow as flow
 from . import _staged as staged
-from ._config import DEFAULT_ATOMIC_TIMEOUT, HandlerOptions, WorkerCore, WorkerOptions
+from ._config import (
+    DEFAULT_ATOMIC_TIMEOUT,
+    HandlerOptions,
+    WorkerCore,
+    WorkerOptions,
+    config_duration,
+)
 from ._leases import LeaseKeeper
 from ._thread_performer import Performer, Waker, WriterHold, writer_lock
 
@@ -169,7 +176,7 @@ class Worker(WorkerCore):
         *,
         size: int = 100,
         backoff: Backoff | None = None,
-        timeout: dt.timedelta = DEFAULT_ATOMIC_TIMEOUT,
+        timeout: Duration = DEFAULT_ATOMIC_TIMEOUT,
     ) -> Callable[[BatchHandler[InT, OutT]], BatchHandler[InT, OutT]]:
         """Register the decorated function as the handler of ``job_type``, for whole groups.
 
@@ -290,7 +297,7 @@ class Worker(WorkerCore):
             self._stop_requested.set()
             self.waker.close()
 
-    def stop(self, timeout: dt.timedelta | None = None) -> bool:
+    def stop(self, timeout: Duration | None = None) -> bool:
         """Stop acquiring, wait for in-flight attempts, and return.
 
         Waits up to ``timeout`` (default: ``shutdown_grace``). Returns True if
@@ -307,7 +314,8 @@ class Worker(WorkerCore):
             self._subscription = None
         if not self._threads:
             return True
-        end = time.monotonic() + (timeout or self.shutdown_grace).total_seconds()
+        grace = self.shutdown_grace if timeout is None else config_duration(timeout, "timeout")
+        end = time.monotonic() + grace.total_seconds()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, end - time.monotonic()))

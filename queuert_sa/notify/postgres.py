@@ -30,6 +30,8 @@ from psycopg.rows import TupleRow
 from sqlalchemy import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from queuert_sa._durations import Duration, as_duration
+
 from ._cross_process import CrossProcessNotify
 
 if TYPE_CHECKING:
@@ -144,9 +146,11 @@ class PostgresNotify(CrossProcessNotify[psycopg.Connection[TupleRow]]):
         *,
         channel_prefix: str = "queuert",
         application_name: str = "queuert_sa.notify",
-        connect_timeout: dt.timedelta = dt.timedelta(seconds=5),
-        health_check_interval: dt.timedelta = dt.timedelta(seconds=30),
+        connect_timeout: Duration = dt.timedelta(seconds=5),
+        health_check_interval: Duration = dt.timedelta(seconds=30),
     ) -> None:
+        connect_timeout = as_duration(connect_timeout, "connect_timeout")
+        health_check_interval = as_duration(health_check_interval, "health_check_interval")
         self._conninfo = libpq_conninfo(url_or_engine)
         params = conninfo_to_dict(self._conninfo)  # refuses a malformed string now
         where = f"{params.get('host') or 'local socket'}:{params.get('port') or 5432}"

@@ -24,6 +24,8 @@ from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.retry import Retry
 
+from queuert_sa._durations import Duration, as_duration
+
 from ._cross_process import CrossProcessNotify
 
 if TYPE_CHECKING:
@@ -112,9 +114,11 @@ class RedisNotify(CrossProcessNotify[PubSub]):
         client_or_url: redis.Redis | str,
         *,
         channel_prefix: str = "queuert",
-        connect_timeout: dt.timedelta = dt.timedelta(seconds=5),
-        health_check_interval: dt.timedelta = dt.timedelta(seconds=30),
+        connect_timeout: Duration = dt.timedelta(seconds=5),
+        health_check_interval: Duration = dt.timedelta(seconds=30),
     ) -> None:
+        connect_timeout = as_duration(connect_timeout, "connect_timeout")
+        health_check_interval = as_duration(health_check_interval, "health_check_interval")
         timeout_s = connect_timeout.total_seconds()
         if isinstance(client_or_url, str):
             client = redis.from_url(

@@ -107,7 +107,8 @@ def attempt_api(worker: q.Worker) -> None:
         attempt.continue_with(receipt, {"order_id": 1})  # expect-error
         attempt.continue_with(receipt, {"receipt_id": "r", "extra": 1})  # expect-error
         attempt.continue_with(receipt, {"receipt_id": "r"}, run_at=1)  # expect-error
-        attempt.continue_with(receipt, {"receipt_id": "r"}, run_in=30)  # expect-error
+        attempt.continue_with(receipt, {"receipt_id": "r"}, run_in=30)  # seconds: accepted
+        attempt.continue_with(receipt, {"receipt_id": "r"}, run_in="30")  # expect-error
         attempt.continue_with(receipt, {"receipt_id": "r"}, foo=1)  # expect-error
         attempt.continue_with(receipt)  # expect-error
         attempt.continue_with("receipt", {"receipt_id": "r"})  # expect-error
@@ -124,7 +125,9 @@ def attempt_api(worker: q.Worker) -> None:
     @worker.handler(receipt)
     def reschedule(attempt: q.Attempt[ReceiptIn, None]) -> q.Outcome:
         if attempt.input["receipt_id"] == "a":
-            raise q.Reschedule(run_in=30)  # expect-error
+            raise q.Reschedule(run_in=30)  # seconds: accepted
+        if attempt.input["receipt_id"] == "c":
+            raise q.Reschedule(run_in="30")  # expect-error
         if attempt.input["receipt_id"] == "b":
             raise q.Reschedule(dt.timedelta(seconds=30))  # expect-error
         return attempt.complete(None)

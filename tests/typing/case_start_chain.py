@@ -66,7 +66,8 @@ def start(queuert: q.Queuert, session: Session, scoped: scoped_session[Session])
 
     # Wrong options: wrong types, unknown names.
     queuert.start_chain(session, reserve, {"order_id": 1}, run_at=1)  # expect-error
-    queuert.start_chain(session, reserve, {"order_id": 1}, run_in=5)  # expect-error
+    queuert.start_chain(session, reserve, {"order_id": 1}, run_in=5)  # seconds: accepted
+    queuert.start_chain(session, reserve, {"order_id": 1}, run_in="5")  # expect-error
     queuert.start_chain(session, reserve, {"order_id": 1}, id=42)  # expect-error
     queuert.start_chain(session, reserve, {"order_id": 1}, foo=1)  # expect-error
     queuert.start_chain(session, reserve, {"order_id": 1}, delay=dt.timedelta(1))  # expect-error
