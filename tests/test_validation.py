@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
+from queuert_sa.models import create_models
 
 from .app import greet, job_types, work
 from .conftest import Db
@@ -167,6 +168,20 @@ def test_missing_tables_give_a_schema_error(tmp_path: Any) -> None:
     with Session(engine) as s, pytest.raises(q.SchemaMissingError, match="alembic upgrade heads"):
         client.start_chain(s, work, {"n": 1, "sleep": 0})
     engine.dispose()
+
+
+def test_a_missing_table_is_one_line_that_names_it_on_both_engines(db: Db) -> None:
+    """PostgreSQL's ``LINE 2: ... ^`` context is not carried into the message."""
+    models = create_models(table_prefix="never_created_")
+    client = q.Queuert(db.engine, job_types, models=models)
+    with Session(db.engine) as s, pytest.raises(q.SchemaMissingError) as info:
+        client.start_chain(s, work, {"n": 1, "sleep": 0})
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert "never_created_job" in message
+    assert "LINE" not in message
+    assert "^" not in message
+    assert message.endswith("or queuert_sa.metadata.create_all()."), message
 
 
 def test_dead_database_gives_an_unavailable_error() -> None:

@@ -41,7 +41,7 @@ def renew_held(
     # An application transaction holding this job's row must not stall the
     # renewals of every other job: bounded wait, then retry soon (a lock
     # timeout is not a lost lease).
-    ops.limit_lock_wait(session, ctx.capabilities, lease / 8)
+    leases.limit_lock_wait(session, ctx.capabilities, lease / 8)
     ours = leases.renew_lease(
         session,
         ctx.models,

@@ -9,7 +9,7 @@ import datetime as dt
 import uuid
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import RowMapping, select, update
+from sqlalchemy import RowMapping, select, text, update
 
 from queuert_sa.models import JobStatus, Models
 
@@ -99,3 +99,16 @@ def reap_expired_lease(
     )
     with database_errors("reap expired lease", models):
         return executor.execute(stmt).mappings().first()
+
+
+_LIMIT_LOCK_WAIT = text("SELECT set_config('lock_timeout', :ms, true)")
+
+
+def limit_lock_wait(executor: Executor, caps: Capabilities, timeout: dt.timedelta) -> None:
+    """Make this transaction give up waiting for a row lock after ``timeout`` (PostgreSQL)."""
+    if not caps.server_timeouts:
+        return
+    with database_errors("limit lock wait"):
+        executor.execute(
+            _LIMIT_LOCK_WAIT, {"ms": f"{max(int(timeout.total_seconds() * 1000), 1)}ms"}
+        )

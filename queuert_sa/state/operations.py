@@ -69,31 +69,43 @@ def database_errors(operation: str, models: Models | None = None) -> Generator[N
         yield
     except sa_exc.DBAPIError as exc:
         text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+        reason = _driver_message(exc)
         ours = () if models is None else (models.job_table.name, models.job_blocker_table.name)
         if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
             raise DatabaseUnavailableError(
-                f"{operation}: the database connection failed ({exc.orig}). Check that the "
+                f"{operation}: the database connection failed ({reason}). Check that the "
                 "database is reachable; workers retry on their own.",
                 operation=operation,
             ) from exc
         if any(m in text for m in _MISSING_TABLE_MARKERS) and any(t in text for t in ours):
             raise SchemaMissingError(
-                f"{operation}: queuert's tables are missing ({exc.orig}). Run the Alembic "
+                f"{operation}: queuert's tables are missing ({reason}). Run the Alembic "
                 "branch 'queuert' (alembic upgrade heads) or queuert_sa.metadata.create_all().",
                 operation=operation,
             ) from exc
         if getattr(exc.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
             raise TransactionConflictError(
                 f"{operation}: the database aborted the transaction because of a concurrent "
-                f"one ({exc.orig}); nothing was written. Run the transaction again.",
+                f"one ({reason}); nothing was written. Run the transaction again.",
                 operation=operation,
             ) from exc
         if isinstance(exc, sa_exc.OperationalError):
             raise DatabaseUnavailableError(
-                f"{operation}: the database failed the operation ({exc.orig}).",
+                f"{operation}: the database failed the operation ({reason}).",
                 operation=operation,
             ) from exc
-        raise DatabaseError(f"{operation} failed: {exc.orig}", operation=operation) from exc
+        raise DatabaseError(f"{operation} failed: {reason}", operation=operation) from exc
+
+
+def _driver_message(exc: sa_exc.DBAPIError) -> str:
+    """The driver's message on one line: PostgreSQL's ``LINE n:`` context goes, DETAIL stays."""
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    kept = [
+        line.strip()
+        for line in lines
+        if not line.startswith("LINE ") and not set(line.strip()) <= {"^", " "}
+    ]
+    return " ".join(kept)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -448,19 +460,6 @@ def lock_job(
             key=("lock", models, caps.skip_locked),
         )
     return rows[0] if rows else None
-
-
-_LIMIT_LOCK_WAIT = text("SELECT set_config('lock_timeout', :ms, true)")
-
-
-def limit_lock_wait(executor: Executor, caps: Capabilities, timeout: dt.timedelta) -> None:
-    """Make this transaction give up waiting for a row lock after ``timeout`` (PostgreSQL)."""
-    if not caps.server_timeouts:
-        return
-    with database_errors("limit lock wait"):
-        executor.execute(
-            _LIMIT_LOCK_WAIT, {"ms": f"{max(int(timeout.total_seconds() * 1000), 1)}ms"}
-        )
 
 
 _LIMIT_TRANSACTION_TIME = text(
