@@ -20,6 +20,8 @@ from ._entities import Job as Job
 from ._entities import Page as Page
 from ._errors import BlockerReference as BlockerReference
 from ._errors import BlockerReferenceError as BlockerReferenceError
+from ._errors import ChainCancelledError as ChainCancelledError
+from ._errors import ChainFailedError as ChainFailedError
 from ._errors import ChainNotFoundError as ChainNotFoundError
 from ._errors import DatabaseError as DatabaseError
 from ._errors import DatabaseUnavailableError as DatabaseUnavailableError
@@ -35,8 +37,10 @@ from ._errors import InvalidJobIdError as InvalidJobIdError
 from ._errors import InvalidJobTypesError as InvalidJobTypesError
 from ._errors import InvalidScheduleError as InvalidScheduleError
 from ._errors import JobAlreadyCompletedError as JobAlreadyCompletedError
+from ._errors import JobCancelledError as JobCancelledError
 from ._errors import JobInputError as JobInputError
 from ._errors import JobNotFoundError as JobNotFoundError
+from ._errors import JobNotRetryableError as JobNotRetryableError
 from ._errors import JobNotTriggerableError as JobNotTriggerableError
 from ._errors import JobOutputError as JobOutputError
 from ._errors import JobOwnershipError as JobOwnershipError
@@ -57,6 +61,7 @@ from ._job_types import JobTypes as JobTypes
 from ._job_types import Many as Many
 from ._job_types import many as many
 from ._retry import Backoff as Backoff
+from ._retry import Fail as Fail
 from ._retry import Reschedule as Reschedule
 from ._worker._threads import Worker as Worker
 from .models import JobStatus as JobStatus
@@ -83,6 +88,8 @@ __all__ = [
     "BlockerReference",
     "BlockerReferenceError",
     "Chain",
+    "ChainCancelledError",
+    "ChainFailedError",
     "ChainNotFoundError",
     "ChainStart",
     "DatabaseError",
@@ -93,6 +100,7 @@ __all__ = [
     "DuplicateJobTypeError",
     "Duration",
     "EngineMismatchError",
+    "Fail",
     "HandlerError",
     "InMemoryNotify",
     "InvalidBlockersError",
@@ -103,8 +111,10 @@ __all__ = [
     "InvalidScheduleError",
     "Job",
     "JobAlreadyCompletedError",
+    "JobCancelledError",
     "JobInputError",
     "JobNotFoundError",
+    "JobNotRetryableError",
     "JobNotTriggerableError",
     "JobOutputError",
     "JobOwnershipError",

@@ -78,7 +78,8 @@ class AttemptSignal:
     """Tells a staged handler that its attempt lost the job.
 
     Set when a lease renewal finds the job taken over by another worker
-    (``"taken_by_another_worker"``), completed elsewhere (``"already_completed"``)
+    (``"taken_by_another_worker"``), completed elsewhere (``"already_completed"``),
+    cancelled (``"cancelled"``)
     or deleted (``"not_found"``). Long external work can poll ``is_set()`` or
     ``wait(timeout)`` and stop early; ``attempt.transaction()`` refuses to write
     either way.

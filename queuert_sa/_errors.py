@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class QueuertError(Exception):
@@ -243,6 +244,60 @@ class JobAlreadyCompletedError(JobOwnershipError):
             f"Job {job_id} was completed elsewhere while this attempt ran; nothing was written.",
             job_id=job_id,
         )
+
+
+class JobCancelledError(JobOwnershipError):
+    """The job's chain was cancelled (``cancel_chain``) while this attempt ran."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(
+            f"Job {job_id} was cancelled (cancel_chain) while this attempt ran; nothing was "
+            "written.",
+            job_id=job_id,
+        )
+
+
+class JobNotRetryableError(QueuertError):
+    """``retry_job`` was asked to retry a job that has not failed."""
+
+    def __init__(self, job_id: uuid.UUID, *, status: str) -> None:
+        hint = {
+            "blocked": "it waits for its blocker chains",
+            "pending": "it is already waiting to run (trigger_job makes it due now)",
+            "running": "a worker is running it now",
+            "completed": "it completed",
+            "cancelled": "its chain was cancelled; start a new chain to do the work again",
+        }.get(status, "only failed jobs can be retried")
+        super().__init__(
+            f"Job {job_id} is {status}, so it cannot be retried ({hint}). Only a failed job "
+            "can be retried."
+        )
+        self.job_id = job_id
+        self.status = status
+
+
+class ChainFailedError(QueuertError):
+    """``await_chain`` found the chain failed: its current job ran out of attempts or raised ``Fail``."""
+
+    def __init__(self, chain: Any, *, error: str | None) -> None:
+        last = (error or "").strip().splitlines()
+        super().__init__(
+            f"Chain {chain.id} ({chain.type_name}) failed at job {chain.current_job_id} "
+            f"({chain.current_type_name}): {last[-1] if last else 'no error recorded'}. "
+            "Fix the cause, then retry_job(session, job_id) to run it again."
+        )
+        self.chain = chain
+        self.error = error
+
+
+class ChainCancelledError(QueuertError):
+    """``await_chain`` found the chain cancelled (``cancel_chain``)."""
+
+    def __init__(self, chain: Any, *, reason: str | None) -> None:
+        because = f": {reason}" if reason else ""
+        super().__init__(f"Chain {chain.id} ({chain.type_name}) was cancelled{because}.")
+        self.chain = chain
+        self.reason = reason
 
 
 class WaitChainTimeoutError(QueuertError):

@@ -44,6 +44,21 @@ class Reschedule(Exception):
         self.reason = reason
 
 
+class Fail(Exception):
+    """Raise from a handler to fail the job at once: no retries, whatever ``max_attempts`` says.
+
+    For work that cannot succeed however often it runs (the order was deleted,
+    the input is invalid). Everything the attempt wrote is rolled back, as for
+    any exception; the job becomes ``failed`` with ``reason`` in
+    ``last_attempt_error``, and its chain reads as failed. ``retry_job`` runs
+    it again once the cause is fixed.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "failed by the handler")
+        self.reason = reason
+
+
 @dataclass(frozen=True, kw_only=True, init=False)
 class Backoff:
     """Exponential backoff between attempts of a failing job.

@@ -74,6 +74,18 @@ class JobStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
+    FAILED = "failed"
+    """Terminal: the last allowed attempt failed, or the handler raised ``q.Fail``."""
+    CANCELLED = "cancelled"
+    """Terminal: ``cancel_chain`` ended the chain before it completed."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for ``completed``, ``failed`` and ``cancelled``: no attempt will run."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -147,6 +159,9 @@ class JobColumns:
     leased_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     deduplication_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     trace_context: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Added by revision d4a7c2e9f1b3 (after the others, as the migration adds them).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    cancel_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     def __repr__(self) -> str:
         return (
@@ -177,7 +192,7 @@ def job_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
     dedup = text("deduplication_key IS NOT NULL AND chain_index = 0")
     open_dedup = text("deduplication_key IS NOT NULL AND status <> 'completed'")
 
-    def partial(name: str, *cols: str, where: Any, unique: bool = False) -> Index:
+    def partial(name: str, *cols: Any, where: Any, unique: bool = False) -> Index:
         return Index(name, *cols, unique=unique, postgresql_where=where, sqlite_where=where)
 
     return (
@@ -185,7 +200,15 @@ def job_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status"),
         # Also the race guard that makes continue_with idempotent.
         Index(f"{prefix}chain_index_idx", "chain_id", "chain_index", unique=True),
-        partial(f"{prefix}job_acquisition_idx", "type_name", "scheduled_at", "id", where=pending),
+        # Acquisition order: priority (higher first), then due time, then id.
+        partial(
+            f"{prefix}job_acquisition_idx",
+            "type_name",
+            text("priority DESC"),
+            "scheduled_at",
+            "id",
+            where=pending,
+        ),
         partial(
             f"{prefix}job_expired_lease_idx", "type_name", "leased_until", where=running_leased
         ),

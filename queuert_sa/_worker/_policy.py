@@ -17,6 +17,7 @@ from queuert_sa._attempt import AttemptState
 from queuert_sa._errors import (
     HandlerError,
     JobAlreadyCompletedError,
+    JobCancelledError,
     JobNotFoundError,
     JobOwnershipError,
     JobTakenByAnotherWorkerError,
@@ -84,6 +85,8 @@ def lost_reason(row: Mapping[str, Any] | None) -> str:
         return "not_found"
     if row["status"] == JobStatus.COMPLETED:
         return "already_completed"
+    if row["status"] == JobStatus.CANCELLED:
+        return "cancelled"
     return "taken_by_another_worker"
 
 
@@ -93,6 +96,8 @@ _LOST = {
     "JobNotFoundError": "its job was deleted",
     "already_completed": "its job was completed elsewhere",
     "JobAlreadyCompletedError": "its job was completed elsewhere",
+    "cancelled": "its chain was cancelled",
+    "JobCancelledError": "its chain was cancelled",
     "taken_by_another_worker": "its lease expired and another worker took the job",
     "JobTakenByAnotherWorkerError": "its lease expired and another worker took the job",
 }
@@ -129,6 +134,8 @@ def ownership_problem(
         return None
     if row["status"] == JobStatus.COMPLETED:
         return JobAlreadyCompletedError(job_id)
+    if row["status"] == JobStatus.CANCELLED:
+        return JobCancelledError(job_id)
     return JobTakenByAnotherWorkerError(job_id, worker_id=worker_id, leased_by=row["leased_by"])
 
 
