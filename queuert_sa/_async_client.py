@@ -326,12 +326,22 @@ class AsyncQueuert(ContextView):
         self,
         *,
         older_than: Duration,
+        failed_older_than: Duration | None = None,
+        cancelled_older_than: Duration | None = None,
         types: Iterable[JobType[Any, Any] | str] | None = None,
         batch_size: int = 1000,
         max_batches: int | None = None,
     ) -> int:
         """Delete chains completed more than ``older_than`` ago; see :meth:`Queuert.cleanup`."""
-        plan = rules.cleanup_plan(self.clock(), older_than, types, batch_size, max_batches)
+        plan = rules.cleanup_plan(
+            self.clock(),
+            older_than,
+            types,
+            batch_size,
+            max_batches,
+            failed_older_than=failed_older_than,
+            cancelled_older_than=cancelled_older_than,
+        )
         engine = self.immediate_engine()
         run = removal.Cleanup(self.ctx, plan)
         more = True

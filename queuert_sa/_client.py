@@ -188,6 +188,8 @@ class Queuert(Reads):
         self,
         *,
         older_than: Duration,
+        failed_older_than: Duration | None = None,
+        cancelled_older_than: Duration | None = None,
         types: Iterable[JobType[Any, Any] | str] | None = None,
         batch_size: int = 1000,
         max_batches: int | None = None,
@@ -201,6 +203,8 @@ class Queuert(Reads):
         and on SQLite the write lock, that cleanup's batches would wait for).
 
         Never deleted: open chains, chains completed within ``older_than``,
+        failed and cancelled chains (unless ``failed_older_than`` /
+        ``cancelled_older_than`` is given: kept that long after they ended),
         and the blocker chains of those (a dependent that has not finished
         may still read its blockers' outputs). A completed dependent does not
         protect its blockers: they go once old, and its blocker rows with
@@ -211,11 +215,23 @@ class Queuert(Reads):
 
         Args:
             older_than: How long a completed chain is kept.
+            failed_older_than: How long a failed chain is kept; default: until
+                deleted by hand (it is what an operator retries from).
+            cancelled_older_than: How long a cancelled chain is kept; default:
+                until deleted by hand.
             types: Only chains of these types; default all.
             batch_size: Chains examined per transaction.
             max_batches: Stop after this many batches (default: until done).
         """
-        plan = rules.cleanup_plan(self.clock(), older_than, types, batch_size, max_batches)
+        plan = rules.cleanup_plan(
+            self.clock(),
+            older_than,
+            types,
+            batch_size,
+            max_batches,
+            failed_older_than=failed_older_than,
+            cancelled_older_than=cancelled_older_than,
+        )
         engine = immediate_engine(self.engine)
         run = removal.Cleanup(self.ctx, plan)
         more = True

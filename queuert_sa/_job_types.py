@@ -126,6 +126,7 @@ class JobType(Generic[InT, OutT]):
         "continues_with",
         "entry",
         "input_type",
+        "max_attempts",
         "name",
         "output_type",
         "registry",
@@ -143,6 +144,7 @@ class JobType(Generic[InT, OutT]):
         backoff: Backoff | None,
         blocker_slots: tuple[JobType[Any, Any], ...] = (),
         blocker_rest: JobType[Any, Any] | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -151,6 +153,7 @@ class JobType(Generic[InT, OutT]):
         self.entry = entry
         self.continues_with = continues_with
         self.backoff = backoff
+        self.max_attempts = max_attempts
         self.blocker_slots = blocker_slots
         self.blocker_rest = blocker_rest
         self._input_codec: Codec = codec_for(input_type)
@@ -275,6 +278,7 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> JobType[InT, OutT]: ...
 
     @overload
@@ -287,6 +291,7 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> JobType[InT, None]: ...
 
     @overload
@@ -299,6 +304,7 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> JobType[Any, Any]: ...
 
     def entry(
@@ -310,6 +316,7 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> JobType[Any, Any]:
         """Declare a type that may start a chain.
 
@@ -322,8 +329,11 @@ class JobTypes:
                 entry types, one slot each, optionally ending with
                 ``q.many(t)`` for any number of further chains of type ``t``.
             backoff: Retry delays for this type; defaults to the worker's.
+            max_attempts: Attempts a job of this type may take before it
+                becomes ``failed``; defaults to the worker's (unlimited unless
+                set). A handler's ``max_attempts`` overrides it.
         """
-        return self._add(name, input, output, True, continues_with, blockers, backoff)
+        return self._add(name, input, output, True, continues_with, blockers, backoff, max_attempts)
 
     @overload
     def define(
@@ -335,6 +345,7 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> JobType[InT, OutT]: ...
 
     @overload
@@ -347,6 +358,7 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> JobType[InT, None]: ...
 
     @overload
@@ -359,6 +371,7 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> JobType[Any, Any]: ...
 
     def define(
@@ -370,9 +383,15 @@ class JobTypes:
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> JobType[Any, Any]:
-        """Declare a type reachable only through ``continue_with`` (not an entry)."""
-        return self._add(name, input, output, False, continues_with, blockers, backoff)
+        """Declare a type reachable only through ``continue_with`` (not an entry).
+
+        Takes the options of :meth:`entry`.
+        """
+        return self._add(
+            name, input, output, False, continues_with, blockers, backoff, max_attempts
+        )
 
     def _add(
         self,
@@ -383,6 +402,7 @@ class JobTypes:
         continues_with: Sequence[str],
         blockers: BlockerSpec,
         backoff: Backoff | None,
+        max_attempts: int | None,
     ) -> JobType[Any, Any]:
         if not isinstance(name, str) or not name or len(name) > _NAME_MAX:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidJobTypesError(
@@ -398,6 +418,14 @@ class JobTypes:
                 f"{continues_with!r}; write continues_with=[{continues_with!r}].",
                 type_name=name,
             )
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1  # pyright: ignore[reportUnnecessaryIsInstance]
+        ):
+            raise InvalidJobTypesError(
+                f"max_attempts of {name!r} must be a whole number of attempts (at least 1) or "
+                f"None for the worker's limit, not {max_attempts!r}.",
+                type_name=name,
+            )
         slots, rest = _split_blockers(name, blockers)
         job_type: JobType[Any, Any] = JobType(
             registry=self,
@@ -409,6 +437,7 @@ class JobTypes:
             backoff=backoff,
             blocker_slots=slots,
             blocker_rest=rest,
+            max_attempts=max_attempts,
         )
         self._types[name] = job_type
         return job_type

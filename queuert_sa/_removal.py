@@ -67,7 +67,7 @@ def cleanup_batch(
     executor: ops.Executor,
     ctx: Context,
     *,
-    cutoff: dt.datetime,
+    cutoffs: ops_removal.Cutoffs,
     type_names: Sequence[str] | None,
     after: tuple[dt.datetime, uuid.UUID] | None,
     limit: int,
@@ -75,7 +75,7 @@ def cleanup_batch(
     """One retention batch in the caller's transaction: (examined, deleted, next key)."""
     models, caps = ctx.models, ctx.capabilities
     candidates = ops_removal.retention_candidates(
-        executor, models, caps, cutoff=cutoff, type_names=type_names, after=after, limit=limit
+        executor, models, caps, cutoffs=cutoffs, type_names=type_names, after=after, limit=limit
     )
     if not candidates:
         return 0, 0, after
@@ -83,7 +83,7 @@ def cleanup_batch(
         executor, models, caps, {chain_id for chain_id, _ in candidates}
     )
     keep = ops_removal.still_needed(
-        executor, models, chain_ids=ids, cutoff=cutoff, type_names=type_names
+        executor, models, chain_ids=ids, cutoffs=cutoffs, type_names=type_names
     )
     ops_removal.delete_chain_rows(executor, models, ids - keep)
     last_id, last_created = candidates[-1]
@@ -107,7 +107,7 @@ class Cleanup:
         examined, gone, self._after = cleanup_batch(
             executor,
             self._ctx,
-            cutoff=plan.cutoff,
+            cutoffs=plan.cutoffs,
             type_names=plan.type_names,
             after=self._after,
             limit=plan.batch_size,
@@ -119,8 +119,8 @@ class Cleanup:
     def finish(self) -> int:
         """Log the run; how many chains it deleted."""
         log.info(
-            "cleanup deleted %d chains completed before %s",
+            "cleanup deleted %d chains ended before %s",
             self.deleted,
-            self._plan.cutoff.isoformat(),
+            ", ".join(f"{s} {c.isoformat()}" for s, c in self._plan.cutoffs.items()),
         )
         return self.deleted

@@ -1,4 +1,4 @@
-"""The retry decision: when a failed attempt runs again, and what error text is kept.
+"""The retry decision: when a failed attempt runs again (or that it never does), and the error kept.
 
 Pure functions of (error, attempt number, config, ``now``, random source); no
 IO and no clock of their own. ``Reschedule`` is the handler's way to choose
@@ -142,11 +142,16 @@ def retry_decision(
     backoff: Backoff,
     now: dt.datetime,
     rng: random.Random | None = None,
-) -> tuple[dt.datetime, str]:
-    """When a failed attempt runs again, and the error text to record.
+    max_attempts: int | None = None,
+    fail_on: tuple[type[BaseException], ...] = (),
+) -> tuple[dt.datetime | None, str]:
+    """When a failed attempt runs again (None: never, the job fails), and the error text to keep.
 
-    ``Reschedule`` picks its own time; any other exception waits the backoff
-    delay for this attempt number.
+    ``Fail`` and the exceptions of ``fail_on`` fail the job at once; so does
+    any other failure of attempt number ``max_attempts``. ``Reschedule`` is
+    the handler's choice of time, not a failure: it never fails the job (its
+    attempts still count towards the limit). Any other exception waits the
+    backoff delay for this attempt number.
     """
     if isinstance(exc, Reschedule):
         at = (
@@ -155,4 +160,13 @@ def retry_decision(
             else now + (exc.run_in or dt.timedelta(0))
         )
         return max(at, now), f"Reschedule: {exc.reason or 'rescheduled by the handler'}"
+    if isinstance(exc, Fail):
+        return None, f"Fail: {exc.reason or 'failed by the handler'}"
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        # The process is ending, which is no fault of the job's.
+        return now + backoff_delay(attempt, backoff, rng), describe_error(exc)
+    if (fail_on and isinstance(exc, fail_on)) or (
+        max_attempts is not None and attempt >= max_attempts
+    ):
+        return None, describe_error(exc)
     return now + backoff_delay(attempt, backoff, rng), describe_error(exc)

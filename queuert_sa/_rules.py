@@ -267,7 +267,8 @@ def deletion_ids(ids: Iterable[uuid.UUID | str]) -> list[uuid.UUID]:
 class CleanupPlan:
     """Checked ``cleanup`` arguments: what to delete and in what batches."""
 
-    cutoff: dt.datetime
+    cutoffs: dict[str, dt.datetime]
+    """Per terminal status kept for a limited time: chains that ended in it before this go."""
     type_names: list[str] | None
     batch_size: int
     max_batches: int | None
@@ -285,17 +286,28 @@ def cleanup_plan(
     types: Iterable[JobType[Any, Any] | str] | None,
     batch_size: int,
     max_batches: int | None,
+    failed_older_than: Duration | None = None,
+    cancelled_older_than: Duration | None = None,
 ) -> CleanupPlan:
-    """Check ``cleanup``'s arguments (both clients) and fix its cutoff."""
-    older_than = as_duration(older_than, "older_than")
-    if older_than < dt.timedelta(0):
-        raise ValueError(f"older_than must not be negative, got {older_than!r}")
+    """Check ``cleanup``'s arguments (both clients) and fix its cutoffs."""
+    cutoffs: dict[str, dt.datetime] = {}
+    for status, age, name in (
+        (JobStatus.COMPLETED, older_than, "older_than"),
+        (JobStatus.FAILED, failed_older_than, "failed_older_than"),
+        (JobStatus.CANCELLED, cancelled_older_than, "cancelled_older_than"),
+    ):
+        if age is None:
+            continue  # kept until asked for
+        duration = as_duration(age, name)
+        if duration < dt.timedelta(0):
+            raise ValueError(f"{name} must not be negative, got {age!r}")
+        cutoffs[status.value] = now - duration
     if not 1 <= batch_size <= MAX_BATCH_SIZE or (max_batches is not None and max_batches < 1):
         raise ValueError(
             f"batch_size must be between 1 and {MAX_BATCH_SIZE} and max_batches at least 1"
         )
     return CleanupPlan(
-        cutoff=now - older_than,
+        cutoffs=cutoffs,
         type_names=type_names(types),
         batch_size=batch_size,
         max_batches=max_batches,

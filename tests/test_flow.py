@@ -54,7 +54,7 @@ from queuert_sa._worker._asyncio_performer import AsyncPerformer
 from queuert_sa._worker._config import Mode, Registration, WorkerCore
 from queuert_sa._worker._thread_performer import Performer
 from queuert_sa.models import DEFAULT_MODELS, JobStatus
-from queuert_sa.state import leases
+from queuert_sa.state import leases, settlement
 from queuert_sa.state import operations as ops
 from queuert_sa.state.capabilities import Capabilities, capabilities_for
 
@@ -530,7 +530,7 @@ def test_a_handler_that_raises_is_undone_and_rescheduled_with_backoff() -> None:
         *CLOSE,
     ]
     reschedule = driver.one("Run(reschedule_job)").unit
-    assert reschedule.func is ops.reschedule_job
+    assert reschedule.func is settlement.reschedule_job
     keywords = dict(reschedule.keywords)
     error = keywords.pop("error")
     assert keywords == {
@@ -656,7 +656,7 @@ def test_without_a_savepoint_a_failed_outcome_write_rolls_back_and_is_recorded_a
         *CLOSE,
     ]
     record = driver.one("InTransaction(plain, record_failed_attempt)").unit
-    assert record.func is ops.record_failed_attempt
+    assert record.func is settlement.record_failed_attempt
     keywords = dict(record.keywords)
     error = keywords.pop("error")
     assert keywords == {
@@ -1204,7 +1204,13 @@ def test_a_renewal_that_cannot_reach_the_database_is_retried_not_lost() -> None:
 
 
 def reaped_row() -> dict[str, Any]:
-    return {"id": OTHER_ID, "type_name": "work", "attempt": 2}
+    return {
+        "id": OTHER_ID,
+        "chain_id": OTHER_ID,
+        "type_name": "work",
+        "attempt": 2,
+        "status": "pending",
+    }
 
 
 def test_reaping_on_a_single_writer_database_looks_before_taking_the_write_lock() -> None:
@@ -1246,6 +1252,7 @@ def test_reaping_returns_an_expired_lease_to_pending_and_tells_its_holder() -> N
         "type_names": ("work",),
         "exclude_ids": held,
         "now": NOW,
+        "limits": {},
     }
     notify = core.ctx.notify
     assert isinstance(notify, q.InMemoryNotify)

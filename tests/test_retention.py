@@ -400,7 +400,7 @@ def test_cleanup_batches_walk_the_chain_index_without_reading_the_whole_backlog(
                     c,
                     DEFAULT_MODELS,
                     caps,
-                    cutoff=cutoff,
+                    cutoffs={"completed": cutoff},
                     type_names=None,
                     after=after,
                     limit=1000,

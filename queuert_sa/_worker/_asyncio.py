@@ -95,8 +95,8 @@ class AsyncWorker(WorkerCore):
         concurrency: Attempts running at once (tasks; and threads for plain
             ``def`` handlers). Defaults to 1. On SQLite attempts that write run
             one at a time whatever this is.
-        poll_interval, backoff, shutdown_grace, worker_id, handle_signals: As
-            for :class:`Worker`.
+        poll_interval, backoff, max_attempts, shutdown_grace, worker_id,
+            handle_signals: As for :class:`Worker`.
         session_factory: Makes the ``AsyncSession`` of each attempt; defaults
             to ``AsyncSession(engine)``. Pass your ``async_sessionmaker``.
         thread_engine (``AsyncQueuert.worker``): The application's sync
@@ -162,6 +162,8 @@ class AsyncWorker(WorkerCore):
         size: int = 100,
         backoff: Backoff | None = None,
         timeout: Duration = DEFAULT_ATOMIC_TIMEOUT,
+        max_attempts: int | None = None,
+        fail_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     ) -> BatchHandlerRegistrar[InT, OutT]:
         """Register the decorated function as the handler of ``job_type``, for whole groups.
 
@@ -170,9 +172,14 @@ class AsyncWorker(WorkerCore):
         on a thread) and returns one outcome per attempt, in order.
         """
         return self._registrar(
-            self._batch_registration(job_type, size, backoff, timeout),
+            self._batch_registration(job_type, size, backoff, timeout, max_attempts, fail_on),
             lambda: self._thread_worker(job_type).batch_handler(
-                job_type, size=size, backoff=backoff, timeout=timeout
+                job_type,
+                size=size,
+                backoff=backoff,
+                timeout=timeout,
+                max_attempts=max_attempts,
+                fail_on=fail_on,
             ),
         )
 
@@ -209,6 +216,7 @@ class AsyncWorker(WorkerCore):
                 concurrency=self.concurrency,
                 poll_interval=self.poll_interval,
                 backoff=self.backoff,
+                max_attempts=self.max_attempts,
                 shutdown_grace=self.shutdown_grace,
                 worker_id=self.worker_id,
                 handle_signals="never",

@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 from queuert_sa._context import Context
 from queuert_sa._durations import Duration, as_duration
@@ -50,6 +50,7 @@ class WorkerOptions(TypedDict, total=False):
     concurrency: int
     poll_interval: Duration
     backoff: Backoff | None
+    max_attempts: int | None
     shutdown_grace: Duration
     worker_id: str | None
     handle_signals: Literal["auto", "never"]
@@ -58,14 +59,17 @@ class WorkerOptions(TypedDict, total=False):
 class HandlerOptions(TypedDict, total=False):
     """The options of ``@worker.handler(job_type, **options)`` (both workers).
 
-    ``mode`` (``"atomic"``, the default, or ``"staged"``), ``backoff`` (default:
-    the type's, else the worker's), ``timeout`` (atomic; default 5 minutes) and
-    ``lease`` (staged; default 60 seconds) and ``batch`` (atomic; default 1):
-    see :meth:`Worker.handler`.
+    ``mode`` (``"atomic"``, the default, or ``"staged"``), ``backoff`` and
+    ``max_attempts`` (default: the type's, else the worker's), ``fail_on``
+    (default: none), ``timeout`` (atomic; default 5 minutes), ``lease``
+    (staged; default 60 seconds) and ``batch`` (atomic; default 1): see
+    :meth:`Worker.handler`.
     """
 
     mode: Mode
     backoff: Backoff | None
+    max_attempts: int | None
+    fail_on: type[BaseException] | tuple[type[BaseException], ...]
     timeout: Duration
     lease: Duration
     batch: int
@@ -87,6 +91,10 @@ class Registration:
     lease: dt.timedelta
     batch: int = 1
     """How many due jobs of the type one transaction takes and commits together."""
+    max_attempts: int | None = None
+    """Attempts before a failing job becomes ``failed``; None: retried without limit."""
+    fail_on: tuple[type[BaseException], ...] = ()
+    """Exceptions that fail the job at once, without retries."""
     whole: bool = False
     """The function takes the whole group (``batch_handler``), not one attempt."""
 
@@ -97,6 +105,32 @@ def config_duration(value: object, name: str) -> dt.timedelta:
         return as_duration(value, name)
     except TypeError as exc:
         raise WorkerConfigError(str(exc)) from None
+
+
+def check_max_attempts(value: object, where: str) -> int | None:
+    """A retry limit: None (unlimited) or a whole number of attempts, at least 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WorkerConfigError(
+            f"max_attempts of {where} must be a whole number of attempts (at least 1) or None "
+            f"for no limit, not {value!r}"
+        )
+    return value
+
+
+def check_fail_on(value: object, type_name: str) -> tuple[type[BaseException], ...]:
+    """``fail_on=``: an exception class or a tuple of them."""
+    classes: tuple[object, ...] = (
+        cast("tuple[object, ...]", value) if isinstance(value, tuple) else (value,)
+    )
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise WorkerConfigError(
+                f"fail_on of the handler for {type_name!r} takes exception classes, e.g. "
+                f"fail_on=(ValueError, KeyError); {cls!r} is not one"
+            )
+    return cast("tuple[type[BaseException], ...]", classes)
 
 
 def check_batch(type_name: str, mode: Mode, value: object, option: str) -> None:
@@ -123,6 +157,9 @@ class WorkerCore:
             notification; jittered by ±5 %. Defaults to 5 seconds.
         backoff: Retry delays for types that declare none. Defaults to
             ``Backoff()`` (10 s doubling to 300 s, ±10 %).
+        max_attempts: Attempts a job may take before it becomes ``failed``,
+            for handlers and types that set none. Defaults to None: a
+            failing job is retried without limit.
         shutdown_grace: How long ``stop()`` waits for attempts in flight.
             Defaults to 30 seconds.
         worker_id: Recorded in ``completed_by``/``leased_by``. Defaults to
@@ -138,6 +175,7 @@ class WorkerCore:
         concurrency: int = 1,
         poll_interval: Duration = dt.timedelta(seconds=5),
         backoff: Backoff | None = None,
+        max_attempts: int | None = None,
         shutdown_grace: Duration = dt.timedelta(seconds=30),
         worker_id: str | None = None,
         handle_signals: Literal["auto", "never"] = "auto",
@@ -156,6 +194,7 @@ class WorkerCore:
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.backoff = backoff or DEFAULT_BACKOFF
+        self.max_attempts = check_max_attempts(max_attempts, "the worker")
         self.shutdown_grace = shutdown_grace
         self.worker_id = worker_id or default_worker_id()
         self.handle_signals: Literal["auto", "never"] = handle_signals
@@ -183,7 +222,7 @@ class WorkerCore:
         if unknown:
             raise TypeError(
                 f"handler() got an unexpected keyword argument {unknown[0]!r}; it takes "
-                "mode, backoff, timeout, lease and batch."
+                "mode, backoff, max_attempts, fail_on, timeout, lease and batch."
             )
         mode = options.get("mode", "atomic")
         batch = options.get("batch", 1)
@@ -196,6 +235,15 @@ class WorkerCore:
         if timeout <= dt.timedelta(0) or lease <= dt.timedelta(0):
             raise WorkerConfigError("timeout and lease must be positive")
         check_batch(resolved.name, mode, batch, "batch")
+        where = f"the handler for {resolved.name!r}"
+        # The most specific limit wins; a handler's explicit None lifts the others.
+        if "max_attempts" in options:
+            max_attempts = check_max_attempts(options["max_attempts"], where)
+        elif resolved.max_attempts is not None:
+            max_attempts = resolved.max_attempts
+        else:
+            max_attempts = self.max_attempts
+        fail_on = check_fail_on(options.get("fail_on", ()), resolved.name)
 
         def build(fn: Callable[..., Any]) -> Registration:
             if resolved.name in self.type_names:
@@ -210,6 +258,8 @@ class WorkerCore:
                 timeout=timeout,
                 lease=lease,
                 batch=batch,
+                max_attempts=max_attempts,
+                fail_on=fail_on,
             )
 
         return build
@@ -220,12 +270,23 @@ class WorkerCore:
         size: int,
         backoff: Backoff | None,
         timeout: Duration,
+        max_attempts: int | None = None,
+        fail_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     ) -> Callable[[Callable[..., Any]], Registration]:
         """:meth:`_registration` of a function taking a whole group of attempts."""
         name = self.ctx.job_types.resolve(job_type).name
         check_batch(name, "atomic", size, "size")
+        options: HandlerOptions = {
+            "backoff": backoff,
+            "timeout": timeout,
+            "batch": size,
+            "fail_on": fail_on,
+        }
+        if max_attempts is not None:
+            options["max_attempts"] = max_attempts
         build = self._registration(
-            job_type, {"backoff": backoff, "timeout": timeout, "batch": size}
+            job_type,
+            options,
         )
 
         def build_whole(fn: Callable[..., Any]) -> Registration:
@@ -271,6 +332,11 @@ class WorkerCore:
         )
 
     @property
+    def attempt_limits(self) -> dict[str, int]:
+        """Per type with a retry limit, how many attempts its jobs may take."""
+        return {n: r.max_attempts for n, r in self.handlers.items() if r.max_attempts is not None}
+
+    @property
     def atomic_timeouts(self) -> dict[str, dt.timedelta]:
         """Per atomic type, how long its transaction may idle or one statement run."""
         return {n: r.timeout for n, r in self.handlers.items() if r.mode == "atomic"}
@@ -279,14 +345,16 @@ class WorkerCore:
 
     def retry(
         self, registration: Registration, error: BaseException, attempt: int
-    ) -> tuple[dt.datetime, str]:
-        """When a failed attempt runs again, and the error text to keep."""
+    ) -> tuple[dt.datetime | None, str]:
+        """When a failed attempt runs again (None: the job fails), and the error text to keep."""
         return retry_decision(
             error,
             attempt=attempt,
             backoff=registration.backoff,
             now=self.ctx.clock(),
             rng=self.rng,
+            max_attempts=registration.max_attempts,
+            fail_on=registration.fail_on,
         )
 
     def count(
@@ -297,7 +365,11 @@ class WorkerCore:
         *,
         lost: str | None = None,
     ) -> None:
-        """Count the attempt and log how it ended (``lost``: why it was not rescheduled)."""
+        """Count the attempt and log how it ended (``lost``: why it was not rescheduled).
+
+        A failed attempt with no retry and no ``lost`` reason made its job
+        ``failed``: the chain's waiters (``await_chain``) are told.
+        """
         with self._counts_lock:
             if error is None:
                 self._completed += 1
@@ -305,6 +377,18 @@ class WorkerCore:
                 self._failed += 1
         if error is None:
             log.debug("job %s (%s) done", row["id"], row["type_name"])
+        elif retry_at is None and lost is None:
+            log.error(
+                "job %s (%s) failed after attempt %d and is not retried (status failed): %r",
+                row["id"],
+                row["type_name"],
+                row["attempt"],
+                error,
+            )
+            try:
+                self.ctx.notify.notify_chain_completed(row["chain_id"])
+            except Exception:
+                log.exception("notify after a job failed failed")
         elif retry_at is None:
             log.warning(
                 "job %s (%s) attempt %d ended without its job, not rescheduled (%s): %r",

@@ -27,7 +27,8 @@ from functools import partial
 from typing import Any
 
 from queuert_sa._attempt import AttemptState
-from queuert_sa.state import leases
+from queuert_sa.models import JobStatus
+from queuert_sa.state import leases, settlement
 from queuert_sa.state import operations as ops
 
 from . import _group as group
@@ -269,7 +270,7 @@ def _settle(
             yield Run(
                 session,
                 partial(
-                    ops.reschedule_job,
+                    settlement.reschedule_job,
                     models=ctx.models,
                     job_id=row["id"],
                     scheduled_at=retry_at,
@@ -300,7 +301,7 @@ def _reschedule_owned(
     ctx = core.ctx
     retry_at, text = core.retry(registration, error, state.job.attempt)
     reschedule = partial(
-        ops.reschedule_job,
+        settlement.reschedule_job,
         models=ctx.models,
         job_id=state.job.id,
         scheduled_at=retry_at,
@@ -320,12 +321,12 @@ def _record_lost(
     row: Any,
     error: BaseException,
     failure: BaseException | None,
-) -> Flow[dt.datetime]:
+) -> Flow[dt.datetime | None]:
     """The attempt's transaction was rolled back whole: count it afresh, with backoff."""
     ctx = core.ctx
     retry_at, text = core.retry(registration, error, row["attempt"])
     record = partial(
-        ops.record_failed_attempt,
+        settlement.record_failed_attempt,
         models=ctx.models,
         job_id=row["id"],
         scheduled_at=retry_at,
@@ -360,18 +361,25 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
         type_names=core.acquired_types,
         exclude_ids=held,
         now=ctx.clock(),
+        limits=core.attempt_limits,
     )
     row = yield InTransaction(reap, "write")
     if row is None:
         return False
-    log.warning(
-        "job %s (%s): lease expired, returned to pending (attempt %d kept)",
+    failed = row["status"] == JobStatus.FAILED
+    log.log(
+        logging.ERROR if failed else logging.WARNING,
+        "job %s (%s): lease expired, %s (attempt %d kept)",
         row["id"],
         row["type_name"],
+        "failed: no attempts left" if failed else "returned to pending",
         row["attempt"],
     )
     try:
-        ctx.notify.notify_job_scheduled(row["type_name"], 1)
+        if failed:
+            ctx.notify.notify_chain_completed(row["chain_id"])
+        else:
+            ctx.notify.notify_job_scheduled(row["type_name"], 1)
         # The worker that held the lease may be alive but stalled: tell it.
         ctx.notify.notify_job_ownership_lost(row["id"])
     except Exception:

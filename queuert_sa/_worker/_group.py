@@ -31,6 +31,7 @@ from queuert_sa import _transitions as transitions
 from queuert_sa._attempt import AttemptState
 from queuert_sa._rules import Completed
 from queuert_sa.state import operations as ops
+from queuert_sa.state import settlement
 
 from . import _policy as policy
 from . import _running as running
@@ -157,7 +158,7 @@ def _reschedule(
     if member.state is not None and member.state.write_failed:
         text = policy.lost_attempt_text(member.error, None, text)
     reschedule = partial(
-        ops.reschedule_job,
+        settlement.reschedule_job,
         models=ctx.models,
         job_id=member.row["id"],
         scheduled_at=retry_at,
@@ -183,7 +184,7 @@ def _record_lost(
 
     def record(session: Session) -> None:
         for job_id, retry_at, text in records:
-            ops.record_failed_attempt(
+            settlement.record_failed_attempt(
                 session, ctx.models, job_id=job_id, scheduled_at=retry_at, error=text, now=now
             )
 

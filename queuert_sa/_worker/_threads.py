@@ -71,6 +71,9 @@ class Worker(WorkerCore):
             notification arrives; jittered by ±5 %. Defaults to 5 seconds.
         backoff: Retry delays for types that declare none. Defaults to
             ``Backoff()`` (10 s doubling to 300 s, ±10 %).
+        max_attempts: Attempts a job may take before it becomes ``failed``
+            (terminal, its last error kept), for handlers and types that set
+            none. Defaults to None: a failing job is retried without limit.
         shutdown_grace: How long :meth:`stop` waits for in-flight attempts.
             Defaults to 30 seconds. Attempts still running after it are left to
             the database: when the process exits their transactions roll back
@@ -130,7 +133,8 @@ class Worker(WorkerCore):
         ``attempt.complete(output)`` or ``attempt.continue_with(type, input)``.
         Any exception rolls back everything the attempt wrote and retries the
         job after the backoff delay (``backoff`` here, else the type's, else
-        the worker's).
+        the worker's), until the job has had ``max_attempts`` attempts: then it
+        becomes ``failed``. ``raise q.Fail(reason)`` fails it at once.
 
         Args:
             mode: ``"atomic"`` (default): the handler runs inside the attempt's
@@ -149,6 +153,14 @@ class Worker(WorkerCore):
                 renewal; renewed every half lease while the handler runs. A
                 worker that dies loses the job to another worker after it.
                 Defaults to 60 seconds.
+            max_attempts: Attempts a job may take; the failure of the last one
+                makes the job ``failed`` (terminal: no more attempts; its error
+                and attempt count kept; ``retry_job`` runs it again). Defaults
+                to the type's, else the worker's; ``None`` here means no limit
+                whatever those say. A ``q.Reschedule`` never fails a job.
+            fail_on: Exception classes that fail the job at once, without
+                retries (as ``q.Fail`` does), e.g. ``fail_on=(ValidationError,)``.
+                Defaults to none.
             batch: Atomic mode: group commit. Once the slot has acquired a job
                 of this type, it takes up to ``batch - 1`` more due ones in the
                 same transaction, runs the handler on each (each attempt's
@@ -177,6 +189,8 @@ class Worker(WorkerCore):
         size: int = 100,
         backoff: Backoff | None = None,
         timeout: Duration = DEFAULT_ATOMIC_TIMEOUT,
+        max_attempts: int | None = None,
+        fail_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     ) -> Callable[[BatchHandler[InT, OutT]], BatchHandler[InT, OutT]]:
         """Register the decorated function as the handler of ``job_type``, for whole groups.
 
@@ -187,9 +201,10 @@ class Worker(WorkerCore):
         results of one external call for all) through ``attempts[0].session``;
         it commits with the completions. If the function raises, the writes
         of the whole group are rolled back and every job of it is retried.
-        ``backoff`` and ``timeout`` as for :meth:`handler`.
+        ``backoff``, ``timeout``, ``max_attempts`` (None: the type's, else the
+        worker's) and ``fail_on`` as for :meth:`handler`.
         """
-        build = self._batch_registration(job_type, size, backoff, timeout)
+        build = self._batch_registration(job_type, size, backoff, timeout, max_attempts, fail_on)
 
         def register(fn: BatchHandler[InT, OutT]) -> BatchHandler[InT, OutT]:
             self._refuse_coroutine(job_type, fn)

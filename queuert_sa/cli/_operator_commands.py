@@ -289,6 +289,20 @@ def show_chain(
     callback=duration_callback,
     help="Delete chains completed more than DURATION ago: 7d, 12h, 30m, 90s (combined: 1d12h).",
 )
+@click.option(
+    "--failed-older-than",
+    metavar="DURATION",
+    callback=duration_callback,
+    default=None,
+    help="Also delete chains that failed more than DURATION ago. Default: keep them.",
+)
+@click.option(
+    "--cancelled-older-than",
+    metavar="DURATION",
+    callback=duration_callback,
+    default=None,
+    help="Also delete chains cancelled more than DURATION ago. Default: keep them.",
+)
 @type_option
 @click.option(
     "--batch-size",
@@ -311,6 +325,8 @@ def cleanup(
     table_prefix: str,
     schema: str | None,
     older_than: dt.timedelta,
+    failed_older_than: dt.timedelta | None,
+    cancelled_older_than: dt.timedelta | None,
     types: tuple[str, ...],
     batch_size: int,
     max_batches: int | None,
@@ -318,13 +334,16 @@ def cleanup(
 ) -> None:
     """Delete chains completed more than DURATION ago (retention).
 
-    Open chains are never deleted, nor a completed chain that a kept chain
-    declares as a blocker. Each batch is its own short transaction, so it is
+    Open chains are never deleted, nor a chain that a kept chain declares as
+    a blocker. Failed and cancelled chains are kept unless their own
+    --failed-older-than / --cancelled-older-than is given. Each batch is its own short transaction, so it is
     safe to run while workers run, e.g. from cron.
     """
     with operator_client(db_url, table_prefix=table_prefix, schema=schema) as client:
         deleted = client.cleanup(
             older_than=older_than,
+            failed_older_than=failed_older_than,
+            cancelled_older_than=cancelled_older_than,
             types=types or None,
             batch_size=batch_size,
             max_batches=max_batches,

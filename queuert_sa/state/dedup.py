@@ -22,6 +22,8 @@ from .operations import Executor, database_errors, take_write_lock
 
 _ROOT: ColumnElement[int] = literal_column("0")
 _COMPLETED: ColumnElement[str] = literal_column("'completed'")
+#: Ended without completing: no longer open, yet inside the open index's predicate.
+_ENDED: tuple[ColumnElement[str], ...] = (literal_column("'failed'"), literal_column("'cancelled'"))
 
 
 def dedup_lock_key(models: Models, chain_type_name: str, key: str) -> int:
@@ -67,7 +69,8 @@ def find_duplicate(
     """The id of a chain that a start with this dedup key duplicates, if any.
 
     ``open``: a chain with an unfinished job (its latest; continuations carry
-    the key), found in the index of unfinished keyed jobs. ``any``: the newest
+    the key), found in the index of unfinished keyed jobs; a failed or
+    cancelled chain is not open (until ``retry_job`` revives it). ``any``: the newest
     chain root with the key. ``since`` bounds the chain's start (its root's
     ``created_at``); ``exclude`` chains never match.
     """
@@ -77,6 +80,7 @@ def find_duplicate(
             table.c.chain_type_name == chain_type_name,
             table.c.deduplication_key == key,
             table.c.status != _COMPLETED,
+            table.c.status.not_in(_ENDED),
         ]
         if exclude:
             conditions.append(table.c.chain_id.not_in(list(exclude)))

@@ -7,9 +7,22 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import RowMapping, select, text, update
+from sqlalchemy import (
+    RowMapping,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from queuert_sa.models import JobStatus, Models
 
@@ -72,12 +85,16 @@ def reap_expired_lease(
     type_names: Sequence[str],
     exclude_ids: Collection[uuid.UUID],
     now: dt.datetime,
+    limits: Mapping[str, int] | None = None,
 ) -> RowMapping | None:
     """Return one running job whose lease expired to ``pending`` (keeping ``attempt``).
 
     Only committed ``running`` rows are candidates: an atomic attempt's row is
     ``running`` inside its own open transaction only, and locked, so it is never
-    reaped. Returns the reaped row's ``id`` and ``type_name``, or None.
+    reaped. ``limits``: the retry limit of each type that has one; a job that
+    has had that many attempts becomes ``failed`` instead (its worker died or
+    stalled on every one: the job may be what kills it). Returns the reaped
+    row's ``id``, ``chain_id``, ``type_name``, ``attempt`` and ``status``, or None.
     """
     table = models.job_table
     conditions = [
@@ -91,11 +108,32 @@ def reap_expired_lease(
     candidate = select(table.c.id).where(*conditions).order_by(table.c.leased_until).limit(1)
     if caps.skip_locked:
         candidate = candidate.with_for_update(skip_locked=True, key_share=True)
+    values: dict[str, Any] = {"status": JobStatus.PENDING}
+    if limits:
+        spent = or_(
+            *(
+                and_(table.c.type_name == literal(name), table.c.attempt >= limit)
+                for name, limit in limits.items()
+            )
+        )
+        when = bindparam(None, now, type_=table.c.completed_at.type)
+        error = (
+            literal("the lease of attempt ", String())
+            + cast(table.c.attempt, String())
+            + literal(" expired (its worker died or stalled) and no attempts are left", String())
+        )
+        values = {
+            "status": case(
+                (spent, literal(JobStatus.FAILED.value)), else_=literal(JobStatus.PENDING.value)
+            ),
+            "completed_at": case((spent, when), else_=table.c.completed_at),
+            "last_attempt_error": case((spent, error), else_=table.c.last_attempt_error),
+        }
     stmt = (
         update(table)
         .where(table.c.id == candidate.scalar_subquery())
-        .values(status=JobStatus.PENDING, leased_by=None, leased_until=None)
-        .returning(table.c.id, table.c.type_name, table.c.attempt)
+        .values(**values, leased_by=None, leased_until=None)
+        .returning(table.c.id, table.c.chain_id, table.c.type_name, table.c.attempt, table.c.status)
     )
     with database_errors("reap expired lease", models):
         return executor.execute(stmt).mappings().first()

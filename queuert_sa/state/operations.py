@@ -1,7 +1,7 @@
 """A job's life in SQL, and the conventions every state module follows.
 
 The job operations: insert jobs, read one, acquire, complete, continue a
-chain, reschedule, count a failed attempt, trigger, lock, and the transaction controls (lock wait, transaction time, SQLite's
+chain, give back unattempted jobs, trigger, lock, and the transaction controls (lock wait, transaction time, SQLite's
 write lock). Chains, blockers, deduplication, removal and listings have their
 own modules beside this one.
 
@@ -22,11 +22,10 @@ import uuid
 from collections.abc import Collection, Generator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Connection,
-    CursorResult,
     RowMapping,
     Table,
     bindparam,
@@ -366,63 +365,6 @@ def insert_continuation(
     )
     with database_errors("continue chain", models):
         return executor.execute(stmt).first() is not None
-
-
-def reschedule_job(
-    executor: Executor,
-    models: Models,
-    *,
-    job_id: uuid.UUID,
-    scheduled_at: dt.datetime,
-    error: str | None,
-    now: dt.datetime,
-) -> None:
-    """Return a running job to ``pending`` at ``scheduled_at`` (clamped to ``now``)."""
-    table = _job(models)
-    stmt = (
-        update(table)
-        .where(table.c.id == job_id)
-        .values(
-            status=JobStatus.PENDING,
-            scheduled_at=max(scheduled_at, now),
-            last_attempt_error=error,
-            leased_by=None,
-            leased_until=None,
-        )
-    )
-    with database_errors("reschedule job", models):
-        executor.execute(stmt)
-
-
-def record_failed_attempt(
-    executor: Executor,
-    models: Models,
-    *,
-    job_id: uuid.UUID,
-    scheduled_at: dt.datetime,
-    error: str,
-    now: dt.datetime,
-) -> bool:
-    """Count an attempt whose transaction could not commit (the job is pending again).
-
-    The attempt's own increment was rolled back with it; this records it with
-    the error and the backoff, unless the job has moved on meanwhile (the
-    COMMIT may have succeeded after all). Returns True if the job was updated.
-    """
-    table = _job(models)
-    stmt = (
-        update(table)
-        .where(table.c.id == job_id, table.c.status == JobStatus.PENDING)
-        .values(
-            attempt=table.c.attempt + 1,
-            last_attempt_at=now,
-            scheduled_at=max(scheduled_at, now),
-            last_attempt_error=error,
-        )
-    )
-    with database_errors("record failed attempt", models):
-        result = cast(CursorResult[Any], executor.execute(stmt))
-    return result.rowcount == 1
 
 
 def trigger_job(

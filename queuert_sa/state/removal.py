@@ -17,12 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
+    and_,
     bindparam,
     delete,
     exists,
@@ -41,6 +42,9 @@ from .operations import Executor, database_errors, take_write_lock
 
 _ROOT: ColumnElement[int] = literal_column("0")
 _COMPLETED: ColumnElement[str] = literal_column("'completed'")
+
+#: Retention cutoffs: per terminal status, jobs that reached it before this time may go.
+Cutoffs = Mapping[str, dt.datetime]
 
 
 # --- deletion ------------------------------------------------------------------------
@@ -167,14 +171,20 @@ def delete_chain_rows(executor: Executor, models: Models, chain_ids: Collection[
 # --- retention -------------------------------------------------------------------------
 
 
-def _finished_before(models: Models, chain_id: Any, cutoff: dt.datetime) -> ColumnElement[bool]:
-    """The chain ``chain_id`` has every job completed before ``cutoff``."""
+def _finished_before(models: Models, chain_id: Any, cutoffs: Cutoffs) -> ColumnElement[bool]:
+    """Every job of chain ``chain_id`` reached a terminal status before that status's cutoff.
+
+    Statuses without a cutoff (failed or cancelled, unless asked) keep their chain.
+    """
     table = models.job_table
     step = table.alias("step")
-    return ~exists().where(
-        step.c.chain_id == chain_id,
-        or_(step.c.status != _COMPLETED, step.c.completed_at >= cutoff),
+    gone = or_(
+        *(
+            and_(step.c.status == literal_column(f"'{status}'"), step.c.completed_at < cutoff)
+            for status, cutoff in cutoffs.items()
+        )
     )
+    return ~exists().where(step.c.chain_id == chain_id, ~gone)
 
 
 def retention_candidates(
@@ -182,12 +192,12 @@ def retention_candidates(
     models: Models,
     caps: Capabilities,
     *,
-    cutoff: dt.datetime,
+    cutoffs: Cutoffs,
     type_names: Sequence[str] | None,
     after: tuple[dt.datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[tuple[uuid.UUID, dt.datetime]]:
-    """Oldest chains completed before ``cutoff``, after the ``(created_at, id)`` key.
+    """Oldest chains that ended before their status's cutoff, after the ``(created_at, id)`` key.
 
     Chain roots are walked in ``(created_at, id)`` order on the chain listing
     index; rows other transactions hold are skipped on PostgreSQL.
@@ -195,8 +205,9 @@ def retention_candidates(
     table = models.job_table
     conditions: list[ColumnElement[bool]] = [
         table.c.chain_index == _ROOT,
-        table.c.created_at < cutoff,
-        _finished_before(models, table.c.id, cutoff),
+        # A chain that ended before its cutoff started before it.
+        table.c.created_at < max(cutoffs.values()),
+        _finished_before(models, table.c.id, cutoffs),
     ]
     if type_names is not None:
         conditions.append(table.c.chain_type_name.in_(list(type_names)))
@@ -228,19 +239,19 @@ def still_needed(
     models: Models,
     *,
     chain_ids: Collection[uuid.UUID],
-    cutoff: dt.datetime,
+    cutoffs: Cutoffs,
     type_names: Sequence[str] | None,
 ) -> set[uuid.UUID]:
     """Those of ``chain_ids`` that a chain retention keeps declares as a blocker.
 
-    A dependent chain is kept if it is not finished before ``cutoff`` (open, or
-    completed recently) or, with ``type_names``, is of another type. Its
+    A dependent chain is kept if it is not finished before its cutoff (open,
+    ended recently, or failed or cancelled without a cutoff for those) or, with ``type_names``, is of another type. Its
     blockers are kept with it: a running dependent reads their outputs.
     """
     if not chain_ids:
         return set()
     job, blocker = models.job_table, models.job_blocker_table
-    kept = ~_finished_before(models, job.c.chain_id, cutoff)
+    kept = ~_finished_before(models, job.c.chain_id, cutoffs)
     if type_names is not None:
         kept = or_(kept, job.c.chain_type_name.not_in(list(type_names)))
     stmt = (
