@@ -112,7 +112,8 @@ class Dedup:
             the same key on two types never matches.
         scope: ``"open"`` (default) matches a chain that is not completed yet
             (judged on its latest job, so a chain that moved on to a later step
-            still counts); ``"any"`` matches a chain in any state.
+            still counts; a failed or cancelled one has ended and does not);
+            ``"any"`` matches a chain in any state.
         window: Only chains started within this period before now match
             (either scope). ``None``: no limit.
         exclude: Chain ids that never match (e.g. the chain starting its

@@ -29,7 +29,7 @@ from ._errors import (
     UnknownJobTypeError,
 )
 from ._json import Codec, JSONValue, codec_for
-from ._retry import Backoff
+from ._retry import Backoff, is_attempt_limit
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -385,10 +385,7 @@ class JobTypes:
         backoff: Backoff | None = None,
         max_attempts: int | None = None,
     ) -> JobType[Any, Any]:
-        """Declare a type reachable only through ``continue_with`` (not an entry).
-
-        Takes the options of :meth:`entry`.
-        """
+        """Declare a type reachable only through ``continue_with``; options as :meth:`entry`."""
         return self._add(
             name, input, output, False, continues_with, blockers, backoff, max_attempts
         )
@@ -418,9 +415,7 @@ class JobTypes:
                 f"{continues_with!r}; write continues_with=[{continues_with!r}].",
                 type_name=name,
             )
-        if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1  # pyright: ignore[reportUnnecessaryIsInstance]
-        ):
+        if not is_attempt_limit(max_attempts):
             raise InvalidJobTypesError(
                 f"max_attempts of {name!r} must be a whole number of attempts (at least 1) or "
                 f"None for the worker's limit, not {max_attempts!r}.",

@@ -108,6 +108,11 @@ class Backoff:
 DEFAULT_BACKOFF = Backoff()
 
 
+def is_attempt_limit(value: object) -> bool:
+    """Whether ``value`` is a retry limit: None (unlimited) or a whole number, at least 1."""
+    return value is None or (type(value) is int and value >= 1)
+
+
 def backoff_delay(attempt: int, backoff: Backoff, rng: random.Random | None = None) -> timedelta:
     """Delay before the retry that follows failed attempt number ``attempt`` (1-based)."""
     n = max(attempt, 1)

@@ -296,7 +296,7 @@ def cleanup_plan(
         (JobStatus.FAILED, failed_older_than, "failed_older_than"),
         (JobStatus.CANCELLED, cancelled_older_than, "cancelled_older_than"),
     ):
-        if age is None:
+        if age is None and status != JobStatus.COMPLETED:
             continue  # kept until asked for
         duration = as_duration(age, name)
         if duration < dt.timedelta(0):

@@ -75,14 +75,17 @@ def build_worker(
     If ``QUEUERT_APP_STARTED_DIR`` is set, each attempt first writes a file
     named after its job id there, so a test knows a handler is in flight.
     ``batch``: group commit of ``work`` jobs (``handler(work, batch=...)``).
+    ``QUEUERT_APP_MAX_ATTEMPTS``: the worker's ``max_attempts`` (default: none).
     """
     started_dir = os.environ.get("QUEUERT_APP_STARTED_DIR")
     engine = create_engine(url or os.environ["QUEUERT_APP_URL"])
     client = q.Queuert(engine, job_types)
+    limit = os.environ.get("QUEUERT_APP_MAX_ATTEMPTS")
     worker = client.worker(
         concurrency=concurrency,
         poll_interval=dt.timedelta(milliseconds=200),
         backoff=q.Backoff(initial=dt.timedelta(milliseconds=100), jitter=0),
+        max_attempts=int(limit) if limit else None,
     )
 
     @worker.handler(work, batch=batch)

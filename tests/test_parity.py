@@ -148,7 +148,7 @@ def test_cleanup_logs_how_many_chains_it_deleted(
     kit: Kit, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Both clients log what ``cleanup`` deleted
-    ("cleanup deleted %d chains completed before ...")."""
+    ("cleanup deleted %d chains ended before completed ...")."""
     clock = FakeClock()
     kit = kit.using(clock=clock)
     chain = start(kit)
@@ -158,9 +158,9 @@ def test_cleanup_logs_how_many_chains_it_deleted(
     caplog.set_level(logging.INFO, logger="queuert_sa")
     assert kit.cleanup(older_than=DAY) == 1
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("queuert_sa")]
-    assert any(line.startswith("cleanup deleted 1 chains completed before") for line in lines), (
-        lines
-    )
+    assert any(
+        line.startswith("cleanup deleted 1 chains ended before completed") for line in lines
+    ), lines
 
 
 # --- drift 6: request_stop() on both workers -------------------------------------------

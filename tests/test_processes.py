@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 import queuert_sa as q
 from queuert_sa.models import Job
 
-from .app import Effect, build_worker, job_types, work
+from .app import Effect, build_worker, job_types, staged_work, work
 from .conftest import Db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,10 +27,11 @@ pytestmark = pytest.mark.slow
 
 
 def spawn_worker(
-    db: Db, tmp_path: Path, *, concurrency: int = 1, batch: int = 1
+    db: Db, tmp_path: Path, *, concurrency: int = 1, batch: int = 1, **extra_env: str
 ) -> subprocess.Popen[str]:
     env = {
         **os.environ,
+        **extra_env,
         "QUEUERT_APP_URL": db.url,
         "QUEUERT_APP_CONCURRENCY": str(concurrency),
         "QUEUERT_APP_BATCH": str(batch),
@@ -103,6 +105,48 @@ def test_sigkill_mid_handler_job_returns_and_completes_exactly_once(
     done = client.get_chain(chain.id)
     assert (done.status, done.output) == ("completed", 10)
     assert count(db, select(func.count()).select_from(Effect)) == 1
+
+
+def test_sigkill_on_the_last_allowed_attempt(
+    db: Db, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """With ``max_attempts=1``: an atomic attempt killed mid-handler is rolled back whole,
+    its attempt with it, so the job is not failed and runs once more, exactly once; a staged
+    attempt killed in its external step had committed its attempt, so once its lease lapses
+    the reaper fails the job (no attempt left) and nothing of it is written."""
+    client = q.Queuert(db.engine, job_types)
+    chains = []
+    for job_type, n in ((staged_work, 6), (work, 5)):  # one at a time: SQLite's one writer
+        with Session(db.engine) as s, s.begin():
+            chains.append(chain := client.start_chain(s, job_type, {"n": n, "sleep": 60}))
+        proc = spawn_worker(db, tmp_path, QUEUERT_APP_MAX_ATTEMPTS="1", QUEUERT_APP_LEASE_MS="1000")
+        processes.append(proc)
+        marker = tmp_path / str(chain.id)
+        wait_for(marker.exists, 30, "the handler to start in the worker process")
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    staged, atomic = chains
+
+    rescuer = build_worker(db.url, sleep_scale=0)
+    rescuer.handlers = {
+        name: dataclasses.replace(r, max_attempts=1) for name, r in rescuer.handlers.items()
+    }
+    try:
+        wait_for(
+            lambda: rescuer.drain() == 0 and client.get_job(staged.id).status == "failed",
+            30,
+            "the staged job's lease to lapse and the reaper to fail it",
+        )
+    finally:
+        rescuer.client.engine.dispose()
+    done = client.get_chain(atomic.id)
+    assert (done.status, done.output) == ("completed", 10)
+    failed = client.get_job(staged.id)
+    assert (failed.status, failed.attempt) == ("failed", 1)
+    assert failed.last_attempt_error is not None
+    assert "lease of attempt 1 expired" in failed.last_attempt_error
+    labels = list(Session(db.engine).scalars(select(Effect.label).order_by(Effect.label)))
+    assert labels == ["work"]  # the atomic job once; the staged one never
 
 
 def test_sigkill_of_a_worker_holding_a_group_keeps_nothing_and_loses_nothing(

@@ -24,7 +24,7 @@ from queuert_sa._context import Context
 from queuert_sa._durations import Duration, as_duration
 from queuert_sa._errors import DatabaseUnavailableError, DuplicateHandlerError, WorkerConfigError
 from queuert_sa._job_types import JobType
-from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, retry_decision
+from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, is_attempt_limit, retry_decision
 
 from . import _policy as policy
 
@@ -109,14 +109,12 @@ def config_duration(value: object, name: str) -> dt.timedelta:
 
 def check_max_attempts(value: object, where: str) -> int | None:
     """A retry limit: None (unlimited) or a whole number of attempts, at least 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_attempt_limit(value):
         raise WorkerConfigError(
             f"max_attempts of {where} must be a whole number of attempts (at least 1) or None "
             f"for no limit, not {value!r}"
         )
-    return value
+    return cast("int | None", value)
 
 
 def check_fail_on(value: object, type_name: str) -> tuple[type[BaseException], ...]:
