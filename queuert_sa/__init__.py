@@ -35,6 +35,7 @@ from ._errors import InvalidContinuationError as InvalidContinuationError
 from ._errors import InvalidCursorError as InvalidCursorError
 from ._errors import InvalidJobIdError as InvalidJobIdError
 from ._errors import InvalidJobTypesError as InvalidJobTypesError
+from ._errors import InvalidPriorityError as InvalidPriorityError
 from ._errors import InvalidScheduleError as InvalidScheduleError
 from ._errors import JobAlreadyCompletedError as JobAlreadyCompletedError
 from ._errors import JobCancelledError as JobCancelledError
@@ -108,6 +109,7 @@ __all__ = [
     "InvalidCursorError",
     "InvalidJobIdError",
     "InvalidJobTypesError",
+    "InvalidPriorityError",
     "InvalidScheduleError",
     "Job",
     "JobAlreadyCompletedError",

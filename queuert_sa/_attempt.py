@@ -344,12 +344,11 @@ class _View(Generic[InT, OutT]):
         """Finish this job by handing the chain to a next job of ``job_type``. Return the result.
 
         Called as ``continue_with(job_type, input, *, id=None, run_at=None,
-        run_in=None, blockers=[...])``; type checkers check ``input`` against
-        ``job_type``.
-
-        ``job_type`` must be listed in this type's ``continues_with``. The next
-        job gets ``chain_index + 1``; if one already exists at that index (a
-        retried attempt, a race) it is reused, never duplicated.
+        run_in=None, blockers=[...], priority=None)``; type checkers check
+        ``input`` against ``job_type``. The next job keeps this job's priority
+        unless ``priority=`` is given. ``job_type`` must be listed in this
+        type's ``continues_with``. The next job gets ``chain_index + 1``; if one
+        already exists at that index (a retried attempt, a race) it is reused.
         """
         return self._state.continue_with(describe_job(job_type, *args, **kwargs))
 

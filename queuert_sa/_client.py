@@ -116,15 +116,17 @@ class Queuert(Reads):
         """Start a chain with its first job, inside ``session``'s current transaction.
 
         Called as ``start_chain(session, job_type, input, *, id=None,
-        run_at=None, run_in=None)``; the arguments after ``job_type`` are those
-        of calling the job type, so type checkers check ``input`` against it.
+        run_at=None, run_in=None, blockers=(), dedup=None, priority=None)``; the
+        arguments after ``job_type`` are those of calling the job type, so type
+        checkers check ``input`` against it.
 
         Nothing is committed: the job becomes visible to workers when the
         caller commits, and the wake-up is sent only after that COMMIT. On
         rollback (or a rolled-back SAVEPOINT) there is no job and no wake-up.
 
         Validation happens before any SQL: an unknown or non-entry type, an input
-        that is not JSON, or an invalid id raise a :class:`QueuertError` subclass.
+        that is not JSON, an invalid id or priority raise a :class:`QueuertError`
+        subclass.
 
         Args:
             session: The caller's ``Session``; flushed into, never committed.
@@ -134,6 +136,9 @@ class Queuert(Reads):
             id: The chain's id (a UUID); generated (UUIDv7) when omitted.
             run_at: Earliest start (aware datetime), clamped to now.
             run_in: Earliest start as a delay from now.
+            priority: Higher runs first among due jobs (an int; default 0);
+                the chain's continuations inherit it. A deduplicated start
+                returns the existing chain with its own priority.
         """
         return self.start_chains(session, [rules.describe_job(job_type, *args, **kwargs)])[0]
 

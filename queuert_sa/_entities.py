@@ -46,6 +46,8 @@ class Job(Generic[InT]):
     leased_by: str | None
     leased_until: dt.datetime | None
     deduplication_key: str | None
+    priority: int = 0
+    """Acquisition order among due jobs: higher first (then ``scheduled_at``, then id)."""
 
     @property
     def is_chain_root(self) -> bool:
@@ -71,6 +73,8 @@ class Chain(Generic[InT, OutT]):
     current_job_id: uuid.UUID
     current_type_name: str
     current_index: int
+    priority: int = 0
+    """The current (latest) job's priority."""
     deduplicated: bool = False
 
     @property

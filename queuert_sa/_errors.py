@@ -106,6 +106,14 @@ class InvalidScheduleError(JobTypeError):
     """``run_at``/``run_in`` cannot be used (naive datetime, both given)."""
 
 
+class InvalidPriorityError(JobTypeError):
+    """``priority=`` is not an int in PostgreSQL's INTEGER range (bool is refused too)."""
+
+    def __init__(self, message: str, *, type_name: str, value: object) -> None:
+        super().__init__(message, type_name=type_name)
+        self.value = value
+
+
 class InvalidJobIdError(QueuertError):
     """A caller-supplied job id is not a UUID."""
 

@@ -105,6 +105,7 @@ class ChainStart(Generic[InT, OutT]):
     run_in: Duration | None = None
     blockers: tuple[BlockerRef, ...] = ()
     dedup: Dedup | None = None
+    priority: int | None = None
 
 
 class JobType(Generic[InT, OutT]):
@@ -172,6 +173,7 @@ class JobType(Generic[InT, OutT]):
         run_in: Duration | None = None,
         blockers: Sequence[BlockerRef] = (),
         dedup: Dedup | None = None,
+        priority: int | None = None,
     ) -> ChainStart[InT, OutT]:
         """Describe a job of this type (nothing is validated or written yet).
 
@@ -184,6 +186,9 @@ class JobType(Generic[InT, OutT]):
                 slots, in order; the job waits until all are completed.
             dedup: Start the chain only if no matching chain exists (see
                 :class:`Dedup`); chain starts only, not ``continue_with``.
+            priority: Higher runs first among the jobs due (an int in
+                -2**31..2**31-1). Defaults to 0 for a chain start and to the
+                current job's priority for ``continue_with``.
         """
         return ChainStart(
             self,
@@ -193,6 +198,7 @@ class JobType(Generic[InT, OutT]):
             run_in=run_in,
             blockers=tuple(blockers),
             dedup=dedup,
+            priority=priority,
         )
 
     @property

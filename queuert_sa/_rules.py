@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypedDict, TypeVar
 
 from ._durations import Duration, as_duration
-from ._errors import DeduplicationError, InvalidBlockersError, InvalidScheduleError
+from ._errors import (
+    DeduplicationError,
+    InvalidBlockersError,
+    InvalidPriorityError,
+    InvalidScheduleError,
+)
 from ._ids import coerce_id, new_id
 from ._job_types import ChainStart, JobType, JobTypes
 from ._json import JSONValue
@@ -30,6 +35,9 @@ P = ParamSpec("P")
 DEFAULT_PAGE_SIZE = 50
 #: Largest page a listing returns.
 MAX_PAGE_SIZE = 1000
+#: The priorities a job may have: PostgreSQL's INTEGER, the ``priority`` column's type.
+PRIORITY_MIN = -(2**31)
+PRIORITY_MAX = 2**31 - 1
 #: Most chains ``cleanup`` examines per batch and ``delete_chains`` takes per
 #: call (the ids are bound parameters; PostgreSQL allows 65,535 per statement).
 MAX_BATCH_SIZE = 10_000
@@ -55,6 +63,8 @@ class Continued:
     run_at: dt.datetime | None
     run_in: Duration | None
     blockers: list[uuid.UUID]
+    priority: int | None = None
+    """The next job's priority; ``None``: the current job's (inherited)."""
 
 
 Decision = Completed | Continued
@@ -82,6 +92,34 @@ def check_schedule(type_name: str, run_at: dt.datetime | None, run_in: Duration 
             "(e.g. datetime.now(UTC) + delay).",
             type_name=type_name,
         )
+
+
+def check_priority(type_name: str, priority: object) -> int | None:
+    """``priority=`` as given (``None``: not given); :class:`InvalidPriorityError` if unusable.
+
+    An int in PostgreSQL's INTEGER range (an ``IntEnum`` member counts as its
+    value); ``True``/``False`` are refused, as a float or a numeric string is,
+    rather than read as 1/0.
+    """
+    if priority is None:
+        return None
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidPriorityError(
+            f"Job of type {type_name!r}: priority={priority!r:.60} is a "
+            f"{type(priority).__name__}; pass an int (higher runs first, default 0), "
+            f"e.g. priority=10.",
+            type_name=type_name,
+            value=priority,
+        )
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidPriorityError(
+            f"Job of type {type_name!r}: priority={priority} is outside "
+            f"{PRIORITY_MIN}..{PRIORITY_MAX} (the column is a 32-bit INTEGER); pass a "
+            "smaller value: only the order of priorities matters.",
+            type_name=type_name,
+            value=priority,
+        )
+    return int(priority)
 
 
 def scheduled_time(
@@ -142,6 +180,7 @@ def continuation(
         run_at=start.run_at,
         run_in=start.run_in,
         blockers=check_blocker_refs(target, start.blockers),
+        priority=check_priority(target.name, start.priority),
     )
 
 

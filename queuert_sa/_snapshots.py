@@ -40,6 +40,7 @@ def job_from_row(row: Mapping[Any, Any], job_type: JobType[Any, Any] | None = No
         leased_by=row["leased_by"],
         leased_until=row["leased_until"],
         deduplication_key=row["deduplication_key"],
+        priority=row["priority"],
     )
 
 
@@ -73,6 +74,7 @@ def chain_from_rows(
         current_job_id=latest["id"],
         current_type_name=latest["type_name"],
         current_index=latest["chain_index"],
+        priority=latest["priority"],
     )
 
 

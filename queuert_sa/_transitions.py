@@ -40,6 +40,7 @@ from ._rules import (
     Continued,
     Decision,
     check_blocker_refs,
+    check_priority,
     check_schedule,
     scheduled_time,
 )
@@ -129,6 +130,7 @@ def start_chains(
         job_type = ctx.job_types.resolve(start.job_type)
         job_type.require_entry()
         check_schedule(job_type.name, start.run_at, start.run_in)
+        priority = check_priority(job_type.name, start.priority)
         if start.dedup is not None and not isinstance(start.dedup, Dedup):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise DeduplicationError(
                 f"dedup= takes a queuert_sa.Dedup, got {type(start.dedup).__name__}."
@@ -148,6 +150,7 @@ def start_chains(
                 created_at=now,
                 scheduled_at=scheduled_time(now, start.run_at, start.run_in),
                 deduplication_key=start.dedup.key if start.dedup is not None else None,
+                priority=priority or 0,
             )
         )
     duplicates = find_duplicates(session, ctx, starts, jobs, now)
@@ -183,6 +186,7 @@ def start_chains(
             current_job_id=job.id,
             current_type_name=job.type_name,
             current_index=0,
+            priority=job.priority,
         )
         for i, job in zip(fresh, jobs, strict=True)
     }
@@ -358,6 +362,7 @@ def _insert_continuation(
             scheduled_at=scheduled_time(now, next_job.run_at, next_job.run_in),
             # Inherited, so "is this chain open?" is one indexed lookup.
             deduplication_key=job.deduplication_key,
+            priority=job.priority if next_job.priority is None else next_job.priority,
         ),
     )
     if created:

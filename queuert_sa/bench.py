@@ -530,7 +530,7 @@ def _pg_process_reference(
         f"WITH taken AS (UPDATE {name} SET status = 'running', attempt = attempt + 1, "
         "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
         f"WHERE id = (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
-        "AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT 1 "
+        "AND scheduled_at <= now() ORDER BY priority DESC, scheduled_at, id LIMIT 1 "
         "FOR NO KEY UPDATE SKIP LOCKED) RETURNING id) "
         "SELECT coalesce(max(id::text), '00000000-0000-0000-0000-000000000000') AS job "
         "FROM taken \\gset\n"
@@ -568,7 +568,7 @@ def _pg_batched_process_reference(
         f"WITH taken AS (UPDATE {name} SET status = 'running', attempt = attempt + 1, "
         "last_attempt_at = now(), leased_by = 'pgbench', leased_until = now() + interval '5 min' "
         f"WHERE id IN (SELECT id FROM {name} WHERE type_name = 'noop' AND status = 'pending' "
-        f"AND scheduled_at <= now() ORDER BY scheduled_at, id LIMIT {batch} "
+        f"AND scheduled_at <= now() ORDER BY priority DESC, scheduled_at, id LIMIT {batch} "
         "FOR NO KEY UPDATE SKIP LOCKED) RETURNING *) "
         "SELECT coalesce(array_agg(id), '{}')::text AS ids, "
         "coalesce(array_agg(input -> 'i'), '{}')::text AS outputs, "
@@ -688,7 +688,8 @@ def _sqlite_process_reference(engine: Engine, models: Models) -> Reference:
             f"UPDATE {table} SET status = 'running', attempt = attempt + 1, "
             "last_attempt_at = ?, leased_by = 'raw', leased_until = ? "
             f"WHERE id = (SELECT id FROM {table} WHERE type_name = 'noop' AND "
-            "status = 'pending' AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT 1) "
+            "status = 'pending' AND scheduled_at <= ? "
+            "ORDER BY priority DESC, scheduled_at, id LIMIT 1) "
             "RETURNING id"
         )
         complete = (
@@ -733,7 +734,8 @@ def _sqlite_batched_process_reference(engine: Engine, models: Models, batch: int
             f"UPDATE {table} SET status = 'running', attempt = attempt + 1, "
             "last_attempt_at = ?, leased_by = 'raw', leased_until = ? "
             f"WHERE id IN (SELECT id FROM {table} WHERE type_name = 'noop' AND "
-            f"status = 'pending' AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT {batch}) "
+            "status = 'pending' AND scheduled_at <= ? "
+            f"ORDER BY priority DESC, scheduled_at, id LIMIT {batch}) "
             "RETURNING *"
         )
         complete = (

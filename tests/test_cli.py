@@ -661,6 +661,7 @@ def test_chains_list_json(db: Db) -> None:
         "current_job_id": signup["current_job_id"],
         "current_type_name": "greet",
         "current_index": 1,
+        "priority": 0,
     }
     uuid.UUID(signup["current_job_id"])
     assert isinstance(data["next_cursor"], str)
@@ -723,8 +724,8 @@ def test_chain_show_lists_every_step_with_its_last_error(db: Db) -> None:
     ]
     header, root, greet = lines[9:12]
     assert header == (
-        "#  JOB ID                                TYPE    STATUS     ATTEMPT  SCHEDULED (UTC)      "
-        "COMPLETED (UTC)      LAST ERROR"
+        "#  JOB ID                                TYPE    STATUS     ATTEMPT  PRIORITY  "
+        "SCHEDULED (UTC)      COMPLETED (UTC)      LAST ERROR"
     )
     assert root.split() == [
         "0",
@@ -732,6 +733,7 @@ def test_chain_show_lists_every_step_with_its_last_error(db: Db) -> None:
         "signup",
         "completed",
         "1",
+        "0",
         "2026-01-02",
         "03:04:05",
         "2026-01-02",

@@ -118,6 +118,7 @@ def job_row(**changes: Any) -> dict[str, Any]:
         "leased_by": WORKER,
         "leased_until": NOW + TIMEOUT,
         "deduplication_key": None,
+        "priority": 0,
     }
     values.update(changes)
     return values

@@ -63,7 +63,8 @@ def acquire(
     candidate = (
         select(table.c.id)
         .where(*conditions)
-        .order_by(table.c.scheduled_at, table.c.id)
+        # The acquisition index's order: higher priority first, then due time.
+        .order_by(table.c.priority.desc(), table.c.scheduled_at, table.c.id)
         .limit(bindparam("limit", type_=Integer()) if many else 1)
     )
     if skip_locked:

@@ -167,8 +167,9 @@ def acquire_job(
     exclude_ids: Collection[uuid.UUID] = (),
     timeouts: Mapping[str, dt.timedelta] | None = None,
 ) -> Mapping[Any, Any] | None:
-    """Take the oldest due pending job of these types: status ``running``, ``attempt + 1``.
+    """Take the first due pending job of these types: status ``running``, ``attempt + 1``.
 
+    First by ``priority DESC, scheduled_at, id`` (the acquisition index's order).
     PostgreSQL skips rows other acquirers hold (``FOR UPDATE SKIP LOCKED``);
     SQLite relies on the caller holding the write lock (``BEGIN IMMEDIATE``).
     ``exclude_ids`` are never taken. With ``timeouts`` (per type name), the
@@ -199,7 +200,7 @@ def acquire_jobs(
     now: dt.datetime,
     exclude_ids: Collection[uuid.UUID] = (),
 ) -> list[Mapping[Any, Any]]:
-    """:func:`acquire_job` for up to ``limit`` jobs in one statement, oldest first.
+    """:func:`acquire_job` for up to ``limit`` jobs in one statement, in acquisition order.
 
     For a group of attempts sharing one transaction; the transaction's time
     limits, if any, were set when its first job was acquired.
@@ -207,7 +208,7 @@ def acquire_jobs(
     rows = _acquire(
         executor, models, caps, (), type_names, worker_id, lease_until, now, exclude_ids, limit
     )
-    return sorted(rows, key=lambda row: (_as_utc(row["scheduled_at"]), row["id"]))
+    return sorted(rows, key=lambda r: (-r["priority"], _as_utc(r["scheduled_at"]), r["id"]))
 
 
 def _acquire(

@@ -102,5 +102,7 @@ def attempt_api(worker: q.AsyncWorker) -> None:
     async def misuse(attempt: q.AsyncAttempt[OrderIn, PaymentOut]) -> q.Outcome:
         attempt.complete({"payment_id": 1})  # expect-error
         attempt.continue_with(receipt, {"receipt_id": 1})  # expect-error
+        attempt.continue_with(receipt, {"receipt_id": "r"}, priority=2)
+        attempt.continue_with(receipt, {"receipt_id": "r"}, priority=2.0)  # expect-error
         _other: OtherIn = attempt.input  # expect-error
         return attempt.complete({"payment_id": "p"})

@@ -109,6 +109,9 @@ def attempt_api(worker: q.Worker) -> None:
         attempt.continue_with(receipt, {"receipt_id": "r"}, run_at=1)  # expect-error
         attempt.continue_with(receipt, {"receipt_id": "r"}, run_in=30)  # seconds: accepted
         attempt.continue_with(receipt, {"receipt_id": "r"}, run_in="30")  # expect-error
+        attempt.continue_with(receipt, {"receipt_id": "r"}, priority=3)  # overrides the inherited
+        attempt.continue_with(receipt, {"receipt_id": "r"}, priority=None)  # inherits
+        attempt.continue_with(receipt, {"receipt_id": "r"}, priority="3")  # expect-error
         attempt.continue_with(receipt, {"receipt_id": "r"}, foo=1)  # expect-error
         attempt.continue_with(receipt)  # expect-error
         attempt.continue_with("receipt", {"receipt_id": "r"})  # expect-error

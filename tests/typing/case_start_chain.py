@@ -69,6 +69,11 @@ def start(queuert: q.Queuert, session: Session, scoped: scoped_session[Session])
     queuert.start_chain(session, reserve, {"order_id": 1}, run_in=5)  # seconds: accepted
     queuert.start_chain(session, reserve, {"order_id": 1}, run_in="5")  # expect-error
     queuert.start_chain(session, reserve, {"order_id": 1}, id=42)  # expect-error
+    queuert.start_chain(session, reserve, {"order_id": 1}, priority=5)
+    queuert.start_chain(session, reserve, {"order_id": 1}, priority=-3, run_in=5)
+    queuert.start_chain(session, reserve, {"order_id": 1}, priority=None)
+    queuert.start_chain(session, reserve, {"order_id": 1}, priority="5")  # expect-error
+    queuert.start_chain(session, reserve, {"order_id": 1}, priority=1.5)  # expect-error
     queuert.start_chain(session, reserve, {"order_id": 1}, foo=1)  # expect-error
     queuert.start_chain(session, reserve, {"order_id": 1}, delay=dt.timedelta(1))  # expect-error
 

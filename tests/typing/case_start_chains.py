@@ -30,6 +30,11 @@ def start_many(queuert: q.Queuert, session: Session, orders: list[OrderIn]) -> N
     later = quote({"order_id": 2}, run_in=dt.timedelta(minutes=1), id=uuid.uuid4())
     assert_type(later, q.ChainStart[OrderIn, PaymentOut])
     at = reserve({"order_id": 3}, run_at=dt.datetime.now(dt.UTC))
+    urgent = reserve({"order_id": 4}, priority=10)
+    assert_type(urgent.priority, int | None)
+    direct = q.ChainStart(reserve, orders[0], priority=-1)
+    assert_type(direct, q.ChainStart[OrderIn, None])
+    queuert.start_chains(session, [urgent, direct])
 
     chains = queuert.start_chains(session, [first, later, at])
     assert_type(chains, list[q.Chain[Any, Any]])
@@ -42,6 +47,8 @@ def start_many(queuert: q.Queuert, session: Session, orders: list[OrderIn]) -> N
     queuert.start_chains(session, [first, quote({})])  # expect-error
     queuert.start_chains(session, [reserve({"order_id": 1}, run_at=1)])  # expect-error
     queuert.start_chains(session, [reserve({"order_id": 1}, foo=1)])  # expect-error
+    queuert.start_chains(session, [reserve({"order_id": 1}, priority="high")])  # expect-error
+    q.ChainStart(reserve, orders[0], priority=0.5)  # expect-error
     reserve({"order_id": 1, "extra": True})  # expect-error
 
     # Not a sequence of ChainStart.
