@@ -12,6 +12,8 @@ from . import models as models
 from ._attempt import AsyncAttempt as AsyncAttempt
 from ._attempt import Attempt as Attempt
 from ._attempt import Outcome as Outcome
+from ._blocker_specs import Many as Many
+from ._blocker_specs import many as many
 from ._client import Queuert as Queuert
 from ._durations import Duration as Duration
 from ._entities import Chain as Chain
@@ -59,8 +61,6 @@ from ._errors import WorkerConfigError as WorkerConfigError
 from ._job_types import ChainStart as ChainStart
 from ._job_types import JobType as JobType
 from ._job_types import JobTypes as JobTypes
-from ._job_types import Many as Many
-from ._job_types import many as many
 from ._retry import Backoff as Backoff
 from ._retry import Fail as Fail
 from ._retry import Reschedule as Reschedule

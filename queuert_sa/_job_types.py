@@ -14,8 +14,9 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
+from typing import Any, Generic, TypeGuard, TypeVar, overload
 
+from ._blocker_specs import BlockerRef, BlockerSpec, Many
 from ._durations import Duration
 from ._entities import Dedup
 from ._errors import (
@@ -37,30 +38,6 @@ InT_co = TypeVar("InT_co", covariant=True)
 OutT_co = TypeVar("OutT_co", covariant=True)
 
 _NAME_MAX = 255
-
-
-@dataclass(frozen=True)
-class Many:
-    """The variadic tail of a blocker declaration: any number of chains of ``job_type``."""
-
-    job_type: JobType[Any, Any]
-
-
-def many(job_type: JobType[Any, Any]) -> Many:
-    """Declare "any number of chains of this type" as (the last of) a type's blockers."""
-    return Many(job_type)
-
-
-class _ChainLike(Protocol):
-    @property
-    def id(self) -> uuid.UUID: ...
-
-
-#: A blocker given to ``start_chain``/``continue_with``: a chain, or its id.
-BlockerRef = _ChainLike | uuid.UUID | str
-
-#: A blocker declaration: entry types, one slot each, optionally ending with ``many(t)``.
-BlockerSpec = Sequence["JobType[Any, Any] | Many"] | Many
 
 
 def _is_job_type(value: object) -> TypeGuard[JobType[Any, Any]]:
