@@ -145,7 +145,8 @@ def test_sigkill_on_the_last_allowed_attempt(
     assert (failed.status, failed.attempt) == ("failed", 1)
     assert failed.last_attempt_error is not None
     assert "lease of attempt 1 expired" in failed.last_attempt_error
-    labels = list(Session(db.engine).scalars(select(Effect.label).order_by(Effect.label)))
+    with Session(db.engine) as s:
+        labels = list(s.scalars(select(Effect.label)))
     assert labels == ["work"]  # the atomic job once; the staged one never
 
 
