@@ -28,7 +28,9 @@ from ._context import ClientOptions, ContextView
 from ._durations import Duration, as_duration
 from ._entities import Chain, Job, Page
 from ._errors import (
+    ChainNotFoundError,
     EngineMismatchError,
+    JobNotFoundError,
     SessionRequiredError,
     WaitChainTimeoutError,
     WorkerConfigError,
@@ -294,6 +296,38 @@ class AsyncQueuert(ContextView):
         """Make a pending job due now; see :meth:`Queuert.trigger_job`."""
         return await self._in(session, lambda s: self.sync.trigger_job(s, id))
 
+    async def retry_job(self, session: AsyncSessionLike, id: uuid.UUID | str) -> Job[Any]:
+        """Make a failed job pending and due now; see :meth:`Queuert.retry_job`."""
+        return await self._in(session, lambda s: self.sync.retry_job(s, id))
+
+    async def retry_jobs(
+        self,
+        session: AsyncSessionLike,
+        *,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        failed_since: dt.datetime | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Retry every failed job matching the filter; see :meth:`Queuert.retry_jobs`."""
+        rules.retry_filter(types, failed_since, limit)  # refused before touching the session
+        return await self._in(
+            session,
+            lambda s: self.sync.retry_jobs(s, types=types, failed_since=failed_since, limit=limit),
+        )
+
+    async def cancel_chain(
+        self,
+        session: AsyncSessionLike,
+        id: uuid.UUID | str,
+        *,
+        reason: str | None = None,
+        cascade: bool = False,
+    ) -> list[uuid.UUID]:
+        """Cancel a chain (``cascade``: and those blocked on it); see :meth:`Queuert.cancel_chain`."""
+        return await self._in(
+            session, lambda s: self.sync.cancel_chain(s, id, reason=reason, cascade=cascade)
+        )
+
     async def delete_chains(
         self,
         session: AsyncSessionLike,
@@ -385,7 +419,9 @@ class AsyncQueuert(ContextView):
 
         See :meth:`Queuert.await_chain`: woken by the notify adapter's
         chain-completed message, else re-reads every ``poll_interval``;
-        :class:`WaitChainTimeoutError` after ``timeout``.
+        :class:`ChainFailedError` or :class:`ChainCancelledError` at once for
+        a chain that failed or was cancelled; :class:`WaitChainTimeoutError`
+        after ``timeout``.
         """
         chain_id = coerce_id(id)
         timeout = as_duration(timeout, "timeout")
@@ -405,6 +441,14 @@ class AsyncQueuert(ContextView):
                 chain = await self.get_chain(chain_id, job_type)
                 if chain.is_completed:
                     return chain
+                if chain.status.is_terminal:
+                    try:
+                        current = await self.get_job(chain.current_job_id)
+                    except JobNotFoundError:
+                        raise ChainNotFoundError(chain_id) from None
+                    error = rules.unsuccessful_end(chain, current)
+                    assert error is not None
+                    raise error
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise WaitChainTimeoutError(chain_id, timeout=timeout.total_seconds())

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from . import _operator as operator
 from . import _removal as removal
 from . import _rules as rules
 from . import _transitions as transitions
@@ -26,6 +27,8 @@ from ._context import ClientOptions, Context, utc_now
 from ._durations import Duration, as_duration
 from ._entities import Chain, Job
 from ._errors import (
+    ChainNotFoundError,
+    JobNotFoundError,
     WaitChainTimeoutError,
 )
 from ._ids import coerce_id
@@ -152,7 +155,7 @@ class Queuert(Reads):
         """
         return transitions.start_chains(self.session_of(session), self.ctx, starts)
 
-    # --- operating: trigger, delete, clean up ----------------------------------
+    # --- operating: trigger, retry, cancel, delete, clean up ------------------
 
     def trigger_job(self, session: SessionLike, id: uuid.UUID | str) -> Job[Any]:
         """Make a pending job due now, in ``session``'s transaction (never committed here).
@@ -160,10 +163,89 @@ class Queuert(Reads):
         A job scheduled for later (``run_at``/``run_in``, a retry's backoff)
         becomes due at once; one already due keeps its place. Workers are woken
         after COMMIT. Raises :class:`JobNotFoundError`, and
-        :class:`JobNotTriggerableError` for a job that is blocked, running or
-        completed. Returns the job as updated.
+        :class:`JobNotTriggerableError` for a job that is blocked, running,
+        completed, failed (see :meth:`retry_job`) or cancelled. Returns the
+        job as updated.
         """
         return transitions.trigger_job(self.session_of(session), self.ctx, coerce_id(id))
+
+    def retry_job(self, session: SessionLike, id: uuid.UUID | str) -> Job[Any]:
+        """Make a failed job pending and due now, in ``session``'s transaction (never committed).
+
+        The job keeps its history: ``attempt`` is kept (the next attempt
+        continues the count, so a ``max_attempts`` limit allows one more
+        attempt) and ``last_attempt_error`` until that attempt replaces it;
+        ``completed_at`` is cleared. When its chain then completes, the jobs
+        blocked on it are unblocked as usual. Workers are woken after COMMIT.
+
+        The job's row is locked first. Raises :class:`JobNotFoundError`, and
+        :class:`JobNotRetryableError` (with ``status``) for a job that is not
+        ``failed``. Returns the job as updated.
+        """
+        return operator.retry_job(self.session_of(session), self.ctx, coerce_id(id))
+
+    def retry_jobs(
+        self,
+        session: SessionLike,
+        *,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        failed_since: dt.datetime | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Retry every failed job matching the filter (see :meth:`retry_job`); how many.
+
+        One UPDATE in ``session``'s transaction (never committed here); workers
+        are woken after COMMIT. With no filter, every failed job is retried.
+
+        Args:
+            types: Only jobs of these types (the jobs' own types, not their
+                chains'): job types or their names.
+            failed_since: Only jobs that failed at or after this time (aware).
+            limit: At most this many, first created first; default no limit.
+                Retry a large backlog in several transactions with it.
+        """
+        wanted = rules.retry_filter(types, failed_since, limit)
+        return operator.retry_jobs(
+            self.session_of(session),
+            self.ctx,
+            type_names=wanted.type_names,
+            failed_since=wanted.failed_since,
+            limit=wanted.limit,
+        )
+
+    def cancel_chain(
+        self,
+        session: SessionLike,
+        id: uuid.UUID | str,
+        *,
+        reason: str | None = None,
+        cascade: bool = False,
+    ) -> list[uuid.UUID]:
+        """Cancel a chain, in ``session``'s transaction (never committed here).
+
+        Its current job, if ``blocked``, ``pending`` (scheduled or not),
+        ``running`` or ``failed``, becomes ``cancelled`` with ``completed_at``
+        now and ``cancel_reason = reason``; no attempt of it will run. The job
+        is locked first, so this waits for an atomic attempt running it to end:
+        if that attempt completed the chain, there is nothing to cancel; if it
+        continued the chain, the new job is cancelled. A staged attempt running
+        it is told after COMMIT (its ``attempt.signal`` is set with reason
+        ``"cancelled"``) and its ``attempt.transaction()`` raises
+        :class:`JobCancelledError`: nothing of it is written. ``await_chain``
+        callers raise :class:`ChainCancelledError` after COMMIT.
+
+        Jobs of other chains blocked on this one stay ``blocked`` (list them
+        with :meth:`list_blocked_jobs`); with ``cascade=True`` their chains are
+        cancelled too, with the same reason, and theirs in turn. A cascade on
+        a chain cancelled earlier cancels its blocked dependents.
+
+        Returns the ids of the chains this call cancelled, ``id`` first: ``[]``
+        if the chain had completed, or was cancelled already (and nothing was
+        blocked on it). Raises :class:`ChainNotFoundError` for an unknown id.
+        """
+        return operator.cancel_chain(
+            self.session_of(session), self.ctx, coerce_id(id), reason=reason, cascade=cascade
+        )
 
     def delete_chains(
         self,
@@ -280,7 +362,10 @@ class Queuert(Reads):
 
         Wakes on the notify adapter's chain-completed message (at once for a
         worker of this client in this process) and otherwise re-reads the chain
-        every ``poll_interval`` (default 1 s). Raises
+        every ``poll_interval`` (default 1 s). A chain that ends without
+        completing raises at once: :class:`ChainFailedError` (with its current
+        job's last error) when that job failed, :class:`ChainCancelledError`
+        (with the reason) when the chain was cancelled. Raises
         :class:`WaitChainTimeoutError` after ``timeout`` (default 30 s) and
         :class:`ChainNotFoundError` for an unknown id, or if the chain is
         deleted while waiting. Do not call it inside a transaction that the
@@ -298,6 +383,14 @@ class Queuert(Reads):
                 chain = self.get_chain(chain_id, job_type)
                 if chain.is_completed:
                     return chain
+                if chain.status.is_terminal:
+                    try:
+                        current = self.get_job(chain.current_job_id)
+                    except JobNotFoundError:
+                        raise ChainNotFoundError(chain_id) from None
+                    error = rules.unsuccessful_end(chain, current)
+                    assert error is not None
+                    raise error
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise WaitChainTimeoutError(chain_id, timeout=timeout.total_seconds())
@@ -323,10 +416,13 @@ class Queuert(Reads):
         job) or neither, to only look. ``completed_by`` stays NULL. A staged
         worker running that job learns it lost it and writes nothing.
 
-        Raises :class:`ChainNotFoundError`, :class:`JobTypeMismatchError` if
-        ``job_type`` is not the chain's type, and
-        :class:`JobAlreadyCompletedError` if the chain is already complete.
-        Returns the chain as it is now in ``session``.
+        A ``failed`` current job may be completed (or continued) this way, as
+        the person who fixed its cause by hand; its dependents are unblocked
+        as for any completion. Raises :class:`ChainNotFoundError`,
+        :class:`JobTypeMismatchError` if ``job_type`` is not the chain's type,
+        :class:`JobAlreadyCompletedError` if the chain is already complete,
+        and :class:`ChainCancelledError` if it was cancelled. Returns the chain
+        as it is now in ``session``.
         """
         session = self.session_of(session)
         chain_id = coerce_id(id)

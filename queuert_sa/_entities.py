@@ -48,6 +48,8 @@ class Job(Generic[InT]):
     deduplication_key: str | None
     priority: int = 0
     """Acquisition order among due jobs: higher first (then ``scheduled_at``, then id)."""
+    cancel_reason: str | None = None
+    """The reason given to ``cancel_chain`` (for a ``cancelled`` job; None otherwise)."""
 
     @property
     def is_chain_root(self) -> bool:
@@ -60,7 +62,9 @@ class Chain(Generic[InT, OutT]):
     """A chain: its first job's identity and input, and its latest job's status.
 
     ``output`` is the output of the final job once the chain is completed.
-    ``deduplicated`` is True when ``start_chain`` returned an existing chain.
+    ``completed_at`` is when the chain ended: completed, failed or cancelled
+    (see ``status``); None while it is open. ``deduplicated`` is True when
+    ``start_chain`` returned an existing chain.
     """
 
     id: uuid.UUID
@@ -79,7 +83,18 @@ class Chain(Generic[InT, OutT]):
 
     @property
     def is_completed(self) -> bool:
+        """True once the chain completed (its output is set)."""
         return self.status == JobStatus.COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        """True if its current job failed: out of attempts, or ``q.Fail``; ``retry_job`` revives it."""
+        return self.status == JobStatus.FAILED
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True if ``cancel_chain`` ended it."""
+        return self.status == JobStatus.CANCELLED
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,8 @@ class JobNotTriggerableError(QueuertError):
             "blocked": "it waits for its blocker chains; complete them, or use complete_chain",
             "running": "a worker is running it now",
             "completed": "it is already completed",
+            "failed": "it failed; retry_job(session, job_id) makes it pending and due now",
+            "cancelled": "its chain was cancelled; start a new chain to do the work again",
         }.get(status, "only pending jobs can be triggered")
         super().__init__(
             f"Job {job_id} is {status}, so it cannot be triggered ({hint}). Only a pending "
@@ -299,7 +301,7 @@ class ChainFailedError(QueuertError):
 
 
 class ChainCancelledError(QueuertError):
-    """``await_chain`` found the chain cancelled (``cancel_chain``)."""
+    """``await_chain`` or ``complete_chain`` found the chain cancelled (``cancel_chain``)."""
 
     def __init__(self, chain: Any, *, reason: str | None) -> None:
         because = f": {reason}" if reason else ""

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypedDict, TypeVar
 
 from ._durations import Duration, as_duration
+from ._entities import Chain, Job
 from ._errors import (
+    ChainCancelledError,
+    ChainFailedError,
     DeduplicationError,
     InvalidBlockersError,
     InvalidPriorityError,
@@ -351,3 +354,45 @@ def cleanup_plan(
         batch_size=batch_size,
         max_batches=max_batches,
     )
+
+
+# --- operating: retry, and how a waited-for chain ended -------------------------------
+
+
+@dataclass(frozen=True)
+class RetryFilter:
+    """Checked ``retry_jobs`` arguments: which failed jobs to make pending again."""
+
+    type_names: list[str] | None
+    failed_since: dt.datetime | None
+    limit: int | None
+
+
+def retry_filter(
+    types: Iterable[JobType[Any, Any] | str] | None,
+    failed_since: dt.datetime | None,
+    limit: int | None,
+) -> RetryFilter:
+    """Check ``retry_jobs``' arguments (both clients)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    return RetryFilter(
+        type_names=type_names(types),
+        failed_since=aware(failed_since, "failed_since"),
+        limit=limit,
+    )
+
+
+def unsuccessful_end(
+    chain: Chain[Any, Any], current: Job[Any]
+) -> ChainFailedError | ChainCancelledError | None:
+    """The error ``await_chain`` raises for a chain that ended without completing, else None.
+
+    ``current`` is the chain's current (latest) job: its last error, or the
+    reason it was cancelled with.
+    """
+    if chain.status == JobStatus.FAILED:
+        return ChainFailedError(chain, error=current.last_attempt_error)
+    if chain.status == JobStatus.CANCELLED:
+        return ChainCancelledError(chain, reason=current.cancel_reason)
+    return None

@@ -41,6 +41,7 @@ def job_from_row(row: Mapping[Any, Any], job_type: JobType[Any, Any] | None = No
         leased_until=row["leased_until"],
         deduplication_key=row["deduplication_key"],
         priority=row["priority"],
+        cancel_reason=row["cancel_reason"],
     )
 
 
@@ -56,7 +57,11 @@ def chain_from_rows(
     latest: Mapping[Any, Any],
     job_type: JobType[Any, Any] | None = None,
 ) -> Chain[Any, Any]:
-    """A chain from its first and latest job rows (its status is the latest job's)."""
+    """A chain from its first and latest job rows (its status is the latest job's).
+
+    ``completed_at`` is the latest job's once the chain has ended (completed,
+    failed or cancelled): when it reached that status.
+    """
     status = JobStatus(latest["status"])
     completed = status == JobStatus.COMPLETED
     raw_output = latest["output"] if completed else None
@@ -70,7 +75,7 @@ def chain_from_rows(
         status=status,
         output=output,
         created_at=root["created_at"],
-        completed_at=latest["completed_at"] if completed else None,
+        completed_at=latest["completed_at"] if status.is_terminal else None,
         current_job_id=latest["id"],
         current_type_name=latest["type_name"],
         current_index=latest["chain_index"],

@@ -25,6 +25,7 @@ from . import hooks
 from ._context import Context
 from ._entities import Chain, Dedup, Job
 from ._errors import (
+    ChainCancelledError,
     ChainNotFoundError,
     DeduplicationError,
     InvalidBlockersError,
@@ -388,9 +389,10 @@ def lock_current_job(
 ) -> tuple[Job[Any], JobType[Any, Any], list[Chain[Any, Any]]]:
     """Lock a chain's open current job for ``complete_chain``: (job, its type, completed blockers).
 
-    Waits for an atomic attempt on that job to end (row lock). Raises
-    :class:`ChainNotFoundError`, :class:`JobTypeMismatchError` or
-    :class:`JobAlreadyCompletedError`.
+    Waits for an atomic attempt on that job to end (row lock). A failed job
+    may be completed by hand. Raises :class:`ChainNotFoundError`,
+    :class:`JobTypeMismatchError`, :class:`JobAlreadyCompletedError` or
+    :class:`ChainCancelledError`.
     """
     ops.take_write_lock(session, ctx.models, ctx.capabilities)
     found = ops_chains.lock_chain(session, ctx.models, ctx.capabilities, chain_id)
@@ -401,6 +403,10 @@ def lock_current_job(
         raise JobTypeMismatchError(expected=chain_type.name, actual=root["type_name"], id=chain_id)
     if latest["status"] == JobStatus.COMPLETED:
         raise JobAlreadyCompletedError(latest["id"])
+    if latest["status"] == JobStatus.CANCELLED:
+        raise ChainCancelledError(
+            chain_from_rows(ctx.job_types, root, latest), reason=latest["cancel_reason"]
+        )
     current_type = ctx.job_types.get(latest["type_name"])
     blockers = job_blockers(session, ctx, latest["id"]) if current_type.blocker_types else []
     job = job_from_row(latest, current_type)

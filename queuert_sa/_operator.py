@@ -1,0 +1,137 @@
+"""What an operator does to work that cannot go on by itself: retry failed jobs, cancel chains.
+
+Units of work on the caller's ``Session``, as in :mod:`._transitions`: they
+lock what they decide on, run state-layer operations, never commit, and leave
+their notifications to the caller's COMMIT (``hooks.on_commit``), so a
+rolled-back retry wakes nobody and a rolled-back cancel tells nobody.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from . import hooks
+from ._context import Context
+from ._entities import Job
+from ._errors import ChainNotFoundError, JobNotFoundError, JobNotRetryableError
+from ._snapshots import job_snapshot
+from ._transitions import lost_after_commit, wake_after_commit
+from .models import JobStatus
+from .notify import NotifyAdapter
+from .state import chains as ops_chains
+from .state import operations as ops
+from .state import operator as ops_operator
+
+
+def retry_job(session: Session, ctx: Context, job_id: uuid.UUID) -> Job[Any]:
+    """Make a failed job pending and due now; wake workers after COMMIT. The job as updated.
+
+    The row is locked first (``FOR UPDATE`` on PostgreSQL, the write lock on
+    SQLite), so a concurrent cancel or delete of it is waited for, and then
+    seen. Raises :class:`JobNotFoundError` or :class:`JobNotRetryableError`.
+    """
+    models, caps = ctx.models, ctx.capabilities
+    ops.take_write_lock(session, models, caps)
+    current = ops.lock_job(session, models, caps, job_id)
+    if current is None:
+        raise JobNotFoundError(job_id)
+    if current["status"] != JobStatus.FAILED:
+        raise JobNotRetryableError(job_id, status=str(current["status"]))
+    row = ops_operator.retry_job(session, models, job_id=job_id, now=ctx.clock())
+    assert row is not None, "the locked failed job changed under its lock"
+    wake_after_commit(session, ctx, Counter({row["type_name"]: 1}))
+    return job_snapshot(ctx.job_types, row)
+
+
+def retry_jobs(
+    session: Session,
+    ctx: Context,
+    *,
+    type_names: Sequence[str] | None,
+    failed_since: dt.datetime | None,
+    limit: int | None,
+) -> int:
+    """Make every failed job matching the filter pending, due now (one statement); how many."""
+    models, caps = ctx.models, ctx.capabilities
+    ops.take_write_lock(session, models, caps)
+    retried = ops_operator.retry_jobs(
+        session,
+        models,
+        caps,
+        type_names=type_names,
+        failed_since=failed_since,
+        limit=limit,
+        now=ctx.clock(),
+    )
+    wake_after_commit(session, ctx, Counter(retried))
+    return len(retried)
+
+
+def _notify_ended(notify: NotifyAdapter, chain_ids: Sequence[uuid.UUID]) -> None:
+    for chain_id in chain_ids:
+        notify.notify_chain_completed(chain_id)
+
+
+def cancel_chain(
+    session: Session, ctx: Context, chain_id: uuid.UUID, *, reason: str | None, cascade: bool
+) -> list[uuid.UUID]:
+    """Cancel a chain (and with ``cascade`` the chains blocked on it); the chains cancelled.
+
+    The chain's latest job is locked first: an atomic attempt holding it is
+    waited out, and if it continued the chain its continuation is what gets
+    cancelled. Then, for a cascade, the blocked dependents of every chain
+    cancelled (or found cancelled), level by level, each level locked in id
+    order. After COMMIT, the staged attempt running a cancelled job learns it
+    lost it, and the chains' waiters (``await_chain``) are told.
+    """
+    models, caps = ctx.models, ctx.capabilities
+    ops.take_write_lock(session, models, caps)
+    found = ops_chains.lock_chain(session, models, caps, chain_id)
+    if found is None:
+        raise ChainNotFoundError(chain_id)
+    _, latest = found
+    now = ctx.clock()
+    cancelled: list[uuid.UUID] = []
+    frontier: list[uuid.UUID] = []
+    if latest["status"] in ops_operator.CANCELLABLE:
+        ops_operator.cancel_jobs(
+            session,
+            models,
+            job_ids=[latest["id"]],
+            statuses=ops_operator.CANCELLABLE,
+            reason=reason,
+            now=now,
+        )
+        if latest["status"] == JobStatus.RUNNING:
+            # The lock waited out any atomic attempt: a staged one holds this job.
+            lost_after_commit(session, ctx, latest["id"])
+        cancelled.append(chain_id)
+        frontier.append(chain_id)
+    elif latest["status"] == JobStatus.CANCELLED:
+        # Cancelled before: a cascade still reaches the chains blocked on it.
+        frontier.append(chain_id)
+    seen = {chain_id}
+    while cascade and frontier:
+        waiting = ops_operator.lock_blocked_dependents(session, models, caps, frontier)
+        job_ids = [row["id"] for row in waiting if row["chain_id"] not in seen]
+        rows = ops_operator.cancel_jobs(
+            session,
+            models,
+            job_ids=job_ids,
+            statuses=(JobStatus.BLOCKED,),
+            reason=reason,
+            now=now,
+        )
+        frontier = sorted({row["chain_id"] for row in rows} - seen)
+        seen.update(frontier)
+        cancelled += frontier
+    if cancelled:
+        hooks.on_commit(session, partial(_notify_ended, ctx.notify, list(cancelled)))
+    return cancelled
