@@ -88,11 +88,15 @@ def retry_jobs(
         chosen = chosen.limit(limit)
     if caps.skip_locked:
         chosen = chosen.with_for_update(key_share=True)
+    # A CTE, run once: as a subquery, PostgreSQL may rescan it per row updated
+    # (a nested-loop semi join), and each rescan skips the rows this statement
+    # already updated, so LIMIT would let through more than ``limit`` rows.
+    picked = chosen.cte("picked")
     stmt = (
         update(table)
-        # Checked again on the row itself: the subquery's lock may have waited
-        # for a transaction that cancelled or deleted the job.
-        .where(table.c.id.in_(chosen), table.c.status == JobStatus.FAILED)
+        # Checked again on the row itself: the CTE's lock may have waited for a
+        # transaction that cancelled or deleted the job.
+        .where(table.c.id.in_(select(picked.c.id)), table.c.status == JobStatus.FAILED)
         .values(_revived(models, now))
         .returning(table.c.type_name)
     )
