@@ -37,6 +37,7 @@ LOCAL_IMPORTS_ALLOWED = {
     # the CLI loads click, the demo and the benchmark only for the command that runs
     ("queuert_sa.cli", "click"),
     ("queuert_sa.cli", "queuert_sa.cli._operator_commands"),
+    ("queuert_sa.cli", "queuert_sa.cli._action_commands"),
     ("queuert_sa.cli", "queuert_sa.cli._run_commands"),
     ("queuert_sa.cli._run_commands", "queuert_sa.demo"),
     ("queuert_sa.cli._run_commands", "queuert_sa.bench"),

@@ -1,5 +1,6 @@
 """The ``queuert-sa`` command line: ``demo``, ``worker``, ``bench``, and the
-operator commands ``chains list``, ``chain show`` and ``cleanup``.
+operator commands ``chains list``, ``chain show``, ``jobs retry``, ``chains
+cancel`` and ``cleanup``.
 
 click is an optional dependency (``pip install 'queuert_sa[cli]'``). This package
 imports without it; :func:`main` then explains what to install and exits 2. So
@@ -17,6 +18,7 @@ This module owns :func:`main` and the root group; the rest is in
 * ``_run_commands``: ``demo``, ``worker``, ``bench`` (click);
 * ``_operator_commands``: ``chains list``, ``chain show``, ``cleanup``, their
   options and the ``Queuert`` they use (click);
+* ``_action_commands``: ``jobs retry``, ``chains cancel`` (click);
 * ``_app``: :func:`import_worker`, :class:`AppPathError`;
 * ``_format``: parsing and printing durations, times, tables and JSON;
 * ``_report``: what ``chain show`` reads and prints;
@@ -61,6 +63,7 @@ def build_cli() -> click.Group:
     # main() turns into the install hint.
     import click
 
+    from ._action_commands import jobs
     from ._operator_commands import chain, chains, cleanup
     from ._run_commands import bench, demo, worker
 
@@ -75,13 +78,15 @@ def build_cli() -> click.Group:
           queuert-sa worker myapp.jobs:worker
           queuert-sa chains list --db sqlite:///app.db --status running
           queuert-sa chain show 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --db "$DATABASE_URL"
+          queuert-sa jobs retry --failed-since 1h --db "$DATABASE_URL"
+          queuert-sa chains cancel 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --reason "duplicate"
           queuert-sa cleanup --db "$DATABASE_URL" --older-than 30d
 
-        The operator commands (chains, chain, cleanup) read --db from
+        The operator commands (chains, chain, jobs, cleanup) read --db from
         QUEUERT_DATABASE_URL when it is not given.
         """
 
-    for command in (demo, worker, chains, chain, cleanup, bench):
+    for command in (demo, worker, chains, chain, jobs, cleanup, bench):
         cli.add_command(command)
     return cli
 

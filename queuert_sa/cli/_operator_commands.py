@@ -160,7 +160,7 @@ type_option = click.option(
 
 @click.group()
 def chains() -> None:
-    """List chains (read only)."""
+    """List chains, and cancel one."""
 
 
 @chains.command("list")

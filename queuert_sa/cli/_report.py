@@ -15,6 +15,7 @@ from queuert_sa._client import Queuert
 from queuert_sa._entities import Chain, Job
 from queuert_sa._errors import JobNotFoundError
 from queuert_sa._rules import MAX_PAGE_SIZE
+from queuert_sa.models import JobStatus
 
 from ._format import chain_data, error_line, format_table, format_time, job_data, to_json
 
@@ -41,7 +42,31 @@ class ChainReport:
                 for job in self.jobs
             ],
             "dependents": [job_data(job) for job in self.dependents],
+            "stuck_dependents": [job.id for job in self.stuck_dependents],
         }
+
+    @property
+    def current_job(self) -> Job[Any] | None:
+        """The chain's current (latest) job, if it was read."""
+        return next((job for job in self.jobs if job.id == self.chain.current_job_id), None)
+
+    @property
+    def stuck_dependents(self) -> list[Job[Any]]:
+        """Dependents still blocked although this chain failed or was cancelled."""
+        if self.chain.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            return []
+        return [job for job in self.dependents if job.status == JobStatus.BLOCKED]
+
+    def _ending(self) -> list[tuple[str, str]]:
+        """The ``error`` line of a failed chain, the ``reason`` of a cancelled one."""
+        current = self.current_job
+        if current is None:
+            return []
+        if self.chain.status == JobStatus.FAILED:
+            return [("error", error_line(current.last_attempt_error))]
+        if self.chain.status == JobStatus.CANCELLED:
+            return [("reason", current.cancel_reason or "-")]
+        return []
 
     def to_lines(self) -> list[str]:
         chain = self.chain
@@ -49,6 +74,7 @@ class ChainReport:
         for key, value in (
             ("type", chain.type_name),
             ("status", chain.status.value),
+            *self._ending(),
             ("created", f"{format_time(chain.created_at)} UTC"),
             (
                 "completed",
@@ -120,6 +146,17 @@ class ChainReport:
                     for job in self.dependents
                 ],
             )
+        stuck = self.stuck_dependents
+        if stuck:
+            noun = "dependent stays" if len(stuck) == 1 else "dependents stay"
+            cancel = f"queuert-sa chains cancel {chain.id} --cascade"
+            todo = (
+                f"retry it (queuert-sa jobs retry {chain.current_job_id}), or cancel them too "
+                f"({cancel})"
+                if chain.status == JobStatus.FAILED
+                else f"cancel them too ({cancel})"
+            )
+            lines += ["", f"{len(stuck)} {noun} blocked until this chain completes; {todo}."]
         return lines
 
 
