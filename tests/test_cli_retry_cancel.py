@@ -98,7 +98,7 @@ def test_chains_cancel_prints_what_it_did_and_what_stays_blocked(db: Db) -> None
     assert first.exit_code == 0, first.output
     assert first.stdout.splitlines() == [
         f"cancelled chain {chain_id(1)}",
-        f"1 job of other chains stay blocked on it (queuert-sa chain show {chain_id(1)} lists "
+        f"1 job of another chain stays blocked on it (queuert-sa chain show {chain_id(1)} lists "
         "them; --cascade cancels their chains)",
     ]
     shown = operator("chain", "show", str(chain_id(1)), db=db).stdout.splitlines()

@@ -135,9 +135,9 @@ def cancel_chain(
 ) -> None:
     """Cancel chain ID: its current job (blocked, pending, running or failed) becomes cancelled.
 
-    A staged attempt running it is told at once and writes nothing; an atomic
-    one is waited for. Jobs of other chains blocked on it stay blocked unless
-    --cascade.
+    An atomic attempt running it is waited for; a staged one learns it at its
+    next lease renewal and writes nothing. Jobs of other chains blocked on it
+    stay blocked unless --cascade.
     """
     with (
         operator_client(db_url, table_prefix=table_prefix, schema=schema) as client,
@@ -177,8 +177,8 @@ def cancel_chain(
         if cancelled_id != chain_id:
             click.echo(f"cancelled chain {cancelled_id} (blocked on a cancelled chain)")
     if blocked:
-        noun = "job" if len(blocked) == 1 else "jobs"
+        noun = "job of another chain stays" if len(blocked) == 1 else "jobs of other chains stay"
         click.echo(
-            f"{len(blocked)} {noun} of other chains stay blocked on it (queuert-sa chain show "
+            f"{len(blocked)} {noun} blocked on it (queuert-sa chain show "
             f"{chain_id} lists them; --cascade cancels their chains)"
         )
