@@ -1,4 +1,4 @@
-"""Operating a queue: dedup, scheduling, trigger, listings, deletion and cleanup.
+"""Operating a queue: dedup, scheduling, trigger, listings, deletion, cleanup and cancel.
 
 Run it:  python examples/operate.py            (a SQLite file in a temporary directory)
          python examples/operate.py --db URL   (e.g. a fresh PostgreSQL database)
@@ -9,8 +9,9 @@ fan-ins (``merge`` jobs blocked on ``fetch-source`` chains) -- and processes
 what is due with ``worker.drain()``. Then it does what an operator or an admin
 page does: triggers a scheduled job now, pages through the chains, shows one
 chain's jobs and a fan-in's blockers, tries to delete a chain that another
-chain still needs (refused), deletes it together with its dependent, and runs
-the retention cleanup. Chains are printed by name rather than by id.
+chain still needs (refused), deletes it together with its dependent, runs
+the retention cleanup, and cancels a chain that a fan-in waits for (first
+alone, then with its dependent). Chains are printed by name rather than by id.
 """
 
 from __future__ import annotations
@@ -245,7 +246,25 @@ def operate(engine: Engine) -> int:
     print("kept: " + ", ".join(state(chain) for chain in left))
     print("(fetch d is completed but kept: merge nightly, still open, needs its output)")
     expected = {"monthly report", "fetch c", "fetch d", "merge nightly"}
-    return 0 if {name(chain) for chain in left} == expected else 1
+    kept = {name(chain) for chain in left} == expected
+
+    # Cancel: source c will never come. A cancelled chain ends (await_chain
+    # raises at once); the jobs blocked on it stay blocked unless cascade=True.
+    print("\n== cancel fetch c")
+    with Session(engine) as session, session.begin():
+        cancelled = queuert.cancel_chain(session, c.id, reason="source c retired")
+    print(f"cancelled: {', '.join(map(name, cancelled))}")
+    stuck = [job for job in queuert.list_blocked_jobs(c.id) if job.status == "blocked"]
+    print(f"still blocked on fetch c: {', '.join(name(job.chain_id) for job in stuck)}")
+    try:
+        queuert.await_chain(c.id, timeout=dt.timedelta(seconds=5))
+    except q.ChainCancelledError as exc:
+        print(f"await fetch c: {type(exc).__name__} (reason {exc.reason!r})")
+    with Session(engine) as session, session.begin():
+        cascaded = queuert.cancel_chain(session, c.id, reason="source c retired", cascade=True)
+    print(f"cancel fetch c again, cascade=True: cancelled {', '.join(map(name, cascaded))}")
+    print(f"now: {state(queuert.get_chain(nightly.id))}, {state(queuert.get_chain(c.id))}")
+    return 0 if kept else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -316,7 +316,7 @@ def test_recurring_example_runs_once_per_period_and_keeps_one_open_chain(
     )
 
 
-def test_operate_example_prints_dedup_trigger_pages_refusal_and_cleanup(
+def test_operate_example_prints_dedup_trigger_pages_refusal_cleanup_and_cancel(
     example_db_args: list[str],
 ) -> None:
     out = run_script("operate.py", *example_db_args)
@@ -363,6 +363,14 @@ def test_operate_example_prints_dedup_trigger_pages_refusal_and_cleanup(
         "kept: monthly report (pending), fetch d (completed), fetch c (pending), "
         "merge nightly (blocked)"
     ) in lines
+    # Cancel: alone, the dependent stays blocked; with cascade=True it is cancelled too.
+    assert lines[lines.index("== cancel fetch c") + 1 :] == [
+        "cancelled: fetch c",
+        "still blocked on fetch c: merge nightly",
+        "await fetch c: ChainCancelledError (reason 'source c retired')",
+        "cancel fetch c again, cascade=True: cancelled merge nightly",
+        "now: merge nightly (cancelled), fetch c (cancelled)",
+    ]
 
 
 # --- fastapi_app.py: its self-contained demo, on aiosqlite and on async psycopg ------------
