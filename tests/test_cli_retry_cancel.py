@@ -2,8 +2,8 @@
 failed and cancelled states in ``chains list`` and ``chain show``; on both engines, in-process
 through click's ``CliRunner`` and once as a subprocess.
 
-Failed jobs are set up with an UPDATE (``make_failed``) until the worker's
-retry limit writes them itself.
+Failed jobs are set up with an UPDATE (``make_failed``: what the worker writes
+for a job out of attempts), at chosen failure times and attempt counts.
 """
 
 from __future__ import annotations
