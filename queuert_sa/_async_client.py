@@ -309,7 +309,6 @@ class AsyncQueuert(ContextView):
         limit: int | None = None,
     ) -> int:
         """Retry every failed job matching the filter; see :meth:`Queuert.retry_jobs`."""
-        rules.retry_filter(types, failed_since, limit)  # refused before touching the session
         return await self._in(
             session,
             lambda s: self.sync.retry_jobs(s, types=types, failed_since=failed_since, limit=limit),
