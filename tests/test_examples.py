@@ -405,6 +405,27 @@ def test_fastapi_example_commits_order_with_chain_and_runs_atomic_then_staged(
     assert out[-1] == "orders in the database: 1"
 
 
+def test_failures_example_fails_retries_and_cancels(example_db_args: list[str]) -> None:
+    lines = run_script("failures.py", *example_db_args).splitlines()
+    assert lines[-10:-5] == [
+        "the gateway is back: retry order 2's charge; cancel order 3",
+        "cancelled 2 chains",
+        "drain 5:",
+        "  charge order 2: attempt 4",
+        "  ship order 2",
+    ], lines
+    assert "charge 2: failed after 3 attempts: ConnectionError: card gateway unreachable" in lines
+    assert "charge 3: failed after 1 attempt: Fail: order 3 was deleted" in lines
+    assert lines.count("ship 2: blocked") == 1  # behind the failed charge, until its retry
+    assert lines[-5:] == [
+        "charge 2: completed",
+        "ship 2: completed",
+        "charge 3: cancelled: order deleted by the customer",
+        "ship 3: cancelled: order deleted by the customer",
+        "payments: [1, 2]",  # the failed attempts' payments were rolled back
+    ], lines
+
+
 def test_group_commit_example_commits_groups_and_retries_the_refused_job_alone(
     example_db_args: list[str],
 ) -> None:
