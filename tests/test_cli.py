@@ -202,6 +202,27 @@ def test_worker_command_runs_an_async_worker_and_stops_on_sigterm(
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize("app_path", ["tests.app:worker", "tests.app:build_async_worker"])
+def test_worker_burst_runs_what_is_due_and_exits_0(db: Db, app_path: str) -> None:
+    """``--burst`` (here through ``python -m queuert_sa``): every due job, and the jobs those
+    make due, then exit 0; a job scheduled for later is left for later."""
+    client = q.Queuert(db.engine, app.job_types)
+    with Session(db.engine) as session, session.begin():
+        due = [client.start_chain(session, app.work, {"n": n, "sleep": 0}) for n in range(5)]
+        later = client.start_chain(session, app.work, {"n": 9, "sleep": 0}, run_in=3600)
+    result = run(
+        [sys.executable, "-m", "queuert_sa", "worker", app_path, "--burst", "--concurrency", "3"],
+        env=child_env(QUEUERT_APP_URL=db.url),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "burst done, 5 job(s) ran" in result.stderr
+    assert "concurrency=3" in result.stderr
+    assert [client.get_chain(c.id).output for c in due] == [0, 2, 4, 6, 8]
+    assert client.get_chain(later.id).status == "pending"
+    with Session(db.engine) as session:
+        assert app.count_effects(session, "work") == 5
+
+
 def test_worker_processes_jobs_and_stops_on_sigterm(
     db: Db, tmp_path: Path, spawned: list[subprocess.Popen[str]]
 ) -> None:

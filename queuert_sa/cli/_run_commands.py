@@ -43,6 +43,21 @@ async def _run_async(worker: AsyncWorker) -> bool:
         await worker.client.engine.dispose()
 
 
+async def _drain_async(worker: AsyncWorker) -> int:
+    try:
+        return await worker.drain()
+    finally:
+        await worker.client.engine.dispose()
+
+
+def _set_concurrency(worker: Worker | AsyncWorker, concurrency: int) -> None:
+    """``--concurrency``: the loaded worker's slots (and its thread worker's, on asyncio)."""
+    worker.concurrency = concurrency
+    threads = getattr(worker, "_sync_worker", None)
+    if isinstance(threads, Worker):
+        threads.concurrency = concurrency
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
@@ -90,8 +105,21 @@ def demo(db_path: str | None) -> None:
     show_default=True,
     help="Logging level of the root logger (written to stderr).",
 )
-def worker(app_path: str, log_level: str) -> None:
-    """Run the worker named by APP_PATH until SIGINT/SIGTERM.
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=None,
+    help="Attempts running at once, overriding the worker's own concurrency.",
+)
+@click.option(
+    "--burst",
+    is_flag=True,
+    help="Run the jobs that are due (and those they make due), then exit 0: for cron-driven "
+    "deployments and tests.",
+)
+def worker(app_path: str, log_level: str, concurrency: int | None, burst: bool) -> None:
+    """Run the worker named by APP_PATH until SIGINT/SIGTERM (or, with --burst, until idle).
 
     APP_PATH is module:attribute, e.g. myapp.jobs:worker, naming a
     queuert_sa.Worker or a function that returns one (myapp.jobs:create_worker).
@@ -100,7 +128,9 @@ def worker(app_path: str, log_level: str) -> None:
 
     On SIGINT or SIGTERM the worker stops taking jobs, lets in-flight attempts
     finish (up to its shutdown_grace) and exits 0; a second signal exits at once,
-    leaving in-flight jobs to be retried.
+    leaving in-flight jobs to be retried. With --burst it runs what is due on
+    this process's thread (one attempt at a time, as Worker.drain() does),
+    logs how many jobs ran and exits 0.
     """
     _configure_logging(log_level)
     cwd = os.getcwd()
@@ -116,8 +146,19 @@ def worker(app_path: str, log_level: str) -> None:
         raise click.ClickException(
             f"loading {app_path!r} raised {type(exc).__name__}: {exc}"
         ) from exc
+    if concurrency is not None:
+        _set_concurrency(loaded, concurrency)
     engine_url = loaded.client.engine.url.render_as_string(hide_password=True)
     log.info("running %s from %s on %s", loaded, app_path, engine_url)
+    if burst:
+        try:
+            ran = (
+                loaded.drain() if isinstance(loaded, Worker) else asyncio.run(_drain_async(loaded))
+            )
+        except QueuertError as exc:
+            raise click.ClickException(str(exc)) from exc
+        log.info("queuert-sa worker %s: burst done, %d job(s) ran", loaded.worker_id, ran)
+        return
     try:
         clean = loaded.run() if isinstance(loaded, Worker) else asyncio.run(_run_async(loaded))
     except QueuertError as exc:
