@@ -223,6 +223,27 @@ def test_worker_burst_runs_what_is_due_and_exits_0(db: Db, app_path: str) -> Non
         assert app.count_effects(session, "work") == 5
 
 
+def test_worker_types_runs_only_those_handlers(db: Db) -> None:
+    client = q.Queuert(db.engine, app.job_types)
+    with Session(db.engine) as session, session.begin():
+        work = client.start_chain(session, app.work, {"n": 1, "sleep": 0})
+        staged = client.start_chain(session, app.staged_work, {"n": 2, "sleep": 0})
+    command = [sys.executable, "-m", "queuert_sa", "worker", "tests.app:worker", "--burst"]
+    env = child_env(QUEUERT_APP_URL=db.url)
+    result = run([*command, "--types", "staged-work"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert (client.get_chain(work.id).status, client.get_chain(staged.id).output) == (
+        "pending",
+        4,
+    )
+    refused = run([*command, "--types", "work,nope"], env=env)
+    assert refused.returncode == 2
+    assert "the worker has no handler for 'nope'; its types are staged-work, work" in " ".join(
+        refused.stderr.split()
+    )
+    assert client.get_chain(work.id).status == "pending"
+
+
 def test_worker_processes_jobs_and_stops_on_sigterm(
     db: Db, tmp_path: Path, spawned: list[subprocess.Popen[str]]
 ) -> None:

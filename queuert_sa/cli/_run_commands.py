@@ -50,6 +50,22 @@ async def _drain_async(worker: AsyncWorker) -> int:
         await worker.client.engine.dispose()
 
 
+def _only_types(worker: Worker | AsyncWorker, names: list[str]) -> None:
+    """``--types``: keep the handlers of these types only (on both halves of an AsyncWorker)."""
+    threads = getattr(worker, "_sync_worker", None)
+    halves = [worker, *([threads] if isinstance(threads, Worker) else [])]
+    known = sorted({name for half in halves for name in half.handlers})
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"the worker has no handler for {', '.join(map(repr, unknown))}; its types are "
+            f"{', '.join(known)}.",
+            param_hint="'--types'",
+        )
+    for half in halves:
+        half.handlers = {n: r for n, r in half.handlers.items() if n in names}
+
+
 def _set_concurrency(worker: Worker | AsyncWorker, concurrency: int) -> None:
     """``--concurrency``: the loaded worker's slots (and its thread worker's, on asyncio)."""
     worker.concurrency = concurrency
@@ -118,7 +134,16 @@ def demo(db_path: str | None) -> None:
     help="Run the jobs that are due (and those they make due), then exit 0: for cron-driven "
     "deployments and tests.",
 )
-def worker(app_path: str, log_level: str, concurrency: int | None, burst: bool) -> None:
+@click.option(
+    "--types",
+    metavar="A,B",
+    default=None,
+    help="Run only the handlers of these job types (comma-separated), e.g. to give a busy "
+    "type a process of its own.",
+)
+def worker(
+    app_path: str, log_level: str, concurrency: int | None, burst: bool, types: str | None
+) -> None:
     """Run the worker named by APP_PATH until SIGINT/SIGTERM (or, with --burst, until idle).
 
     APP_PATH is module:attribute, e.g. myapp.jobs:worker, naming a
@@ -146,6 +171,8 @@ def worker(app_path: str, log_level: str, concurrency: int | None, burst: bool) 
         raise click.ClickException(
             f"loading {app_path!r} raised {type(exc).__name__}: {exc}"
         ) from exc
+    if types is not None:
+        _only_types(loaded, [name.strip() for name in types.split(",") if name.strip()])
     if concurrency is not None:
         _set_concurrency(loaded, concurrency)
     engine_url = loaded.client.engine.url.render_as_string(hide_password=True)
