@@ -386,3 +386,14 @@ class TransactionConflictError(DatabaseError):
 
 class SchemaMissingError(DatabaseError):
     """queuert's tables do not exist in this database."""
+
+
+def _publish(namespace: dict[str, object]) -> None:
+    """Name every error by its public module: tracebacks and reprs say
+    ``queuert_sa.SchemaMissingError``, not the private module defining it."""
+    for value in namespace.values():
+        if isinstance(value, type) and issubclass(value, QueuertError):
+            value.__module__ = "queuert_sa"
+
+
+_publish(globals())

@@ -107,6 +107,9 @@ class Backoff:
 
 DEFAULT_BACKOFF = Backoff()
 
+# Raised by handlers and shown in their tracebacks: named by their public module.
+Reschedule.__module__ = Fail.__module__ = "queuert_sa"
+
 
 def is_attempt_limit(value: object) -> bool:
     """Whether ``value`` is a retry limit: None (unlimited) or a whole number, at least 1."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import traceback
 import uuid
 
 import pytest
@@ -97,6 +98,22 @@ def test_post_commit_effects_run_in_order_and_failures_do_not_break_commit(
     assert ran == ["a", "b", "c"]
     assert "effect failed" in caplog.text
     engine.dispose()
+
+
+def test_errors_are_named_by_their_public_module() -> None:
+    """Tracebacks and reprs show ``queuert_sa.SchemaMissingError``, a name users can import."""
+    errors = [
+        obj
+        for name in q.__all__
+        if isinstance(obj := getattr(q, name), type) and issubclass(obj, Exception)
+    ]
+    assert len(errors) > 30
+    for error in errors:
+        assert error.__module__ == "queuert_sa", error
+        assert getattr(q, error.__name__) is error
+    assert "queuert_sa.JobNotFoundError: Job" in "".join(
+        traceback.format_exception_only(q.JobNotFoundError(uuid.UUID(int=1)))
+    )
 
 
 def test_public_names_are_exactly_the_intended_ones() -> None:
