@@ -9,6 +9,7 @@ import typing as _typing
 
 from . import hooks as hooks
 from . import models as models
+from . import observers as observers
 from ._attempt import AsyncAttempt as AsyncAttempt
 from ._attempt import Attempt as Attempt
 from ._attempt import Outcome as Outcome
@@ -69,6 +70,9 @@ from .models import JobStatus as JobStatus
 from .models import metadata as metadata
 from .notify import InMemoryNotify as InMemoryNotify
 from .notify import NotifyAdapter as NotifyAdapter
+from .observers import BaseObserver as BaseObserver
+from .observers import Observer as Observer
+from .observers import RecordingObserver as RecordingObserver
 from .state import immediate_engine as immediate_engine
 from .state import prepare_engine as prepare_engine
 
@@ -86,6 +90,7 @@ __all__ = [
     "AsyncWorker",
     "Attempt",
     "Backoff",
+    "BaseObserver",
     "BlockerReference",
     "BlockerReferenceError",
     "Chain",
@@ -129,10 +134,12 @@ __all__ = [
     "Many",
     "NotAnEntryTypeError",
     "NotifyAdapter",
+    "Observer",
     "Outcome",
     "Page",
     "Queuert",
     "QueuertError",
+    "RecordingObserver",
     "Reschedule",
     "SchemaMissingError",
     "SessionRequiredError",
@@ -146,6 +153,7 @@ __all__ = [
     "many",
     "metadata",
     "models",
+    "observers",
     "prepare_engine",
 ]
 

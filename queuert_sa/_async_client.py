@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast, overload
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
+
+from queuert_sa._logs import get_logger
 
 from . import _removal as removal
 from . import _rules as rules
@@ -57,7 +58,7 @@ P = ParamSpec("P")
 #: ``async_scoped_session`` (which stands for its current session).
 AsyncSessionLike = AsyncSession | async_scoped_session[Any]
 
-log = logging.getLogger("queuert_sa")
+log = get_logger("queuert_sa")
 
 
 class AsyncQueuert(ContextView):
@@ -79,7 +80,7 @@ class AsyncQueuert(ContextView):
     Args:
         engine: The application's ``AsyncEngine`` (``postgresql+psycopg`` or
             ``sqlite+aiosqlite``).
-        job_types, notify, models, clock: As for :class:`Queuert`.
+        job_types, notify, models, clock, observers: As for :class:`Queuert`.
     """
 
     def __init__(

@@ -8,15 +8,16 @@ turned into snapshots by :mod:`._snapshots`.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, cast, overload
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+
+from queuert_sa._logs import get_logger
 
 from . import _operator as operator
 from . import _removal as removal
@@ -33,6 +34,7 @@ from ._errors import (
 )
 from ._ids import coerce_id
 from ._job_types import ChainStart, JobType, JobTypes
+from ._observing import Observers
 from ._reads import Reads, SessionLike
 from .models import DEFAULT_MODELS, JobStatus
 from .notify import InMemoryNotify
@@ -48,7 +50,7 @@ OutT = TypeVar("OutT")
 R = TypeVar("R")
 P = ParamSpec("P")
 
-log = logging.getLogger("queuert_sa")
+log = get_logger("queuert_sa")
 
 
 class Queuert(Reads):
@@ -73,6 +75,9 @@ class Queuert(Reads):
             ``queuert_job_blocker``. See :func:`queuert_sa.models.create_models`.
         clock: Source of "now" (aware UTC datetimes). Defaults to the system clock;
             tests inject a fake one.
+        observers: Who is told of events (jobs created, attempts, workers...):
+            see :mod:`queuert_sa.observers` and :class:`queuert_sa.otel.OtelObserver`.
+            Default: none, which costs nothing.
     """
 
     def __init__(
@@ -92,7 +97,7 @@ class Queuert(Reads):
         if unknown:
             raise TypeError(
                 f"Queuert() got an unexpected keyword argument {unknown[0]!r}; it takes "
-                "notify, models and clock."
+                "notify, models, clock and observers."
             )
         notify = options.get("notify")
         self.ctx = Context(
@@ -101,10 +106,19 @@ class Queuert(Reads):
             capabilities=prepare_engine(engine),
             clock=options.get("clock", utc_now),
             notify=notify if notify is not None else InMemoryNotify(),
+            observers=Observers(options.get("observers", ())),
         )
+        listeners = getattr(self.ctx.notify, "error_listeners", None)
+        if isinstance(listeners, list):
+            cast("list[Callable[[str, BaseException], None]]", listeners).append(
+                self._notify_failed
+            )
 
     def __repr__(self) -> str:
         return f"<Queuert {self.engine.url!r} types={list(self.job_types.names)}>"
+
+    def _notify_failed(self, operation: str, error: BaseException) -> None:
+        self.ctx.observers.emit("notify_error", operation=operation, error=error)
 
     # --- producing -----------------------------------------------------------
 

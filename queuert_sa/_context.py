@@ -11,13 +11,15 @@ workers see; the other fields are fixed when the client is made.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
 from ._job_types import JobTypes
+from ._observing import NO_OBSERVERS, Observers
 from .models import Models
 from .notify import NotifyAdapter
+from .observers import Observer
 from .state import Capabilities
 
 #: A source of "now": returns aware UTC datetimes. Tests inject a fake one.
@@ -35,6 +37,7 @@ class ClientOptions(TypedDict, total=False):
     notify: NotifyAdapter | None
     models: Models
     clock: Clock
+    observers: Sequence[Observer]
 
 
 @dataclass(kw_only=True, eq=False)
@@ -55,6 +58,9 @@ class Context:
 
     notify: NotifyAdapter
     """Where post-commit wake-ups and chain-completed signals go."""
+
+    observers: Observers = NO_OBSERVERS
+    """Who is told of events (``Queuert(..., observers=[...])``)."""
 
 
 class ContextView:
@@ -91,3 +97,12 @@ class ContextView:
     def notify(self) -> NotifyAdapter:
         """Where post-commit wake-ups go."""
         return self.ctx.notify
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """Who is told of events (see :mod:`queuert_sa.observers`)."""
+        return self.ctx.observers.all
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of events from now on (this client and its workers)."""
+        self.ctx.observers = Observers((*self.ctx.observers.all, observer))

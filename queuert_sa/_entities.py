@@ -50,6 +50,10 @@ class Job(Generic[InT]):
     """Acquisition order among due jobs: higher first (then ``scheduled_at``, then id)."""
     cancel_reason: str | None = None
     """The reason given to ``cancel_chain`` (for a ``cancelled`` job; None otherwise)."""
+    trace_context: str | None = None
+    """The W3C ``traceparent`` a tracing observer stored for the job (its attempts' parent)."""
+    chain_trace_context: str | None = None
+    """The ``traceparent`` of the chain's creation, shared by its jobs (tracing observers)."""
 
     @property
     def is_chain_root(self) -> bool:

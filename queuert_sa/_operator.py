@@ -96,9 +96,10 @@ def cancel_chain(
     found = ops_chains.lock_chain(session, models, caps, chain_id)
     if found is None:
         raise ChainNotFoundError(chain_id)
-    _, latest = found
+    root, latest = found
     now = ctx.clock()
     cancelled: list[uuid.UUID] = []
+    chain_types = {chain_id: root["type_name"]}
     frontier: list[uuid.UUID] = []
     if latest["status"] in ops_operator.CANCELLABLE:
         ops_operator.cancel_jobs(
@@ -129,9 +130,18 @@ def cancel_chain(
             reason=reason,
             now=now,
         )
+        chain_types.update((row["chain_id"], row["chain_type_name"]) for row in rows)
         frontier = sorted({row["chain_id"] for row in rows} - seen)
         seen.update(frontier)
         cancelled += frontier
     if cancelled:
         hooks.on_commit(session, partial(_notify_ended, ctx.notify, list(cancelled)))
+        for cancelled_id in cancelled:
+            ctx.observers.after_commit(
+                session,
+                "chain_cancelled",
+                chain_id=cancelled_id,
+                type_name=chain_types[cancelled_id],
+                reason=reason,
+            )
     return cancelled

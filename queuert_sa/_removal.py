@@ -7,12 +7,13 @@ Units of work on the caller's ``Session`` (or connection), as in
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
+
+from queuert_sa._logs import get_logger
 
 from ._context import Context
 from ._entities import Chain
@@ -26,7 +27,7 @@ from .state import queries
 from .state import removal as ops_removal
 from .state.queries import Filters
 
-log = logging.getLogger("queuert_sa")
+log = get_logger("queuert_sa")
 
 
 def delete_chains(
@@ -60,6 +61,10 @@ def delete_chains(
         if latest["status"] == JobStatus.RUNNING:
             # A staged attempt is running it: tell its worker after COMMIT.
             lost_after_commit(session, ctx, latest["id"])
+    for chain in by_id.values():
+        ctx.observers.after_commit(
+            session, "chain_deleted", chain_id=chain.id, type_name=chain.type_name
+        )
     return [by_id[chain_id] for chain_id in doomed if chain_id in by_id]
 
 

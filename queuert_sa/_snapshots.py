@@ -43,6 +43,8 @@ def job_from_row(row: Mapping[Any, Any], job_type: JobType[Any, Any] | None = No
         priority=row["priority"],
         # Rows built without the column (tests' fakes, an older SELECT) read as no reason.
         cancel_reason=row.get("cancel_reason"),
+        trace_context=row.get("trace_context"),
+        chain_trace_context=row.get("chain_trace_context"),
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +20,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from queuert_sa._logs import get_logger
+
+from . import _observing as observing
 from . import hooks
 from ._context import Context
 from ._entities import Chain, Dedup, Job
@@ -54,7 +56,7 @@ from .state import chains as ops_chains
 from .state import dedup as ops_dedup
 from .state import operations as ops
 
-log = logging.getLogger("queuert_sa")
+log = get_logger("queuert_sa")
 
 #: How often a deduplicated start looks again when its match is deleted meanwhile.
 DEDUP_LOOKUPS = 10
@@ -162,6 +164,9 @@ def start_chains(
     if any(chain_ids for _, chain_ids in blockers):
         statuses = resolve_blockers(session, ctx, blockers)
         jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
+    spans = None
+    if ctx.observers.active:
+        jobs, spans = observing.trace_new_jobs(ctx.observers, jobs, None)
     ops.insert_jobs(session, ctx.models, jobs)
     ops_blockers.insert_blockers(
         session,
@@ -172,6 +177,10 @@ def start_chains(
             for index, chain_id in enumerate(chain_ids)
         ],
     )
+    if spans is not None:
+        observing.created_after_commit(
+            session, ctx.observers, jobs, spans, [chain_ids for _, chain_ids in blockers]
+        )
     wake_after_commit(
         session, ctx, Counter(job.type_name for job in jobs if job.status == JobStatus.PENDING)
     )
@@ -286,9 +295,37 @@ def write_outcome(
     has_dependents = ops.complete_job(
         session, ctx.models, job_id=job.id, output=output, worker_id=worker_id, now=now
     )
+    if ctx.observers.active:
+        _observe_finished(session, ctx, job, decision, worker_id, now)
     if isinstance(decision, Completed):
         chain = [job.chain_id]
         _chains_completed(session, ctx, chain, chain if has_dependents else [], now)
+
+
+def _observe_finished(
+    session: Session,
+    ctx: Context,
+    job: Job[Any],
+    decision: Decision,
+    worker_id: str | None,
+    now: dt.datetime,
+) -> None:
+    chain_created_at = None
+    if isinstance(decision, Completed):
+        if job.chain_index == 0:
+            chain_created_at = job.created_at
+        else:
+            root = ops.get_job(session, ctx.models, job.chain_id)
+            chain_created_at = root["created_at"] if root is not None else job.created_at
+    observing.finished_after_commit(
+        session,
+        ctx.observers,
+        job,
+        continued=isinstance(decision, Continued),
+        worker_id=worker_id,
+        now=now,
+        chain_created_at=chain_created_at,
+    )
 
 
 def complete_jobs(
@@ -313,6 +350,9 @@ def complete_jobs(
         worker_id=worker_id,
         now=now,
     )
+    if ctx.observers.active:
+        for job, decision in completed:
+            _observe_finished(session, ctx, job, decision, worker_id, now)
     chain_ids = [job.chain_id for job, _ in completed]
     _chains_completed(session, ctx, chain_ids, chain_ids, now)
 
@@ -338,6 +378,8 @@ def _chains_completed(
         if depended
         else []
     )
+    if unblocked and ctx.observers.active:
+        observing.unblocked_after_commit(session, ctx.observers, unblocked)
     wake_after_commit(session, ctx, Counter(row["type_name"] for row in unblocked))
 
 
@@ -347,25 +389,28 @@ def _insert_continuation(
     status = JobStatus.PENDING
     if next_job.blockers:
         (status,) = resolve_blockers(session, ctx, [(next_job.target, next_job.blockers)])
-    created = ops.insert_continuation(
-        session,
-        ctx.models,
-        ctx.capabilities,
-        NewJob(
-            id=next_job.id,
-            type_name=next_job.target.name,
-            chain_id=job.chain_id,
-            chain_type_name=job.chain_type_name,
-            chain_index=job.chain_index + 1,
-            input=next_job.input,
-            status=status,
-            created_at=now,
-            scheduled_at=scheduled_time(now, next_job.run_at, next_job.run_in),
-            # Inherited, so "is this chain open?" is one indexed lookup.
-            deduplication_key=job.deduplication_key,
-            priority=job.priority if next_job.priority is None else next_job.priority,
-        ),
+    new = NewJob(
+        id=next_job.id,
+        type_name=next_job.target.name,
+        chain_id=job.chain_id,
+        chain_type_name=job.chain_type_name,
+        chain_index=job.chain_index + 1,
+        input=next_job.input,
+        status=status,
+        created_at=now,
+        scheduled_at=scheduled_time(now, next_job.run_at, next_job.run_in),
+        # Inherited, so "is this chain open?" is one indexed lookup.
+        deduplication_key=job.deduplication_key,
+        priority=job.priority if next_job.priority is None else next_job.priority,
+        # Copied whether or not this process traces: a later one may.
+        chain_trace_context=job.chain_trace_context,
     )
+    spans = None
+    if ctx.observers.active:
+        (new,), spans = observing.trace_new_jobs(ctx.observers, [new], job)
+    created = ops.insert_continuation(session, ctx.models, ctx.capabilities, new)
+    if created and spans is not None:
+        observing.created_after_commit(session, ctx.observers, [new], spans, [next_job.blockers])
     if created:
         ops_blockers.insert_blockers(
             session, ctx.models, [(next_job.id, c, i) for i, c in enumerate(next_job.blockers)]
@@ -425,4 +470,5 @@ def trigger_job(session: Session, ctx: Context, job_id: uuid.UUID) -> Job[Any]:
             raise JobNotFoundError(job_id)
         raise JobNotTriggerableError(job_id, status=str(current["status"]))
     wake_after_commit(session, ctx, Counter({row["type_name"]: 1}))
+    ctx.observers.after_commit(session, "job_triggered", job=observing.job_info(row))
     return job_snapshot(ctx.job_types, row)

@@ -71,6 +71,7 @@ from ._job_types import JobTypes
 from .cli._bench_phases import BATCHED_PHASES as BATCHED_PHASES
 from .cli._bench_phases import PHASES as PHASES
 from .models import Models, create_models
+from .observers import Observer
 
 _BATCH = 100
 
@@ -129,6 +130,8 @@ class Report:
     history: int = 0
     #: Blocked jobs (waiting on a chain that never completes) in the table during every phase.
     blocked: int = 0
+    #: Measured with an OpenTelemetry observer on (SDK, exporting nowhere).
+    otel: bool = False
 
     @property
     def reference(self) -> Figure | None:
@@ -157,6 +160,7 @@ class Report:
             "batch": self.batch,
             "history": self.history,
             "blocked": self.blocked,
+            "otel": self.otel,
             "figures": figures,
             "reference": figure(self.reference),
             "references": [
@@ -173,6 +177,7 @@ class Report:
             + (f", up to {self.batch} jobs per transaction when batched" if batched else ""),
             f"already in the table during each phase: {self.history:,} completed jobs, "
             f"{self.blocked:,} blocked jobs",
+            "observers: " + ("OtelObserver (SDK, exporting nowhere)" if self.otel else "none"),
             "",
             f"{'phase':<26} {'rate':>10}  {'unit':<9} {'seconds':>8}  {'of reference':>12}",
         ]
@@ -229,10 +234,33 @@ def _bench_database(url: str | None) -> Generator[tuple[Engine, Models, str]]:
                 shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _client(engine: Engine, models: Models) -> tuple[Queuert, Any]:
+def _client(
+    engine: Engine, models: Models, observers: Sequence[Observer] = ()
+) -> tuple[Queuert, Any]:
     job_types = JobTypes()
     noop = job_types.entry("noop", input=_NoopIn, output=int)
-    return Queuert(engine, job_types, models=models), noop
+    return Queuert(engine, job_types, models=models, observers=observers), noop
+
+
+def otel_observers() -> list[Observer]:
+    """An :class:`~queuert_sa.otel.OtelObserver` on the OpenTelemetry SDK whose exporters drop
+    everything: the cost of recording metrics and spans, without the cost of shipping them."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from .otel import OtelObserver
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    # Never collected: instruments aggregate as they would for any reader.
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return [OtelObserver(tracer_provider, meter_provider)]
 
 
 #: When the background rows (``history`` and ``blocked``) were created: long
@@ -417,6 +445,7 @@ def _process_async(
     concurrency: int,
     staged: bool,
     batch: int | None = None,
+    observers: Sequence[Observer] = (),
 ) -> float:
     """Drain the queue with an :class:`AsyncWorker`; with ``batch``, ``batch`` jobs per commit."""
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -428,7 +457,7 @@ def _process_async(
         aengine = create_async_engine(_async_url(engine.url), pool_size=concurrency + 5)
         job_types = JobTypes()
         noop = job_types.entry("noop", input=_NoopIn, output=int)
-        client = AsyncQueuert(aengine, job_types, models=models)
+        client = AsyncQueuert(aengine, job_types, models=models, observers=observers)
         worker = client.worker(
             concurrency=concurrency,
             poll_interval=dt.timedelta(milliseconds=100),
@@ -807,13 +836,15 @@ def run_bench(
     history: int = 0,
     blocked: int = 0,
     progress: Callable[[str], None] | None = None,
+    otel: bool = False,
 ) -> Report:
     """Run the phases on ``url`` (default: a temporary SQLite file); the figures.
 
     ``batch``: jobs per transaction of the batched phases (``BATCHED_PHASES``)
     and of their reference; defaults to 100. ``history`` completed jobs and
     ``blocked`` blocked jobs are in the table during every phase and
-    reference; default none.
+    reference; default none. ``otel``: every client has an OpenTelemetry
+    observer on the SDK, exporting nowhere (:func:`otel_observers`): its cost.
     """
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
@@ -830,7 +861,8 @@ def run_bench(
     figures: list[Figure] = []
     references: list[Reference] = []
     with _bench_database(url) as (engine, models, shown):
-        client, noop = _client(engine, models)
+        observers = otel_observers() if otel else []
+        client, noop = _client(engine, models, observers)
         if history or blocked:
             say(f"inserting {history:,} completed and {blocked:,} blocked jobs ...")
             _insert_background(client, models, history, blocked)
@@ -856,6 +888,7 @@ def run_bench(
                     concurrency,
                     staged=phase.endswith("staged"),
                     batch=batch if phase in BATCHED_PHASES else None,
+                    observers=observers,
                 )
             else:
                 seconds = _process_sync(client, noop, chains, concurrency, phase, batch)
@@ -890,6 +923,7 @@ def run_bench(
         batch=batch,
         history=history,
         blocked=blocked,
+        otel=otel,
     )
 
 

@@ -16,7 +16,6 @@ Applications may use :func:`on_commit` for their own side effects too.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,9 +23,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
+from queuert_sa._logs import get_logger
+
 __all__ = ["on_commit", "pending_effects"]
 
-log = logging.getLogger("queuert_sa.hooks")
+log = get_logger("queuert_sa.hooks")
 
 _KEY = "queuert_sa.hooks"
 

@@ -162,6 +162,8 @@ class JobColumns:
     # Added by revision d4a7c2e9f1b3 (after the others, as the migration adds them).
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     cancel_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Added by revision e6b1f3a8c2d5.
+    chain_trace_context: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     def __repr__(self) -> str:
         return (

@@ -67,6 +67,27 @@ def count_effects(session: object, label: str | None = None) -> int:
     return session.execute(stmt).scalar_one()
 
 
+def _span_file_observer(path: str) -> q.Observer:
+    """An OtelObserver whose spans are appended to ``path`` as each ends (JSON lines)."""
+    import json
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    from queuert_sa.otel import OtelObserver
+
+    out = open(path, "a", buffering=1)  # noqa: SIM115  # open for the process's life
+    provider = TracerProvider()
+    provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(
+                out=out, formatter=lambda span: json.dumps(json.loads(span.to_json())) + "\n"
+            )
+        )
+    )
+    return OtelObserver(tracer_provider=provider)
+
+
 def build_worker(
     url: str | None = None, *, concurrency: int = 1, sleep_scale: float = 1.0, batch: int = 1
 ) -> q.Worker:
@@ -76,10 +97,15 @@ def build_worker(
     named after its job id there, so a test knows a handler is in flight.
     ``batch``: group commit of ``work`` jobs (``handler(work, batch=...)``).
     ``QUEUERT_APP_MAX_ATTEMPTS``: the worker's ``max_attempts`` (default: none).
+    ``QUEUERT_APP_SPANS``: a file the worker's OpenTelemetry spans are written
+    to as they end, one JSON object per line.
     """
     started_dir = os.environ.get("QUEUERT_APP_STARTED_DIR")
     engine = create_engine(url or os.environ["QUEUERT_APP_URL"])
     client = q.Queuert(engine, job_types)
+    spans = os.environ.get("QUEUERT_APP_SPANS")
+    if spans:
+        client.add_observer(_span_file_observer(spans))
     limit = os.environ.get("QUEUERT_APP_MAX_ATTEMPTS")
     worker = client.worker(
         concurrency=concurrency,

@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = Path(__file__).resolve().parent / "alembic_app"
 APP_REVISION = "ef0505469c4b"
 QUEUERT_BASE_REVISION = "2fac216ef489"
-QUEUERT_REVISION = "d4a7c2e9f1b3"  # the head of the queuert branch
+QUEUERT_REVISION = "e6b1f3a8c2d5"  # the head of the queuert branch
 QUEUERT_TABLES = {"queuert_job", "queuert_job_blocker"}
 QUEUERT_INDEXES = {
     "queuert_job": {

@@ -439,3 +439,30 @@ def test_group_commit_example_commits_groups_and_retries_the_refused_job_alone(
         "business rows: 299 page views, 120 search rows",
         "refused job: pending, attempt 1, ValueError: not a page: 'oops'",
     ], lines
+
+
+def test_tracing_example_prints_one_trace_from_request_to_attempts(
+    example_db_args: list[str],
+) -> None:
+    lines = run_script("tracing.py", *example_db_args).splitlines()
+    assert lines[:9] == [
+        "trace:",
+        "  POST /orders  [INTERNAL, UNSET]",
+        "    create chain.place-order  [PRODUCER, UNSET]",
+        "      create job.place-order  [PRODUCER, UNSET]",
+        "        start job-attempt.place-order  [CONSUMER, OK]",
+        "      create job.send-receipt  [PRODUCER, UNSET, linked to 1]",
+        "        start job-attempt.send-receipt  [CONSUMER, ERROR]",
+        "        start job-attempt.send-receipt  [CONSUMER, OK]",
+        "          complete chain.place-order  [CONSUMER, UNSET, linked to 1]",
+    ], lines
+    assert lines[9:] == [
+        "metrics:",
+        "  queuert.chain.created = 1",
+        "  queuert.job.created = 2",
+        "  queuert.job.attempt.started = 3",
+        "  queuert.job.attempt.completed = 2",
+        "  queuert.job.attempt.failed = 1",
+        "  queuert.job.attempt.duration = 3",
+        "  queuert.chain.completed = 1",
+    ], lines

@@ -38,14 +38,29 @@ def spawn_worker(
         "QUEUERT_APP_STARTED_DIR": str(tmp_path),
         "PYTHONPATH": str(ROOT),
     }
-    return subprocess.Popen(
-        [sys.executable, "-c", "import tests.app as a; a.run_from_env()"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # A file, not a pipe: a worker logs a line per job (INFO), and a pipe nobody
+    # reads until the end would fill and block it.
+    log = tmp_path / f"worker-{len(LOGS)}-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import tests.app as a; a.run_from_env()"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    LOGS[proc.pid] = log
+    return proc
+
+
+#: Each spawned worker's log file, by process id.
+LOGS: dict[int, Path] = {}
+
+
+def output(proc: subprocess.Popen[str]) -> str:
+    """What a spawned worker wrote so far."""
+    return LOGS[proc.pid].read_text()
 
 
 @pytest.fixture
@@ -55,8 +70,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
-        if proc.stdout is not None and not proc.stdout.closed:
-            proc.communicate(timeout=10)
+        proc.wait(timeout=10)
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -208,7 +222,8 @@ def test_two_worker_processes_drain_without_double_processing(
     for proc in processes:
         proc.send_signal(signal.SIGTERM)
     for proc in processes:
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        out = output(proc)
         assert proc.returncode == 0, out
         assert "stopped" in out
 
@@ -217,3 +232,48 @@ def test_two_worker_processes_drain_without_double_processing(
     workers = count(db, select(func.count(func.distinct(Job.completed_by))))
     assert workers == 2, "both processes should have taken a share"
     print(f"\n{jobs} jobs, 2 processes x 4 threads: {elapsed:.1f} s ({jobs / elapsed:.0f} jobs/s)")
+
+
+def test_sigkill_mid_attempt_reports_nothing_and_the_retry_continues_the_trace(
+    db: Db, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """Observers under a crash: the killed attempt's span never ends (so is never
+    exported), the job's trace goes on in the next worker, and completion is
+    reported exactly once."""
+    from .test_otel import Otel
+
+    otel = Otel()
+    recorder = q.RecordingObserver()
+    client = q.Queuert(db.engine, job_types, observers=[otel.observer(), recorder])
+    with (
+        otel.tracer.start_as_current_span("POST /work") as request,
+        Session(db.engine) as s,
+        s.begin(),
+    ):
+        chain = client.start_chain(s, work, {"n": 5, "sleep": 60})
+    spans = tmp_path / "killed.jsonl"
+    proc = spawn_worker(db, tmp_path, QUEUERT_APP_SPANS=str(spans))
+    processes.append(proc)
+    wait_for((tmp_path / str(chain.id)).exists, 30, "the handler to start in the worker process")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+    killed = [line for line in spans.read_text().splitlines() if line] if spans.exists() else []
+    assert killed == []  # its attempt span was open when the process died
+
+    rescuer = build_worker(db.url, sleep_scale=0)
+    rescuer.client.add_observer(otel.observer())
+    rescuer.client.add_observer(recorder)
+    try:
+        assert rescuer.drain() == 1
+    finally:
+        rescuer.client.engine.dispose()
+    (attempt,) = [s for s in otel.finished() if s.name == "start job-attempt.work"]
+    created = otel.span("create job.work")
+    assert attempt.context.trace_id == request.get_span_context().trace_id
+    assert attempt.parent is not None
+    assert attempt.parent.span_id == created.context.span_id
+    assert attempt.attributes is not None
+    assert attempt.attributes["queuert.job.attempt"] == 1  # the killed one was rolled back
+    assert [e["job"].id for e in recorder.of("job_completed")] == [chain.id]
+    assert len(recorder.of("chain_completed")) == 1
+    otel.close()

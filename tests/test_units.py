@@ -128,6 +128,7 @@ def test_public_names_are_exactly_the_intended_ones() -> None:
             "cli",
             "demo",
             "notify",
+            "otel",
             "state",
         }
     )

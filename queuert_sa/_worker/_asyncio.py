@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import inspect
-import logging
 import signal
 import threading
 import uuid
@@ -31,6 +30,7 @@ from queuert_sa._attempt import AsyncAttempt, AttemptState, Outcome
 from queuert_sa._durations import Duration
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
+from queuert_sa._logs import get_logger
 from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from queuert_sa._async_client import AsyncQueuert
     from queuert_sa._client import Queuert
 
-log = logging.getLogger("queuert_sa.worker")
+log = get_logger("queuert_sa.worker")
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -220,6 +220,7 @@ class AsyncWorker(WorkerCore):
                 shutdown_grace=self.shutdown_grace,
                 worker_id=self.worker_id,
                 handle_signals="never",
+                backlog_interval=None,  # this worker counts the backlog
             )
         return self._sync_worker
 
@@ -266,7 +267,7 @@ class AsyncWorker(WorkerCore):
         try:
             await self._performer().drive(flow.next_due(self))
         except DatabaseUnavailableError as exc:
-            log.warning("worker %s: database unavailable at start (%s)", self.worker_id, exc)
+            self.log.warning("worker %s: database unavailable at start (%s)", self.worker_id, exc)
         loop = asyncio.get_running_loop()
         self.waker = waker = Waker(self.concurrency)
 
@@ -282,12 +283,7 @@ class AsyncWorker(WorkerCore):
             asyncio.create_task(self._slot_task(), name=f"queuert-worker-{slot}")
             for slot in range(self.concurrency)
         ]
-        log.info(
-            "async worker %s started: types=%s concurrency=%d",
-            self.worker_id,
-            ",".join(self.type_names),
-            self.concurrency,
-        )
+        self.log_started("async worker")
 
     async def _slot_task(self) -> None:
         try:
@@ -297,7 +293,9 @@ class AsyncWorker(WorkerCore):
         except BaseException as exc:
             # As on threads: a handler's SystemExit/KeyboardInterrupt is
             # recorded, then the worker stops.
-            log.critical("worker %s: a handler raised %r; stopping the worker", self.worker_id, exc)
+            self.log.critical(
+                "worker %s: a handler raised %r; stopping the worker", self.worker_id, exc
+            )
             self._fatal = self._fatal or exc
             self.stopping.set()
             self._stop_requested.set()
@@ -311,6 +309,9 @@ class AsyncWorker(WorkerCore):
         ones are left to their lease. If a handler raised ``SystemExit`` or
         ``KeyboardInterrupt`` (which stopped the worker), it is raised here.
         """
+        started = bool(self._tasks) and not self.stopping.is_set()
+        if started:
+            self.log_stopping()
         self.stopping.set()
         self._stop_requested.set()
         self.waker.close()
@@ -334,7 +335,7 @@ class AsyncWorker(WorkerCore):
             for task in pending:
                 task.cancel()
             if pending:
-                log.warning(
+                self.log.warning(
                     "worker %s: %d attempt(s) cancelled after the shutdown grace period",
                     self.worker_id,
                     len(pending),
@@ -350,6 +351,8 @@ class AsyncWorker(WorkerCore):
             task.cancel()
         self.lease_tasks.clear()
         self._close_ownership()
+        if started and clean:
+            self.log_stopped()
         fatal, self._fatal = self._fatal, None
         if fatal is not None:
             raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
@@ -369,12 +372,12 @@ class AsyncWorker(WorkerCore):
 
             def on_signal(signum: int) -> None:
                 if self._stop_requested.is_set():
-                    log.warning("second signal: cancelling in-flight attempts")
+                    self.log.warning("second signal: cancelling in-flight attempts")
                     self._cut_short = True
                     for task in self._tasks:
                         task.cancel()
                     return
-                log.info("signal %d: finishing in-flight attempts, then stopping", signum)
+                self.log.info("signal %d: finishing in-flight attempts, then stopping", signum)
                 self._stop_requested.set()
 
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -25,10 +24,12 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from queuert_sa._attempt import AsyncAttempt, AttemptState
+from queuert_sa._logs import get_logger
 from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from queuert_sa.state.operations import database_errors
 
 from . import _effects as fx
+from . import _reports as reports
 from . import _staged as staged
 from ._guard import end, guard
 from ._performer import Hold, PerformerBase
@@ -36,7 +37,7 @@ from ._performer import Hold, PerformerBase
 if TYPE_CHECKING:
     from ._asyncio import AsyncWorker
 
-log = logging.getLogger("queuert_sa.worker")
+log = get_logger("queuert_sa.worker")
 
 T = TypeVar("T")
 
@@ -271,6 +272,7 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         ]
         given = attempts if effect.group else attempts[0]
         lift = guard(effect.session.sync_session, effect.state)
+        leave = reports.enter(self.core, effect.state)
         try:
             if staged:
                 value = await registration.fn(given)
@@ -287,6 +289,7 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         except BaseException as exc:
             return fx.HandlerEnded(error=exc)
         finally:
+            leave()
             lift()
 
     async def write_owned(self, effect: fx.WriteOwned) -> None:

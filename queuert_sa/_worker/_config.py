@@ -24,11 +24,13 @@ from queuert_sa._context import Context
 from queuert_sa._durations import Duration, as_duration
 from queuert_sa._errors import DatabaseUnavailableError, DuplicateHandlerError, WorkerConfigError
 from queuert_sa._job_types import JobType
+from queuert_sa._logs import get_logger, worker_fields
 from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, is_attempt_limit, retry_decision
+from queuert_sa._rules import Decision
 
-from . import _policy as policy
+from . import _reports as reports
 
-log = logging.getLogger("queuert_sa.worker")
+log = get_logger("queuert_sa.worker")
 
 #: How long an atomic attempt may hold its transaction (per handler: ``timeout=``).
 DEFAULT_ATOMIC_TIMEOUT = dt.timedelta(minutes=5)
@@ -54,6 +56,7 @@ class WorkerOptions(TypedDict, total=False):
     shutdown_grace: Duration
     worker_id: str | None
     handle_signals: Literal["auto", "never"]
+    backlog_interval: Duration | None
 
 
 class HandlerOptions(TypedDict, total=False):
@@ -164,6 +167,9 @@ class WorkerCore:
             ``host:pid:random``.
         handle_signals: ``"auto"`` (default) installs SIGINT/SIGTERM handlers
             in ``run()`` on the main thread; ``"never"`` leaves signals alone.
+        backlog_interval: With observers configured, how often the worker
+            counts the open jobs by type and state for their ``backlog``
+            event (one query). Defaults to 15 seconds; None: never.
     """
 
     def __init__(
@@ -177,6 +183,7 @@ class WorkerCore:
         shutdown_grace: Duration = dt.timedelta(seconds=30),
         worker_id: str | None = None,
         handle_signals: Literal["auto", "never"] = "auto",
+        backlog_interval: Duration | None = dt.timedelta(seconds=15),
     ) -> None:
         poll_interval = config_duration(poll_interval, "poll_interval")
         shutdown_grace = config_duration(shutdown_grace, "shutdown_grace")
@@ -203,6 +210,21 @@ class WorkerCore:
         self._counts_lock = threading.Lock()
         self._completed = 0
         self._failed = 0
+        self.backlog_interval = (
+            None
+            if backlog_interval is None
+            else config_duration(backlog_interval, "backlog_interval")
+        )
+        self.backlog_next = 0.0
+        """When (``time.monotonic()``) a slot next runs the backlog query."""
+        self.observed: dict[uuid.UUID, Any] = {}
+        """Attempts in flight with observers' spans: job id -> their spans."""
+        self.observed_lock = threading.Lock()
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The worker's logger: its records carry ``worker_id`` (see :mod:`queuert_sa._logs`)."""
+        return logging.LoggerAdapter(log, worker_fields(self.worker_id))
 
     def __repr__(self) -> str:
         return (
@@ -362,64 +384,38 @@ class WorkerCore:
         retry_at: dt.datetime | None,
         *,
         lost: str | None = None,
+        duration: float = 0.0,
+        decision: Decision | None = None,
     ) -> None:
-        """Count the attempt and log how it ended (``lost``: why it was not rescheduled).
+        """Count the attempt, log how it ended and tell the observers.
 
-        A failed attempt with no retry and no ``lost`` reason made its job
-        ``failed``: the chain's waiters (``await_chain``) are told.
+        ``lost``: why a failed attempt was not rescheduled; ``duration``: from
+        the acquisition to the outcome's COMMIT, seconds; ``decision``: what a
+        successful handler decided. A failed attempt with no retry and no
+        ``lost`` reason made its job ``failed``: the chain's waiters
+        (``await_chain``) are told.
         """
         with self._counts_lock:
             if error is None:
                 self._completed += 1
             else:
                 self._failed += 1
-        if error is None:
-            log.debug("job %s (%s) done", row["id"], row["type_name"])
-        elif retry_at is None and lost is None:
-            log.error(
-                "job %s (%s) failed after attempt %d and is not retried (status failed): %r",
-                row["id"],
-                row["type_name"],
-                row["attempt"],
-                error,
-            )
-            try:
-                self.ctx.notify.notify_chain_completed(row["chain_id"])
-            except Exception:
-                log.exception("notify after a job failed failed")
-        elif retry_at is None:
-            log.warning(
-                "job %s (%s) attempt %d ended without its job, not rescheduled (%s): %r",
-                row["id"],
-                row["type_name"],
-                row["attempt"],
-                policy.lost_explanation(lost),
-                error,
-            )
-        else:
-            log.warning(
-                "job %s (%s) attempt %d failed, retry at %s: %r",
-                row["id"],
-                row["type_name"],
-                row["attempt"],
-                retry_at.isoformat(),
-                error,
-            )
+        reports.ended(self, row, error, retry_at, lost, decision, duration)
 
     def log_failed_pass(self, exc: Exception, failures: int, delay: float) -> None:
         """Log a slot's pass that failed (``failures`` in a row) before it waits ``delay`` s."""
         if failures == 1 and isinstance(exc, DatabaseUnavailableError):
             # An outage, not a bug: one line; the traceback would only repeat it.
-            log.warning(
+            self.log.warning(
                 "worker %s: %s; retrying in %.0f s (and with backoff until it is back)",
                 self.worker_id,
                 exc,
                 delay,
             )
         elif failures == 1:
-            log.exception("worker %s: loop failed; retrying in %.0f s", self.worker_id, delay)
+            self.log.exception("worker %s: loop failed; retrying in %.0f s", self.worker_id, delay)
         else:
-            log.warning(
+            self.log.warning(
                 "worker %s: loop failed again (%d in a row: %s); retrying in %.0f s",
                 self.worker_id,
                 failures,
@@ -427,6 +423,31 @@ class WorkerCore:
                 delay,
             )
 
+    def log_started(self, kind: str) -> None:
+        """Log (and tell observers) that the worker's slots run."""
+        self.log.info(
+            "%s %s started: types=%s concurrency=%d",
+            kind,
+            self.worker_id,
+            ",".join(self.type_names),
+            self.concurrency,
+        )
+        self.ctx.observers.emit(
+            "worker_started",
+            worker_id=self.worker_id,
+            type_names=self.type_names,
+            concurrency=self.concurrency,
+        )
+
+    def log_stopping(self) -> None:
+        """Tell observers the worker stops acquiring."""
+        self.ctx.observers.emit("worker_stopping", worker_id=self.worker_id)
+
+    def log_stopped(self) -> None:
+        """Log (and tell observers) that every slot has ended."""
+        self.log.info("worker %s stopped", self.worker_id)
+        self.ctx.observers.emit("worker_stopped", worker_id=self.worker_id)
+
     def log_recovered(self, failures: int) -> None:
         """Log that a slot works again after ``failures`` failed passes (the database is back)."""
-        log.info("worker %s: working again after %d failed pass(es)", self.worker_id, failures)
+        self.log.info("worker %s: working again after %d failed pass(es)", self.worker_id, failures)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ from functools import partial
 from typing import Any
 
 from queuert_sa._attempt import AttemptState
+from queuert_sa._logs import get_logger, job_fields
 from queuert_sa.models import JobStatus
-from queuert_sa.state import leases, settlement
+from queuert_sa.state import leases, queries, settlement
 from queuert_sa.state import operations as ops
 
 from . import _group as group
 from . import _policy as policy
+from . import _reports as reports
 from . import _running as running
 from ._config import Registration, WorkerCore
 from ._effects import (
@@ -49,7 +52,7 @@ from ._effects import (
     Writer,
 )
 
-log = logging.getLogger("queuert_sa.worker")
+log = get_logger("queuert_sa.worker")
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
     busy = False
     while not (yield Query("stopping")):
         try:
+            if reports.backlog_due(core):
+                yield from count_backlog(core)
             step = yield from process_one(core, look_first=not busy, slot=True)
             busy = step.job_id is not None
             if busy:
@@ -101,6 +106,7 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
             failures += 1
             delay = policy.recovery_delay(failures)
             core.log_failed_pass(exc, failures, delay)
+            reports.pass_failed(core, exc)
             yield Wait(delay, "stop")
 
 
@@ -129,6 +135,13 @@ def drain(core: WorkerCore, max_jobs: int | None) -> Flow[int]:
             if job_failed:
                 failed.add(job_id)
     return done
+
+
+def count_backlog(core: WorkerCore) -> Flow[None]:
+    """Count the open jobs by type and state (one read) and tell the observers."""
+    now = core.ctx.clock()
+    rows = yield Look(partial(queries.backlog, models=core.ctx.models, now=now))
+    reports.report_backlog(core, rows, now)
 
 
 def next_due(core: WorkerCore) -> Flow[dt.datetime | None]:
@@ -186,6 +199,8 @@ def attempt(
     ctx = core.ctx
     session = yield Open()
     state: AttemptState | None = None
+    row: Any = None
+    started = time.perf_counter()
     try:
         now = ctx.clock()
         row = yield Run(
@@ -223,7 +238,8 @@ def attempt(
         error, retry_at, why = yield from _settle(
             core, session, registration, row, state, error, lost
         )
-    except Exception:
+    except Exception as exc:
+        reports.abandoned(core, row, exc, started)
         if state is not None:
             yield ReleaseLease(state)
         yield End(session, "close")
@@ -231,7 +247,14 @@ def attempt(
     if state is not None:
         yield ReleaseLease(state)
     yield End(session, "close")
-    core.count(row, error, retry_at, lost=why)
+    core.count(
+        row,
+        error,
+        retry_at,
+        lost=why,
+        duration=time.perf_counter() - started,
+        decision=state.decision if state is not None else None,
+    )
     if policy.ends_process(error):
         assert error is not None
         raise error  # SystemExit/KeyboardInterrupt from the handler, now that it is recorded
@@ -296,6 +319,7 @@ def _reschedule_owned(
             "job %s: staged attempt ended without its job (%s); not rescheduling",
             state.job.id,
             why,
+            extra=job_fields(state.job, core.worker_id),
         )
         return None, why
     ctx = core.ctx
@@ -367,6 +391,7 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
     if row is None:
         return False
     failed = row["status"] == JobStatus.FAILED
+    reports.reaped(core, row, failed)
     log.log(
         logging.ERROR if failed else logging.WARNING,
         "job %s (%s): lease expired, %s (attempt %d kept)",
@@ -374,6 +399,7 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
         row["type_name"],
         "failed: no attempts left" if failed else "returned to pending",
         row["attempt"],
+        extra=job_fields(row, core.worker_id),
     )
     try:
         if failed:
@@ -383,5 +409,5 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
         # The worker that held the lease may be alive but stalled: tell it.
         ctx.notify.notify_job_ownership_lost(row["id"])
     except Exception:
-        log.exception("notify after reaping failed")
+        log.exception("notify after reaping failed", extra=job_fields(row, core.worker_id))
     return True

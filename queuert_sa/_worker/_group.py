@@ -19,6 +19,7 @@ SAVEPOINT and, if the function raises, every job of it is retried.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ def group(
     handler raised, which the caller raises once the session is closed.
     """
     ctx = core.ctx
+    started = time.perf_counter()
     members: list[Member] = []
     unstarted: list[Any] = []
     retries: dict[uuid.UUID, Any] = {}
@@ -142,7 +144,13 @@ def group(
             member.error = member.error or failure
     stop: BaseException | None = None
     for member in members:
-        core.count(member.row, member.error, retries.get(member.row["id"]))
+        core.count(
+            member.row,
+            member.error,
+            retries.get(member.row["id"]),
+            duration=time.perf_counter() - started,
+            decision=member.state.decision if member.state is not None else None,
+        )
         if policy.ends_process(member.error):
             stop = stop or member.error
     return tuple((m.row["id"], m.error is not None) for m in members), stop

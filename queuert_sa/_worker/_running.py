@@ -7,17 +7,18 @@ handler's SAVEPOINT (or, in a group, leaves a completion to the group).
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from typing import Any
 
 from queuert_sa import _transitions as transitions
 from queuert_sa._attempt import AttemptState
 from queuert_sa._entities import Chain
+from queuert_sa._logs import get_logger, job_fields
 from queuert_sa._rules import Completed
 from queuert_sa._snapshots import job_from_row
 
 from . import _policy as policy
+from . import _reports as reports
 from . import _units as units
 from ._config import Registration, WorkerCore
 from ._effects import (
@@ -32,7 +33,7 @@ from ._effects import (
     WriteOwned,
 )
 
-log = logging.getLogger("queuert_sa.worker")
+log = get_logger("queuert_sa.worker")
 
 
 def run(
@@ -62,6 +63,7 @@ def run(
         row["id"],
         row["type_name"],
         error,
+        extra=job_fields(row, core.worker_id),
     )
     return state, None, False, error if policy.ends_process(error) else None
 
@@ -75,7 +77,7 @@ def state_of(
     blockers: list[Chain[Any, Any]] = []
     if job_type.blocker_types:
         blockers = yield Run(session, partial(transitions.job_blockers, ctx=ctx, job_id=row["id"]))
-    return AttemptState(
+    state = AttemptState(
         job_types=ctx.job_types,
         job_type=job_type,
         job=job_from_row(row, job_type),
@@ -83,6 +85,8 @@ def state_of(
         mode=registration.mode,
         blockers=blockers,
     )
+    reports.began(core, state)
+    return state
 
 
 def run_atomic(

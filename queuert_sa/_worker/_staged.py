@@ -9,20 +9,21 @@ rules as :mod:`._flow`.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from functools import partial
 from typing import Any
 
 from queuert_sa._attempt import AttemptState
+from queuert_sa._logs import get_logger, job_fields
 from queuert_sa.state import leases
 from queuert_sa.state import operations as ops
 
 from . import _policy as policy
+from . import _reports as reports
 from . import _units as units
 from ._config import WorkerCore
 from ._effects import End, Flow, HoldLease, InTransaction, Run, Writer
 
-log = logging.getLogger("queuert_sa.worker")
+log = get_logger("queuert_sa.worker")
 
 
 def commit_prepare(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
@@ -79,7 +80,9 @@ def check_ownership(core: WorkerCore, state: AttemptState, session: Any) -> Flow
             state.job.id,
             state.job.type_name,
             overrun.total_seconds(),
+            extra=job_fields(state.job, core.worker_id),
         )
+        reports.lease(core, state, "job_attempt_lease_expired")
 
 
 def write_outcome(core: WorkerCore, state: AttemptState, session: Any) -> Flow[None]:
@@ -103,11 +106,24 @@ def renew(core: WorkerCore, state: AttemptState, lease: dt.timedelta) -> Flow[bo
     except Exception as exc:
         # The database is unreachable: try again soon; the lease may still
         # outlive the outage, and transaction() re-checks ownership anyway.
-        log.warning("renewing the lease of job %s failed (%s); retrying", job.id, exc)
+        log.warning(
+            "renewing the lease of job %s failed (%s); retrying",
+            job.id,
+            exc,
+            extra=job_fields(job, core.worker_id),
+        )
         return None
     if still_ours:
+        reports.lease(
+            core, state, "job_attempt_lease_renewed", leased_until=core.ctx.clock() + lease
+        )
         return True
     reason = policy.lost_reason(row)
-    log.warning("job %s: the staged attempt lost its job (%s)", job.id, reason)
+    log.warning(
+        "job %s: the staged attempt lost its job (%s)",
+        job.id,
+        reason,
+        extra=job_fields(job, core.worker_id),
+    )
     state.signal.set(reason)
     return False

@@ -8,7 +8,6 @@ lazily, on the handler's first use of ``attempt.session``.
 
 from __future__ import annotations
 
-import logging
 import threading
 import weakref
 from collections.abc import Generator
@@ -19,10 +18,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
 from queuert_sa._attempt import Attempt, AttemptState
+from queuert_sa._logs import get_logger
 from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from queuert_sa.state.operations import database_errors
 
 from . import _effects as fx
+from . import _reports as reports
 from . import _staged as staged
 from ._guard import end, guard
 from ._performer import Hold, PerformerBase
@@ -30,7 +31,7 @@ from ._performer import Hold, PerformerBase
 if TYPE_CHECKING:
     from ._threads import Worker
 
-log = logging.getLogger("queuert_sa.worker")
+log = get_logger("queuert_sa.worker")
 
 T = TypeVar("T")
 
@@ -254,6 +255,7 @@ class Performer(PerformerBase[Session]):
             Attempt(s, session, port=port, on_first_use=opener) for s in effect.group or (state,)
         ]
         lift = guard(session, state)
+        leave = reports.enter(self.core, state)
         try:
             return fx.HandlerEnded(
                 value=effect.registration.fn(attempts if effect.group else attempts[0])
@@ -261,6 +263,7 @@ class Performer(PerformerBase[Session]):
         except BaseException as exc:
             return fx.HandlerEnded(error=exc)
         finally:
+            leave()
             lift()
 
     def write_owned(self, effect: fx.WriteOwned) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-import logging
 import signal
 import threading
 import time
@@ -26,6 +25,7 @@ from queuert_sa._attempt import Attempt, AttemptState, Outcome
 from queuert_sa._durations import Duration
 from queuert_sa._errors import DatabaseUnavailableError, WorkerConfigError
 from queuert_sa._job_types import JobType
+from queuert_sa._logs import get_logger
 from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
 
@@ -44,7 +44,7 @@ from ._thread_performer import Performer, Waker, WriterHold, writer_lock
 if TYPE_CHECKING:
     from queuert_sa._client import Queuert
 
-log = logging.getLogger("queuert_sa.worker")
+log = get_logger("queuert_sa.worker")
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -273,7 +273,7 @@ class Worker(WorkerCore):
         try:
             self._performer().drive(flow.next_due(self))
         except DatabaseUnavailableError as exc:
-            log.warning(
+            self.log.warning(
                 "worker %s: database unavailable at start (%s); will retry", self.worker_id, exc
             )
         self.stopping.clear()
@@ -287,12 +287,7 @@ class Worker(WorkerCore):
             )
             self._threads.append(thread)
             thread.start()
-        log.info(
-            "worker %s started: types=%s concurrency=%d",
-            self.worker_id,
-            ",".join(self.type_names),
-            self.concurrency,
-        )
+        self.log_started("worker")
 
     def _performer(self) -> Performer:
         return Performer(self, WriterHold(self._writer_lock))
@@ -303,7 +298,9 @@ class Worker(WorkerCore):
         except BaseException as exc:
             # A handler raised SystemExit/KeyboardInterrupt: its attempt is
             # recorded as failed; the process was asked to end, so stop.
-            log.critical("worker %s: a handler raised %r; stopping the worker", self.worker_id, exc)
+            self.log.critical(
+                "worker %s: a handler raised %r; stopping the worker", self.worker_id, exc
+            )
             if self.on_fatal is not None:
                 self.on_fatal(exc)  # the owner (an AsyncWorker) raises it, not this stop()
             else:
@@ -321,6 +318,8 @@ class Worker(WorkerCore):
         ``SystemExit``/``KeyboardInterrupt`` (which stopped the worker), it is
         raised here, once the worker has stopped.
         """
+        if self._threads and not self.stopping.is_set():
+            self.log_stopping()
         self.stopping.set()
         self._stop_requested.set()
         self.waker.close()
@@ -336,7 +335,7 @@ class Worker(WorkerCore):
                 thread.join(max(0.0, end - time.monotonic()))
         alive = [t for t in self._threads if t.is_alive()]
         if alive:
-            log.warning(
+            self.log.warning(
                 "worker %s: %d attempt(s) still running after the shutdown grace period",
                 self.worker_id,
                 len(alive),
@@ -344,7 +343,7 @@ class Worker(WorkerCore):
             return False
         self._threads = []
         self.leases.close()
-        log.info("worker %s stopped", self.worker_id)
+        self.log_stopped()
         fatal, self._fatal = self._fatal, None
         if fatal is not None:
             raise fatal  # a handler's SystemExit/KeyboardInterrupt: end as it asked
@@ -370,9 +369,11 @@ class Worker(WorkerCore):
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
                 if self._stop_requested.is_set():
-                    log.warning("second signal: exiting without waiting for in-flight attempts")
+                    self.log.warning(
+                        "second signal: exiting without waiting for in-flight attempts"
+                    )
                     raise SystemExit(128 + signum)
-                log.info("signal %d: finishing in-flight attempts, then stopping", signum)
+                self.log.info("signal %d: finishing in-flight attempts, then stopping", signum)
                 self._stop_requested.set()
 
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from queuert_sa._errors import QueuertError
+from queuert_sa._logs import JsonFormatter, get_logger
 from queuert_sa._worker._config import MAX_BATCH
 from queuert_sa._worker._threads import Worker
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from queuert_sa._worker._asyncio import AsyncWorker
 
 # The name the docs show in the worker's log lines; not __name__ (queuert_sa.cli._run_commands).
-log = logging.getLogger("queuert_sa.cli")
+log = get_logger("queuert_sa.cli")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -74,8 +75,13 @@ def _set_concurrency(worker: Worker | AsyncWorker, concurrency: int) -> None:
         threads.concurrency = concurrency
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+    else:
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
 @click.command()
@@ -122,6 +128,14 @@ def demo(db_path: str | None) -> None:
     help="Logging level of the root logger (written to stderr).",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with job_id, chain_id, type_name, attempt and "
+    "worker_id where a record has them.",
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     metavar="N",
@@ -141,8 +155,29 @@ def demo(db_path: str | None) -> None:
     help="Run only the handlers of these job types (comma-separated), e.g. to give a busy "
     "type a process of its own.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    default=None,
+    help="Serve the worker's OpenTelemetry metrics for Prometheus on this port (/metrics); "
+    "needs the 'prometheus' extra.",
+)
+@click.option(
+    "--metrics-host",
+    default="0.0.0.0",
+    show_default=True,
+    help="The address --metrics-port listens on.",
+)
 def worker(
-    app_path: str, log_level: str, concurrency: int | None, burst: bool, types: str | None
+    app_path: str,
+    log_level: str,
+    log_format: str,
+    concurrency: int | None,
+    burst: bool,
+    types: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run the worker named by APP_PATH until SIGINT/SIGTERM (or, with --burst, until idle).
 
@@ -157,7 +192,7 @@ def worker(
     this process's thread (one attempt at a time, as Worker.drain() does),
     logs how many jobs ran and exits 0.
     """
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -175,6 +210,10 @@ def worker(
         _only_types(loaded, [name.strip() for name in types.split(",") if name.strip()])
     if concurrency is not None:
         _set_concurrency(loaded, concurrency)
+    if metrics_port is not None:
+        from ._metrics import serve_metrics
+
+        serve_metrics(loaded.client, metrics_host, metrics_port)
     engine_url = loaded.client.engine.url.render_as_string(hide_password=True)
     log.info("running %s from %s on %s", loaded, app_path, engine_url)
     if burst:
@@ -246,6 +285,12 @@ def worker(
     "every phase, as --history.",
 )
 @click.option("--no-reference", is_flag=True, help="Skip the raw-SQL reference figure.")
+@click.option(
+    "--otel",
+    is_flag=True,
+    help="Measure with an OpenTelemetry observer (metrics and spans on the SDK, exported "
+    "nowhere): compare with a run without it for its overhead. Needs opentelemetry-sdk.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(
     db_url: str | None,
@@ -256,6 +301,7 @@ def bench(
     history: int,
     blocked: int,
     no_reference: bool,
+    otel: bool,
     as_json: bool,
 ) -> None:
     """Measure throughput on your database: starts, atomic, batched and staged processing.
@@ -282,6 +328,7 @@ def bench(
             history=history,
             blocked=blocked,
             progress=progress,
+            otel=otel,
         )
     except QueuertError as exc:
         raise click.ClickException(str(exc)) from exc

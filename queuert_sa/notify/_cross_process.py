@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import logging
 import random
 import threading
 import time
@@ -29,12 +28,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ClassVar, Generic, Literal, Protocol, Self, TypeVar, cast
 
+from queuert_sa._logs import get_logger
+
 from ._listeners import Listeners
 
 if TYPE_CHECKING:
     from . import Subscription
 
-log = logging.getLogger("queuert_sa.notify")
+log = get_logger("queuert_sa.notify")
 
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; Redis has no such
 #: limit, but one format for both keeps payloads portable.
@@ -134,8 +135,15 @@ class Outage:
     and calls in between return False at once.
     """
 
-    def __init__(self, what: str) -> None:
+    def __init__(
+        self,
+        what: str,
+        operation: str = "",
+        listeners: list[Callable[[str, BaseException], None]] | None = None,
+    ) -> None:
         self.what = what
+        self.operation = operation
+        self._listeners = listeners if listeners is not None else []
         self._lock = threading.Lock()
         self._down = False
         self._retry_at = 0.0
@@ -154,6 +162,11 @@ class Outage:
             first = not self._down
             self._down = True
             self._retry_at = time.monotonic() + self._backoff.next_delay()
+        for listener in self._listeners:
+            try:
+                listener(self.operation, error)
+            except Exception:
+                log.debug("a notify error listener failed", exc_info=True)
         if first:
             log.warning(
                 "%s is unavailable (%s: %s); notifications are dropped until it is back, "
@@ -230,11 +243,20 @@ class CrossProcessNotify(ABC, Generic[_Conn]):
         self._listeners = Listeners()
         self._lock = threading.Lock()  # _closed and starting the reader
         self._closed = False
-        self._publish_outage = Outage(f"{self._backend} notify publisher ({where})")
+        self.error_listeners: list[Callable[[str, BaseException], None]] = []
+        """Called with (operation, error) on each failed publish or listen (the client's
+        observers' ``notify_error``)."""
+        self._publish_outage = Outage(
+            f"{self._backend} notify publisher ({where})", "publish", self.error_listeners
+        )
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
         self._first_attempt_done = threading.Event()
-        self._listen_outage = Outage(f"{self._backend} notify {self._listener_role} ({where})")
+        self._listen_outage = Outage(
+            f"{self._backend} notify {self._listener_role} ({where})",
+            "listen",
+            self.error_listeners,
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._where} prefix={self._channel_prefix!r}>"

@@ -8,13 +8,14 @@ messages already decoded; it knows neither a backend nor the wire format
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-log = logging.getLogger("queuert_sa.notify")
+from queuert_sa._logs import get_logger
+
+log = get_logger("queuert_sa.notify")
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-log = logging.getLogger("queuert_sa.notify")
+from queuert_sa._logs import get_logger
+
+log = get_logger("queuert_sa.notify")
 
 
 class _Listener:

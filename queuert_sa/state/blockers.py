@@ -146,7 +146,7 @@ def _unblock_statements(models: Models, row_locks: bool) -> tuple[Select[Any], S
             status=JobStatus.PENDING,
             scheduled_at=case((job.c.scheduled_at < now, now), else_=job.c.scheduled_at),
         )
-        .returning(job.c.id, job.c.type_name)
+        .returning(job.c.id, job.c.type_name, job.c.chain_id, job.c.chain_type_name, job.c.attempt)
     )
     return find, lock, unblock
 
@@ -161,7 +161,8 @@ def unblock_dependents(
 ) -> list[RowMapping]:
     """After ``chain_ids`` completed: make pending every blocked job whose blockers are all done.
 
-    Returns ``id`` and ``type_name`` of the jobs unblocked. The dependents of
+    Returns ``id``, ``type_name``, ``chain_id``, ``chain_type_name`` and
+    ``attempt`` of the jobs unblocked. The dependents of
     all the chains are locked first, in one statement and in id order, so two
     blockers completing in parallel transactions cannot both miss each other
     (the second waits, then sees the first committed), nor lock the same

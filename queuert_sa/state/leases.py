@@ -133,7 +133,14 @@ def reap_expired_lease(
         update(table)
         .where(table.c.id == candidate.scalar_subquery())
         .values(**values, leased_by=None, leased_until=None)
-        .returning(table.c.id, table.c.chain_id, table.c.type_name, table.c.attempt, table.c.status)
+        .returning(
+            table.c.id,
+            table.c.chain_id,
+            table.c.type_name,
+            table.c.chain_type_name,
+            table.c.attempt,
+            table.c.status,
+        )
     )
     with database_errors("reap expired lease", models):
         return executor.execute(stmt).mappings().first()

@@ -124,6 +124,7 @@ class NewJob:
     deduplication_key: str | None = None
     trace_context: str | None = None
     priority: int = 0
+    chain_trace_context: str | None = None
 
     def row(self) -> dict[str, Any]:
         """Column values for the INSERT (shallow: ``dataclasses.asdict`` deep-copies

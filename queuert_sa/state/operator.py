@@ -132,7 +132,7 @@ def cancel_jobs(
             leased_by=None,
             leased_until=None,
         )
-        .returning(table.c.id, table.c.chain_id, table.c.type_name)
+        .returning(table.c.id, table.c.chain_id, table.c.type_name, table.c.chain_type_name)
     )
     with database_errors("cancel jobs", models):
         return list(executor.execute(stmt).mappings())

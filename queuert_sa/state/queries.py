@@ -1,4 +1,4 @@
-"""SQL for the listings: keyset-paginated reads of chains and jobs.
+"""SQL for the listings (keyset-paginated reads of chains and jobs) and the backlog count.
 
 Every listing orders by a unique key (``(created_at, id)``, or ``chain_index``
 within a chain) and continues strictly after the last row of the previous
@@ -18,15 +18,19 @@ from sqlalchemy import (
     ColumnElement,
     RowMapping,
     Select,
+    String,
     Table,
+    and_,
     bindparam,
+    case,
+    cast,
     func,
     literal_column,
     select,
     tuple_,
 )
 
-from queuert_sa.models import Models
+from queuert_sa.models import JobStatus, Models
 
 from .operations import Executor, database_errors
 
@@ -211,3 +215,42 @@ def list_blocked_jobs(
     )
     with database_errors("list blocked jobs", models):
         return list(executor.execute(_ordered(stmt, table, order, limit)).mappings())
+
+
+#: The open statuses the backlog counts (terminal jobs are history, not backlog).
+_OPEN_STATUSES = (JobStatus.PENDING, JobStatus.BLOCKED, JobStatus.RUNNING)
+
+
+def backlog(executor: Executor, models: Models, *, now: dt.datetime) -> list[RowMapping]:
+    """Open jobs by type and state in one statement: ``type_name``, ``state``, ``count``, ``oldest``.
+
+    ``state`` is ``ready`` (pending and due), ``scheduled`` (pending, due
+    later), ``blocked`` or ``running``; ``oldest`` the earliest ``scheduled_at``
+    of the group (for ``ready``: when the longest-waiting job became due).
+    """
+    table = models.job_table
+    at = bindparam("now", now, type_=table.c.scheduled_at.type)
+    state = case(
+        (and_(table.c.status == JobStatus.PENDING, table.c.scheduled_at <= at), "ready"),
+        (table.c.status == JobStatus.PENDING, "scheduled"),
+        else_=cast(table.c.status, String),
+    ).label("state")
+    # Grouped in an outer query: PostgreSQL would not match a GROUP BY
+    # expression holding a parameter to the same one in the select list.
+    rows = (
+        select(table.c.type_name, state, table.c.scheduled_at)
+        .where(table.c.status.in_(_OPEN_STATUSES))
+        .subquery("open_jobs")
+    )
+    stmt = (
+        select(
+            rows.c.type_name,
+            rows.c.state,
+            func.count().label("count"),
+            func.min(rows.c.scheduled_at).label("oldest"),
+        )
+        .group_by(rows.c.type_name, rows.c.state)
+        .order_by(rows.c.type_name, rows.c.state)
+    )
+    with database_errors("count the backlog", models):
+        return list(executor.execute(stmt).mappings())
