@@ -7,9 +7,9 @@ Needs the OpenTelemetry SDK: ``pip install 'queuert_sa[prometheus]'`` (or
 ``opentelemetry-sdk`` beside the ``otel`` extra).
 
 A pretend ``POST /orders`` request span starts a ``place-order`` chain in the
-request's transaction. Its handler continues the chain with ``send-receipt``,
-whose first attempt fails (the mail provider times out) and whose second
-completes. The worker runs in this process for brevity; the trace looks the
+request's transaction. Its handler continues the chain with ``charge-card``,
+which continues with ``send-receipt``, whose first attempt fails (the mail
+provider times out) and whose second completes the chain. The worker runs in this process for brevity; the trace looks the
 same when it runs in another, because each job row stores its span's W3C
 ``traceparent``. The script prints the spans as a tree (kind, status) and the
 metrics the run recorded. An exporter (OTLP, Jaeger, Tempo, ...) would send
@@ -41,7 +41,8 @@ class OrderIn(TypedDict):
 
 
 job_types = q.JobTypes()
-place_order = job_types.entry("place-order", input=OrderIn, continues_with=["send-receipt"])
+place_order = job_types.entry("place-order", input=OrderIn, continues_with=["charge-card"])
+charge_card = job_types.define("charge-card", input=OrderIn, continues_with=["send-receipt"])
 send_receipt = job_types.define("send-receipt", input=OrderIn, output=dict)
 
 
@@ -59,7 +60,8 @@ def tree(spans: list[ReadableSpan]) -> list[str]:
             status = span.status.status_code.name
             kind = span.kind.name
             links = f", linked to {len(span.links)}" if span.links else ""
-            lines.append(f"{'  ' * depth}{span.name}  [{kind}, {status}{links}]")
+            events = f", events: {', '.join(e.name for e in span.events)}" if span.events else ""
+            lines.append(f"{'  ' * depth}{span.name}  [{kind}, {status}{links}{events}]")
             walk(span.context.span_id, depth + 1)
 
     walk(None, 0)
@@ -100,6 +102,10 @@ def run(engine: Engine) -> None:
 
     @worker.handler(place_order)
     def place(attempt: q.Attempt[OrderIn, None]) -> q.Outcome:
+        return attempt.continue_with(charge_card, {"order_id": attempt.input["order_id"]})
+
+    @worker.handler(charge_card)
+    def charge(attempt: q.Attempt[OrderIn, None]) -> q.Outcome:
         return attempt.continue_with(send_receipt, {"order_id": attempt.input["order_id"]})
 
     @worker.handler(send_receipt)

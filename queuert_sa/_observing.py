@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,10 @@ from ._entities import Job
 from .models import JobStatus
 from .observers import EVENT_NAMES, AttemptSpan, CreationSpan, JobInfo, Observer
 from .state import NewJob
+from .state.chains import chain_trace_contexts
+
+if TYPE_CHECKING:
+    from ._context import Context
 
 log = get_logger("queuert_sa.observers")
 
@@ -86,7 +90,11 @@ class Observers:
     # --- tracing ----------------------------------------------------------------------
 
     def start_creation_span(
-        self, job: JobInfo, chain_trace_context: str | None, origin_trace_context: str | None
+        self,
+        job: JobInfo,
+        chain_trace_context: str | None,
+        origin_trace_context: str | None,
+        blocker_trace_contexts: tuple[str | None, ...] = (),
     ) -> _Creation | None:
         """Spans of every tracing observer for a job about to be inserted, or None."""
         spans: list[CreationSpan] = []
@@ -96,6 +104,7 @@ class Observers:
                     job=job,
                     chain_trace_context=chain_trace_context,
                     origin_trace_context=origin_trace_context,
+                    blocker_trace_contexts=blocker_trace_contexts,
                 )
             except Exception:
                 self.failed_once(observer, "start_creation_span")
@@ -204,22 +213,31 @@ NO_OBSERVERS = Observers()
 
 
 def trace_new_jobs(
-    observers: Observers, jobs: Sequence[NewJob], origin: Job[Any] | None
+    session: Session,
+    ctx: Context,
+    jobs: Sequence[NewJob],
+    origin: Job[Any] | None,
+    blockers: Sequence[Sequence[uuid.UUID]],
 ) -> tuple[list[NewJob], list[_Creation | None]]:
     """The jobs with the trace contexts their creation spans give, and the spans.
 
     ``origin``: the job continued from (None for chains' first jobs), whose
-    chain context the new jobs inherit.
+    chain context the new jobs inherit; ``blockers``: each job's blocker
+    chains, whose stored contexts its span links to (one read, only if any).
     """
+    observers = ctx.observers
+    wanted = {chain_id for chain_ids in blockers for chain_id in chain_ids}
+    contexts = chain_trace_contexts(session, ctx.models, wanted) if wanted else {}
     traced: list[NewJob] = []
     spans: list[_Creation | None] = []
     chain_context = origin.chain_trace_context if origin is not None else None
     origin_context = origin.trace_context if origin is not None else None
-    for new in jobs:
+    for new, chain_ids in zip(jobs, blockers, strict=True):
         span = observers.start_creation_span(
             JobInfo(new.id, new.type_name, new.chain_id, new.chain_type_name),
             chain_context,
             origin_context,
+            tuple(contexts.get(chain_id) for chain_id in chain_ids),
         )
         spans.append(span)
         if span is None:

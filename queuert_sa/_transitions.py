@@ -166,7 +166,9 @@ def start_chains(
         jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
     spans = None
     if ctx.observers.active:
-        jobs, spans = observing.trace_new_jobs(ctx.observers, jobs, None)
+        jobs, spans = observing.trace_new_jobs(
+            session, ctx, jobs, None, [chain_ids for _, chain_ids in blockers]
+        )
     ops.insert_jobs(session, ctx.models, jobs)
     ops_blockers.insert_blockers(
         session,
@@ -407,7 +409,7 @@ def _insert_continuation(
     )
     spans = None
     if ctx.observers.active:
-        (new,), spans = observing.trace_new_jobs(ctx.observers, [new], job)
+        (new,), spans = observing.trace_new_jobs(session, ctx, [new], job, [next_job.blockers])
     created = ops.insert_continuation(session, ctx.models, ctx.capabilities, new)
     if created and spans is not None:
         observing.created_after_commit(session, ctx.observers, [new], spans, [next_job.blockers])

@@ -210,11 +210,13 @@ class Observer(Protocol):
         job: JobInfo,
         chain_trace_context: str | None,
         origin_trace_context: str | None,
+        blocker_trace_contexts: tuple[str | None, ...],
     ) -> CreationSpan | None:
         """A job is about to be inserted: a span whose context is stored with it, or None.
 
         ``chain_trace_context`` is None for a chain's first job (the span may
-        start the chain's); ``origin_trace_context`` is the job continued from.
+        start the chain's); ``origin_trace_context`` is the job continued
+        from; ``blocker_trace_contexts`` the chains the job waits for, by slot.
         """
         ...
 
@@ -330,6 +332,7 @@ class BaseObserver:
         job: JobInfo,
         chain_trace_context: str | None,
         origin_trace_context: str | None,
+        blocker_trace_contexts: tuple[str | None, ...],
     ) -> CreationSpan | None:
         return None
 

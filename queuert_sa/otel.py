@@ -10,7 +10,7 @@ Uses the global tracer and meter providers unless given others; configure the
 SDK and its exporters as usual (``queuert-sa worker --metrics-port`` does it
 for Prometheus). What it records:
 
-* **Counters** (``queuert.job.created``, ``queuert.job.attempt.started`` /
+* **Counters**, counted in Python and read when the SDK collects (``queuert.job.created``, ``queuert.job.attempt.started`` /
   ``.completed`` / ``.failed``, ``queuert.job.completed`` / ``.failed``,
   ``queuert.chain.created`` / ``.completed`` ..., see ``docs/observability.md``)
   by job type and chain type. Worker ids are left out unless
@@ -24,13 +24,14 @@ for Prometheus). What it records:
   scheduled, blocked, running) and ``queuert.job_type.oldest_ready_age``
   (the queue lag, seconds).
 * **Spans**: ``create chain.{type}`` (PRODUCER, a child of the span current
-  when ``start_chain`` runs, e.g. the HTTP request's) with ``create
-  job.{type}`` under it; each continuation's ``create job.{type}`` under the
-  chain's span, linked to the job it continued from; ``start
-  job-attempt.{type}`` (CONSUMER) under its job's span, current while the
-  handler runs, ERROR with the exception when the attempt fails; ``complete
-  chain.{type}`` when the chain ends. Contexts are stored in the job rows as
-  W3C ``traceparent`` strings, so one trace follows a chain across processes.
+  when ``start_chain`` runs, e.g. the HTTP request's: the creation of the
+  chain and of its first job); each continuation's ``create job.{type}``
+  under the chain's span, linked to the job it continued from, and to the
+  chains it waits for; ``start job-attempt.{type}`` (CONSUMER) under its
+  job's span, current while the handler runs, ERROR with the exception when
+  the attempt fails, with a ``chain completed`` event when it ends the chain.
+  Contexts are stored in the job rows as W3C ``traceparent`` strings, so one
+  trace follows a chain across processes.
 """
 
 from __future__ import annotations
@@ -89,6 +90,35 @@ _COUNTERS = {
 }
 
 
+_PROCESSING = "queuert.job_type.processing"
+
+
+class _Totals:
+    """Counts kept in Python, read by the SDK's asynchronous instruments when it collects.
+
+    An event costs a dict increment under a lock instead of an SDK measurement
+    (which cleans, hashes and aggregates its attributes each time: about 30 µs).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[tuple[tuple[str, Any], ...], int]] = {}
+
+    def add(self, name: str, attributes: dict[str, Any], amount: int = 1) -> None:
+        key = tuple(attributes.items())
+        with self._lock:
+            counts = self._counts.setdefault(name, {})
+            counts[key] = counts.get(key, 0) + amount
+
+    def reader(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                counts = list(self._counts.get(name, {}).items())
+            return [Observation(value, dict(key)) for key, value in counts]
+
+        return observe
+
+
 def _unit(name: str) -> str:
     """A counter's unit, in the semantic conventions' style (``{job}``: a count of jobs)."""
     if name.endswith(".error"):
@@ -122,7 +152,6 @@ def _traceparent(span: trace.Span) -> str | None:
 def _job_attributes(job: JobInfo) -> dict[str, Any]:
     return {
         "messaging.system": "queuert",
-        "messaging.destination.name": job.type_name,
         "queuert.job.id": str(job.id),
         "queuert.job.type": job.type_name,
         "queuert.chain.id": str(job.chain_id),
@@ -131,36 +160,28 @@ def _job_attributes(job: JobInfo) -> dict[str, Any]:
 
 
 class _Creation:
-    """The spans of one job's creation, ended after its transaction commits."""
+    """The span of one job's creation, ended after its transaction commits."""
 
-    __slots__ = ("_spans", "chain_trace_context", "trace_context")
+    __slots__ = ("_span", "chain_trace_context", "trace_context")
 
-    def __init__(self, spans: list[trace.Span], chain_trace_context: str | None) -> None:
-        self._spans = spans
-        self.trace_context = _traceparent(spans[-1])
-        self.chain_trace_context = chain_trace_context
+    def __init__(self, span: trace.Span, chain_trace_context: str | None) -> None:
+        self._span = span
+        self.trace_context = _traceparent(span)
+        # A chain's first job: its span is the chain's.
+        self.chain_trace_context = chain_trace_context or self.trace_context
 
     def end(self) -> None:
-        for span in reversed(self._spans):
-            span.end()
+        self._span.end()
 
 
 class _Attempt:
     """The span of one attempt."""
 
-    __slots__ = ("_chain_link", "_job", "_span", "_tracer")
+    __slots__ = ("_job", "_span")
 
-    def __init__(
-        self,
-        tracer: trace.Tracer,
-        span: trace.Span,
-        job: JobInfo,
-        chain_link: trace.SpanContext | None,
-    ) -> None:
-        self._tracer = tracer
+    def __init__(self, span: trace.Span, job: JobInfo) -> None:
         self._span = span
         self._job = job
-        self._chain_link = chain_link
 
     def activate(self) -> Callable[[], None]:
         token = otel_context.attach(trace.set_span_in_context(self._span))
@@ -179,6 +200,8 @@ class _Attempt:
             span.set_attribute("queuert.attempt.result", "completed")
             if continued_with is not None:
                 span.set_attribute("queuert.continued_with.job_type", continued_with)
+            if chain_completed:
+                span.add_event("chain completed", {"queuert.chain.type": self._job.chain_type_name})
             span.set_status(Status(StatusCode.OK))
         else:
             span.set_attribute("queuert.attempt.result", "failed")
@@ -187,19 +210,6 @@ class _Attempt:
                 span.set_attribute("queuert.rescheduled_at", retry_at.isoformat())
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        if chain_completed:
-            job = self._job
-            done = self._tracer.start_span(
-                f"complete chain.{job.chain_type_name}",
-                context=trace.set_span_in_context(span),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "queuert.chain.id": str(job.chain_id),
-                    "queuert.chain.type": job.chain_type_name,
-                },
-                links=[Link(self._chain_link)] if self._chain_link is not None else None,
-            )
-            done.end()
         span.end()
 
 
@@ -227,10 +237,16 @@ class OtelObserver(BaseObserver):
         self._traces = traces
         self._worker_ids = worker_id_attribute
         meter = metrics.get_meter(_SCOPE, __version__, meter_provider=meter_provider)
-        self._counters = {
-            name: meter.create_counter(name, unit=_unit(name), description=description)
-            for name, description in _COUNTERS.items()
-        }
+        # Counters are counted here and read by the SDK when it collects
+        # (asynchronous instruments): an increment per event, not a measurement.
+        self._totals = _Totals()
+        for name, description in _COUNTERS.items():
+            meter.create_observable_counter(
+                name,
+                callbacks=[self._totals.reader(name)],
+                unit=_unit(name),
+                description=description,
+            )
 
         def histogram(name: str, description: str) -> metrics.Histogram:
             return meter.create_histogram(
@@ -249,8 +265,11 @@ class OtelObserver(BaseObserver):
         self._chain_duration = histogram(
             "queuert.chain.duration", "Chains, from creation to their last job's completion"
         )
-        self._processing = meter.create_up_down_counter(
-            "queuert.job_type.processing", unit="{attempt}", description="Attempts running now"
+        meter.create_observable_up_down_counter(
+            _PROCESSING,
+            callbacks=[self._totals.reader(_PROCESSING)],
+            unit="{attempt}",
+            description="Attempts running now in this process",
         )
         self._lock = threading.Lock()
         self._backlog: Sequence[BacklogCount] = ()
@@ -269,8 +288,8 @@ class OtelObserver(BaseObserver):
 
     # --- metrics ------------------------------------------------------------------------
 
-    def _count(self, name: str, attributes: dict[str, Any]) -> None:
-        self._counters[name].add(1, attributes)
+    def _count(self, name: str, attributes: dict[str, Any], amount: int = 1) -> None:
+        self._totals.add(name, attributes, amount)
 
     def _job(self, job: JobInfo, worker_id: str | None = None) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -318,7 +337,7 @@ class OtelObserver(BaseObserver):
 
     def job_attempt_started(self, *, job: JobInfo, worker_id: str) -> None:
         self._count("queuert.job.attempt.started", self._job(job, worker_id))
-        self._processing.add(1, {"queuert.job.type": job.type_name})
+        self._count(_PROCESSING, {"queuert.job.type": job.type_name})
 
     def job_attempt_completed(
         self, *, job: JobInfo, worker_id: str, duration: float, continued_with: str | None
@@ -328,7 +347,7 @@ class OtelObserver(BaseObserver):
         self._attempt_duration.record(
             duration, {**attributes, "queuert.attempt.result": "completed"}
         )
-        self._processing.add(-1, {"queuert.job.type": job.type_name})
+        self._count(_PROCESSING, {"queuert.job.type": job.type_name}, -1)
 
     def job_attempt_failed(
         self,
@@ -342,7 +361,7 @@ class OtelObserver(BaseObserver):
         attributes = {**self._job(job, worker_id), "error.type": type(error).__qualname__}
         self._count("queuert.job.attempt.failed", attributes)
         self._attempt_duration.record(duration, {**attributes, "queuert.attempt.result": "failed"})
-        self._processing.add(-1, {"queuert.job.type": job.type_name})
+        self._count(_PROCESSING, {"queuert.job.type": job.type_name}, -1)
 
     def job_attempt_taken_by_another_worker(self, *, job: JobInfo, worker_id: str) -> None:
         self._count("queuert.job.attempt.taken_by_another_worker", self._job(job, worker_id))
@@ -416,38 +435,40 @@ class OtelObserver(BaseObserver):
         job: JobInfo,
         chain_trace_context: str | None,
         origin_trace_context: str | None,
+        blocker_trace_contexts: tuple[str | None, ...] = (),
     ) -> _Creation | None:
         if not self._traces:
             return None
-        attributes = _job_attributes(job)
+        # The chains it waits for: links (their traces may be other requests').
+        links = [
+            Link(context, {"queuert.blocker.index": index})
+            for index, stored in enumerate(blocker_trace_contexts)
+            if (context := _span_context_of(stored)) is not None
+        ]
         if job.id == job.chain_id:
-            # A chain's first job: the chain's span, under the caller's current one.
-            chain = self._tracer.start_span(
+            # A chain's first job: one span, the chain's, under the caller's current one.
+            span = self._tracer.start_span(
                 f"create chain.{job.chain_type_name}",
                 kind=SpanKind.PRODUCER,
-                attributes={
-                    "queuert.chain.id": str(job.chain_id),
-                    "queuert.chain.type": job.chain_type_name,
-                },
+                attributes=_job_attributes(job),
+                links=links or None,
             )
-            first = self._tracer.start_span(
-                f"create job.{job.type_name}",
-                context=trace.set_span_in_context(chain),
-                kind=SpanKind.PRODUCER,
-                attributes=attributes,
-            )
-            return _Creation([chain, first], _traceparent(chain))
-        # A continuation: a sibling of the chain's other jobs, linked to its origin.
+            return _Creation(span, None)
+        # A continuation: a sibling of the chain's other jobs, linked to the job
+        # it continued from (unless that is the chain's first, its parent anyway).
         parent = _context_of(chain_trace_context) or _context_of(origin_trace_context)
-        origin = _span_context_of(origin_trace_context)
+        if origin_trace_context != chain_trace_context:
+            origin = _span_context_of(origin_trace_context)
+            if origin is not None:
+                links.insert(0, Link(origin, {"queuert.link": "continued_from"}))
         span = self._tracer.start_span(
             f"create job.{job.type_name}",
             context=parent,
             kind=SpanKind.PRODUCER,
-            attributes=attributes,
-            links=[Link(origin)] if origin is not None else None,
+            attributes=_job_attributes(job),
+            links=links or None,
         )
-        return _Creation([span], chain_trace_context)
+        return _Creation(span, chain_trace_context)
 
     def start_attempt_span(
         self,
@@ -461,15 +482,13 @@ class OtelObserver(BaseObserver):
             return None
         # A job stored without a context (created before tracing) starts a trace.
         parent = _context_of(trace_context) or otel_context.Context()
+        attributes = _job_attributes(job)
+        attributes["queuert.job.attempt"] = job.attempt
+        attributes["queuert.worker.id"] = worker_id
         span = self._tracer.start_span(
             f"start job-attempt.{job.type_name}",
             context=parent,
             kind=SpanKind.CONSUMER,
-            attributes={
-                **_job_attributes(job),
-                "messaging.operation.type": "process",
-                "queuert.job.attempt": job.attempt,
-                "queuert.worker.id": worker_id,
-            },
+            attributes=attributes,
         )
-        return _Attempt(self._tracer, span, job, _span_context_of(chain_trace_context))
+        return _Attempt(span, job)

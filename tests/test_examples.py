@@ -445,24 +445,24 @@ def test_tracing_example_prints_one_trace_from_request_to_attempts(
     example_db_args: list[str],
 ) -> None:
     lines = run_script("tracing.py", *example_db_args).splitlines()
-    assert lines[:9] == [
+    assert lines[:10] == [
         "trace:",
         "  POST /orders  [INTERNAL, UNSET]",
         "    create chain.place-order  [PRODUCER, UNSET]",
-        "      create job.place-order  [PRODUCER, UNSET]",
-        "        start job-attempt.place-order  [CONSUMER, OK]",
+        "      start job-attempt.place-order  [CONSUMER, OK]",
+        "      create job.charge-card  [PRODUCER, UNSET]",
+        "        start job-attempt.charge-card  [CONSUMER, OK]",
         "      create job.send-receipt  [PRODUCER, UNSET, linked to 1]",
-        "        start job-attempt.send-receipt  [CONSUMER, ERROR]",
-        "        start job-attempt.send-receipt  [CONSUMER, OK]",
-        "          complete chain.place-order  [CONSUMER, UNSET, linked to 1]",
-    ], lines
-    assert lines[9:] == [
+        "        start job-attempt.send-receipt  [CONSUMER, ERROR, events: exception]",
+        "        start job-attempt.send-receipt  [CONSUMER, OK, events: chain completed]",
         "metrics:",
+    ], lines
+    assert lines[10:] == [
         "  queuert.chain.created = 1",
-        "  queuert.job.created = 2",
-        "  queuert.job.attempt.started = 3",
-        "  queuert.job.attempt.completed = 2",
+        "  queuert.job.created = 3",
+        "  queuert.job.attempt.started = 4",
+        "  queuert.job.attempt.completed = 3",
         "  queuert.job.attempt.failed = 1",
-        "  queuert.job.attempt.duration = 3",
+        "  queuert.job.attempt.duration = 4",
         "  queuert.chain.completed = 1",
     ], lines

@@ -32,11 +32,14 @@ import queuert_sa as q
 from queuert_sa.otel import DURATION_BUCKETS, OtelObserver
 
 from .app import WorkIn, work
-from .test_observers import observe, two_step_handlers, wait_for
+from .conftest import Db
+from .test_observers import blocking_kit, fetch, merge, observe, two_step_handlers, wait_for
 from .test_worker import new_user_chain
 from .workers import Kit
 
 ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["blocking_kit"]  # a fixture, used by name
 
 
 class Otel:
@@ -105,11 +108,9 @@ def test_a_chain_started_in_a_request_is_one_trace_down_to_every_attempt(
     assert set(spans) == {
         "POST /signup",
         "create chain.signup",
-        "create job.signup",
         "start job-attempt.signup",
         "create job.greet",
         "start job-attempt.greet",
-        "complete chain.signup",
     }
     trace_id = request.get_span_context().trace_id
     assert {s.context.trace_id for s in spans.values()} == {trace_id}
@@ -120,15 +121,14 @@ def test_a_chain_started_in_a_request_is_one_trace_down_to_every_attempt(
         (found,) = [s.name for s in spans.values() if s.context.span_id == parent_context.span_id]
         return found
 
+    # The chain's span is the request's child and its first job's creation.
     assert parent("create chain.signup") == "POST /signup"
-    assert parent("create job.signup") == "create chain.signup"
-    assert parent("start job-attempt.signup") == "create job.signup"
-    # Continuations are siblings under the chain, linked to the job they came from.
+    assert parent("start job-attempt.signup") == "create chain.signup"
+    # Continuations are siblings under the chain (a ten-step chain is not ten deep).
     assert parent("create job.greet") == "create chain.signup"
-    (link,) = spans["create job.greet"].links
-    assert link.context.span_id == spans["create job.signup"].context.span_id
     assert parent("start job-attempt.greet") == "create job.greet"
-    assert parent("complete chain.signup") == "start job-attempt.greet"
+    (ended,) = spans["start job-attempt.greet"].events
+    assert ended.name == "chain completed"
     assert spans["create chain.signup"].kind == SpanKind.PRODUCER
     attempt = spans["start job-attempt.signup"]
     assert attempt.kind == SpanKind.CONSUMER
@@ -141,11 +141,13 @@ def test_a_chain_started_in_a_request_is_one_trace_down_to_every_attempt(
     # The contexts are stored as W3C traceparent strings on the rows.
     job = kit.client.get_job(chain.id)
     assert job.trace_context is not None
-    assert job.trace_context.startswith(
-        f"00-{trace_id:032x}-{spans['create job.signup'].context.span_id:016x}-"
-    )
-    assert job.chain_trace_context is not None
-    assert f"{spans['create chain.signup'].context.span_id:016x}" in job.chain_trace_context
+    chain_span = spans["create chain.signup"].context
+    assert job.trace_context.startswith(f"00-{trace_id:032x}-{chain_span.span_id:016x}-")
+    assert job.chain_trace_context == job.trace_context
+    (second,) = [j for j in kit.client.list_chain_jobs(chain.id).items if j.chain_index == 1]
+    assert second.chain_trace_context == job.chain_trace_context
+    assert second.trace_context is not None
+    assert f"{spans['create job.greet'].context.span_id:016x}" in second.trace_context
     # Metrics of the same run.
     assert otel.total("queuert.job.created") == 2
     assert otel.total("queuert.chain.created", **{"queuert.chain.type": "signup"}) == 1
@@ -308,20 +310,20 @@ out.close()
 """
 
 
-def test_the_trace_crosses_into_a_worker_process(kit: Kit, otel: Otel, tmp_path: Path) -> None:
-    if kit.is_async:
-        pytest.skip("the other process runs the thread worker; one run is enough")
-    observe(kit, otel.observer())
+def test_the_trace_crosses_into_a_worker_process(db: Db, otel: Otel, tmp_path: Path) -> None:
+    from .app import job_types
+
+    client = q.Queuert(db.engine, job_types, observers=[otel.observer()])
     with (
         otel.tracer.start_as_current_span("POST /work") as request,
-        Session(kit.db.engine) as s,
+        Session(db.engine) as s,
         s.begin(),
     ):
-        kit.client.start_chain(s, work, {"n": 5, "sleep": 0})
-    kit.db.engine.dispose()  # SQLite: let the other process write
+        client.start_chain(s, work, {"n": 5, "sleep": 0})
+    db.engine.dispose()  # SQLite: let the other process write
     out = tmp_path / "spans.jsonl"
     subprocess.run(
-        [sys.executable, "-c", WORKER_SCRIPT, kit.db.url, str(out)],
+        [sys.executable, "-c", WORKER_SCRIPT, db.url, str(out)],
         check=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -329,7 +331,7 @@ def test_the_trace_crosses_into_a_worker_process(kit: Kit, otel: Otel, tmp_path:
     )
     spans = [json.loads(line) for line in out.read_text().splitlines()]
     (attempt,) = [s for s in spans if s["name"] == "start job-attempt.work"]
-    created = otel.span("create job.work")
+    created = otel.span("create chain.work")
     assert attempt["context"]["trace_id"] == f"0x{request.get_span_context().trace_id:032x}"
     assert attempt["parent_id"] == f"0x{created.context.span_id:016x}"
     assert attempt["kind"] == "SpanKind.CONSUMER"
@@ -375,4 +377,23 @@ def test_a_failed_commit_reports_a_failed_attempt_and_no_completion(kit: Kit, ot
     assert otel.total("queuert.job.completed") == 0
     assert otel.total("queuert.job.attempt.failed") == 1
     assert otel.span("start job-attempt.work").status.status_code == StatusCode.ERROR
-    assert "complete chain.work" not in [s.name for s in otel.finished()]
+    assert otel.span("start job-attempt.work").events[-1].name == "exception"
+
+
+def test_a_job_waiting_for_other_chains_links_to_their_traces(
+    blocking_kit: Kit, otel: Otel
+) -> None:
+    kit = blocking_kit
+    observe(kit, otel.observer())
+    with otel.tracer.start_as_current_span("POST /fetch"), Session(kit.db.engine) as s, s.begin():
+        blocker = kit.client.start_chain(s, fetch, {"url": "a"})
+    with otel.tracer.start_as_current_span("POST /merge"), Session(kit.db.engine) as s, s.begin():
+        kit.client.start_chain(s, merge, {"url": "m"}, blockers=[blocker])
+    merge_job = otel.span("create chain.merge")
+    (link,) = merge_job.links
+    assert link.context.span_id == otel.span("create chain.fetch").context.span_id
+    assert link.attributes is not None
+    assert link.attributes["queuert.blocker.index"] == 0
+    # Its own trace is its request's: the blocker's is another one, linked.
+    assert merge_job.context.trace_id == otel.span("POST /merge").context.trace_id
+    assert link.context.trace_id == otel.span("POST /fetch").context.trace_id

@@ -268,7 +268,7 @@ def test_sigkill_mid_attempt_reports_nothing_and_the_retry_continues_the_trace(
     finally:
         rescuer.client.engine.dispose()
     (attempt,) = [s for s in otel.finished() if s.name == "start job-attempt.work"]
-    created = otel.span("create job.work")
+    created = otel.span("create chain.work")
     assert attempt.context.trace_id == request.get_span_context().trace_id
     assert attempt.parent is not None
     assert attempt.parent.span_id == created.context.span_id

@@ -7,6 +7,7 @@ status is that of its latest job. Same rules as :mod:`.operations`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
 from sqlalchemy import RowMapping, func, or_, select
 
@@ -78,3 +79,17 @@ def lock_chain(
     if root_row is None or root_row["id"] != chain_id:
         return None
     return root_row, latest_row
+
+
+def chain_trace_contexts(
+    executor: Executor, models: Models, chain_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, str | None]:
+    """Each chain's stored ``chain_trace_context`` (from its first job), by chain id."""
+    if not chain_ids:
+        return {}
+    table = models.job_table
+    stmt = select(table.c.id, table.c.chain_trace_context).where(
+        table.c.id.in_(list(chain_ids)), table.c.chain_index == 0
+    )
+    with database_errors("read chain trace contexts", models):
+        return {row.id: row.chain_trace_context for row in executor.execute(stmt)}
