@@ -30,6 +30,7 @@ from ._errors import DatabaseError as DatabaseError
 from ._errors import DatabaseUnavailableError as DatabaseUnavailableError
 from ._errors import DeduplicationError as DeduplicationError
 from ._errors import DuplicateHandlerError as DuplicateHandlerError
+from ._errors import DuplicateJobIdError as DuplicateJobIdError
 from ._errors import DuplicateJobTypeError as DuplicateJobTypeError
 from ._errors import EngineMismatchError as EngineMismatchError
 from ._errors import HandlerError as HandlerError
@@ -103,6 +104,7 @@ __all__ = [
     "Dedup",
     "DeduplicationError",
     "DuplicateHandlerError",
+    "DuplicateJobIdError",
     "DuplicateJobTypeError",
     "Duration",
     "EngineMismatchError",

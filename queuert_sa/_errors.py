@@ -10,11 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 class QueuertError(Exception):
     """Base class of every error raised by queuert_sa."""
+
+    #: Raised from an attempt, fails the job at once (no retry can fix it).
+    fails_job: ClassVar[bool] = False
 
 
 # --- job types and input validation (raised before any SQL is sent) ---------
@@ -112,6 +115,27 @@ class InvalidPriorityError(JobTypeError):
     def __init__(self, message: str, *, type_name: str, value: object) -> None:
         super().__init__(message, type_name=type_name)
         self.value = value
+
+
+class DuplicateJobIdError(QueuertError):
+    """An id given to ``start_chain(id=...)`` or ``continue_with(id=...)`` is another job's.
+
+    Checked before the INSERT, so the caller's transaction is still usable.
+    Raised from an attempt's ``continue_with``, it fails the job at once:
+    running it again would collide again.
+    """
+
+    fails_job = True
+
+    def __init__(self, job_id: uuid.UUID, *, chain_id: uuid.UUID) -> None:
+        super().__init__(
+            f"Job id {job_id} is already used by a job of chain {chain_id}; an id passed as "
+            "id= must be new. Leave id= out for a fresh one, or derive it from something "
+            "unique to this step (a continuation written twice with the same id at the same "
+            "step of its chain is one job)."
+        )
+        self.job_id = job_id
+        self.chain_id = chain_id
 
 
 class InvalidJobIdError(QueuertError):

@@ -155,7 +155,9 @@ def retry_decision(
 ) -> tuple[dt.datetime | None, str]:
     """When a failed attempt runs again (None: never, the job fails), and the error text to keep.
 
-    ``Fail`` and the exceptions of ``fail_on`` fail the job at once; so does
+    ``Fail``, the exceptions of ``fail_on`` and queuert's errors that no
+    retry can fix (``fails_job``, e.g. ``DuplicateJobIdError``) fail the job
+    at once; so does
     any other failure of attempt number ``max_attempts``. ``Reschedule`` is
     the handler's choice of time, not a failure: it never fails the job (its
     attempts still count towards the limit). Any other exception waits the
@@ -170,6 +172,8 @@ def retry_decision(
         return max(at, now), f"Reschedule: {exc.reason or 'rescheduled by the handler'}"
     if isinstance(exc, Fail):
         return None, f"Fail: {exc.reason or 'failed by the handler'}"
+    if getattr(type(exc), "fails_job", False):
+        return None, describe_error(exc)  # e.g. DuplicateJobIdError: would fail again
     if isinstance(exc, (SystemExit, KeyboardInterrupt)):
         # The process is ending, which is no fault of the job's.
         return now + backoff_delay(attempt, backoff, rng), describe_error(exc)

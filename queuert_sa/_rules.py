@@ -68,6 +68,8 @@ class Continued:
     blockers: list[uuid.UUID]
     priority: int | None = None
     """The next job's priority; ``None``: the current job's (inherited)."""
+    explicit_id: bool = False
+    """``id`` was given by the caller (checked against other jobs' before the INSERT)."""
 
 
 Decision = Completed | Continued
@@ -184,6 +186,7 @@ def continuation(
         run_in=start.run_in,
         blockers=check_blocker_refs(target, start.blockers),
         priority=check_priority(target.name, start.priority),
+        explicit_id=start.id is not None,
     )
 
 

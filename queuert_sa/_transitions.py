@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from queuert_sa._logs import get_logger
 
 from . import _observing as observing
+from . import _start_checks as checks
 from . import hooks
 from ._context import Context
 from ._entities import Chain, Dedup, Job
@@ -53,14 +54,9 @@ from .notify import NotifyAdapter
 from .state import NewJob
 from .state import blockers as ops_blockers
 from .state import chains as ops_chains
-from .state import dedup as ops_dedup
 from .state import operations as ops
 
 log = get_logger("queuert_sa")
-
-#: How often a deduplicated start looks again when its match is deleted meanwhile.
-DEDUP_LOOKUPS = 10
-
 
 # --- notifications after COMMIT -----------------------------------------------------
 
@@ -84,13 +80,17 @@ def resolve_blockers(
     session: Session,
     ctx: Context,
     wanted: Sequence[tuple[JobType[Any, Any], list[uuid.UUID]]],
+    batch: Mapping[uuid.UUID, str] | None = None,
 ) -> list[JobStatus]:
     """Check that the blocker chains exist and fit their slots; the new jobs' statuses.
 
     Locks each blocker chain's latest job (see ``read_blocker_chains``). A job
     whose blockers are all completed starts ``pending``, otherwise ``blocked``.
+    ``batch``: chains started in the same INSERT (id -> type), which may be
+    blockers too (open, so their dependents start ``blocked``).
     """
-    ids = {chain_id for _, chain_ids in wanted for chain_id in chain_ids}
+    batch = batch or {}
+    ids = {c for _, chain_ids in wanted for c in chain_ids if c not in batch}
     if ids:
         # SQLite: become the writer before reading, so the read is not stale
         # when the INSERT comes (another writer committing in between would
@@ -103,7 +103,7 @@ def resolve_blockers(
     for job_type, chain_ids in wanted:
         done = True
         for index, chain_id in enumerate(chain_ids):
-            info = found.get(chain_id)
+            info = (batch[chain_id], False) if chain_id in batch else found.get(chain_id)
             if info is None:
                 raise InvalidBlockersError(
                     f"Job type {job_type.name!r}: blocker chain {chain_id} (slot {index}) does "
@@ -120,6 +120,32 @@ def resolve_blockers(
             done = done and info[1]
         statuses.append(JobStatus.PENDING if done else JobStatus.BLOCKED)
     return statuses
+
+
+def check_no_cycle(
+    jobs: Sequence[NewJob], blockers: Sequence[tuple[JobType[Any, Any], list[uuid.UUID]]]
+) -> None:
+    """Refuse chains of one batch that wait for each other (or for themselves): none would run."""
+    waits = {job.id: set(ids) for job, (_, ids) in zip(jobs, blockers, strict=True)}
+    done: set[uuid.UUID] = set()
+
+    def visit(chain_id: uuid.UUID, path: list[uuid.UUID]) -> None:
+        if chain_id in path:
+            loop = " -> ".join(str(c) for c in [*path[path.index(chain_id) :], chain_id])
+            raise InvalidBlockersError(
+                f"These chains of one start_chains batch wait for each other, so none would "
+                f"ever run: {loop}. A chain may wait for any other chain of the batch, or one "
+                "already started, but not for one that (through others) waits for it.",
+                type_name=jobs[0].type_name,
+            )
+        if chain_id in done or chain_id not in waits:
+            return
+        for blocker in waits[chain_id]:
+            visit(blocker, [*path, chain_id])
+        done.add(chain_id)
+
+    for job in jobs:
+        visit(job.id, [])
 
 
 def start_chains(
@@ -156,13 +182,17 @@ def start_chains(
                 priority=priority or 0,
             )
         )
-    duplicates = find_duplicates(session, ctx, starts, jobs, now)
+    duplicates = checks.find_duplicates(session, ctx, starts, jobs, now)
     fresh = [i for i in range(len(jobs)) if i not in duplicates]
     if len(fresh) < len(jobs):
         jobs = [jobs[i] for i in fresh]
         blockers = [blockers[i] for i in fresh]
+    given = [job.id for i, job in zip(fresh, jobs, strict=True) if starts[i].id is not None]
+    checks.check_new_ids(session, ctx, given)
     if any(chain_ids for _, chain_ids in blockers):
-        statuses = resolve_blockers(session, ctx, blockers)
+        batch = {job.id: job.type_name for job in jobs}
+        check_no_cycle(jobs, blockers)
+        statuses = resolve_blockers(session, ctx, blockers, batch)
         jobs = [dataclasses.replace(j, status=s) for j, s in zip(jobs, statuses, strict=True)]
     spans = None
     if ctx.observers.active:
@@ -213,66 +243,6 @@ def start_chains(
         else:
             results.append(duplicate)
     return results
-
-
-def find_duplicates(
-    session: Session,
-    ctx: Context,
-    starts: Sequence[ChainStart[Any, Any]],
-    jobs: Sequence[NewJob],
-    now: dt.datetime,
-) -> dict[int, Chain[Any, Any] | int]:
-    """Which starts duplicate an existing chain (the chain) or an earlier start (its index).
-
-    Concurrent transactions with the same (chain type, key) are serialised
-    first (an advisory lock on PostgreSQL, the write lock on SQLite), so the
-    lookup sees any chain a concurrent start committed.
-    """
-    keyed = [(i, start.dedup) for i, start in enumerate(starts) if start.dedup is not None]
-    if not keyed:
-        return {}
-    keys = {(jobs[i].chain_type_name, dedup.key) for i, dedup in keyed}
-    isolation = ops_dedup.lock_dedup_keys(session, ctx.models, ctx.capabilities, keys)
-    if isolation is not None and isolation != "read committed":
-        raise DeduplicationError(
-            f"Deduplication needs a READ COMMITTED transaction on PostgreSQL; this one is "
-            f"{isolation.upper()}, whose snapshot would miss a chain that a concurrent "
-            "transaction just committed. Start deduplicated chains in a READ COMMITTED "
-            "transaction (the default)."
-        )
-    found: dict[int, Chain[Any, Any] | int] = {}
-    first_of_key: dict[tuple[str, str], int] = {}
-    for i, dedup in keyed:
-        job = jobs[i]
-        batch_key = (job.chain_type_name, dedup.key)
-        if batch_key in first_of_key:
-            first = first_of_key[batch_key]
-            found[i] = found.get(first, first)
-            continue
-        first_of_key[batch_key] = i
-        rows = None
-        for _ in range(DEDUP_LOOKUPS):
-            chain_id = ops_dedup.find_duplicate(
-                session,
-                ctx.models,
-                chain_type_name=job.chain_type_name,
-                key=dedup.key,
-                scope=dedup.scope,
-                since=now - dedup.window if dedup.window is not None else None,
-                exclude=dedup.exclude,
-            )
-            if chain_id is None:
-                break
-            rows = ops_chains.get_chain(session, ctx.models, chain_id)
-            if rows is not None:
-                break
-            # Deleted (delete_chains, cleanup) between the two reads: look again.
-        if rows is None:
-            continue
-        job_type = ctx.job_types.resolve(starts[i].job_type)
-        chain = chain_from_rows(ctx.job_types, *rows, job_type)
-        found[i] = dataclasses.replace(chain, deduplicated=True)
-    return found
 
 
 # --- finishing a job ------------------------------------------------------------------
@@ -388,6 +358,8 @@ def _chains_completed(
 def _insert_continuation(
     session: Session, ctx: Context, job: Job[Any], next_job: Continued, now: dt.datetime
 ) -> None:
+    if next_job.explicit_id:
+        checks.check_new_ids(session, ctx, [next_job.id], (job.chain_id, job.chain_index + 1))
     status = JobStatus.PENDING
     if next_job.blockers:
         (status,) = resolve_blockers(session, ctx, [(next_job.target, next_job.blockers)])

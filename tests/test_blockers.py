@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
 import queuert_sa._transitions as transitions
+from queuert_sa.models import Job
 
 from .conftest import Db, make_db
 from .test_worker import FakeClock
@@ -205,6 +206,7 @@ def test_two_blockers_completing_at_once_unblock_the_dependent(pg: Db) -> None:
         return attempt.complete({"rows": 1})
 
     worker.handler(merge)(lambda att: att.complete({"n": len(att.blockers)}))
+    worker.handler(fetch_b)(lambda att: att.complete({"from": "b"}))
     worker.start()
     try:
         done = client.await_chain(dependent.id, timeout=dt.timedelta(seconds=20))
@@ -470,6 +472,7 @@ def test_a_dependent_attaching_while_a_group_holds_its_blocker_is_unblocked(pg: 
         return attempt.complete({"rows": 1})
 
     worker.handler(merge)(lambda att: att.complete({"n": len(att.blockers)}))
+    worker.handler(fetch_b)(lambda att: att.complete({"from": "b"}))
     drained = threading.Thread(target=worker.drain, kwargs={"max_jobs": 1})
     drained.start()
     assert inside.wait(10)
@@ -497,3 +500,41 @@ def test_a_dependent_attaching_while_a_group_holds_its_blocker_is_unblocked(pg: 
     assert client.get_job(started[0].id).status == "pending"
     assert worker.drain() == 1
     assert client.get_chain(started[0].id).output == {"n": 1}
+
+
+def test_a_batch_may_use_its_own_chains_as_blockers(db: Db) -> None:
+    client = q.Queuert(db.engine, types)
+    a_id, b_id = uuid.uuid4(), uuid.uuid4()
+    with Session(db.engine) as s, s.begin():
+        dependent, a, b = client.start_chains(
+            s,
+            [
+                merge({"title": "batch"}, blockers=[a_id]),  # before its blocker
+                fetch_a({"source": "a"}, id=a_id),
+                fetch_a({"source": "b"}, id=b_id),
+            ],
+        )
+    assert (a.id, b.id) == (a_id, b_id)
+    assert client.get_chain(dependent.id).status == "blocked"
+    assert [c.id for c in client.get_job_blockers(dependent.id)] == [a_id]
+    assert worker_for(client).drain() == 3
+    output = client.get_chain(dependent.id).output
+    assert output == {"title": "batch", "from": [["fetch-a", "a", {"rows": 1}]]}
+
+
+def test_a_batch_whose_chains_wait_for_each_other_is_refused(db: Db) -> None:
+    client = q.Queuert(db.engine, types)
+    x, y = uuid.uuid4(), uuid.uuid4()
+    with Session(db.engine) as s, s.begin():
+        with pytest.raises(q.InvalidBlockersError, match="wait for each other") as caught:
+            client.start_chains(
+                s,
+                [
+                    merge({"title": "x"}, blockers=[y], id=x),
+                    merge({"title": "y"}, blockers=[x], id=y),
+                ],
+            )
+        assert str(x) in str(caught.value)
+        assert str(y) in str(caught.value)
+    with Session(db.engine) as s:
+        assert s.execute(select(func.count()).select_from(Job)).scalar_one() == 0

@@ -290,7 +290,7 @@ def test_continue_with_id_names_the_next_job(db: Db, as_text: bool) -> None:
     assert client.get_chain(chain_id).current_job_id == wanted
 
 
-def test_continue_with_an_id_already_taken_fails_the_attempt_and_writes_nothing(db: Db) -> None:
+def test_continue_with_an_id_already_taken_fails_the_job_and_writes_nothing(db: Db) -> None:
     clock = FakeClock()
     job_types = q.JobTypes()
     first = job_types.entry("first", input=dict[str, Any], continues_with=["second"])
@@ -308,9 +308,10 @@ def test_continue_with_an_id_already_taken_fails_the_attempt_and_writes_nothing(
 
     assert worker.drain() == 2
     job = client.get_job(mine.id)
-    assert (job.status, job.attempt) == (JobStatus.PENDING, 1)
+    # Refused before the INSERT, and failed at once: a retry would collide again.
+    assert (job.status, job.attempt) == (JobStatus.FAILED, 1)
     assert job.last_attempt_error is not None
-    assert "continue chain failed" in job.last_attempt_error
+    assert f"DuplicateJobIdError: Job id {other.id} is already used" in job.last_attempt_error
     assert len(chain_rows(db, mine.id)) == 1
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-import queuert_sa._transitions as transitions
+import queuert_sa.state.dedup as ops_dedup
 from queuert_sa.models import Job
 
 from .app import Greeting, UserIn, WorkIn, greet, job_types, signup, staged_work, work
@@ -541,7 +541,7 @@ def test_matched_chain_deleted_between_lookup_and_read_starts_a_new_chain(
     up again, not assumed to exist: the start creates a new chain."""
     client = q.Queuert(pg.engine, job_types)
     doomed = start(client, pg, q.Dedup("k"))
-    find_duplicate = transitions.ops_dedup.find_duplicate
+    find_duplicate = ops_dedup.find_duplicate
     deletions: list[uuid.UUID] = []
 
     def deleted_meanwhile(*args: Any, **kwargs: Any) -> Any:
@@ -551,7 +551,7 @@ def test_matched_chain_deleted_between_lookup_and_read_starts_a_new_chain(
                 deletions.extend(c.id for c in client.delete_chains(other, [doomed.id]))
         return found
 
-    monkeypatch.setattr(transitions.ops_dedup, "find_duplicate", deleted_meanwhile)
+    monkeypatch.setattr(ops_dedup, "find_duplicate", deleted_meanwhile)
     fresh = start(client, pg, q.Dedup("k"), n=2)
 
     assert deletions == [doomed.id]

@@ -25,6 +25,7 @@ from queuert_sa.models import Job
 
 from .app import Base, Effect, WorkIn, job_types, work
 from .conftest import Db
+from .faults import refusing_inserts
 
 
 def start(client: q.Queuert, engine: object, n: int = 1) -> q.Chain[WorkIn, int]:
@@ -66,11 +67,12 @@ def test_database_errors_reach_handle_error_listeners_and_hide_parameters(db: Db
     event.listen(engine, "handle_error", on_error)
     client = q.Queuert(engine, job_types)
     try:
-        taken = uuid.uuid4()
-        with Session(engine) as s, s.begin():
-            client.start_chain(s, work, {"n": 1, "sleep": 0}, id=taken)
-        with Session(engine) as s, pytest.raises(q.DatabaseError) as info:
-            client.start_chains(s, [work({"n": 4111_1111_1111_1111, "sleep": 0}, id=taken)])
+        with (
+            refusing_inserts(db, "NEW.type_name = 'work'"),
+            Session(engine) as s,
+            pytest.raises(q.DatabaseError) as info,
+        ):
+            client.start_chains(s, [work({"n": 4111_1111_1111_1111, "sleep": 0})])
     finally:
         engine.dispose()
     assert seen  # SQLAlchemy's error handling ran for the driver-level INSERT

@@ -24,6 +24,7 @@ from queuert_sa.models import Job
 
 from .app import Effect, WorkIn, greet, signup, work
 from .conftest import Db
+from .faults import refusing_inserts, uuid_literal
 from .test_parity import sync_engine_for
 from .test_worker import effects, jobs_of_chain, new_user_chain
 from .workers import Kit, open_kit
@@ -151,7 +152,7 @@ def test_a_group_whose_commit_fails_keeps_nothing_and_retries_every_job(kit: Kit
 
 def test_continuations_in_a_group_commit_with_it_and_a_bad_one_fails_alone(kit: Kit) -> None:
     """A continuation is written in its attempt's SAVEPOINT: one that cannot be kept undoes
-    only that attempt (here: the next job's id is taken)."""
+    only that attempt (here: the database refuses the third one's INSERT)."""
     db, client = kit.db, kit.client
     first = new_user_chain(client, db)
     second = new_user_chain(client, db)
@@ -160,11 +161,11 @@ def test_continuations_in_a_group_commit_with_it_and_a_bad_one_fails_alone(kit: 
 
     @worker.handler(signup, batch=3)
     def handle(attempt: Any) -> q.Outcome:
-        if attempt.job.id == third.id:
-            return attempt.continue_with(greet, {"user_id": 1}, id=first.id)  # taken
         return attempt.continue_with(greet, {"user_id": 1})
 
-    assert worker.drain() == 3
+    refused = f"NEW.chain_id = {uuid_literal(db, third.id)} AND NEW.chain_index > 0"
+    with refusing_inserts(db, refused):
+        assert worker.drain() == 3
     assert [j.status for j in jobs_of_chain(db, first.id)] == ["completed", "pending"]
     assert [j.status for j in jobs_of_chain(db, second.id)] == ["completed", "pending"]
     bad = jobs_of_chain(db, third.id)

@@ -23,6 +23,7 @@ from queuert_sa.models import Job
 
 from .app import Effect, Greeting, User, UserIn, WorkIn, greet, signup, work
 from .conftest import Db
+from .faults import refusing_inserts, uuid_literal
 from .workers import Kit
 
 
@@ -258,12 +259,13 @@ def test_outcome_that_fails_to_write_without_a_savepoint_keeps_nothing(kit: Kit)
 
     @worker.handler(signup)
     def clash(attempt: q.Attempt[UserIn, None]) -> q.Outcome:
-        if attempt.job.id == taken.id:
-            return attempt.continue_with(greet, {"user_id": 1})
-        # The next job reuses an id that exists: its INSERT fails.
-        return attempt.continue_with(greet, {"user_id": 1}, id=taken.id)
+        return attempt.continue_with(greet, {"user_id": 1})
 
-    assert worker.drain() == 2
+    # The database refuses the continuation's INSERT for this chain only.
+    with refusing_inserts(
+        db, f"NEW.chain_id = {uuid_literal(db, chain.id)} AND NEW.chain_index > 0"
+    ):
+        assert worker.drain() == 2
     job = client.get_job(chain.id)
     assert (job.status, job.attempt, job.completed_at) == ("pending", 1, None)
     assert job.last_attempt_error is not None

@@ -149,6 +149,18 @@ def insert_jobs(executor: Executor, models: Models, jobs: Sequence[NewJob]) -> N
         )
 
 
+def job_places(
+    executor: Executor, models: Models, job_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, tuple[uuid.UUID, int]]:
+    """Which of these ids are jobs already: id -> (its chain, its index in the chain)."""
+    table = _job(models)
+    stmt = select(table.c.id, table.c.chain_id, table.c.chain_index).where(
+        table.c.id.in_(list(job_ids))
+    )
+    with database_errors("look up job ids", models):
+        return {row.id: (row.chain_id, row.chain_index) for row in executor.execute(stmt)}
+
+
 def get_job(executor: Executor, models: Models, job_id: uuid.UUID) -> RowMapping | None:
     """One job row by id."""
     table = _job(models)
