@@ -1625,3 +1625,33 @@ def test_every_effect_has_a_performing_method_in_both_drivers() -> None:
             if not callable(getattr(performer, name, None))
         ]
         assert missing == [], performer.__name__
+
+
+def test_idle_slots_of_a_worker_reap_once_per_poll_interval() -> None:
+    """An idle fleet's reaping: one statement per worker per poll interval, not one per
+    slot per pass; a pass that took a lease back lets the next one reap at once."""
+    core = make_core()
+    register(core, complete(1))
+    driver = ScriptedDriver(
+        core,
+        {
+            "Query(stopping)": slot_passes(4),
+            "Run(acquire_job)": [None] * 4,
+            "InTransaction(write, reap_expired_lease)": [None],
+        },
+    )
+    driver.drive(flow.slot_loop(core))
+    assert len(driver.of("InTransaction(write, reap_expired_lease)")) == 1
+
+    again = make_core()
+    register(again, complete(1))
+    driver = ScriptedDriver(
+        again,
+        {
+            "Query(stopping)": slot_passes(3),
+            "Run(acquire_job)": [None] * 3,
+            "InTransaction(write, reap_expired_lease)": [reaped_row(), None],
+        },
+    )
+    driver.drive(flow.slot_loop(again))
+    assert len(driver.of("InTransaction(write, reap_expired_lease)")) == 2

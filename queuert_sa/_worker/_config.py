@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,6 +221,26 @@ class WorkerCore:
         self.observed: dict[uuid.UUID, Any] = {}
         """Attempts in flight with observers' spans: job id -> their spans."""
         self.observed_lock = threading.Lock()
+        self.reap_next = 0.0
+        """When (``time.monotonic()``) an idle slot next looks for expired leases."""
+
+    def reap_due(self) -> bool:
+        """True for one idle slot per ``poll_interval``: the worker's reaping pass.
+
+        One statement per worker per interval, however many slots are idle
+        (each idle slot used to send its own). A pass that reaped a lease
+        makes the next one due at once, to take back a backlog quickly.
+        """
+        now = time.monotonic()
+        with self.observed_lock:
+            if now < self.reap_next:
+                return False
+            self.reap_next = now + self.poll_interval.total_seconds()
+        return True
+
+    def reap_soon(self) -> None:
+        """The next pass may reap at once: this one took back a lease, or failed."""
+        self.reap_next = 0.0
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:

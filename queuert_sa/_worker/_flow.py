@@ -93,7 +93,7 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
                 # Work begets work: wake one idle slot to look for more (this
                 # slot looks again itself; a kept hint would only make it look twice).
                 yield HintIdle()
-            elif not (yield from reap_one(core)):
+            elif not core.reap_due() or not (yield from reap_one(core)):
                 now = core.ctx.clock()
                 timeout = policy.sleep_timeout(core.poll_interval, step.next_due, now, core.rng)
                 yield Wait(timeout, "hint")
@@ -107,6 +107,7 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
             delay = policy.recovery_delay(failures)
             core.log_failed_pass(exc, failures, delay)
             reports.pass_failed(core, exc)
+            core.reap_soon()  # a failed pass proves nothing about expired leases
             yield Wait(delay, "stop")
 
 
@@ -390,6 +391,7 @@ def reap_one(core: WorkerCore) -> Flow[bool]:
     row = yield InTransaction(reap, "write")
     if row is None:
         return False
+    core.reap_soon()
     failed = row["status"] == JobStatus.FAILED
     reports.reaped(core, row, failed)
     log.log(
