@@ -193,6 +193,8 @@ class Reads(ContextView):
             job_ids: Only the chains containing these jobs.
             created_since: Chains started at or after this time.
             created_before: Chains started before this time.
+            roots_only: Only the chains that are no job's blocker: what was
+                started for its own sake, not the chains other jobs wait for.
             order: ``"desc"`` (newest first) or ``"asc"``.
             cursor: ``next_cursor`` of the previous page; None for the first.
             limit: Page size, 1 to 1000 (default 50).

@@ -193,8 +193,9 @@ def continuation(
 # --- listing and operating arguments ----------------------------------------------
 
 
-class ChainFilters(TypedDict, total=False):
-    """What ``list_chains`` narrows to (keyword arguments); each left out means no condition."""
+class ListingFilters(TypedDict, total=False):
+    """The filters ``list_chains`` and ``list_jobs`` share (keyword arguments); each left out
+    means no condition."""
 
     types: Iterable[JobType[Any, Any] | str] | None
     """Chain types (the types of their first jobs); for ``list_jobs``, the jobs' own types."""
@@ -211,15 +212,24 @@ class ChainFilters(TypedDict, total=False):
     """Started (created) before this time."""
 
 
-class JobFilters(ChainFilters, total=False):
-    """What ``list_jobs`` narrows to: the chain filters, plus the types of the jobs' chains."""
+class ChainFilters(ListingFilters, total=False):
+    """What ``list_chains`` narrows to: the shared filters, plus ``roots_only``."""
+
+    roots_only: bool
+    """Only chains that are no other job's blocker (the work someone started, not the
+    chains it waits for)."""
+
+
+class JobFilters(ListingFilters, total=False):
+    """What ``list_jobs`` narrows to: the shared filters, plus the types of the jobs' chains."""
 
     chain_types: Iterable[JobType[Any, Any] | str] | None
     """Only jobs of chains of these types."""
 
 
-_CHAIN_FILTERS = frozenset(ChainFilters.__annotations__)
-_JOB_FILTERS = frozenset(JobFilters.__annotations__) | _CHAIN_FILTERS
+_SHARED_FILTERS = frozenset(ListingFilters.__annotations__)
+_CHAIN_FILTERS = frozenset(ChainFilters.__annotations__) | _SHARED_FILTERS
+_JOB_FILTERS = frozenset(JobFilters.__annotations__) | _SHARED_FILTERS
 
 
 def checked_filters(listing: str, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,7 +245,11 @@ def checked_filters(listing: str, given: Mapping[str, Any]) -> dict[str, Any]:
             f"{listing}() got an unexpected keyword argument {unknown[0]!r}; it takes "
             f"{', '.join(sorted(allowed))}, order, cursor, limit and session."
         )
+    roots_only = given.get("roots_only", False)
+    if not isinstance(roots_only, bool):
+        raise TypeError(f"roots_only= takes True or False, got {roots_only!r:.40}")
     return {
+        "roots_only": roots_only,
         "type_names": type_names(given.get("types")),
         "chain_type_names": type_names(given.get("chain_types")),
         "statuses": status_values(given.get("statuses")),

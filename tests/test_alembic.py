@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = Path(__file__).resolve().parent / "alembic_app"
 APP_REVISION = "ef0505469c4b"
 QUEUERT_BASE_REVISION = "2fac216ef489"
-QUEUERT_REVISION = "e6b1f3a8c2d5"  # the head of the queuert branch
+QUEUERT_REVISION = "f3c9a7d1e2b4"  # the head of the queuert branch
 QUEUERT_TABLES = {"queuert_job", "queuert_job_blocker"}
 QUEUERT_INDEXES = {
     "queuert_job": {
@@ -76,6 +76,7 @@ QUEUERT_INDEXES = {
         "queuert_job_listing_idx",
         "queuert_job_listing_status_idx",
         "queuert_job_listing_type_name_idx",
+        "queuert_job_ended_idx",
     },
     "queuert_job_blocker": {"queuert_job_blocker_chain_idx"},
 }

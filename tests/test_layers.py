@@ -46,6 +46,8 @@ LOCAL_IMPORTS_ALLOWED = {
     ("queuert_sa.cli._run_commands", "queuert_sa.cli._metrics"),
     ("queuert_sa.cli._metrics", "queuert_sa.otel"),
     ("queuert_sa.bench", "queuert_sa.otel"),
+    # the WSGI bridge is only loaded by the dashboard's wsgi()
+    ("queuert_sa.dashboard._app", "a2wsgi"),
 }
 
 

@@ -50,6 +50,7 @@ class Filters:
     job_ids: Sequence[uuid.UUID] | None = None
     created_since: dt.datetime | None = None
     created_before: dt.datetime | None = None
+    roots_only: bool = False
 
 
 def _keyset(
@@ -114,7 +115,8 @@ def list_chains(
 
     ``type_names`` filters the chain's type; ``statuses`` the latest job's
     status (evaluated per chain, not from an index); ``job_ids`` the chains
-    containing those jobs.
+    containing those jobs; ``roots_only`` keeps the chains no job declares as a
+    blocker (a NOT EXISTS on the blocker table's ``blocked_by_chain_id`` index).
     """
     table = models.job_table
     conditions = [table.c.chain_index == _ROOT, *_created(table, filters)]
@@ -127,6 +129,11 @@ def list_chains(
         member = table.alias("member")
         conditions.append(
             table.c.id.in_(select(member.c.chain_id).where(member.c.id.in_(list(filters.job_ids))))
+        )
+    if filters.roots_only:
+        blocker = models.job_blocker_table
+        conditions.append(
+            ~select(blocker.c.job_id).where(blocker.c.blocked_by_chain_id == table.c.id).exists()
         )
     if filters.statuses is not None:
         latest = table.alias("latest")
