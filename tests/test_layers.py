@@ -48,6 +48,10 @@ LOCAL_IMPORTS_ALLOWED = {
     ("queuert_sa.bench", "queuert_sa.otel"),
     # the WSGI bridge is only loaded by the dashboard's wsgi()
     ("queuert_sa.dashboard._app", "a2wsgi"),
+    # the dashboard command loads the dashboard (Starlette, Jinja2) and uvicorn when it runs
+    ("queuert_sa.cli._dashboard_command", "queuert_sa.dashboard"),
+    ("queuert_sa.cli._dashboard_command", "queuert_sa._async_client"),
+    ("queuert_sa.cli._dashboard_command", "uvicorn"),
 }
 
 

@@ -1,6 +1,6 @@
-"""The ``queuert-sa`` command line: ``demo``, ``worker``, ``bench``, and the
+"""The ``queuert-sa`` command line: ``demo``, ``worker``, ``bench``, the
 operator commands ``chains list``, ``chain show``, ``jobs retry``, ``chains
-cancel`` and ``cleanup``.
+cancel`` and ``cleanup``, and ``dashboard``.
 
 click is an optional dependency (``pip install 'queuert_sa[cli]'``). This package
 imports without it; :func:`main` then explains what to install and exits 2. So
@@ -19,6 +19,7 @@ This module owns :func:`main` and the root group; the rest is in
 * ``_operator_commands``: ``chains list``, ``chain show``, ``cleanup``, their
   options and the ``Queuert`` they use (click);
 * ``_action_commands``: ``jobs retry``, ``chains cancel`` (click);
+* ``_dashboard_command``: ``dashboard``, served with uvicorn (click);
 * ``_app``: :func:`import_worker`, :class:`AppPathError`;
 * ``_format``: parsing and printing durations, times, tables and JSON;
 * ``_report``: what ``chain show`` reads and prints;
@@ -64,6 +65,7 @@ def build_cli() -> click.Group:
     import click
 
     from ._action_commands import jobs
+    from ._dashboard_command import dashboard
     from ._operator_commands import chain, chains, cleanup
     from ._run_commands import bench, demo, worker
 
@@ -81,12 +83,13 @@ def build_cli() -> click.Group:
           queuert-sa jobs retry --failed-since 1h --db "$DATABASE_URL"
           queuert-sa chains cancel 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --reason "duplicate"
           queuert-sa cleanup --db "$DATABASE_URL" --older-than 30d
+          queuert-sa dashboard --db "$DATABASE_URL"
 
         The operator commands (chains, chain, jobs, cleanup) read --db from
         QUEUERT_DATABASE_URL when it is not given.
         """
 
-    for command in (demo, worker, chains, chain, jobs, cleanup, bench):
+    for command in (demo, worker, chains, chain, jobs, cleanup, dashboard, bench):
         cli.add_command(command)
     return cli
 

@@ -87,6 +87,25 @@ def import_worker(app_path: str) -> AnyWorker:
     raised by the application's own code (at import, in the factory) propagate
     unchanged, with a note naming ``app_path``.
     """
+    found = import_object(
+        app_path,
+        _worker_types(),
+        what="queuert_sa.Worker",
+        plural="Workers",
+        make="worker = queuert.worker(...)",
+    )
+    return cast("AnyWorker", found)
+
+
+def import_object(
+    app_path: str, kinds: tuple[type[Any], ...], *, what: str, plural: str, make: str
+) -> object:
+    """The instance of one of ``kinds`` that ``app_path`` names, or that its factory returns.
+
+    As :func:`import_worker`, for any kind of object: ``what`` names it in
+    errors, ``plural`` lists those found in the module, ``make`` shows how one
+    is made.
+    """
     module_name, attributes = _split_app_path(app_path)
     try:
         target: object = importlib.import_module(module_name)
@@ -110,27 +129,27 @@ def import_worker(app_path: str) -> AnyWorker:
         except AttributeError:
             hint = ""
             if depth == 0:
-                found = sorted(k for k, v in vars(target).items() if isinstance(v, _worker_types()))
+                found = sorted(k for k, v in vars(target).items() if isinstance(v, kinds))
                 if found:
-                    hint = f" Workers defined there: {', '.join(found)}."
+                    hint = f" {plural} defined there: {', '.join(found)}."
             raise AppPathError(app_path, f"{owner!r} has no attribute {name!r}.{hint}") from None
         except BaseException as exc:
             exc.add_note(f"queuert-sa: raised while reading {name!r} of {owner!r}")
             raise
-    if isinstance(target, _worker_types()):
-        return cast("AnyWorker", target)
+    if isinstance(target, kinds):
+        return target
     if not callable(target) or inspect.isclass(target):
         raise AppPathError(
             app_path,
-            f"found {_describe(target)}, not a queuert_sa.Worker instance. Point APP_PATH "
-            "at a Worker (worker = queuert.worker(...)) or at a function returning one.",
+            f"found {_describe(target)}, not a {what} instance. Point APP_PATH "
+            f"at a {what.rpartition('.')[2]} ({make}) or at a function returning one.",
         )
     try:
         inspect.signature(target).bind()
     except TypeError:
         raise AppPathError(
             app_path,
-            f"found {_describe(target)}, which needs arguments; a worker factory must be "
+            f"found {_describe(target)}, which needs arguments; a factory must be "
             "callable with none.",
         ) from None
     except ValueError:  # no signature available (some builtins): just try it
@@ -138,11 +157,8 @@ def import_worker(app_path: str) -> AnyWorker:
     try:
         made = target()
     except BaseException as exc:
-        exc.add_note(f"queuert-sa: raised by the worker factory {app_path!r}")
+        exc.add_note(f"queuert-sa: raised by the factory {app_path!r}")
         raise
-    if not isinstance(made, _worker_types()):
-        raise AppPathError(
-            app_path,
-            f"the factory returned {_describe(made)}, not a queuert_sa.Worker.",
-        )
-    return cast("AnyWorker", made)
+    if not isinstance(made, kinds):
+        raise AppPathError(app_path, f"the factory returned {_describe(made)}, not a {what}.")
+    return made
