@@ -1,10 +1,12 @@
 """A FastAPI app on AsyncSession that starts job chains from an endpoint and shows their status.
 
-    pip install 'queuert_sa[asyncio]' fastapi uvicorn
+    pip install 'queuert_sa[asyncio,dashboard]' fastapi uvicorn
     python examples/fastapi_app.py --serve      # http://127.0.0.1:8000 (uvicorn)
     curl -X POST localhost:8000/orders -H 'content-type: application/json' \\
          -d '{"item": "book", "quantity": 2}'
     curl localhost:8000/chains/<chain id>
+    open http://127.0.0.1:8000/queuert/         # the dashboard: user "ops", password
+                                                # $DASHBOARD_PASSWORD (default "ops")
 
     python examples/fastapi_app.py              # a self-contained demo run, then exit
 
@@ -12,14 +14,18 @@ POST /orders inserts an order and starts a "reserve-stock" chain in ONE
 transaction (an invalid quantity rolls back both). The asyncio worker runs in
 the app's lifespan: "reserve-stock" is atomic (its write to the order commits
 with the job's completion) and continues with "charge-card", a staged handler
-that calls a (pretend) payment provider with no transaction open.
+that calls a (pretend) payment provider with no transaction open. The
+queuert dashboard is mounted at /queuert, behind HTTP Basic auth, with its
+writes (trigger, retry, cancel, delete) allowed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
+import hmac
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -31,8 +37,11 @@ from pydantic import BaseModel
 from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from starlette.requests import Request
+from starlette.responses import Response
 
 import queuert_sa as q
+from queuert_sa.dashboard import Dashboard
 
 
 class Base(DeclarativeBase):
@@ -108,6 +117,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(lifespan=lifespan)
+DASHBOARD_PASSWORD = os.environ.get("DASHBOARD_PASSWORD", "ops")
+
+
+def operators_only(request: Request) -> bool | Response:
+    """HTTP Basic auth as "ops"; a real app asks its own login (session, SSO) here."""
+    expected = base64.b64encode(f"ops:{DASHBOARD_PASSWORD}".encode()).decode()
+    if hmac.compare_digest(request.headers.get("authorization", ""), f"Basic {expected}"):
+        return True
+    return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="queuert"'})
+
+
+app.mount("/queuert", Dashboard(queuert, authorize=operators_only, read_only=False))
 
 
 async def session_dep() -> AsyncIterator[AsyncSession]:
@@ -168,6 +189,11 @@ async def demo() -> None:
             print("chain completed:", chain.output is not None)
             status = (await client.get(f"/chains/{created['chain_id']}")).json()
             print("status:", status["status"], [(s["type"], s["status"]) for s in status["steps"]])
+            seen = await client.get("/queuert/api/chains", auth=("ops", DASHBOARD_PASSWORD))
+            anonymous = await client.get("/queuert/")
+            print(
+                f"dashboard: {len(seen.json()['items'])} chain(s); anonymous: {anonymous.status_code}"
+            )
             async with SessionLocal() as session:
                 order = await session.get_one(Order, created["order_id"])
                 print("order:", order.state, order.payment_id is not None)

@@ -1,9 +1,11 @@
 """A Flask app that starts job chains in its request transactions.
 
-    pip install 'queuert_sa' flask
+    pip install 'queuert_sa[dashboard]' flask
     python examples/flask_app.py            # serves on http://127.0.0.1:5000 (or $PORT)
     curl -X POST localhost:5000/signup -H 'content-type: application/json' -d '{"email": "ada@example.com"}'
     curl localhost:5000/chains/<chain id>
+    open http://127.0.0.1:5000/queuert/     # the dashboard: user "ops", password
+                                            # $DASHBOARD_PASSWORD (default "ops")
 
 POST /signup inserts a user and starts a "welcome" chain in ONE transaction:
 an invalid email rolls back both. A worker running in the same process (a
@@ -12,11 +14,15 @@ from the repository root, in its own process in production) sends the welcome
 email and marks the user. The database is ``flask_example.db`` or
 ``$DATABASE_URL``; importing this module creates the tables if missing, so
 either way works on a fresh database. Ctrl+C stops the server and the worker.
+The queuert dashboard is mounted at /queuert (WSGI, through Werkzeug's
+DispatcherMiddleware), read-only, behind HTTP Basic auth.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hmac
 import os
 from typing import TypedDict
 
@@ -24,8 +30,12 @@ from flask import Flask, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from starlette.requests import Request
+from starlette.responses import Response
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import queuert_sa as q
+from queuert_sa.dashboard import Dashboard
 
 
 class Base(DeclarativeBase):
@@ -67,8 +77,23 @@ def send_welcome(attempt: q.Attempt[UserIn, Sent]) -> q.Outcome:
     return attempt.complete({"to": user.email, "message_id": message_id})
 
 
+DASHBOARD_PASSWORD = os.environ.get("DASHBOARD_PASSWORD", "ops")
+
+
+def operators_only(request: Request) -> bool | Response:
+    """HTTP Basic auth as "ops"; a real app checks its own login here."""
+    expected = base64.b64encode(f"ops:{DASHBOARD_PASSWORD}".encode()).decode()
+    if hmac.compare_digest(request.headers.get("authorization", ""), f"Basic {expected}"):
+        return True
+    return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="queuert"'})
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
+    dashboard = Dashboard(queuert, authorize=operators_only)  # read-only by default
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/queuert": dashboard.wsgi()}
+    )
 
     @app.post("/signup")
     def signup() -> ResponseReturnValue:

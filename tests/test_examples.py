@@ -9,6 +9,7 @@ SQLite file and, with ``--db``, on PostgreSQL.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import itertools
@@ -105,13 +106,18 @@ def free_port() -> int:
         return port
 
 
-def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     """``method url`` with ``body`` as JSON: the status and the JSON reply (None if not JSON)."""
     request = urllib.request.Request(
         url,
         method=method,
         data=None if body is None else json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -157,6 +163,12 @@ def test_flask_example_as_a_script_serves_signups_and_its_worker_welcomes(
     assert http("GET", chain_url)[1]["output"]["to"] == "ada@example.com"
     assert http("POST", f"{base}/signup", {"email": "not-an-email"})[0] == 400
     assert http("GET", f"{base}/chains/not-a-uuid")[0] == 404
+    # The dashboard, mounted at /queuert behind Basic auth.
+    ops = {"Authorization": "Basic " + base64.b64encode(b"ops:ops").decode()}
+    status, listed = http("GET", f"{base}/queuert/api/chains", headers=ops)
+    assert status == 200
+    assert [c["id"] for c in listed["items"]] == [body["chain_id"]]
+    assert http("GET", f"{base}/queuert/api/chains")[0] == 401
 
     # Ctrl+C: the server returns, the worker stops, the script exits 0.
     returncode = stop(proc, signal.SIGINT, log)
@@ -401,6 +413,7 @@ def test_fastapi_example_commits_order_with_chain_and_runs_atomic_then_staged(
     assert "chain completed: True" in out
     assert "status: completed [('reserve-stock', 'completed'), ('charge-card', 'completed')]" in out
     assert "order: paid True" in out
+    assert "dashboard: 1 chain(s); anonymous: 401" in out
     # The refused order rolled back with its chain: one order in the database.
     assert out[-1] == "orders in the database: 1"
 
