@@ -24,7 +24,7 @@ def started_database(tmp_path: Path) -> tuple[str, q.Chain[app.WorkIn, int]]:
     database = make_db("sqlite", tmp_path)
     client = q.Queuert(database.engine, app.job_types)
     with Session(database.engine) as s, s.begin():
-        chain = client.start_chain(s, app.work, {"label": "nightly"})
+        chain = client.start_chain(s, app.work, {"n": 7, "sleep": 0.0})
     database.engine.dispose()
     return database.url, chain
 
@@ -41,7 +41,7 @@ def test_serves_a_database_read_only_until_ctrl_c(
     status, listed = http("GET", f"{base}/api/chains")
     assert status == 200
     assert [c["id"] for c in listed["items"]] == [str(chain.id)]
-    assert listed["items"][0]["input"] == {"label": "nightly"}  # as stored: no app code
+    assert listed["items"][0]["input"] == {"n": 7, "sleep": 0.0}  # as stored: no app code
     refused = http("POST", f"{base}/api/jobs/{chain.id}/trigger", headers={"X-Requested-With": "1"})
     assert refused[0] == 403  # read-only unless --writable
     assert stop(proc, signal.SIGINT, log) == 0

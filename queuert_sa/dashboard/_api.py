@@ -29,26 +29,20 @@ def _id(request: Request, what: str) -> uuid.UUID:
     return params.parse_id(request.path_params["id"], what)
 
 
-async def list_chains(core: Core, request: Request) -> dict[str, Any]:
-    wanted = params.listing("chains", request.query_params, default_limit=50)
+async def _listing(core: Core, request: Request, kind: str) -> dict[str, Any]:
+    wanted = params.listing(kind, request.query_params, default_limit=50)
     client = core.source.client
-    page = await core.source.run(
-        lambda s: client.list_chains(
-            cursor=wanted.cursor, limit=wanted.limit, session=s, **wanted.filters()
-        )
-    )
-    return {"items": [chain_record(c) for c in page], "next_cursor": page.next_cursor}
+    page = await core.source.run(lambda s: reading.listing_page(client, s, wanted))
+    record = chain_record if kind == "chains" else job_record
+    return {"items": [record(item) for item in page], "next_cursor": page.next_cursor}
+
+
+async def list_chains(core: Core, request: Request) -> dict[str, Any]:
+    return await _listing(core, request, "chains")
 
 
 async def list_jobs(core: Core, request: Request) -> dict[str, Any]:
-    wanted = params.listing("jobs", request.query_params, default_limit=50)
-    client = core.source.client
-    page = await core.source.run(
-        lambda s: client.list_jobs(
-            cursor=wanted.cursor, limit=wanted.limit, session=s, **wanted.filters()
-        )
-    )
-    return {"items": [job_record(j) for j in page], "next_cursor": page.next_cursor}
+    return await _listing(core, request, "jobs")
 
 
 async def get_chain(core: Core, request: Request) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -20,12 +21,15 @@ from queuert_sa._client import Queuert
 from queuert_sa._errors import (
     BlockerReferenceError,
     ChainNotFoundError,
+    DatabaseError,
+    DatabaseUnavailableError,
     InvalidCursorError,
     InvalidJobIdError,
     JobNotFoundError,
     JobNotRetryableError,
     JobNotTriggerableError,
 )
+from queuert_sa._logs import get_logger
 
 from . import _api, _pages
 from . import _security as security
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Authorize", "Dashboard"]
 
+log = get_logger("queuert_sa.dashboard")
+
 _STATUS_OF: list[tuple[tuple[type[Exception], ...], int]] = [
     ((BadRequest, InvalidCursorError, InvalidJobIdError), 400),
     ((ChainNotFoundError, JobNotFoundError), 404),
@@ -52,7 +58,21 @@ def status_of(exc: Exception) -> int | None:
     for kinds, status in _STATUS_OF:
         if isinstance(exc, kinds):
             return status
+    if isinstance(exc, (DatabaseUnavailableError, sa_exc.OperationalError)):
+        return 503
+    if isinstance(exc, (DatabaseError, sa_exc.SQLAlchemyError)):
+        return 500
     return None
+
+
+def message_of(exc: Exception, status: int) -> str:
+    """What the answer says of ``exc``: its own message, or the database's first line."""
+    if status < 500:
+        return str(exc)
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+    what = "is unreachable" if status == 503 else "failed the request"
+    return f"The database {what} ({first}); nothing was changed. Try again."
 
 
 class Core:
@@ -124,7 +144,9 @@ def _endpoint(core: Core, handler: Handler, *, api: bool, writes: bool) -> Calla
             status = status_of(exc)
             if status is None:
                 raise
-            return _error(core, request, status, str(exc), api=api)
+            if status >= 500:
+                log.warning("dashboard %s %s: %s", request.method, request.url.path, exc)
+            return _error(core, request, status, message_of(exc, status), api=api)
         response = result if isinstance(result, Response) else JSONResponse(result)
         return security.with_headers(request, response)
 

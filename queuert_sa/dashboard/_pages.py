@@ -170,26 +170,19 @@ async def overview(core: Core, request: Request) -> Response:
     )
 
 
-async def chains(core: Core, request: Request) -> Response:
-    wanted = params.listing("chains", request.query_params, default_limit=PAGE_SIZE)
+async def _listing(core: Core, request: Request, kind: str) -> Response:
+    wanted = params.listing(kind, request.query_params, default_limit=PAGE_SIZE)
     client = core.source.client
-    page = await core.source.run(
-        lambda s: client.list_chains(
-            cursor=wanted.cursor, limit=wanted.limit, session=s, **wanted.filters()
-        )
-    )
-    return core.pages.render(request, "chains.html", listing=wanted, page=page)
+    page = await core.source.run(lambda s: reading.listing_page(client, s, wanted))
+    return core.pages.render(request, f"{kind}.html", listing=wanted, page=page)
+
+
+async def chains(core: Core, request: Request) -> Response:
+    return await _listing(core, request, "chains")
 
 
 async def jobs(core: Core, request: Request) -> Response:
-    wanted = params.listing("jobs", request.query_params, default_limit=PAGE_SIZE)
-    client = core.source.client
-    page = await core.source.run(
-        lambda s: client.list_jobs(
-            cursor=wanted.cursor, limit=wanted.limit, session=s, **wanted.filters()
-        )
-    )
-    return core.pages.render(request, "jobs.html", listing=wanted, page=page)
+    return await _listing(core, request, "jobs")
 
 
 async def chain(core: Core, request: Request) -> Response:

@@ -16,10 +16,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from queuert_sa._client import Queuert
-from queuert_sa._entities import Chain, Job
+from queuert_sa._entities import Chain, Job, Page
 from queuert_sa._snapshots import chain_from_rows, job_from_row
 from queuert_sa.models import JobStatus
 from queuert_sa.state import overview, queries
+
+from ._params import Listing
 
 #: The most jobs of one chain, and of the jobs it blocks, that a chain's page shows.
 CHAIN_JOBS_SHOWN = 1000
@@ -48,6 +50,12 @@ class JobDetail:
 def _job(client: Queuert, row: Any) -> Job[Any]:
     name = row["type_name"]
     return job_from_row(row, client.job_types.get(name) if name in client.job_types else None)
+
+
+def listing_page(client: Queuert, session: Session, wanted: Listing) -> Page[Any]:
+    """The page of chains or jobs that ``wanted`` (parsed from a query string) asks for."""
+    read = client.list_chains if wanted.kind == "chains" else client.list_jobs
+    return read(cursor=wanted.cursor, limit=wanted.limit, session=session, **wanted.filters())
 
 
 def chain_detail(client: Queuert, session: Session, chain_id: uuid.UUID) -> ChainDetail:
