@@ -126,6 +126,7 @@ def test_public_names_are_exactly_the_intended_ones() -> None:
             "alembic",
             "bench",
             "cli",
+            "dashboard",
             "demo",
             "notify",
             "otel",
