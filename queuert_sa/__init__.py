@@ -66,6 +66,7 @@ from ._job_types import JobTypes as JobTypes
 from ._retry import Backoff as Backoff
 from ._retry import Fail as Fail
 from ._retry import Reschedule as Reschedule
+from ._schedules import Schedule as Schedule
 from ._worker._threads import Worker as Worker
 from .models import JobStatus as JobStatus
 from .models import metadata as metadata
@@ -143,6 +144,7 @@ __all__ = [
     "QueuertError",
     "RecordingObserver",
     "Reschedule",
+    "Schedule",
     "SchemaMissingError",
     "SessionRequiredError",
     "TransactionConflictError",

@@ -40,6 +40,7 @@ LOCAL_IMPORTS_ALLOWED = {
     ("queuert_sa.cli", "queuert_sa.cli._action_commands"),
     ("queuert_sa.cli", "queuert_sa.cli._run_commands"),
     ("queuert_sa.cli", "queuert_sa.cli._dashboard_command"),
+    ("queuert_sa.cli", "queuert_sa.cli._schedules_command"),
     ("queuert_sa.cli._run_commands", "queuert_sa.demo"),
     ("queuert_sa.cli._run_commands", "queuert_sa.bench"),
     # OpenTelemetry's SDK and Prometheus exporter are optional extras: loaded by

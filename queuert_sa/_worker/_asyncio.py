@@ -35,6 +35,7 @@ from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
 
 from . import _flow as flow
+from . import _keep as recurring
 from . import _policy as policy
 from . import _staged as staged
 from ._asyncio_performer import AsyncPerformer, Waker, WriterHold, wait_for_event, writer_lock
@@ -265,6 +266,8 @@ class AsyncWorker(WorkerCore):
         if not self.handlers:
             return
         try:
+            if self.schedules_due(self.poll_interval):  # before any slot takes a tick
+                await self._performer().drive(recurring.keep(self))
             await self._performer().drive(flow.next_due(self))
         except DatabaseUnavailableError as exc:
             self.log.warning("worker %s: database unavailable at start (%s)", self.worker_id, exc)

@@ -30,6 +30,7 @@ from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, is_attempt_limit, retry_
 from queuert_sa._rules import Decision
 
 from . import _reports as reports
+from ._recurring import Recurring
 
 log = get_logger("queuert_sa.worker")
 
@@ -150,7 +151,7 @@ def check_batch(type_name: str, mode: Mode, value: object, option: str) -> None:
         )
 
 
-class WorkerCore:
+class WorkerCore(Recurring):
     """Settings, handlers and counters of a worker; the drivers add the IO.
 
     Args (all keyword-only in the public constructors):
@@ -208,6 +209,7 @@ class WorkerCore:
         self.eager_savepoints = True
         """Open the atomic SAVEPOINT before the handler runs (else on its first use)."""
         self.rng = random.Random()
+        self._init_recurring()
         self._counts_lock = threading.Lock()
         self._completed = 0
         self._failed = 0

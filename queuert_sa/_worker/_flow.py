@@ -34,6 +34,7 @@ from queuert_sa.state import leases, queries, settlement
 from queuert_sa.state import operations as ops
 
 from . import _group as group
+from . import _keep as recurring
 from . import _policy as policy
 from . import _reports as reports
 from . import _running as running
@@ -87,6 +88,8 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
         try:
             if reports.backlog_due(core):
                 yield from count_backlog(core)
+            if core.schedules_due(core.poll_interval):
+                yield from recurring.keep(core)
             step = yield from process_one(core, look_first=not busy, slot=True)
             busy = step.job_id is not None
             if busy:
@@ -117,6 +120,7 @@ def drain(core: WorkerCore, max_jobs: int | None) -> Flow[int]:
     A job whose attempt fails is not taken again by the same drain, even if
     its retry is due at once.
     """
+    yield from recurring.keep(core)  # the schedules first: their due ticks are drained too
     done = 0
     failed: set[uuid.UUID] = set()
     while max_jobs is None or done < max_jobs:

@@ -30,6 +30,7 @@ from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
 
 from . import _flow as flow
+from . import _keep as recurring
 from . import _staged as staged
 from ._config import (
     DEFAULT_ATOMIC_TIMEOUT,
@@ -271,6 +272,8 @@ class Worker(WorkerCore):
                 "wait for stop() to return True before starting again."
             )
         try:
+            if self.schedules_due(self.poll_interval):  # before any slot takes a tick
+                self._performer().drive(recurring.keep(self))
             self._performer().drive(flow.next_due(self))
         except DatabaseUnavailableError as exc:
             self.log.warning(

@@ -20,6 +20,7 @@ This module owns :func:`main` and the root group; the rest is in
   options and the ``Queuert`` they use (click);
 * ``_action_commands``: ``jobs retry``, ``chains cancel`` (click);
 * ``_dashboard_command``: ``dashboard``, served with uvicorn (click);
+* ``_schedules_command``: ``schedules``, a worker's recurring schedules (click);
 * ``_app``: :func:`import_worker`, :class:`AppPathError`;
 * ``_format``: parsing and printing durations, times, tables and JSON;
 * ``_report``: what ``chain show`` reads and prints;
@@ -68,6 +69,7 @@ def build_cli() -> click.Group:
     from ._dashboard_command import dashboard
     from ._operator_commands import chain, chains, cleanup
     from ._run_commands import bench, demo, worker
+    from ._schedules_command import schedules
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
     @click.version_option(__version__, "-V", "--version", prog_name="queuert-sa")
@@ -78,6 +80,7 @@ def build_cli() -> click.Group:
         Examples:
           queuert-sa demo
           queuert-sa worker myapp.jobs:worker
+          queuert-sa schedules myapp.jobs:worker
           queuert-sa chains list --db sqlite:///app.db --status running
           queuert-sa chain show 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --db "$DATABASE_URL"
           queuert-sa jobs retry --failed-since 1h --db "$DATABASE_URL"
@@ -89,7 +92,7 @@ def build_cli() -> click.Group:
         QUEUERT_DATABASE_URL when it is not given.
         """
 
-    for command in (demo, worker, chains, chain, jobs, cleanup, dashboard, bench):
+    for command in (demo, worker, schedules, chains, chain, jobs, cleanup, dashboard, bench):
         cli.add_command(command)
     return cli
 
