@@ -98,7 +98,8 @@ def build_worker(
     ``batch``: group commit of ``work`` jobs (``handler(work, batch=...)``).
     ``QUEUERT_APP_MAX_ATTEMPTS``: the worker's ``max_attempts`` (default: none).
     ``QUEUERT_APP_SPANS``: a file the worker's OpenTelemetry spans are written
-    to as they end, one JSON object per line.
+    to as they end, one JSON object per line. ``QUEUERT_APP_SCHEDULE_EVERY``:
+    seconds; the worker keeps a schedule "beat" starting a ``work`` chain per tick.
     """
     started_dir = os.environ.get("QUEUERT_APP_STARTED_DIR")
     engine = create_engine(url or os.environ["QUEUERT_APP_URL"])
@@ -124,6 +125,10 @@ def build_worker(
         if attempt.input["sleep"] and sleep_scale:
             time.sleep(attempt.input["sleep"] * sleep_scale)
         return attempt.complete(attempt.input["n"] * 2)
+
+    every = os.environ.get("QUEUERT_APP_SCHEDULE_EVERY")
+    if every:  # a recurring schedule, kept by every process that runs this worker
+        worker.recurring("beat", work, every=float(every), input={"n": 1, "sleep": 0.0})
 
     lease = dt.timedelta(milliseconds=int(os.environ.get("QUEUERT_APP_LEASE_MS", "60000")))
 
