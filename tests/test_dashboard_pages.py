@@ -315,3 +315,29 @@ def test_mounted_in_flask_through_wsgi(db: Db) -> None:
 def test_a_dashboard_needs_a_client(flavour: str) -> None:
     with pytest.raises(TypeError, match="takes a Queuert or an AsyncQueuert"):
         Dashboard(object())  # type: ignore[arg-type]
+
+
+def test_schedules_page_and_api_show_next_and_last_tick(site: Site) -> None:
+    worker = site.client.worker(poll_interval=1)
+    worker.handler(fetch)(lambda attempt: attempt.complete({}))
+    schedule = worker.recurring("hourly-fetch", fetch, every=3600, input={"source": XSS})
+    worker.drain()
+
+    async def scenario() -> None:
+        async with site.http(schedules=worker.schedules) as http:
+            items = (await http.get("/api/schedules")).json()["items"]
+            assert [(s["name"], s["type_name"], s["every_seconds"]) for s in items] == [
+                ("hourly-fetch", "fetch", 3600.0)
+            ]
+            next_tick = dt.datetime.fromisoformat(items[0]["next_tick"])
+            assert next_tick == schedule.next_tick(dt.datetime.now(dt.UTC))
+            assert items[0]["last_tick"] is None
+            html = (await http.get("/schedules")).text
+            assert "hourly-fetch" in html
+            assert "every 1:00:00" in html
+            assert 'href="/schedules"' in (await http.get("/")).text
+        async with site.http() as http:
+            assert 'href="/schedules"' not in (await http.get("/")).text
+            assert (await http.get("/api/schedules")).json() == {"items": []}
+
+    run(scenario)

@@ -479,3 +479,24 @@ def test_tracing_example_prints_one_trace_from_request_to_attempts(
         "  queuert.job.attempt.duration = 4",
         "  queuert.chain.completed = 1",
     ], lines
+
+
+def test_schedules_example_keeps_one_chain_per_tick_with_two_workers(
+    example_db_args: list[str],
+) -> None:
+    lines = run_script("schedules.py", *example_db_args).splitlines()
+    assert lines[0] == "two workers keep the same schedules for 3.5 s"
+    beats = [line for line in lines if line.startswith("heartbeat ") and " by worker-" in line]
+    ticks = [line.split()[1] for line in beats]
+    assert 3 <= len(beats) <= 4, lines
+    assert len(set(ticks)) == len(ticks), lines  # each tick ran once, by one of the workers
+    assert "workers stopped" in lines
+    assert any(re.fullmatch(r"heartbeat ticks: \d+, chains per tick: \{1\}", x) for x in lines)
+    assert any(
+        re.fullmatch(r"nightly-report for \d{4}-\d\d-\d\d runs at \S+ 03:00 CES?T", x)
+        for x in lines
+    ), lines
+    assert lines[-2:] == [
+        "schedule heartbeat: every 0:00:01, missed=once",
+        'schedule nightly-report: cron "0 3 * * *" in Europe/Berlin, missed=skip',
+    ]

@@ -100,6 +100,32 @@ async def stats(core: Core, request: Request) -> dict[str, Any]:
     }
 
 
+async def schedules(core: Core, request: Request) -> dict[str, Any]:
+    client = core.source.client
+    now = dt.datetime.now(dt.UTC)
+    found = await core.source.run(lambda s: reading.schedules(client, s, core.schedules, now))
+    return {
+        "items": [
+            {
+                "name": state.schedule.name,
+                "type_name": state.schedule.job_type.name,
+                "recurs": state.schedule.description,
+                "cron": state.schedule.cron,
+                "every_seconds": (
+                    None if state.schedule.every is None else state.schedule.every.total_seconds()
+                ),
+                "tz": str(state.schedule.tz),
+                "missed": state.schedule.missed,
+                "next_tick": when(state.next_tick),
+                "last_tick": None if state.last is None else when(state.last.tick),
+                "last_chain_id": None if state.last is None else str(state.last.chain_id),
+                "last_status": None if state.last_status is None else state.last_status.value,
+            }
+            for state in found
+        ]
+    }
+
+
 async def trigger_job(core: Core, request: Request) -> dict[str, Any]:
     job = await core.source.run(actions.trigger(core.source.client, _id(request, "job id")))
     return {"job": job_record(job)}
@@ -197,4 +223,5 @@ ROUTES = [
     ("/jobs/{id}/trigger", "POST", trigger_job, True),
     ("/jobs/{id}/retry", "POST", retry_job, True),
     ("/stats", "GET", stats, False),
+    ("/schedules", "GET", schedules, False),
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from queuert_sa._errors import (
     JobNotTriggerableError,
 )
 from queuert_sa._logs import get_logger
+from queuert_sa._schedules import Schedule
 
 from . import _api, _pages
 from . import _security as security
@@ -79,9 +80,16 @@ class Core:
     """What every endpoint needs: the client, the guards' settings, the page templates."""
 
     def __init__(
-        self, source: Source, *, authorize: Authorize | None, read_only: bool, title: str
+        self,
+        source: Source,
+        *,
+        authorize: Authorize | None,
+        read_only: bool,
+        title: str,
+        schedules: Sequence[Schedule],
     ) -> None:
         self.source = source
+        self.schedules = list(schedules)
         self.authorize = authorize
         self.read_only = read_only
         self.title = title
@@ -206,6 +214,8 @@ class Dashboard:
         read_only: When True (the default) every write (trigger, retry,
             cancel, delete) is refused with 403 and the pages offer none.
         title: The name in the pages' header and titles.
+        schedules: Recurring schedules to show (``worker.schedules``): a
+            page and ``/api/schedules`` with each one's next and last tick.
     """
 
     def __init__(
@@ -215,8 +225,15 @@ class Dashboard:
         authorize: Authorize | None = None,
         read_only: bool = True,
         title: str = "queuert",
+        schedules: Sequence[Schedule] = (),
     ) -> None:
-        self.core = Core(Source(queuert), authorize=authorize, read_only=read_only, title=title)
+        self.core = Core(
+            Source(queuert),
+            authorize=authorize,
+            read_only=read_only,
+            title=title,
+            schedules=schedules,
+        )
         handlers: dict[Any, Callable[[Request, Exception], Any]] = {HTTPException: self._http_error}
         self.app = Starlette(routes=_routes(self.core), exception_handlers=handlers)
 

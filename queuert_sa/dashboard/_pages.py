@@ -117,6 +117,7 @@ class Templates:
         html = self.env.get_template(name).render(
             base=base,
             title=self.core.title,
+            has_schedules=bool(self.core.schedules),
             writable=not self.core.read_only,
             csrf_token=security.csrf_token(request),
             csrf_field=security.CSRF_FIELD,
@@ -211,6 +212,13 @@ async def job(core: Core, request: Request) -> Response:
     )
 
 
+async def schedules(core: Core, request: Request) -> Response:
+    client = core.source.client
+    now = dt.datetime.now(dt.UTC)
+    found = await core.source.run(lambda s: reading.schedules(client, s, core.schedules, now))
+    return core.pages.render(request, "schedules.html", states=found)
+
+
 async def trigger_job(core: Core, request: Request) -> Response:
     job_id = _id(request, "job id")
     await core.source.run(actions.trigger(core.source.client, job_id))
@@ -301,6 +309,7 @@ ROUTES = [
     ("/chains/{id}/cancel", "POST", cancel_chain, True),
     ("/chains/{id}/delete", "POST", delete_chain, True),
     ("/jobs", "GET", jobs, False),
+    ("/schedules", "GET", schedules, False),
     ("/jobs/bulk", "POST", bulk_jobs, True),
     ("/jobs/{id}", "GET", job, False),
     ("/jobs/{id}/trigger", "POST", trigger_job, True),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from queuert_sa._client import Queuert
 from queuert_sa._entities import Chain, Job, Page
+from queuert_sa._schedule_report import ScheduleState, schedule_states
+from queuert_sa._schedules import Schedule
 from queuert_sa._snapshots import chain_from_rows, job_from_row
 from queuert_sa.models import JobStatus
 from queuert_sa.state import overview, queries
@@ -112,6 +115,13 @@ class Stats:
     def oldest_ready_age(self) -> float | None:
         """Seconds the longest-waiting ready job has waited; None when nothing is ready."""
         return max((age for _, age in self.ready.values()), default=None)
+
+
+def schedules(
+    client: Queuert, session: Session, wanted: Sequence[Schedule], now: dt.datetime
+) -> list[ScheduleState]:
+    """Each schedule's next tick and its latest tick's chain."""
+    return schedule_states(session, client.ctx, wanted, now)
 
 
 def stats(client: Queuert, session: Session, now: dt.datetime) -> Stats:
