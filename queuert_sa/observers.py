@@ -170,6 +170,10 @@ class Observer(Protocol):
         """A worker took back an expired lease (``failed``: no attempts were left)."""
         ...
 
+    def job_limit_reached(self, *, type_name: str, worker_id: str, max_running: int) -> None:
+        """A due job of ``type_name`` was left pending: ``max_running`` of its attempts run."""
+        ...
+
     # --- ends (after COMMIT) --------------------------------------------------------
     def job_completed(
         self, *, job: JobInfo, worker_id: str | None, duration: float, continued: bool
@@ -298,6 +302,9 @@ class BaseObserver:
         return None
 
     def job_reaped(self, *, job: JobInfo, worker_id: str, failed: bool) -> None:
+        return None
+
+    def job_limit_reached(self, *, type_name: str, worker_id: str, max_running: int) -> None:
         return None
 
     def job_completed(

@@ -11,7 +11,7 @@ import os
 import time
 from typing import TypedDict
 
-from sqlalchemy import ForeignKey, Integer, String, create_engine, func, select
+from sqlalchemy import Float, ForeignKey, Integer, String, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import queuert_sa as q
@@ -35,6 +35,28 @@ class Effect(Base):
     job_id: Mapped[str] = mapped_column(String(36), index=True)
     label: Mapped[str] = mapped_column(String(100))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"), nullable=True)
+
+
+class Span(Base):
+    """When a handler ran (``time.time()`` at its start and end), written with its outcome:
+    how many attempts of a type ran at once, read from the rows."""
+
+    __tablename__ = "app_span"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    label: Mapped[str] = mapped_column(String(100))
+    started: Mapped[float] = mapped_column(Float)
+    ended: Mapped[float] = mapped_column(Float)
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The largest number of spans open at one moment (an end before a start at a tie)."""
+    events = sorted([(b, 1) for b, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak
 
 
 class UserIn(TypedDict):
@@ -98,7 +120,9 @@ def build_worker(
     ``batch``: group commit of ``work`` jobs (``handler(work, batch=...)``).
     ``QUEUERT_APP_MAX_ATTEMPTS``: the worker's ``max_attempts`` (default: none).
     ``QUEUERT_APP_SPANS``: a file the worker's OpenTelemetry spans are written
-    to as they end, one JSON object per line. ``QUEUERT_APP_SCHEDULE_EVERY``:
+    to as they end, one JSON object per line. ``QUEUERT_APP_MAX_RUNNING``: the
+    ``max_running`` of ``work`` (each run then writes a :class:`Span`).
+    ``QUEUERT_APP_SCHEDULE_EVERY``:
     seconds; the worker keeps a schedule "beat" starting a ``work`` chain per tick.
     """
     started_dir = os.environ.get("QUEUERT_APP_STARTED_DIR")
@@ -115,8 +139,11 @@ def build_worker(
         max_attempts=int(limit) if limit else None,
     )
 
-    @worker.handler(work, batch=batch)
+    max_running = os.environ.get("QUEUERT_APP_MAX_RUNNING")
+
+    @worker.handler(work, batch=batch, max_running=int(max_running) if max_running else None)
     def do_work(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
+        began = time.time()
         attempt.session.add(Effect(job_id=str(attempt.job.id), label="work"))
         attempt.session.flush()
         if started_dir:
@@ -124,6 +151,10 @@ def build_worker(
                 f.write(str(os.getpid()))
         if attempt.input["sleep"] and sleep_scale:
             time.sleep(attempt.input["sleep"] * sleep_scale)
+        if max_running:
+            attempt.session.add(
+                Span(job_id=str(attempt.job.id), label="work", started=began, ended=time.time())
+            )
         return attempt.complete(attempt.input["n"] * 2)
 
     every = os.environ.get("QUEUERT_APP_SCHEDULE_EVERY")

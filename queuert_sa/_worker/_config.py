@@ -30,6 +30,7 @@ from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, is_attempt_limit, retry_
 from queuert_sa._rules import Decision
 
 from . import _reports as reports
+from ._limits import Limits, check_max_running
 from ._recurring import Recurring
 
 log = get_logger("queuert_sa.worker")
@@ -78,6 +79,7 @@ class HandlerOptions(TypedDict, total=False):
     timeout: Duration
     lease: Duration
     batch: int
+    max_running: int | None
 
 
 #: The largest group of attempts one transaction may hold (``batch=``, ``size=``).
@@ -102,6 +104,8 @@ class Registration:
     """Exceptions that fail the job at once, without retries."""
     whole: bool = False
     """The function takes the whole group (``batch_handler``), not one attempt."""
+    max_running: int | None = None
+    """Attempts of the type that may run at once across every worker; None: no limit."""
 
 
 def config_duration(value: object, name: str) -> dt.timedelta:
@@ -210,6 +214,8 @@ class WorkerCore(Recurring):
         """Open the atomic SAVEPOINT before the handler runs (else on its first use)."""
         self.rng = random.Random()
         self._init_recurring()
+        self.limits = Limits()
+        """The types found at their ``max_running`` limit, left out for a moment."""
         self._counts_lock = threading.Lock()
         self._completed = 0
         self._failed = 0
@@ -265,7 +271,7 @@ class WorkerCore(Recurring):
         if unknown:
             raise TypeError(
                 f"handler() got an unexpected keyword argument {unknown[0]!r}; it takes "
-                "mode, backoff, max_attempts, fail_on, timeout, lease and batch."
+                "mode, backoff, max_attempts, fail_on, timeout, lease, batch and max_running."
             )
         mode = options.get("mode", "atomic")
         batch = options.get("batch", 1)
@@ -287,6 +293,7 @@ class WorkerCore(Recurring):
         else:
             max_attempts = self.max_attempts
         fail_on = check_fail_on(options.get("fail_on", ()), resolved.name)
+        max_running = check_max_running(resolved.name, options.get("max_running"), batch)
 
         def build(fn: Callable[..., Any]) -> Registration:
             if resolved.name in self.type_names:
@@ -303,6 +310,7 @@ class WorkerCore(Recurring):
                 batch=batch,
                 max_attempts=max_attempts,
                 fail_on=fail_on,
+                max_running=max_running,
             )
 
         return build
@@ -359,8 +367,18 @@ class WorkerCore(Recurring):
 
     @property
     def acquired_types(self) -> tuple[str, ...]:
-        """The job types this worker's own slots acquire (its registered handlers)."""
-        return tuple(self.handlers)
+        """The job types this worker's own slots acquire: its handlers' less those at their limit."""
+        full = self.limits.full_now()
+        return tuple(n for n in self.handlers if n not in full) if full else tuple(self.handlers)
+
+    @property
+    def max_running(self) -> dict[str, int]:
+        """Per type with a fleet-wide concurrency limit, how many attempts may run at once."""
+        return {n: r.max_running for n, r in self.handlers.items() if r.max_running is not None}
+
+    def report_limit_wait(self, type_name: str, max_running: int) -> None:
+        """A job of ``type_name`` was left pending: its type was at its limit."""
+        reports.limit_reached(self, type_name, max_running)
 
     @property
     def lease_bound(self) -> dt.timedelta:

@@ -33,6 +33,7 @@ from queuert_sa.models import JobStatus
 from queuert_sa.state import leases, queries, settlement
 from queuert_sa.state import operations as ops
 
+from . import _acquire as acquiring
 from . import _group as group
 from . import _keep as recurring
 from . import _policy as policy
@@ -151,7 +152,10 @@ def count_backlog(core: WorkerCore) -> Flow[None]:
 
 def next_due(core: WorkerCore) -> Flow[dt.datetime | None]:
     """When the next pending job of the worker's types is due (a read ended by COMMIT)."""
-    look = partial(ops.next_due_at, models=core.ctx.models, type_names=core.acquired_types)
+    types = core.acquired_types
+    if not types:
+        return None  # every type at its limit: the limits' recheck says when to look
+    look = partial(ops.next_due_at, models=core.ctx.models, type_names=types)
     due: dt.datetime | None = yield Look(look)
     return due
 
@@ -187,7 +191,9 @@ def process_one(
         raise
     yield Writer(take=False)
     if step.job_id is None:
-        step = Step(next_due=(yield from next_due(core)))
+        due = yield from next_due(core)
+        recheck = core.limits.recheck_at(core.ctx.clock())  # a type at its limit, looked at again
+        step = Step(next_due=due if recheck is None or (due and due < recheck) else recheck)
     return step
 
 
@@ -207,22 +213,7 @@ def attempt(
     row: Any = None
     started = time.perf_counter()
     try:
-        now = ctx.clock()
-        row = yield Run(
-            session,
-            partial(
-                ops.acquire_job,
-                models=ctx.models,
-                caps=ctx.capabilities,
-                type_names=core.acquired_types,
-                worker_id=core.worker_id,
-                # Provisional for both modes; a staged prepare() renews or keeps it.
-                lease_until=now + core.lease_bound,
-                now=now,
-                exclude_ids=exclude,
-                timeouts=core.atomic_timeouts,
-            ),
-        )
+        row = yield from acquiring.acquire(core, session, exclude, ctx.clock())
         if row is None:
             # Commit, not roll back: the transaction wrote nothing, and a
             # ROLLBACK makes psycopg drop every prepared statement.
@@ -252,6 +243,7 @@ def attempt(
     if state is not None:
         yield ReleaseLease(state)
     yield End(session, "close")
+    core.limits.mark_free(row["type_name"])
     core.count(
         row,
         error,
@@ -372,6 +364,8 @@ def _record_lost(
 def reap_one(core: WorkerCore) -> Flow[bool]:
     """Return one expired lease of the worker's types to pending; True if one was."""
     ctx = core.ctx
+    if not core.acquired_types:
+        return False
     if ctx.capabilities.single_writer:
         # Single writer: look with a read before taking the write lock.
         look = partial(

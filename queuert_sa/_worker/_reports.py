@@ -232,6 +232,24 @@ def pass_failed(core: WorkerCore, exc: Exception) -> None:
         observers.emit("database_error", operation=exc.operation, error=exc)
 
 
+def limit_reached(core: WorkerCore, type_name: str, max_running: int) -> None:
+    """A job was left pending: ``max_running`` attempts of its type were running already."""
+    log.debug(
+        "worker %s: %s is at its limit of %d running; taking other work",
+        core.worker_id,
+        type_name,
+        max_running,
+    )
+    observers = core.ctx.observers
+    if observers.active:
+        observers.emit(
+            "job_limit_reached",
+            type_name=type_name,
+            worker_id=core.worker_id,
+            max_running=max_running,
+        )
+
+
 def backlog_due(core: WorkerCore) -> bool:
     """True once per ``backlog_interval`` (for one slot of the worker), with observers."""
     if not core.ctx.observers.active or core.backlog_interval is None:

@@ -172,6 +172,11 @@ class Worker(WorkerCore):
                 group holds its rows locked until it commits, and a job waits
                 for the jobs before it in its group. Defaults to 1 (a
                 transaction per job).
+            max_running: At most this many attempts of the type run at once,
+                across every worker and process on the database (atomic and
+                staged alike); a due job beyond it stays pending, and the slot
+                takes other work. Declare it on every worker that runs the
+                type. Not with ``batch``. Defaults to None: no limit.
         """
         build = self._registration(job_type, options)
 

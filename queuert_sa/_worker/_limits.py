@@ -1,0 +1,74 @@
+"""Fleet-wide concurrency limits in the attempt flow: ``@worker.handler(t, max_running=N)``.
+
+The acquiring transaction takes the next due job as always; when its type has
+a limit, :func:`queuert_sa.state.limits.may_run` decides in the same
+transaction whether one more attempt of that type fits
+(:func:`queuert_sa._worker._acquire.acquire`). If not, the
+transaction is rolled back (the job untouched: pending, attempt count kept)
+and the slot takes a job of another type: a type at its limit never holds a
+slot up. The type is left out of this worker's acquisitions for a short
+while (:data:`RECHECK`), so idle slots do not ask again and again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+from queuert_sa._errors import WorkerConfigError
+
+#: How long a type found at its limit is left out of a worker's acquisitions.
+RECHECK = dt.timedelta(milliseconds=250)
+
+
+def check_max_running(type_name: str, value: object, batch: int) -> int | None:
+    """``max_running=``: None (no limit) or a whole number of attempts, at least 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WorkerConfigError(
+            f"max_running of the handler for {type_name!r} must be a whole number of attempts "
+            f"(at least 1) or None for no limit, not {value!r}"
+        )
+    if batch > 1:
+        raise WorkerConfigError(
+            f"max_running= and batch= cannot be combined on the handler for {type_name!r}: a "
+            "group takes many jobs in one statement. Drop one of them."
+        )
+    return value
+
+
+class Limits:
+    """A worker's limited types, and which of them were found full, until when."""
+
+    def __init__(self) -> None:
+        self._full_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def full_now(self) -> frozenset[str]:
+        """The types left out of acquisitions at this moment."""
+        if not self._full_until:
+            return frozenset()
+        now = time.monotonic()
+        with self._lock:
+            for name in [n for n, until in self._full_until.items() if until <= now]:
+                del self._full_until[name]
+            return frozenset(self._full_until)
+
+    def mark_full(self, type_name: str) -> None:
+        with self._lock:
+            self._full_until[type_name] = time.monotonic() + RECHECK.total_seconds()
+
+    def mark_free(self, type_name: str) -> None:
+        """An attempt of ``type_name`` ended here: a slot of it may be free again."""
+        if type_name in self._full_until:
+            with self._lock:
+                self._full_until.pop(type_name, None)
+
+    def recheck_at(self, now: dt.datetime) -> dt.datetime | None:
+        """When the first full type is looked at again (None if none is full)."""
+        if not self._full_until:
+            return None
+        wait = max(0.0, min(self._full_until.values()) - time.monotonic())
+        return now + dt.timedelta(seconds=wait)
