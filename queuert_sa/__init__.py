@@ -63,6 +63,7 @@ from ._errors import WorkerConfigError as WorkerConfigError
 from ._job_types import ChainStart as ChainStart
 from ._job_types import JobType as JobType
 from ._job_types import JobTypes as JobTypes
+from ._rate import Rate as Rate
 from ._retry import Backoff as Backoff
 from ._retry import Fail as Fail
 from ._retry import Reschedule as Reschedule
@@ -142,6 +143,7 @@ __all__ = [
     "Page",
     "Queuert",
     "QueuertError",
+    "Rate",
     "RecordingObserver",
     "Reschedule",
     "Schedule",

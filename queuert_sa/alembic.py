@@ -45,7 +45,7 @@ __all__ = [
 BRANCH_LABEL = "queuert"
 
 #: Names of queuert's tables after the table prefix (``queuert_job``, ...).
-TABLE_SUFFIXES: tuple[str, ...] = ("job", "job_blocker")
+TABLE_SUFFIXES: tuple[str, ...] = ("job", "job_blocker", "rate_bucket")
 
 
 def _find_version_location() -> str:
@@ -71,7 +71,7 @@ def exclude_queuert_tables(
     Autogenerate then neither proposes to drop queuert's tables (they are not
     in your ``MetaData``) nor to alter them; queuert's own branch manages them.
     Tables are matched by exact name (``{table_prefix}job``,
-    ``{table_prefix}job_blocker``) in any schema, so other tables starting
+    ``{table_prefix}job_blocker``, ``{table_prefix}rate_bucket``) in any schema, so other tables starting
     with the prefix stay yours. ``also`` is your own ``include_object``, if
     any: an object is included when it is not queuert's and ``also`` includes
     it.

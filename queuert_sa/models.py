@@ -26,6 +26,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -50,6 +51,7 @@ __all__ = [
     "JobBlocker",
     "JobStatus",
     "Models",
+    "RateBucket",
     "create_models",
     "metadata",
 ]
@@ -250,6 +252,24 @@ def job_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
     )
 
 
+class RateBucketColumns:
+    """Columns of the rate-limit token buckets (``q.Rate``; added by revision a8d2c6e4f1b9)."""
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    """The job type, and the key for a per-key rate (``type``, or ``type`` and the key after a unit separator)."""
+    tokens: Mapped[float] = mapped_column(Float)
+    """Attempts that may start now, as of ``updated``."""
+    updated: Mapped[float] = mapped_column(Float)
+    """When ``tokens`` was counted, in seconds since the Unix epoch."""
+
+
+def rate_bucket_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
+    return (
+        PrimaryKeyConstraint("name", name=f"pk_{prefix}rate_bucket"),
+        {"schema": schema} if schema else {},
+    )
+
+
 def job_blocker_table_args(prefix: str, schema: str | None) -> tuple[Any, ...]:
     """Constraints and indexes of the job blocker table."""
     job = f"{prefix}job"
@@ -272,6 +292,7 @@ class Models:
 
     job: type[JobColumns]
     job_blocker: type[JobBlockerColumns]
+    rate_bucket: type[RateBucketColumns]
     metadata: MetaData
     table_prefix: str
     schema: str | None
@@ -283,6 +304,10 @@ class Models:
     @property
     def job_blocker_table(self) -> Table:
         return self.job_blocker.__table__  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def rate_bucket_table(self) -> Table:
+        return self.rate_bucket.__table__  # type: ignore[attr-defined,no-any-return]
 
 
 class Base(DeclarativeBase):
@@ -303,6 +328,13 @@ class JobBlocker(JobBlockerColumns, Base):
 
     __tablename__ = f"{DEFAULT_TABLE_PREFIX}job_blocker"
     __table_args__ = job_blocker_table_args(DEFAULT_TABLE_PREFIX, None)
+
+
+class RateBucket(RateBucketColumns, Base):
+    """The token bucket of a rate-limited job type (or of one key of it)."""
+
+    __tablename__ = f"{DEFAULT_TABLE_PREFIX}rate_bucket"
+    __table_args__ = rate_bucket_table_args(DEFAULT_TABLE_PREFIX, None)
 
 
 def _index_blocker_lookups(table: Table) -> None:
@@ -330,6 +362,7 @@ metadata: MetaData = Base.metadata
 DEFAULT_MODELS = Models(
     job=Job,
     job_blocker=JobBlocker,
+    rate_bucket=RateBucket,
     metadata=metadata,
     table_prefix=DEFAULT_TABLE_PREFIX,
     schema=None,
@@ -376,9 +409,19 @@ def create_models(*, table_prefix: str = DEFAULT_TABLE_PREFIX, schema: str | Non
         },
     )
     _index_blocker_lookups(blocker_cls.__table__)  # type: ignore[attr-defined]
+    bucket_cls = type(
+        "RateBucket",
+        (RateBucketColumns, _Base),
+        {
+            "__tablename__": f"{table_prefix}rate_bucket",
+            "__table_args__": rate_bucket_table_args(table_prefix, schema),
+            "__module__": __name__,
+        },
+    )
     models = Models(
         job=job_cls,
         job_blocker=blocker_cls,
+        rate_bucket=bucket_cls,
         metadata=_Base.metadata,
         table_prefix=table_prefix,
         schema=schema,

@@ -174,6 +174,10 @@ class Observer(Protocol):
         """A due job of ``type_name`` was left pending: ``max_running`` of its attempts run."""
         ...
 
+    def job_rate_limited(self, *, type_name: str, worker_id: str, delay: float) -> None:
+        """A due job of ``type_name`` was delayed ``delay`` seconds: its rate had no token."""
+        ...
+
     # --- ends (after COMMIT) --------------------------------------------------------
     def job_completed(
         self, *, job: JobInfo, worker_id: str | None, duration: float, continued: bool
@@ -305,6 +309,9 @@ class BaseObserver:
         return None
 
     def job_limit_reached(self, *, type_name: str, worker_id: str, max_running: int) -> None:
+        return None
+
+    def job_rate_limited(self, *, type_name: str, worker_id: str, delay: float) -> None:
         return None
 
     def job_completed(

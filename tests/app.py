@@ -121,7 +121,8 @@ def build_worker(
     ``QUEUERT_APP_MAX_ATTEMPTS``: the worker's ``max_attempts`` (default: none).
     ``QUEUERT_APP_SPANS``: a file the worker's OpenTelemetry spans are written
     to as they end, one JSON object per line. ``QUEUERT_APP_MAX_RUNNING``: the
-    ``max_running`` of ``work`` (each run then writes a :class:`Span`).
+    ``max_running`` of ``work``, ``QUEUERT_APP_RATE`` its rate per second (with
+    either, each run writes a :class:`Span`).
     ``QUEUERT_APP_SCHEDULE_EVERY``:
     seconds; the worker keeps a schedule "beat" starting a ``work`` chain per tick.
     """
@@ -140,8 +141,15 @@ def build_worker(
     )
 
     max_running = os.environ.get("QUEUERT_APP_MAX_RUNNING")
+    per_second = os.environ.get("QUEUERT_APP_RATE")
+    limited = bool(max_running or per_second)
 
-    @worker.handler(work, batch=batch, max_running=int(max_running) if max_running else None)
+    @worker.handler(
+        work,
+        batch=batch,
+        max_running=int(max_running) if max_running else None,
+        rate=q.Rate(int(per_second), per=1) if per_second else None,
+    )
     def do_work(attempt: q.Attempt[WorkIn, int]) -> q.Outcome:
         began = time.time()
         attempt.session.add(Effect(job_id=str(attempt.job.id), label="work"))
@@ -151,7 +159,7 @@ def build_worker(
                 f.write(str(os.getpid()))
         if attempt.input["sleep"] and sleep_scale:
             time.sleep(attempt.input["sleep"] * sleep_scale)
-        if max_running:
+        if limited:
             attempt.session.add(
                 Span(job_id=str(attempt.job.id), label="work", started=began, ended=time.time())
             )

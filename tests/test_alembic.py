@@ -62,8 +62,8 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = Path(__file__).resolve().parent / "alembic_app"
 APP_REVISION = "ef0505469c4b"
 QUEUERT_BASE_REVISION = "2fac216ef489"
-QUEUERT_REVISION = "f3c9a7d1e2b4"  # the head of the queuert branch
-QUEUERT_TABLES = {"queuert_job", "queuert_job_blocker"}
+QUEUERT_REVISION = "a8d2c6e4f1b9"  # the head of the queuert branch
+QUEUERT_TABLES = {"queuert_job", "queuert_job_blocker", "queuert_rate_bucket"}
 QUEUERT_INDEXES = {
     "queuert_job": {
         "queuert_chain_index_idx",
@@ -79,6 +79,7 @@ QUEUERT_INDEXES = {
         "queuert_job_ended_idx",
     },
     "queuert_job_blocker": {"queuert_job_blocker_chain_idx"},
+    "queuert_rate_bucket": set(),
 }
 
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from queuert_sa.state import limits as ops_limits
 from queuert_sa.state import operations as ops
 
-from ._effects import End, Flow, Run
+from . import _reports as reports
+from ._effects import End, Flow, InTransaction, Run
 
 if TYPE_CHECKING:
     from ._config import WorkerCore
@@ -27,7 +28,8 @@ def acquire(
     """The next due job this worker may run: the acquired row, or None if there is none."""
     ctx = core.ctx
     limits: Mapping[str, int] = core.max_running
-    types: tuple[str, ...] = core.acquired_types
+    types: tuple[str, ...] = core.limits.open_types(tuple(core.handlers))
+    delayed = 0
     while types:
         row = yield Run(
             session,
@@ -49,7 +51,13 @@ def acquire(
         name: str = row["type_name"]
         limit = limits.get(name)
         if limit is None:
-            return row
+            if (yield from _within_rate(core, session, row, now)):
+                return row
+            delayed += 1
+            if _per_key(core, name) and delayed < KEYED_DELAYS_PER_PASS:
+                continue  # another key's job may have a token now
+            types = tuple(t for t in types if t != name)
+            continue
         check = partial(
             ops_limits.may_run,
             models=ctx.models,
@@ -59,9 +67,63 @@ def acquire(
             max_running=limit,
         )
         if (yield Run(session, check)):
-            return row
+            if (yield from _within_rate(core, session, row, now)):
+                return row
+            delayed += 1
+            if _per_key(core, name) and delayed < KEYED_DELAYS_PER_PASS:
+                continue
+            types = tuple(t for t in types if t != name)
+            continue
         yield End(session, "rollback")  # the job as it was: pending, its attempt count kept
         core.limits.mark_full(name)
-        core.report_limit_wait(name, limit)
+        reports.limit_reached(core, name, limit)
         types = tuple(t for t in types if t != name)
     return None  # every type of the worker is at its limit
+
+
+#: How many jobs of a per-key rate one pass may delay before it leaves the type be: the
+#: due jobs of keys without a token are moved to their key's next token, a few per pass.
+KEYED_DELAYS_PER_PASS = 16
+
+
+def _per_key(core: WorkerCore, type_name: str) -> bool:
+    rate = core.handlers[type_name].rate
+    return rate is not None and rate.key is not None
+
+
+def _within_rate(core: WorkerCore, session: Any, row: Any, now: dt.datetime) -> Flow[bool]:
+    """Take a token for the acquired job; without one, delay the job (committed) and say False.
+
+    PostgreSQL: the token is taken in a short transaction of its own (its
+    bucket row lock must not last the attempt); it is spent even if the
+    attempt then fails, as a call to a rate-limited service would be. SQLite:
+    in the attempt's transaction (one writer at a time anyway).
+    """
+    ctx = core.ctx
+    name: str = row["type_name"]
+    rate = core.handlers[name].rate
+    if rate is None:
+        return True
+    take = partial(
+        ops_limits.take_token,
+        models=ctx.models,
+        caps=ctx.capabilities,
+        name=rate.bucket(name, row["input"]),
+        burst=rate.burst,
+        per_second=rate.per_second,
+        now=ctx.clock().timestamp(),  # now, not when the acquisition began: a wait is exact
+    )
+    single_writer = ctx.capabilities.single_writer
+    wait: float = yield (Run(session, take) if single_writer else InTransaction(take, "plain"))
+    if wait <= 0:
+        return True
+    yield End(session, "rollback")  # the attempt, as if never taken
+    until = ctx.clock() + dt.timedelta(seconds=wait)
+    yield Run(
+        session, partial(ops_limits.delay_job, models=ctx.models, job_id=row["id"], until=until)
+    )
+    yield End(session, "commit")
+    if rate.key is None:
+        core.limits.mark_full(name, wait)  # no job of the type may start before then
+    reports.rate_limited(core, name, wait)
+    return False

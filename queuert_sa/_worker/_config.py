@@ -26,11 +26,12 @@ from queuert_sa._durations import Duration, as_duration
 from queuert_sa._errors import DatabaseUnavailableError, DuplicateHandlerError, WorkerConfigError
 from queuert_sa._job_types import JobType
 from queuert_sa._logs import get_logger, worker_fields
+from queuert_sa._rate import Rate
 from queuert_sa._retry import DEFAULT_BACKOFF, Backoff, is_attempt_limit, retry_decision
 from queuert_sa._rules import Decision
 
 from . import _reports as reports
-from ._limits import Limits, check_max_running
+from ._limits import Limits, check_max_running, check_rate
 from ._recurring import Recurring
 
 log = get_logger("queuert_sa.worker")
@@ -80,6 +81,7 @@ class HandlerOptions(TypedDict, total=False):
     lease: Duration
     batch: int
     max_running: int | None
+    rate: Rate | None
 
 
 #: The largest group of attempts one transaction may hold (``batch=``, ``size=``).
@@ -106,6 +108,8 @@ class Registration:
     """The function takes the whole group (``batch_handler``), not one attempt."""
     max_running: int | None = None
     """Attempts of the type that may run at once across every worker; None: no limit."""
+    rate: Rate | None = None
+    """How many attempts of the type may start per period across every worker."""
 
 
 def config_duration(value: object, name: str) -> dt.timedelta:
@@ -271,7 +275,8 @@ class WorkerCore(Recurring):
         if unknown:
             raise TypeError(
                 f"handler() got an unexpected keyword argument {unknown[0]!r}; it takes "
-                "mode, backoff, max_attempts, fail_on, timeout, lease, batch and max_running."
+                "mode, backoff, max_attempts, fail_on, timeout, lease, batch, max_running and "
+                "rate."
             )
         mode = options.get("mode", "atomic")
         batch = options.get("batch", 1)
@@ -294,6 +299,7 @@ class WorkerCore(Recurring):
             max_attempts = self.max_attempts
         fail_on = check_fail_on(options.get("fail_on", ()), resolved.name)
         max_running = check_max_running(resolved.name, options.get("max_running"), batch)
+        rate = check_rate(resolved.name, options.get("rate"), batch)
 
         def build(fn: Callable[..., Any]) -> Registration:
             if resolved.name in self.type_names:
@@ -311,6 +317,7 @@ class WorkerCore(Recurring):
                 max_attempts=max_attempts,
                 fail_on=fail_on,
                 max_running=max_running,
+                rate=rate,
             )
 
         return build
@@ -375,10 +382,6 @@ class WorkerCore(Recurring):
     def max_running(self) -> dict[str, int]:
         """Per type with a fleet-wide concurrency limit, how many attempts may run at once."""
         return {n: r.max_running for n, r in self.handlers.items() if r.max_running is not None}
-
-    def report_limit_wait(self, type_name: str, max_running: int) -> None:
-        """A job of ``type_name`` was left pending: its type was at its limit."""
-        reports.limit_reached(self, type_name, max_running)
 
     @property
     def lease_bound(self) -> dt.timedelta:

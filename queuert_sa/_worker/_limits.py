@@ -17,6 +17,7 @@ import threading
 import time
 
 from queuert_sa._errors import WorkerConfigError
+from queuert_sa._rate import Rate
 
 #: How long a type found at its limit is left out of a worker's acquisitions.
 RECHECK = dt.timedelta(milliseconds=250)
@@ -39,6 +40,22 @@ def check_max_running(type_name: str, value: object, batch: int) -> int | None:
     return value
 
 
+def check_rate(type_name: str, value: object, batch: int) -> Rate | None:
+    """``rate=``: None (no limit) or a :class:`~queuert_sa.Rate`."""
+    if value is None:
+        return None
+    if not isinstance(value, Rate):
+        raise WorkerConfigError(
+            f"rate of the handler for {type_name!r} takes q.Rate(count, per=...), not {value!r}"
+        )
+    if batch > 1:
+        raise WorkerConfigError(
+            f"rate= and batch= cannot be combined on the handler for {type_name!r}: a group "
+            "takes many jobs in one statement. Drop one of them."
+        )
+    return value
+
+
 class Limits:
     """A worker's limited types, and which of them were found full, until when."""
 
@@ -47,18 +64,40 @@ class Limits:
         self._lock = threading.Lock()
 
     def full_now(self) -> frozenset[str]:
-        """The types left out of acquisitions at this moment."""
+        """The types left out at this moment (for looking; :meth:`open_types` to acquire)."""
         if not self._full_until:
             return frozenset()
         now = time.monotonic()
         with self._lock:
-            for name in [n for n, until in self._full_until.items() if until <= now]:
-                del self._full_until[name]
-            return frozenset(self._full_until)
+            return frozenset(n for n, until in self._full_until.items() if until > now)
 
-    def mark_full(self, type_name: str) -> None:
+    def open_types(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """Of ``names``, those this caller may acquire now.
+
+        When a type's wait is over, one caller (one slot) gets it and looks;
+        the other slots leave it out a little longer, until that slot ran a job
+        of it (:meth:`mark_free`) or found it full again: one look per worker
+        at each moment a type may have room, not one per slot.
+        """
+        if not self._full_until:
+            return names
+        now = time.monotonic()
+        found: list[str] = []
         with self._lock:
-            self._full_until[type_name] = time.monotonic() + RECHECK.total_seconds()
+            for name in names:
+                until = self._full_until.get(name)
+                if until is None:
+                    found.append(name)
+                elif until <= now:
+                    self._full_until[name] = now + RECHECK.total_seconds()
+                    found.append(name)
+        return tuple(found)
+
+    def mark_full(self, type_name: str, seconds: float | None = None) -> None:
+        """Leave ``type_name`` out for ``seconds`` (default :data:`RECHECK`)."""
+        wait = RECHECK.total_seconds() if seconds is None else seconds
+        with self._lock:
+            self._full_until[type_name] = time.monotonic() + wait
 
     def mark_free(self, type_name: str) -> None:
         """An attempt of ``type_name`` ended here: a slot of it may be free again."""
@@ -70,5 +109,9 @@ class Limits:
         """When the first full type is looked at again (None if none is full)."""
         if not self._full_until:
             return None
-        wait = max(0.0, min(self._full_until.values()) - time.monotonic())
-        return now + dt.timedelta(seconds=wait)
+        moment = time.monotonic()
+        with self._lock:
+            coming = [until for until in self._full_until.values() if until > moment]
+        if not coming:
+            return None
+        return now + dt.timedelta(seconds=min(coming) - moment)

@@ -250,6 +250,18 @@ def limit_reached(core: WorkerCore, type_name: str, max_running: int) -> None:
         )
 
 
+def rate_limited(core: WorkerCore, type_name: str, delay: float) -> None:
+    """A job was delayed ``delay`` seconds: its type's rate had no token."""
+    log.debug(
+        "worker %s: %s is over its rate; a job waits %.3f s", core.worker_id, type_name, delay
+    )
+    observers = core.ctx.observers
+    if observers.active:
+        observers.emit(
+            "job_rate_limited", type_name=type_name, worker_id=core.worker_id, delay=delay
+        )
+
+
 def backlog_due(core: WorkerCore) -> bool:
     """True once per ``backlog_interval`` (for one slot of the worker), with observers."""
     if not core.ctx.observers.active or core.backlog_interval is None:

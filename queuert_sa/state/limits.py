@@ -1,4 +1,5 @@
-"""SQL for fleet-wide concurrency limits: may this acquired job run, with ``max_running`` of its type?
+"""SQL for fleet-wide limits: may this acquired job run, with ``max_running`` of its type
+running already; and the token buckets of rate-limited types (``q.Rate``).
 
 Attempts of a type running anywhere are of two kinds. An atomic attempt's
 ``running`` row is not committed, so other workers cannot see it; a staged
@@ -16,10 +17,14 @@ exact.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import uuid
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from queuert_sa.models import JobStatus, Models
 
@@ -78,3 +83,61 @@ def may_run(
             return False  # every slot is held: that many attempts are being acquired or run
         held = int(executor.execute(_HELD_SLOTS, params).scalar_one())
         return held + int(executor.execute(others).scalar_one()) <= max_running
+
+
+def take_token(
+    executor: Executor,
+    models: Models,
+    caps: Capabilities,
+    *,
+    name: str,
+    burst: int,
+    per_second: float,
+    now: float,
+) -> float:
+    """Take one token from bucket ``name`` (made full if new); 0.0, or the seconds until one is due.
+
+    ``now`` is in seconds since the epoch. On PostgreSQL the bucket row is
+    locked for the rest of the transaction: run it in a short one of its own.
+    """
+    table = models.rate_bucket_table
+    new = {"name": name, "tokens": float(burst), "updated": now}
+    if caps.single_writer:
+        insert: Any = sqlite_insert(table).values(new).on_conflict_do_nothing()
+    else:
+        insert = pg_insert(table).values(new).on_conflict_do_nothing()
+    current = select(table.c.tokens, table.c.updated).where(table.c.name == name)
+    locked = current.with_for_update() if caps.skip_locked else current
+    with database_errors("take a rate-limit token", models):
+        found = executor.execute(current).first()
+        if found is None:
+            executor.execute(insert)
+        else:
+            # Most callers of a busy bucket find no token: they answer from a plain read,
+            # so only the callers that may get one queue for the row's lock.
+            had, at = float(found.tokens), float(found.updated)
+            ahead = min(float(burst), had + max(0.0, now - at) * per_second)
+            if ahead < 1.0:
+                return (1.0 - ahead) / per_second
+        tokens, updated = executor.execute(locked).one()
+        tokens = min(float(burst), tokens + max(0.0, now - updated) * per_second)
+        if tokens >= 1.0:
+            tokens -= 1.0
+            wait = 0.0
+        else:
+            wait = (1.0 - tokens) / per_second
+        values = {"tokens": tokens, "updated": max(now, updated)}
+        executor.execute(update(table).where(table.c.name == name).values(values))
+    return wait
+
+
+def delay_job(executor: Executor, models: Models, *, job_id: uuid.UUID, until: dt.datetime) -> None:
+    """Make a pending job due at ``until`` (a rate limit's next token), if it is still pending."""
+    table = models.job_table
+    stmt = (
+        update(table)
+        .where(table.c.id == job_id, table.c.status == JobStatus.PENDING)
+        .values(scheduled_at=until)
+    )
+    with database_errors("delay a rate-limited job", models):
+        executor.execute(stmt)
