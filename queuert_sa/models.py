@@ -1,4 +1,4 @@
-"""Declarative models of queuert's two tables: ``Job`` and ``JobBlocker``.
+"""Declarative models of queuert's tables: ``Job``, ``JobBlocker`` and ``RateBucket``.
 
 They live on queuert's own :data:`metadata` (not the application's), so an
 application's Alembic autogenerate never sees them unless asked to, yet they can

@@ -500,3 +500,20 @@ def test_schedules_example_keeps_one_chain_per_tick_with_two_workers(
         "schedule heartbeat: every 0:00:01, missed=once",
         'schedule nightly-report: cron "0 3 * * *" in Europe/Berlin, missed=skip',
     ]
+
+
+def test_limits_example_keeps_two_at_once_five_a_second_and_images_flow(
+    example_db_args: list[str],
+) -> None:
+    lines = run_script("limits.py", *example_db_args).splitlines()
+    assert lines[0] == "sms sent: 20, most at once: 2 (max_running=2)"
+    spread = re.fullmatch(
+        r"sms starts spread over (\d+\.\d) s \(rate 5/s: at least 3\.8 s\)", lines[1]
+    )
+    assert spread, lines
+    assert float(spread[1]) >= 3.7
+    assert lines[2:] == [
+        "images done before the last sms: True",
+        "attempts per job: [1]",
+        "workers stopped",
+    ]
