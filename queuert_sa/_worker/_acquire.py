@@ -16,7 +16,7 @@ from queuert_sa.state import limits as ops_limits
 from queuert_sa.state import operations as ops
 
 from . import _reports as reports
-from ._effects import End, Flow, InTransaction, Run
+from ._effects import End, Flow, InTransaction, Run, Wait
 
 if TYPE_CHECKING:
     from ._config import WorkerCore
@@ -81,6 +81,9 @@ def acquire(
     return None  # every type of the worker is at its limit
 
 
+#: A token due within this many seconds is waited for, holding the acquired job.
+ON_TIME_S = 0.02
+
 #: How many jobs of a per-key rate one pass may delay before it leaves the type be: the
 #: due jobs of keys without a token are moved to their key's next token, a few per pass.
 KEYED_DELAYS_PER_PASS = 16
@@ -104,26 +107,37 @@ def _within_rate(core: WorkerCore, session: Any, row: Any, now: dt.datetime) -> 
     rate = core.handlers[name].rate
     if rate is None:
         return True
-    take = partial(
-        ops_limits.take_token,
-        models=ctx.models,
-        caps=ctx.capabilities,
-        name=rate.bucket(name, row["input"]),
-        burst=rate.burst,
-        per_second=rate.per_second,
-        now=ctx.clock().timestamp(),  # now, not when the acquisition began: a wait is exact
-    )
+    bucket = rate.bucket(name, row["input"])
     single_writer = ctx.capabilities.single_writer
-    wait: float = yield (Run(session, take) if single_writer else InTransaction(take, "plain"))
+
+    def take() -> Run | InTransaction:
+        unit = partial(
+            ops_limits.take_token,
+            models=ctx.models,
+            caps=ctx.capabilities,
+            name=bucket,
+            burst=rate.burst,
+            per_second=rate.per_second,
+            now=ctx.clock().timestamp(),  # now, not when the acquisition began
+        )
+        return Run(session, unit) if single_writer else InTransaction(unit, "plain")
+
+    wait: float = yield take()
+    if 0 < wait <= ON_TIME_S:
+        # A token is due in a moment: wait for it with the job in hand, so that it is
+        # taken on time (a token taken late is lost to the rate).
+        yield Wait(wait, "stop")
+        wait = yield take()
     if wait <= 0:
         return True
     yield End(session, "rollback")  # the attempt, as if never taken
-    until = ctx.clock() + dt.timedelta(seconds=wait)
+    early = max(0.0, wait - ON_TIME_S / 2)  # due a moment before the token, then waited for
+    until = ctx.clock() + dt.timedelta(seconds=early)
     yield Run(
         session, partial(ops_limits.delay_job, models=ctx.models, job_id=row["id"], until=until)
     )
     yield End(session, "commit")
     if rate.key is None:
-        core.limits.mark_full(name, wait)  # no job of the type may start before then
+        core.limits.mark_full(name, early)  # one slot looks again a moment before the token
     reports.rate_limited(core, name, wait)
     return False
