@@ -155,8 +155,7 @@ class EventLoopNotify(ABC, Generic[_Conn]):
                     name=f"{self._thread_name}[{self._channel_prefix}]",
                     daemon=True,
                 )
-            self._loop = loop
-            self._reading = False
+            self._loop = loop  # a reader wanted on the previous loop starts on this one
             self._queue = None
             ready = threading.Event()
             if running is loop:
@@ -217,7 +216,9 @@ class EventLoopNotify(ABC, Generic[_Conn]):
                 loop.call_soon_threadsafe(self._enqueue, channel, payload)
 
     def _enqueue(self, channel: str, payload: str) -> None:
-        if self._queue is None or self._closed:
+        # Not refused once closed: a message published before close() may be
+        # queued here after it (from another thread); close() sends it still.
+        if self._queue is None:
             return
         try:
             self._queue.put_nowait((channel, payload))
@@ -227,16 +228,23 @@ class EventLoopNotify(ABC, Generic[_Conn]):
     async def _send_forever(self) -> None:
         assert self._queue is not None
         queue = self._queue
-        while True:
-            channel, payload = await queue.get()
-            try:
-                await self._send(channel, payload)
-                if queue.empty():
-                    await self._sent_all()
-            except Exception as exc:  # _send reports its own failures; this is a bug guard
-                log.debug("sending a notification failed", exc_info=exc)
-            finally:
-                queue.task_done()
+        try:
+            while True:
+                channel, payload = await queue.get()
+                try:
+                    await self._send(channel, payload)
+                    if queue.empty():
+                        await self._sent_all()
+                except Exception as exc:  # _send reports its own failures; a bug guard
+                    log.debug("sending a notification failed", exc_info=exc)
+                finally:
+                    queue.task_done()
+        finally:
+            # Cancelled by close(), or by the end of the loop (asyncio.run cancels
+            # what is left): either way the connections go with it. A later use
+            # from another loop opens new ones.
+            with contextlib.suppress(Exception):
+                await self._release()
 
     @abstractmethod
     async def _send(self, channel: str, payload: str) -> None:

@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Awaitable
-from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Protocol, cast
+from urllib.parse import urlsplit
 
 import redis.asyncio as aredis
 from redis.asyncio.client import PubSub
