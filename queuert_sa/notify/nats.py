@@ -205,8 +205,12 @@ class NatsNotify(EventLoopNotify[_Listening]):
                 self._servers,
                 name="queuert_sa.notify",
                 connect_timeout=max(1, math.ceil(self._timeout_s)),
-                # The adapter replaces a lost connection on its own backoff.
+                # The adapter replaces a lost connection on its own backoff: the
+                # client neither reconnects nor retries a failed connect (beyond
+                # a second immediate try, the least nats-py allows).
                 allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
                 ping_interval=max(1, math.ceil(self._health_check_s)),
                 max_outstanding_pings=2,
                 error_cb=_log_client_error,
