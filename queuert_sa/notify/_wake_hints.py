@@ -6,10 +6,13 @@ that count from the counter (compare-and-set) and wakes its workers only for
 what it took. So one job wakes one process, not all of them.
 
 Every failure leans towards waking: a counter that is missing (expired, never
-written) or unreadable, or a bucket that cannot be reached, means "wake for
-the whole count"; the database's ``SKIP LOCKED`` sorts out the extra lookers.
-Only a counter at zero, or five compare-and-set races lost in a row (other
-processes took it meanwhile), means "do not wake".
+written) or unreadable, a bucket that cannot be reached, or five
+compare-and-set races lost in a row, means "wake for the whole count"; the
+database's ``SKIP LOCKED`` sorts out the extra lookers. A producer that loses
+five races marks the counter unknown, which means the same until the bucket's
+TTL removes it (a count started over would strand the jobs the old count stood
+for). Only a counter at zero means "do not wake". (Upstream gives up silently on both sides, which can
+leave a job to polling; here a lost race costs a spurious look instead.)
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from queuert_sa._logs import get_logger
 
 log = get_logger("queuert_sa.notify")
 
-#: Compare-and-set attempts before giving up (provide: the hint is lost; consume: skip).
+#: Compare-and-set attempts before giving up (and waking: see the module doc).
 CAS_ATTEMPTS = 5
+
+#: The value of a counter that lost track; it means "wake" until it expires.
+UNKNOWN = b"unknown"
 
 
 class _JetStream(Protocol):
@@ -80,11 +86,16 @@ class WakeHints:
                         continue
                     return
                 current = _count(entry.value)
+                if current < 0:
+                    return  # unknown stays unknown until the bucket's TTL removes it
                 try:
-                    await kv.update(key, str(max(current, 0) + count).encode(), last=entry.revision)
+                    await kv.update(key, str(current + count).encode(), last=entry.revision)
                 except KeyWrongLastSequenceError:
                     continue
                 return
+            # Lost every race (consumers kept taking). Starting the counter over
+            # would strand the jobs it still stood for: mark it unknown instead.
+            await kv.put(key, UNKNOWN)
         except Exception as exc:
             log.debug("wake hint for %r not written: %s", type_name, exc)
 
@@ -111,8 +122,7 @@ class WakeHints:
                 return taken
         except Exception as exc:
             log.debug("wake hint for %r not read (%s): waking", type_name, exc)
-            return count
-        return 0
+        return count
 
 
 def _count(value: bytes | None) -> int:
