@@ -1,38 +1,48 @@
-"""Wake hints of ``NatsNotify``: a job counter per type in a JetStream key-value bucket.
+"""Wake hints of ``NatsNotify``: tickets in a JetStream key-value bucket, one per job.
 
-The producer adds the job count of a job-scheduled message to the type's
-counter before it publishes the message; each listening process takes up to
-that count from the counter (compare-and-set) and wakes its workers only for
-what it took. So one job wakes one process, not all of them.
+A job-scheduled message from a producer with hints carries a random id
+(``"hint"`` in the payload). It stands for ``count`` tickets, keys
+``<hex of the prefix>.<hex of the type name>.<id>.<i>`` for ``i < count``; a
+listening process that receives it tries to *create* those keys, all at once,
+and wakes its workers once per key it created. Creating a key that exists
+fails, so every ticket is won by exactly one process: one job wakes one
+process, not all of them, at the cost of one key-value round trip on the
+listener and none on the producer. Names are hex-encoded, so any type name
+and prefix give a valid key; tickets expire with the bucket's TTL.
 
-Every failure leans towards waking: a counter that is missing (expired, never
-written) or unreadable, a bucket that cannot be reached, or five
-compare-and-set races lost in a row, means "wake for the whole count"; the
-database's ``SKIP LOCKED`` sorts out the extra lookers. A producer that loses
-five races marks the counter unknown, which means the same until the bucket's
-TTL removes it (a count started over would strand the jobs the old count stood
-for). Only a counter at zero means "do not wake". (Upstream gives up silently on both sides, which can
-leave a job to polling; here a lost race costs a spurious look instead.)
+Every failure leans towards waking: a message without an id (a producer
+without hints), or a bucket that cannot be reached, means "wake for the whole
+count"; the database's ``SKIP LOCKED`` sorts out the extra lookers. Only
+tickets that other processes won mean "do not wake".
+
+Unlike upstream's one counter per type (read, then compare-and-set, on both
+sides, giving up after five lost races), tickets have no hot key to contend
+for, so a burst of notifications neither slows down on retries nor loses
+wake-ups when the retries run out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import uuid
 from typing import Protocol, cast
 
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from queuert_sa._logs import get_logger
 
 log = get_logger("queuert_sa.notify")
 
-#: Compare-and-set attempts before giving up (and waking: see the module doc).
-CAS_ATTEMPTS = 5
+#: Tickets one message stands for at most. For a bigger batch, a process that
+#: won a ticket also wakes for the jobs beyond them: a batch that big keeps every
+#: idle slot busy anyway.
+MAX_TICKETS = 64
 
-#: The value of a counter that lost track; it means "wake" until it expires.
-UNKNOWN = b"unknown"
+#: The ticket value (its key is what counts).
+_TICKET = b"1"
 
 
 class _JetStream(Protocol):
@@ -46,19 +56,31 @@ class _HasJetStream(Protocol):
     def jetstream(self) -> object: ...
 
 
-def hint_key(channel_prefix: str, type_name: str) -> str:
-    """The key of a type's counter: hex of the prefix and of the name (any name is valid)."""
-    return f"{channel_prefix.encode().hex()}.{type_name.encode().hex()}"
+def new_hint_id() -> str:
+    """The id of one job-scheduled message's tickets."""
+    return uuid.uuid4().hex
+
+
+def ticket_key(channel_prefix: str, type_name: str, hint_id: str, index: int) -> str:
+    """The key of ticket ``index`` of a message: hex of the prefix and type name, id, index."""
+    return f"{channel_prefix.encode().hex()}.{type_name.encode().hex()}.{hint_id}.{index}"
 
 
 class WakeHints:
-    """The counters of one adapter, on the bucket of its current connection."""
+    """The tickets of one adapter, in the bucket on its current connection."""
 
     def __init__(self, channel_prefix: str, bucket: str, ttl: dt.timedelta) -> None:
         self._prefix = channel_prefix
         self._bucket = bucket
         self._ttl_s = ttl.total_seconds()
         self._kv: tuple[NatsClient, KeyValue] | None = None
+
+    async def ready(self, nc: NatsClient) -> None:
+        """Open (or create) the bucket now, so that the first message waits for nothing more."""
+        try:
+            await self._store(nc)
+        except Exception as exc:
+            log.debug("wake hint bucket %r not opened: %s", self._bucket, exc)
 
     async def _store(self, nc: NatsClient) -> KeyValue:
         if self._kv is not None and self._kv[0] is nc:
@@ -71,63 +93,28 @@ class WakeHints:
         self._kv = (nc, kv)
         return kv
 
-    async def provide(self, nc: NatsClient, type_name: str, count: int) -> None:
-        """Add ``count`` to the type's counter (best effort: a lost hint only wakes more)."""
-        key = hint_key(self._prefix, type_name)
+    async def claim(self, nc: NatsClient, type_name: str, count: int, hint_id: str) -> int:
+        """How many of the message's tickets this process won: how many slots to wake."""
+        tickets = min(count, MAX_TICKETS)
         try:
             kv = await self._store(nc)
-            for _ in range(CAS_ATTEMPTS):
-                try:
-                    entry = await kv.get(key)
-                except KeyNotFoundError:
-                    try:
-                        await kv.create(key, str(count).encode())
-                    except KeyWrongLastSequenceError:
-                        continue
-                    return
-                current = _count(entry.value)
-                if current < 0:
-                    return  # unknown stays unknown until the bucket's TTL removes it
-                try:
-                    await kv.update(key, str(current + count).encode(), last=entry.revision)
-                except KeyWrongLastSequenceError:
-                    continue
-                return
-            # Lost every race (consumers kept taking). Starting the counter over
-            # would strand the jobs it still stood for: mark it unknown instead.
-            await kv.put(key, UNKNOWN)
+            keys = [ticket_key(self._prefix, type_name, hint_id, i) for i in range(tickets)]
+            results = await asyncio.gather(
+                *(kv.create(key, _TICKET) for key in keys), return_exceptions=True
+            )
         except Exception as exc:
-            log.debug("wake hint for %r not written: %s", type_name, exc)
-
-    async def consume(self, nc: NatsClient, type_name: str, count: int) -> int:
-        """Take up to ``count`` from the type's counter; how many to wake for."""
-        key = hint_key(self._prefix, type_name)
-        try:
-            kv = await self._store(nc)
-            for _ in range(CAS_ATTEMPTS):
-                try:
-                    entry = await kv.get(key)
-                except KeyNotFoundError:
-                    return count  # unknown counts as "go"
-                current = _count(entry.value)
-                if current < 0:
-                    return count
-                if current == 0:
-                    return 0
-                taken = min(current, count)
-                try:
-                    await kv.update(key, str(current - taken).encode(), last=entry.revision)
-                except KeyWrongLastSequenceError:
-                    continue
-                return taken
-        except Exception as exc:
-            log.debug("wake hint for %r not read (%s): waking", type_name, exc)
-        return count
-
-
-def _count(value: bytes | None) -> int:
-    """The counter's value; -1 when it is not a number (treated as missing)."""
-    try:
-        return int((value or b"").decode())
-    except ValueError:
-        return -1
+            log.debug("wake hint for %r not claimed (%s): waking", type_name, exc)
+            return count
+        won = sum(not isinstance(result, BaseException) for result in results)
+        failed = [
+            r
+            for r in results
+            if isinstance(r, BaseException) and not isinstance(r, KeyWrongLastSequenceError)
+        ]
+        if failed:
+            # Not "taken by another process": the bucket misbehaved. Wake for those.
+            log.debug("wake hint for %r: %d not claimed: %s", type_name, len(failed), failed[0])
+            won += len(failed)
+        if count > tickets and won:
+            won += count - tickets  # the tickets beyond the cap are nobody's: wake for them
+        return won

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from queuert_sa._logs import get_logger
 
 from ._cross_process import decode_job_scheduled
 from ._event_loop import EventLoopNotify
-from ._wake_hints import WakeHints
+from ._wake_hints import WakeHints, new_hint_id
 
 if TYPE_CHECKING:
     from . import AsyncNotifyAdapter
@@ -85,18 +86,20 @@ class NatsNotify(EventLoopNotify[_Listening]):
     ``Worker``), on a loop of its own on a daemon thread.
 
     Wake hints (``wake_hints=True``) keep N idle worker processes from all
-    querying the database for one job: the producer adds the job count to a
-    counter per job type in a JetStream key-value bucket before publishing,
-    and a listener that receives the message takes up to that many from the
-    counter (compare-and-set) and wakes its workers only for what it got; a
-    missing counter (expired, or the bucket unreachable) means "wake". Each
-    process wakes at most as many slots as it took, so a process that takes
-    more jobs than it has idle slots leaves the rest to its busy slots (which
-    look again when they finish) and to polling. Keys are
-    ``<hex of the prefix>.<hex of the type name>``, so any type name is a
-    valid key. The bucket is created when missing, with ``wake_hint_ttl`` as
-    its TTL (a counter that nobody consumed expires); create it yourself to
-    choose other settings.
+    querying the database for one job. A producer with hints gives each
+    job-scheduled message a random id, which stands for ``count`` tickets in a
+    JetStream key-value bucket; a listening process tries to create the
+    tickets' keys and wakes its workers once per key it created, so each job
+    wakes one process (creating a key that exists fails). That costs the
+    listener one key-value round trip and the producer none. Keys are
+    ``<hex of the prefix>.<hex of the type name>.<id>.<n>``, so any type name
+    is a valid key. If the bucket cannot be reached, or the producer has no
+    hints, every listener wakes (the database sorts it out). A process wakes
+    as many slots as it won tickets, so one that wins more than it has idle
+    slots leaves the rest to its busy slots (which look again when they
+    finish) and to polling. The bucket is created when missing, with
+    ``wake_hint_ttl`` as its TTL (tickets expire with it); create it yourself
+    to choose other settings.
 
     Resilience: if NATS is unreachable, at start or later, one warning is
     logged per connection role and outage; the adapter's own connection is
@@ -219,15 +222,19 @@ class NatsNotify(EventLoopNotify[_Listening]):
 
     # --- publishing -----------------------------------------------------------------
 
+    def notify_job_scheduled(self, type_name: str, count: int = 1) -> None:
+        if self._hints is None:
+            super().notify_job_scheduled(type_name, count)
+            return
+        # The id names the message's wake tickets (see _wake_hints).
+        payload = {"type": type_name, "count": count, "hint": new_hint_id()}
+        self._publish(self.job_scheduled_channel, json.dumps(payload, ensure_ascii=False))
+
     async def _send(self, channel: str, payload: str) -> None:
         if not self._publish_outage.may_try():
             return
         try:
             nc = await self._connection()
-            if self._hints is not None and channel == self.job_scheduled_channel:
-                scheduled = decode_job_scheduled(payload)
-                if scheduled is not None:
-                    await self._hints.provide(nc, *scheduled)
             await nc.publish(channel, payload.encode())
         except Exception as exc:
             self._publish_outage.failed(exc)
@@ -254,6 +261,8 @@ class NatsNotify(EventLoopNotify[_Listening]):
     async def _subscribe(self, conn: _Listening) -> None:
         # The SUB is processed once the server answered the PING of flush().
         await conn[0].flush(max(1, math.ceil(self._timeout_s)))
+        if self._hints is not None:
+            await self._hints.ready(conn[0])
 
     async def _pump(self, conn: _Listening) -> None:
         nc = conn[0]
@@ -267,16 +276,15 @@ class NatsNotify(EventLoopNotify[_Listening]):
         nc = self._listening_on
         if self._hints is not None and nc is not None and msg.subject == self.job_scheduled_channel:
             scheduled = decode_job_scheduled(payload)
-            if scheduled is None:
+            hint_id = _hint_id(payload)
+            if scheduled is not None and hint_id is not None:
+                type_name, count = scheduled
+                # Only a process that listens to the type claims its tickets.
+                if self._listeners.listens_to(type_name):
+                    won = await self._hints.claim(nc, type_name, count, hint_id)
+                    if won > 0:
+                        self._listeners.job_scheduled(type_name, won)
                 return
-            type_name, count = scheduled
-            # Only a process that listens to the type takes its hints.
-            if not self._listeners.listens_to(type_name):
-                return
-            taken = await self._hints.consume(nc, type_name, count)
-            if taken > 0:
-                self._listeners.job_scheduled(type_name, taken)
-            return
         self._deliver(msg.subject, payload)
 
     async def _close_listener(self, conn: _Listening) -> None:
@@ -288,6 +296,16 @@ class NatsNotify(EventLoopNotify[_Listening]):
         owned, self._owned = self._owned, None
         if owned is not None:
             await _close_quietly(owned)
+
+
+def _hint_id(payload: str) -> str | None:
+    """The wake-ticket id of a job-scheduled payload (a producer with hints); None if none."""
+    try:
+        data = cast("object", json.loads(payload))
+    except ValueError:
+        return None
+    hint = cast("dict[str, object]", data).get("hint") if isinstance(data, dict) else None
+    return hint if isinstance(hint, str) and hint.isalnum() else None
 
 
 async def _close_quietly(nc: NatsClient) -> None:
