@@ -29,6 +29,7 @@ import uuid
 from typing import Protocol, cast
 
 from nats.aio.client import Client as NatsClient
+from nats.js.api import StorageType
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -49,7 +50,9 @@ class _JetStream(Protocol):
     """The key-value part of ``JetStreamContext`` (its ``**params`` are not annotated)."""
 
     async def key_value(self, bucket: str) -> KeyValue: ...
-    async def create_key_value(self, *, bucket: str, ttl: float) -> KeyValue: ...
+    async def create_key_value(
+        self, *, bucket: str, ttl: float, storage: StorageType
+    ) -> KeyValue: ...
 
 
 class _HasJetStream(Protocol):
@@ -89,7 +92,10 @@ class WakeHints:
         try:
             kv = await js.key_value(self._bucket)
         except BucketNotFoundError:
-            kv = await js.create_key_value(bucket=self._bucket, ttl=self._ttl_s)
+            # In memory: tickets are worth nothing after their TTL, or after a restart.
+            kv = await js.create_key_value(
+                bucket=self._bucket, ttl=self._ttl_s, storage=StorageType.MEMORY
+            )
         self._kv = (nc, kv)
         return kv
 
