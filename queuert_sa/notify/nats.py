@@ -178,7 +178,7 @@ class NatsNotify(EventLoopNotify[_Listening]):
         )
         self._wildcard = f"{channel_prefix}.*"
         self._owned: NatsClient | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._listening_on: NatsClient | None = None
         self._hints = (
             WakeHints(channel_prefix, wake_hint_bucket, wake_hint_ttl) if wake_hints else None
@@ -195,9 +195,9 @@ class NatsNotify(EventLoopNotify[_Listening]):
         if self._owned is not None and self._owned.is_connected:
             return self._owned
         loop = asyncio.get_running_loop()
-        if self._connecting is None or getattr(self._connecting, "_loop", loop) is not loop:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
+        if self._connecting is None or self._connecting[0] is not loop:
+            self._connecting = (loop, asyncio.Lock())  # the reader and the sender may both ask
+        async with self._connecting[1]:
             if self._owned is not None and self._owned.is_connected:
                 return self._owned
             stale, self._owned = self._owned, None
