@@ -47,6 +47,9 @@ _T = TypeVar("_T")
 #: Messages queued while the sender cannot keep up; more are dropped (they are hints).
 MAX_QUEUED = 10_000
 
+#: The sender gives the loop a turn after this many messages.
+_YIELD_EVERY = 32
+
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
@@ -228,6 +231,7 @@ class EventLoopNotify(ABC, Generic[_Conn]):
     async def _send_forever(self) -> None:
         assert self._queue is not None
         queue = self._queue
+        sent = 0
         try:
             while True:
                 channel, payload = await queue.get()
@@ -239,6 +243,10 @@ class EventLoopNotify(ABC, Generic[_Conn]):
                     log.debug("sending a notification failed", exc_info=exc)
                 finally:
                     queue.task_done()
+                sent += 1
+                if sent % _YIELD_EVERY == 0:
+                    # A send that only buffers (NATS) never suspends: let the loop run.
+                    await asyncio.sleep(0)
         finally:
             # Cancelled by close(), or by the end of the loop (asyncio.run cancels
             # what is left): either way the connections go with it. A later use
