@@ -39,6 +39,7 @@ from ._errors import (
 from ._ids import coerce_id
 from ._job_types import ChainStart, JobType, JobTypes
 from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters, describe_job
+from .notify._on_loop import listen_on_loop
 from .state import immediate_engine
 from .state import operations as ops
 
@@ -433,7 +434,9 @@ class AsyncQueuert(ContextView):
             # Adapters call back from their own threads.
             loop.call_soon_threadsafe(woken.set)
 
-        subscription = self.notify.listen_chain_completed(chain_id, wake)
+        subscription = await listen_on_loop(
+            self.notify, lambda adapter: adapter.listen_chain_completed(chain_id, wake)
+        )
         try:
             deadline = loop.time() + timeout.total_seconds()
             while True:

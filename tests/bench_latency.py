@@ -1,8 +1,8 @@
 """Wake-up latency: from a producer's COMMIT to the handler starting on an idle worker.
 
-    python -m tests.bench_latency [--db URL] [--redis URL] [--jobs 200] [--none-jobs 3]
-                                  [--processes 1] [--setups postgres,redis,none]
-                                  [--workers sync,async]
+    python -m tests.bench_latency [--db URL] [--redis URL] [--nats URL] [--jobs 200]
+                                  [--none-jobs 3] [--processes 1] [--workers sync,async]
+                                  [--setups postgres,redis,postgres-async,redis-async,nats,nats-hints,none]
 
 For each notify setup and each worker kind (thread ``Worker``, asyncio
 ``AsyncWorker``): ``--processes`` workers (default 1), each in a process of
@@ -28,9 +28,14 @@ It also prints what the wake-ups cost, per job:
   nothing rolls back, then the slot reads the next due time (a rollback) and
   looks for expired leases (a commit).
 
-Setups: ``postgres`` (LISTEN/NOTIFY), ``redis`` (pub/sub) and ``none``
-(adapters that deliver nothing: the worker finds each job at its next poll;
-few jobs, since each waits up to 30 s).
+Setups: ``postgres`` (LISTEN/NOTIFY, ``PostgresNotify``), ``redis`` (pub/sub,
+``RedisNotify``), their asyncio-native twins ``postgres-async``
+(``AsyncPostgresNotify``) and ``redis-async`` (``AsyncRedisNotify``), ``nats``
+(``NatsNotify``) and ``nats-hints`` (``NatsNotify(wake_hints=True)``), and
+``none`` (adapters that deliver nothing: the worker finds each job at its next
+poll; few jobs, since each waits up to 30 s). The asyncio-native adapters run
+on the ``AsyncWorker``'s event loop, and on a loop thread of their own in the
+producer and the thread ``Worker``.
 """
 
 from __future__ import annotations
@@ -138,7 +143,7 @@ class Result:
     db_rollbacks: int | None
 
 
-def _adapters(setup: str, db_url: str, redis_url: str) -> tuple[Any, Any]:
+def _adapters(setup: str, db_url: str, redis_url: str, nats_url: str) -> tuple[Any, Any]:
     """(producer's adapter, worker's adapter)."""
     if setup == "none":
         return _Silent(), _Silent()
@@ -146,6 +151,19 @@ def _adapters(setup: str, db_url: str, redis_url: str) -> tuple[Any, Any]:
         from queuert_sa.notify.postgres import PostgresNotify
 
         return PostgresNotify(db_url), PostgresNotify(db_url)
+    if setup == "postgres-async":
+        from queuert_sa.notify.asyncio_postgres import AsyncPostgresNotify
+
+        return AsyncPostgresNotify(db_url), AsyncPostgresNotify(db_url)
+    if setup == "redis-async":
+        from queuert_sa.notify.asyncio_redis import AsyncRedisNotify
+
+        return AsyncRedisNotify(redis_url), AsyncRedisNotify(redis_url)
+    if setup in ("nats", "nats-hints"):
+        from queuert_sa.notify.nats import NatsNotify
+
+        hints = setup == "nats-hints"
+        return NatsNotify(nats_url, wake_hints=hints), NatsNotify(nats_url, wake_hints=hints)
     from queuert_sa.notify.redis import RedisNotify
 
     return RedisNotify(redis_url), RedisNotify(redis_url)
@@ -170,6 +188,7 @@ def _worker_process(
     kind: str,
     db_url: str,
     redis_url: str,
+    nats_url: str,
     started: Any,
     ready: Any,
     begin: Any,
@@ -185,7 +204,7 @@ def _worker_process(
     ``begin`` zero the counts and put ``"armed"``; on ``stop`` put
     ``(acquires, handler starts)`` on ``counted``, then stop.
     """
-    _, notify = _adapters(setup, db_url, redis_url)
+    _, notify = _adapters(setup, db_url, redis_url, nats_url)
     counts = _Counts()
     job_types = q.JobTypes()
     ping = job_types.entry("ping", input=dict, output=None)
@@ -267,7 +286,13 @@ def _expect(queue: Any, what: str, n: int, timeout: float = 60) -> list[Any]:
 
 
 def measure(
-    setup: str, kind: str, db_url: str, redis_url: str, jobs: int, processes: int = 1
+    setup: str,
+    kind: str,
+    db_url: str,
+    redis_url: str,
+    jobs: int,
+    processes: int = 1,
+    nats_url: str = "nats://127.0.0.1:4222",
 ) -> Result:
     """Commit ``jobs`` chains one at a time to ``processes`` idle workers; see the module doc."""
     ctx = multiprocessing.get_context("spawn")
@@ -276,7 +301,7 @@ def measure(
     workers = [
         ctx.Process(
             target=_worker_process,
-            args=(setup, kind, db_url, redis_url, started, ready, begin, stop, counted),
+            args=(setup, kind, db_url, redis_url, nats_url, started, ready, begin, stop, counted),
             daemon=True,
         )
         for _ in range(processes)
@@ -284,7 +309,7 @@ def measure(
     for process in workers:
         process.start()
     engine = create_engine(db_url)
-    producer_notify, _ = _adapters(setup, db_url, redis_url)
+    producer_notify, _ = _adapters(setup, db_url, redis_url, nats_url)
     job_types = q.JobTypes()
     ping = job_types.entry("ping", input=dict, output=None)
     producer = q.Queuert(engine, job_types, notify=producer_notify)
@@ -337,9 +362,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--nats", default="nats://127.0.0.1:4222")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--none-jobs", type=int, default=3)
-    parser.add_argument("--setups", default="postgres,redis,none", help="comma-separated setups")
+    parser.add_argument(
+        "--setups",
+        default="postgres,redis,postgres-async,redis-async,nats,nats-hints,none",
+        help="comma-separated setups",
+    )
     parser.add_argument("--workers", default="sync,async", help="sync,async")
     parser.add_argument(
         "--processes", type=int, default=1, help="worker processes (one slot each); default 1"
@@ -353,13 +383,15 @@ def main() -> None:
     print(f"database: {make_url(args.db).render_as_string(hide_password=True)}")
     print(f"poll interval {POLL.total_seconds():g} s; commit → handler start, milliseconds")
     print(
-        f"{'setup':<10} {'worker':<6} {'procs':>5} {'jobs':>5} {'p50':>8} {'p95':>8} "
+        f"{'setup':<14} {'worker':<6} {'procs':>5} {'jobs':>5} {'p50':>8} {'p95':>8} "
         f"{'p99':>8} {'max':>8} {'empty/job':>9} {'commit/job':>10} {'rollback/job':>12}"
     )
     for setup in args.setups.split(","):
         for kind in args.workers.split(","):
             jobs = args.none_jobs if setup == "none" else args.jobs
-            result = measure(setup, kind, args.db, args.redis, jobs, args.processes)
+            result = measure(
+                setup, kind, args.db, args.redis, jobs, args.processes, nats_url=args.nats
+            )
             if result.handled != jobs:
                 raise RuntimeError(f"{result.handled} handler starts counted for {jobs} jobs")
             if result.acquires < result.handled:
@@ -369,7 +401,7 @@ def main() -> None:
             commits = "-" if result.db_commits is None else f"{result.db_commits / jobs:.2f}"
             rollbacks = "-" if result.db_rollbacks is None else f"{result.db_rollbacks / jobs:.2f}"
             print(
-                f"{setup:<10} {kind:<6} {args.processes:>5} {jobs:>5} {p['p50']:>8.2f} "
+                f"{setup:<14} {kind:<6} {args.processes:>5} {jobs:>5} {p['p50']:>8.2f} "
                 f"{p['p95']:>8.2f} {p['p99']:>8.2f} {p['max']:>8.2f} {empty:>9.2f} "
                 f"{commits:>10} {rollbacks:>12}",
                 flush=True,

@@ -210,3 +210,29 @@ def pg_kit(kind: str, pg: Db, notify: q.InMemoryNotify) -> Iterator[workers.Kit]
     """A worker kind on PostgreSQL only."""
     with workers.open_kit(kind, pg, notify) as opened:
         yield opened
+
+
+# --- NATS (notify adapter) -------------------------------------------------------------
+# ``QUEUERT_TEST_NATS_URL`` - a NATS server with JetStream for the notify tests. Defaults
+# to ``nats://127.0.0.1:4222``. Tests use their own subjects; wake-hint tests write keys
+# of their own prefix in the bucket ``queuert_wake_hints``.
+
+NATS_URL = os.environ.get("QUEUERT_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """URL of a reachable NATS server; skips (or fails, in CI) when it is down."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(NATS_URL)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 2) as s:
+            s.settimeout(2)
+            greeting = s.recv(4096)
+    except OSError as exc:
+        service_unavailable("NATS", f"{NATS_URL}: {exc}")
+    if not greeting.startswith(b"INFO"):
+        service_unavailable("NATS", f"{NATS_URL}: not a NATS server ({greeting[:40]!r})")
+    return NATS_URL

@@ -1,4 +1,9 @@
-"""One conformance suite for every notify adapter: in-memory, PostgreSQL, Redis.
+"""One conformance suite for every notify adapter: in-memory, PostgreSQL, Redis, NATS.
+
+The asyncio-native adapters (``AsyncPostgresNotify``, ``AsyncRedisNotify``,
+``NatsNotify`` with and without wake hints) run it through their sync face
+(a loop of their own on a thread); ``test_notify_asyncio`` runs the promises
+again from an event loop.
 
 Each test states a promise of the ``NotifyAdapter`` protocol and runs on every
 adapter. Remote adapters are tested as two instances (a producer and a
@@ -29,10 +34,13 @@ import pytest
 from sqlalchemy import create_engine, make_url
 
 from queuert_sa.notify import InMemoryNotify, NotifyAdapter
+from queuert_sa.notify.asyncio_postgres import AsyncPostgresNotify
+from queuert_sa.notify.asyncio_redis import AsyncRedisNotify
+from queuert_sa.notify.nats import NatsNotify
 from queuert_sa.notify.postgres import PostgresNotify, libpq_conninfo
 from queuert_sa.notify.redis import RedisNotify
 
-from .conftest import POSTGRES_URL, REDIS_URL, service_unavailable
+from .conftest import NATS_URL, POSTGRES_URL, REDIS_URL, service_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +100,7 @@ class Backend:
     """Makes adapters of one kind that talk to each other (same server and prefix)."""
 
     kind: str
-    make: Callable[[], NotifyAdapter]
+    make_on: Callable[[str], NotifyAdapter]
     prefix: str
     made: list[NotifyAdapter] = field(default_factory=list[NotifyAdapter])
 
@@ -100,28 +108,60 @@ class Backend:
     def remote(self) -> bool:
         return self.kind != "memory"
 
+    def make(self) -> NotifyAdapter:
+        return self.make_on(self.prefix)
+
     def pair(self) -> tuple[NotifyAdapter, NotifyAdapter]:
-        """(producer, listener): two instances, as in two processes; one for in-memory."""
+        """(producer, listener): two instances, as in two processes; one for in-memory.
+
+        With wake hints, listening processes share out each job: a listener of
+        an earlier pair would take the hint of a later one. Each pair then
+        has a prefix of its own (which later ``make()`` calls join).
+        """
+        if self.kind == "nats-hints":
+            self.prefix = unique_prefix()
         producer = self.make()
         return producer, (self.make() if self.remote else producer)
 
 
-@pytest.fixture(params=["memory", "postgres", "redis"])
+#: Every adapter kind of the suite; the remote ones talk through a server.
+KINDS = [
+    "memory",
+    "postgres",
+    "redis",
+    "postgres-async",
+    "redis-async",
+    "nats",
+    "nats-hints",
+]
+REMOTE_KINDS = KINDS[1:]
+
+
+def make_adapter(kind: str, request: pytest.FixtureRequest, prefix: str) -> NotifyAdapter:
+    """An adapter of ``kind`` on the test servers, on channel ``prefix``."""
+    if kind == "memory":
+        return InMemoryNotify()
+    if kind.startswith("postgres"):
+        conninfo: str = request.getfixturevalue("postgres_conninfo")
+        cls = AsyncPostgresNotify if kind.endswith("-async") else PostgresNotify
+        return cls(conninfo, channel_prefix=prefix)
+    if kind.startswith("redis"):
+        url: str = request.getfixturevalue("redis_url")
+        if kind.endswith("-async"):
+            return AsyncRedisNotify(url, channel_prefix=prefix)
+        return RedisNotify(url, channel_prefix=prefix)
+    nats_url: str = request.getfixturevalue("nats_url")
+    return NatsNotify(nats_url, channel_prefix=prefix, wake_hints=kind == "nats-hints")
+
+
+@pytest.fixture(params=KINDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     kind: str = request.param
     prefix = unique_prefix()
     made: list[NotifyAdapter] = []
 
-    def make() -> NotifyAdapter:
-        adapter: NotifyAdapter
-        if kind == "memory":
-            adapter = InMemoryNotify()
-        elif kind == "postgres":
-            adapter = PostgresNotify(
-                request.getfixturevalue("postgres_conninfo"), channel_prefix=prefix
-            )
-        else:
-            adapter = RedisNotify(request.getfixturevalue("redis_url"), channel_prefix=prefix)
+    def make(on_prefix: str) -> NotifyAdapter:
+        adapter = make_adapter(kind, request, on_prefix)
         made.append(adapter)
         return adapter
 
@@ -130,7 +170,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         adapter.close()
 
 
-remote_only = pytest.mark.parametrize("backend", ["postgres", "redis"], indirect=True)
+remote_only = pytest.mark.parametrize("backend", REMOTE_KINDS, indirect=True)
 
 
 def test_job_scheduled_reaches_listeners_of_that_type_only_with_its_count(
@@ -328,6 +368,8 @@ def test_close_is_idempotent_stops_delivery_and_later_calls_do_not_raise(
     backend: Backend,
 ) -> None:
     producer, listener = backend.pair()
+    producer.notify_job_scheduled("nobody", 1)  # the producer's threads, if any, run now
+    threads_before = {t for t in threading.enumerate() if backend.prefix in t.name}
     inbox = Inbox()
     listener.listen_job_scheduled(["t"], inbox)
     producer.notify_job_scheduled("t", 1)
@@ -344,7 +386,9 @@ def test_close_is_idempotent_stops_delivery_and_later_calls_do_not_raise(
 
     if backend.remote:
         # The closed listener's thread is gone; a live instance still hears the producer.
-        assert not [t for t in threading.enumerate() if backend.prefix in t.name]
+        assert not [
+            t for t in threading.enumerate() if backend.prefix in t.name and t not in threads_before
+        ]
         sentinel = Inbox()
         backend.make().listen_job_scheduled(["t"], sentinel)
         producer.notify_job_scheduled("t", 3)
@@ -361,10 +405,23 @@ def test_a_producer_in_another_process_wakes_the_listener(backend: Backend) -> N
     listener.listen_chain_completed(chain_id, completed)
     listener.listen_job_ownership_lost(lost)
 
-    if backend.kind == "postgres":
-        make = "from queuert_sa.notify.postgres import PostgresNotify as A; target = env['PG']"
-    else:
-        make = "from queuert_sa.notify.redis import RedisNotify as A; target = env['REDIS']"
+    make = {
+        "postgres": "from queuert_sa.notify.postgres import PostgresNotify as A; target = env['PG']",
+        "postgres-async": (
+            "from queuert_sa.notify.asyncio_postgres import AsyncPostgresNotify as A;"
+            " target = env['PG']"
+        ),
+        "redis": "from queuert_sa.notify.redis import RedisNotify as A; target = env['REDIS']",
+        "redis-async": (
+            "from queuert_sa.notify.asyncio_redis import AsyncRedisNotify as A;"
+            " target = env['REDIS']"
+        ),
+        "nats": "from queuert_sa.notify.nats import NatsNotify as A; target = env['NATS']",
+        "nats-hints": (
+            "from queuert_sa.notify.nats import NatsNotify; import functools;"
+            " A = functools.partial(NatsNotify, wake_hints=True); target = env['NATS']"
+        ),
+    }[backend.kind]
     script = "\n".join(
         [
             "import os, uuid",
@@ -384,6 +441,7 @@ def test_a_producer_in_another_process_wakes_the_listener(backend: Backend) -> N
         "PYTHONPATH": str(ROOT),
         "PG": POSTGRES_URL,
         "REDIS": REDIS_URL,
+        "NATS": NATS_URL,
     }
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=30)
 

@@ -1,4 +1,7 @@
-"""Notify adapters survive their backend going away: Redis killed, PostgreSQL backend ended.
+"""Notify adapters survive their backend going away: Redis or NATS killed, PostgreSQL backend ended.
+
+Each scenario runs on the thread-based adapter and on its asyncio-native twin
+(through its sync face here; ``test_notify_asyncio`` has the loop's view).
 
 While the backend is down, ``notify_*`` must not raise and one warning is
 logged per connection; when it is back the listener subscribes again, wakes
@@ -24,6 +27,9 @@ import pytest
 import redis
 
 from queuert_sa.notify import NotifyAdapter
+from queuert_sa.notify.asyncio_postgres import AsyncPostgresNotify
+from queuert_sa.notify.asyncio_redis import AsyncRedisNotify
+from queuert_sa.notify.nats import NatsNotify
 from queuert_sa.notify.postgres import PostgresNotify
 from queuert_sa.notify.redis import RedisNotify
 
@@ -33,6 +39,9 @@ from .test_notify_conformance import Inbox, eventually, postgres_conninfo, uniqu
 __all__ = ["postgres_conninfo"]  # a fixture, imported to be used here
 
 RECOVERY_TIMEOUT_S = 10.0
+
+redis_classes = pytest.mark.parametrize("redis_cls", [RedisNotify, AsyncRedisNotify])
+postgres_classes = pytest.mark.parametrize("pg_cls", [PostgresNotify, AsyncPostgresNotify])
 
 
 def free_port() -> int:
@@ -149,14 +158,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
+@redis_classes
 def test_redis_down_at_start_then_up(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    redis_cls: type[RedisNotify | AsyncRedisNotify],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     prefix = unique_prefix()
     caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
     with (
-        RedisNotify(redis_server.url, channel_prefix=prefix) as listener,
-        RedisNotify(redis_server.url, channel_prefix=prefix) as producer,
+        redis_cls(redis_server.url, channel_prefix=prefix) as listener,
+        redis_cls(redis_server.url, channel_prefix=prefix) as producer,
     ):
         inbox, lost = Inbox(), Inbox()
         started = time.monotonic()
@@ -181,15 +193,18 @@ def test_redis_down_at_start_then_up(
     assert any("publisher" in w for w in warnings)
 
 
+@redis_classes
 def test_redis_killed_and_restarted(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    redis_cls: type[RedisNotify | AsyncRedisNotify],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     redis_server.start()
     prefix = unique_prefix()
     caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
     with (
-        RedisNotify(redis_server.url, channel_prefix=prefix) as listener,
-        RedisNotify(redis_server.url, channel_prefix=prefix) as producer,
+        redis_cls(redis_server.url, channel_prefix=prefix) as listener,
+        redis_cls(redis_server.url, channel_prefix=prefix) as producer,
     ):
         inbox, chain_inbox, lost = Inbox(), Inbox(), Inbox()
         chain_id = uuid.uuid4()
@@ -216,15 +231,18 @@ def test_redis_killed_and_restarted(
     assert len(warnings) == 2, warnings  # once per connection, not once per failure
 
 
+@postgres_classes
 def test_postgres_listener_reconnects_after_its_backend_is_terminated(
-    postgres_conninfo: str, caplog: pytest.LogCaptureFixture
+    pg_cls: type[PostgresNotify | AsyncPostgresNotify],
+    postgres_conninfo: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     name = f"qt-notify-{uuid.uuid4().hex[:8]}"
     prefix = unique_prefix()
     caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
     with (
-        PostgresNotify(postgres_conninfo, channel_prefix=prefix, application_name=name) as listener,
-        PostgresNotify(postgres_conninfo, channel_prefix=prefix) as producer,
+        pg_cls(postgres_conninfo, channel_prefix=prefix, application_name=name) as listener,
+        pg_cls(postgres_conninfo, channel_prefix=prefix) as producer,
     ):
         inbox, chain_inbox, lost = Inbox(), Inbox(), Inbox()
         chain_id = uuid.uuid4()
@@ -252,13 +270,14 @@ def test_postgres_listener_reconnects_after_its_backend_is_terminated(
     assert "listener" in warnings[0]
 
 
+@postgres_classes
 def test_postgres_down_at_start_does_not_block_or_raise(
-    caplog: pytest.LogCaptureFixture,
+    pg_cls: type[PostgresNotify | AsyncPostgresNotify], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     started = time.monotonic()
-    with PostgresNotify(url, channel_prefix=unique_prefix()) as notify:
+    with pg_cls(url, channel_prefix=unique_prefix()) as notify:
         notify.listen_job_scheduled(["t"], Inbox())
         notify.listen_chain_completed(uuid.uuid4(), Inbox())
         notify.listen_job_ownership_lost(Inbox())
@@ -272,15 +291,18 @@ def test_postgres_down_at_start_does_not_block_or_raise(
     assert len(warnings) == 2, warnings  # listener and publisher, once each
 
 
+@postgres_classes
 def test_postgres_publisher_replaces_a_dead_connection_without_losing_a_notification(
-    postgres_conninfo: str, caplog: pytest.LogCaptureFixture
+    pg_cls: type[PostgresNotify | AsyncPostgresNotify],
+    postgres_conninfo: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     name = f"qt-notify-{uuid.uuid4().hex[:8]}"
     prefix = unique_prefix()
     caplog.set_level(logging.WARNING, logger="queuert_sa.notify")
     with (
-        PostgresNotify(postgres_conninfo, channel_prefix=prefix) as listener,
-        PostgresNotify(postgres_conninfo, channel_prefix=prefix, application_name=name) as producer,
+        pg_cls(postgres_conninfo, channel_prefix=prefix) as listener,
+        pg_cls(postgres_conninfo, channel_prefix=prefix, application_name=name) as producer,
     ):
         inbox = Inbox()
         listener.listen_job_scheduled(["t"], inbox)
@@ -298,3 +320,120 @@ def test_postgres_publisher_replaces_a_dead_connection_without_losing_a_notifica
         producer.notify_job_scheduled("t", 2)  # once: on a fresh connection, not dropped
         assert inbox.wait_for("t", 2)
     assert outage_warnings(caplog) == []
+
+
+# --- NatsNotify -------------------------------------------------------------------------
+
+
+class NatsServer:
+    """A private ``nats-server`` (JetStream on) on a fixed port that a test can kill and restart."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._dir = tmp_path / "nats"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self._process = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self._dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert eventually(self._greets, timeout=10), "nats-server did not start"
+
+    def _greets(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 1) as s:
+                s.settimeout(1)
+                return s.recv(4).startswith(b"INFO")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait()
+            self._process = None
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    if shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists():
+        service_unavailable("nats-server", "the binary is not on PATH")
+    server = NatsServer(tmp_path)
+    yield server
+    server.kill()
+
+
+nats_hints = pytest.mark.parametrize("hints", [False, True], ids=["plain", "hints"])
+
+
+@nats_hints
+def test_nats_down_at_start_then_up(
+    hints: bool, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = unique_prefix()
+    caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
+    with (
+        NatsNotify(nats_server.url, channel_prefix=prefix, wake_hints=hints) as listener,
+        NatsNotify(nats_server.url, channel_prefix=prefix, wake_hints=hints) as producer,
+    ):
+        inbox, lost = Inbox(), Inbox()
+        started = time.monotonic()
+        listener.listen_job_scheduled(["t"], inbox)
+        listener.listen_job_ownership_lost(lost)
+        for _ in range(20):
+            producer.notify_job_scheduled("t", 1)
+            producer.notify_job_ownership_lost(uuid.uuid4())
+        assert time.monotonic() - started < 2, (
+            "listen/notify must not wait for a server that is down"
+        )
+        fail_repeatedly(caplog, producer, "subscriber")
+
+        nats_server.start()
+        assert inbox.wait_for("t", 1, timeout=RECOVERY_TIMEOUT_S), "no wake-up on connection"
+        assert delivered_again(producer, inbox, "t", 7)
+        assert ownership_delivered_but_not_made_up(producer, lost)
+
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 2, warnings  # one for the subscriber, one for the publisher
+    assert any("subscriber" in w for w in warnings)
+    assert any("publisher" in w for w in warnings)
+
+
+@nats_hints
+def test_nats_killed_and_restarted(
+    hints: bool, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    nats_server.start()
+    prefix = unique_prefix()
+    caplog.set_level(logging.DEBUG, logger="queuert_sa.notify")
+    with (
+        NatsNotify(nats_server.url, channel_prefix=prefix, wake_hints=hints) as listener,
+        NatsNotify(nats_server.url, channel_prefix=prefix, wake_hints=hints) as producer,
+    ):
+        inbox, chain_inbox, lost = Inbox(), Inbox(), Inbox()
+        chain_id = uuid.uuid4()
+        listener.listen_job_scheduled(["t"], inbox)
+        listener.listen_chain_completed(chain_id, chain_inbox)
+        listener.listen_job_ownership_lost(lost)
+        producer.notify_job_scheduled("t", 3)
+        assert inbox.wait_for("t", 3)
+
+        nats_server.kill()
+        producer.notify_chain_completed(chain_id)  # must not raise
+        producer.notify_job_ownership_lost(uuid.uuid4())  # must not raise
+        fail_repeatedly(caplog, producer, "subscriber")
+        nats_server.start()
+
+        # Back: every listener is woken once (what was sent meanwhile is lost) ...
+        assert inbox.wait_for("t", 1, timeout=RECOVERY_TIMEOUT_S)
+        assert chain_inbox.wait_for(chain_id)
+        # ... and new notifications arrive again.
+        assert delivered_again(producer, inbox, "t", 7)
+        assert ownership_delivered_but_not_made_up(producer, lost)
+
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 2, warnings  # once per connection role, not once per failure

@@ -40,15 +40,18 @@ from sqlalchemy.orm import Session
 import queuert_sa as q
 from queuert_sa.models import Job
 from queuert_sa.notify import NotifyAdapter
+from queuert_sa.notify.asyncio_postgres import AsyncPostgresNotify
+from queuert_sa.notify.asyncio_redis import AsyncRedisNotify
+from queuert_sa.notify.nats import NatsNotify
 from queuert_sa.notify.postgres import PostgresNotify
 from queuert_sa.notify.redis import RedisNotify
 
 from .app import Effect, WorkIn, job_types, work
 from .conftest import Db
 from .test_notify_conformance import eventually, unique_prefix
-from .test_notify_resilience import RedisServer, redis_server
+from .test_notify_resilience import NatsServer, RedisServer, nats_server, redis_server
 
-__all__ = ["redis_server"]  # a fixture, imported to be used here
+__all__ = ["nats_server", "redis_server"]  # fixtures, imported to be used here
 
 #: The workers' poll interval (jittered ±5 %): the floor while notifications are down.
 POLL = dt.timedelta(seconds=1.5)
@@ -68,6 +71,16 @@ WORKER_APP_NAME = "queuert-test-worker"
 TOGETHER_N = 1000
 
 KINDS = ["thread", "async"]
+
+#: The thread-based adapter and its asyncio-native twin, for each backend.
+RedisClass = type[RedisNotify] | type[AsyncRedisNotify]
+PostgresClass = type[PostgresNotify] | type[AsyncPostgresNotify]
+redis_classes = pytest.mark.parametrize(
+    "redis_cls", [RedisNotify, AsyncRedisNotify], ids=["RedisNotify", "AsyncRedisNotify"]
+)
+postgres_classes = pytest.mark.parametrize(
+    "pg_cls", [PostgresNotify, AsyncPostgresNotify], ids=["PostgresNotify", "AsyncPostgresNotify"]
+)
 
 Hook = Callable[[str, int], None]
 """Called inside the handler with the job id and input ``n``, after its Effect row is flushed."""
@@ -387,7 +400,7 @@ class RedisSides:
 
 
 def wait_redis_back(
-    caplog: pytest.LogCaptureFixture, sides: RedisSides, producer_notify: RedisNotify
+    caplog: pytest.LogCaptureFixture, sides: RedisSides, producer_notify: NotifyAdapter
 ) -> None:
     """Until the worker resubscribed and the producer publishes again.
 
@@ -405,9 +418,14 @@ def wait_redis_back(
     assert eventually(producer_back, DEADLINE_S), "the producer did not publish again"
 
 
+@redis_classes
 @pytest.mark.parametrize("kind", KINDS)
 def test_redis_killed_mid_run_jobs_complete_by_polling_then_wakeups_resume(
-    kind: str, pg: Db, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    kind: str,
+    redis_cls: RedisClass,
+    pg: Db,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="queuert_sa.notify")
     redis_server.start()
@@ -416,8 +434,8 @@ def test_redis_killed_mid_run_jobs_complete_by_polling_then_wakeups_resume(
     ledger = Ledger()
     ids: list[uuid.UUID] = []
     with (
-        RedisNotify(sides.producer_url, channel_prefix=prefix) as producer_notify,
-        RedisNotify(sides.worker_url, channel_prefix=prefix) as worker_notify,
+        redis_cls(sides.producer_url, channel_prefix=prefix) as producer_notify,
+        redis_cls(sides.worker_url, channel_prefix=prefix) as worker_notify,
         running_worker(kind, pg, worker_notify, ledger) as worker,
     ):
         producer = q.Queuert(pg.engine, job_types, notify=producer_notify)
@@ -451,9 +469,14 @@ def test_redis_killed_mid_run_jobs_complete_by_polling_then_wakeups_resume(
     assert outage_warnings(caplog, sides.producer_publisher) == 1
 
 
+@redis_classes
 @pytest.mark.parametrize("kind", KINDS)
 def test_redis_down_at_worker_start_worker_polls_then_wakeups_work_when_it_is_up(
-    kind: str, pg: Db, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    kind: str,
+    redis_cls: RedisClass,
+    pg: Db,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="queuert_sa.notify")
     sides = RedisSides(redis_server)  # not started
@@ -462,8 +485,8 @@ def test_redis_down_at_worker_start_worker_polls_then_wakeups_work_when_it_is_up
     ids: list[uuid.UUID] = []
     connect_timeout = dt.timedelta(seconds=2)
     with (
-        RedisNotify(sides.producer_url, channel_prefix=prefix) as producer_notify,
-        RedisNotify(
+        redis_cls(sides.producer_url, channel_prefix=prefix) as producer_notify,
+        redis_cls(
             sides.worker_url, channel_prefix=prefix, connect_timeout=connect_timeout
         ) as worker_notify,
     ):
@@ -506,9 +529,10 @@ def terminate_backends(db: Db, application_name: str) -> int:
         return sum(bool(x) for x in ended)
 
 
+@postgres_classes
 @pytest.mark.parametrize("kind", KINDS)
 def test_postgres_listener_terminated_mid_run_no_job_lost_and_wakeups_resume(
-    kind: str, pg: Db, caplog: pytest.LogCaptureFixture
+    kind: str, pg_cls: PostgresClass, pg: Db, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="queuert_sa.notify")
     name = f"qt-resilience-{uuid.uuid4().hex[:8]}"
@@ -517,8 +541,8 @@ def test_postgres_listener_terminated_mid_run_no_job_lost_and_wakeups_resume(
     ids: list[uuid.UUID] = []
     listener = "PostgreSQL notify listener"
     with (
-        PostgresNotify(pg.engine, channel_prefix=prefix) as producer_notify,
-        PostgresNotify(pg.engine, channel_prefix=prefix, application_name=name) as worker_notify,
+        pg_cls(pg.engine, channel_prefix=prefix) as producer_notify,
+        pg_cls(pg.engine, channel_prefix=prefix, application_name=name) as worker_notify,
         running_worker(kind, pg, worker_notify, ledger) as worker,
     ):
         producer = q.Queuert(pg.engine, job_types, notify=producer_notify)
@@ -543,6 +567,117 @@ def test_postgres_listener_terminated_mid_run_no_job_lost_and_wakeups_resume(
     ]
     assert len(warnings) == 1, warnings  # the worker's listener, once
     assert listener in warnings[0]
+
+
+# --- NATS -------------------------------------------------------------------------------
+
+
+class NatsSides:
+    """The URLs and log names of the worker's and the producer's NATS connections.
+
+    The producer names the server ``localhost`` and the worker ``127.0.0.1``:
+    the adapters name the URL in their logs, so each side's are counted apart.
+    """
+
+    def __init__(self, server: NatsServer) -> None:
+        self.worker_url = server.url
+        self.producer_url = f"nats://localhost:{server.port}"
+        self.worker_subscriber = f"NATS notify subscriber ({self.worker_url})"
+        self.producer_publisher = f"NATS notify publisher ({self.producer_url})"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nats_killed_mid_run_jobs_complete_by_polling_then_wakeups_resume(
+    kind: str, pg: Db, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With wake hints: the plain subscription is the same path, without the tickets."""
+    caplog.set_level(logging.INFO, logger="queuert_sa.notify")
+    nats_server.start()
+    sides = NatsSides(nats_server)
+    subscriber = sides.worker_subscriber
+    prefix = unique_prefix()
+    ledger = Ledger()
+    ids: list[uuid.UUID] = []
+    with (
+        NatsNotify(sides.producer_url, channel_prefix=prefix, wake_hints=True) as producer_notify,
+        NatsNotify(sides.worker_url, channel_prefix=prefix, wake_hints=True) as worker_notify,
+        running_worker(kind, pg, worker_notify, ledger) as worker,
+    ):
+        producer = q.Queuert(pg.engine, job_types, notify=producer_notify)
+        ids += assert_woken(pg, producer, ledger)
+
+        before, _ = commit_jobs(producer, 5)
+        ids += before
+        nats_server.kill()
+        assert eventually(lambda: outage_warnings(caplog, subscriber) >= 1), (
+            "the worker's subscriber did not notice the outage"
+        )
+        ids += assert_polled(pg, producer, ledger, 1)
+        ids += assert_polled(pg, producer, ledger, 4)
+        wait_completed(pg, before)
+
+        nats_server.start()
+
+        def producer_back() -> bool:
+            producer_notify.notify_job_scheduled("resilience-nobody", 1)
+            return is_back(caplog, sides.producer_publisher)
+
+        assert eventually(lambda: is_back(caplog, subscriber), DEADLINE_S), (
+            "the worker did not resubscribe"
+        )
+        assert eventually(producer_back, DEADLINE_S), "the producer did not publish again"
+        ids += assert_woken(pg, producer, ledger)
+        ids += assert_woken(pg, producer, ledger)
+        assert worker.stop() is True
+
+    assert_done_exactly_once(pg, ids)
+    assert (worker.completed, worker.failed) == (len(ids), 0)
+    assert outage_warnings(caplog, subscriber) == 1
+    assert outage_warnings(caplog, sides.producer_publisher) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nats_down_at_worker_start_worker_polls_then_wakeups_work_when_it_is_up(
+    kind: str, pg: Db, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="queuert_sa.notify")
+    sides = NatsSides(nats_server)  # not started
+    subscriber = sides.worker_subscriber
+    prefix = unique_prefix()
+    ledger = Ledger()
+    ids: list[uuid.UUID] = []
+    connect_timeout = dt.timedelta(seconds=2)
+    with (
+        NatsNotify(sides.producer_url, channel_prefix=prefix) as producer_notify,
+        NatsNotify(
+            sides.worker_url, channel_prefix=prefix, connect_timeout=connect_timeout
+        ) as worker_notify,
+    ):
+        producer = q.Queuert(pg.engine, job_types, notify=producer_notify)
+        began = time.monotonic()
+        with running_worker(kind, pg, worker_notify, ledger) as worker:
+            took = time.monotonic() - began
+            assert took < connect_timeout.total_seconds() + 1, f"start took {took:.1f} s"
+            assert outage_warnings(caplog, subscriber) == 1
+
+            ids += assert_polled(pg, producer, ledger, 1)
+            ids += assert_polled(pg, producer, ledger, 3)
+
+            nats_server.start()
+            assert eventually(lambda: is_back(caplog, subscriber), DEADLINE_S)
+
+            def producer_back() -> bool:
+                producer_notify.notify_job_scheduled("resilience-nobody", 1)
+                return is_back(caplog, sides.producer_publisher)
+
+            assert eventually(producer_back, DEADLINE_S), "the producer did not publish again"
+            ids += assert_woken(pg, producer, ledger)
+            ids += assert_woken(pg, producer, ledger)
+            assert worker.stop() is True
+
+    assert_done_exactly_once(pg, ids)
+    assert (worker.completed, worker.failed) == (len(ids), 0)
+    assert outage_warnings(caplog, subscriber) == 1
 
 
 # --- the worker's own database connections ended ------------------------------------

@@ -33,6 +33,7 @@ from queuert_sa._job_types import JobType
 from queuert_sa._logs import get_logger
 from queuert_sa._retry import Backoff
 from queuert_sa.notify import Subscription
+from queuert_sa.notify._on_loop import listen_on_loop
 
 from . import _flow as flow
 from . import _keep as recurring
@@ -279,8 +280,8 @@ class AsyncWorker(WorkerCore):
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(waker.hint, count)
 
-        self._subscription = self.ctx.notify.listen_job_scheduled(
-            tuple(self.handlers), on_scheduled
+        self._subscription = await listen_on_loop(
+            self.ctx.notify, lambda n: n.listen_job_scheduled(tuple(self.handlers), on_scheduled)
         )
         self._tasks = [
             asyncio.create_task(self._slot_task(), name=f"queuert-worker-{slot}")

@@ -12,17 +12,27 @@ this package needs neither psycopg nor redis-py::
 
     from queuert_sa.notify.postgres import PostgresNotify  # LISTEN/NOTIFY (extra "postgres")
     from queuert_sa.notify.redis import RedisNotify        # pub/sub (extra "redis")
+    from queuert_sa.notify.nats import NatsNotify          # core NATS (extra "nats")
+
+:class:`AsyncNotifyAdapter` adapters do their IO on an event loop, so that an
+``AsyncQueuert``/``AsyncWorker`` never waits for the backend on its loop::
+
+    from queuert_sa.notify.asyncio_postgres import AsyncPostgresNotify
+    from queuert_sa.notify.asyncio_redis import AsyncRedisNotify
+
+(``NatsNotify`` is one of them too.) They also serve sync code: used first
+from a thread without an event loop, they run a loop of their own.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .memory import InMemoryNotify
 
-__all__ = ["InMemoryNotify", "NotifyAdapter", "Subscription"]
+__all__ = ["AsyncNotifyAdapter", "InMemoryNotify", "NotifyAdapter", "Subscription"]
 
 
 class Subscription(Protocol):
@@ -80,4 +90,33 @@ class NotifyAdapter(Protocol):
 
     def close(self) -> None:
         """Release connections; idempotent. Later notifications are dropped."""
+        ...
+
+
+@runtime_checkable
+class AsyncNotifyAdapter(NotifyAdapter, Protocol):
+    """A :class:`NotifyAdapter` whose IO runs on an asyncio event loop.
+
+    What changes from :class:`NotifyAdapter`, so that an event loop is never
+    blocked:
+
+    * ``notify_*`` queue the message and return at once, from any thread
+      (they are called after COMMIT, which for an ``AsyncSession`` is on the
+      loop); a task sends the messages in order.
+    * ``listen_*`` called on a thread that runs an event loop register the
+      callback and return at once; ``await listening()`` then returns once the
+      subscription is active. Called from sync code (no running loop) they
+      block until it is active, as :class:`NotifyAdapter` promises.
+      ``AsyncQueuert`` and ``AsyncWorker`` await ``listening()`` themselves.
+    * Callbacks are called on the adapter's event loop.
+    * ``await aclose()`` closes without blocking the loop; ``close()`` on the
+      loop only starts closing.
+    """
+
+    async def listening(self) -> None:
+        """Return once the ``listen_*`` calls made so far are active (or the backend is down)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections without blocking the event loop; idempotent."""
         ...

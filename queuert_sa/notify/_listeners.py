@@ -96,6 +96,11 @@ class Listeners:
             if not callbacks:
                 del table[key]
 
+    def listens_to(self, type_name: str) -> bool:
+        """Whether any callback listens to job-scheduled messages of ``type_name``."""
+        with self._lock:
+            return bool(self._scheduled.get(type_name))
+
     def job_scheduled(self, type_name: str, count: int) -> None:
         with self._lock:
             callbacks = list(self._scheduled.get(type_name, {}).values())

@@ -74,6 +74,18 @@ def libpq_conninfo(url_or_engine: str | URL | Engine | AsyncEngine) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def check_channel_prefix(channel_prefix: str, channels: list[str]) -> None:
+    """Refuse a prefix that makes a channel name longer than PostgreSQL allows."""
+    longest = max(channels, key=lambda channel: len(channel.encode()))
+    if len(longest.encode()) > _MAX_CHANNEL_BYTES:
+        limit = _MAX_CHANNEL_BYTES - (len(longest.encode()) - len(channel_prefix.encode()))
+        raise ValueError(
+            f"channel_prefix {channel_prefix!r} is too long: PostgreSQL channel names "
+            f"have at most {_MAX_CHANNEL_BYTES} bytes ({longest!r}); use a prefix of at "
+            f"most {limit} bytes."
+        )
+
+
 class PostgresNotify(CrossProcessNotify[psycopg.Connection[TupleRow]]):
     """Notifications through PostgreSQL LISTEN/NOTIFY, across processes and hosts.
 
@@ -164,14 +176,7 @@ class PostgresNotify(CrossProcessNotify[psycopg.Connection[TupleRow]]):
             # The reader may be in a connection attempt when close() wakes it.
             reader_join_s=self._connect_timeout + 2,
         )
-        longest = max(self._kinds, key=lambda channel: len(channel.encode()))
-        if len(longest.encode()) > _MAX_CHANNEL_BYTES:
-            limit = _MAX_CHANNEL_BYTES - (len(longest.encode()) - len(channel_prefix.encode()))
-            raise ValueError(
-                f"channel_prefix {channel_prefix!r} is too long: PostgreSQL channel names "
-                f"have at most {_MAX_CHANNEL_BYTES} bytes ({longest!r}); use a prefix of at "
-                f"most {limit} bytes."
-            )
+        check_channel_prefix(channel_prefix, list(self._kinds))
         self.application_name = application_name
 
         self._publisher: psycopg.Connection[TupleRow] | None = None
