@@ -85,13 +85,14 @@ def failures_logged(caplog: pytest.LogCaptureFixture, connection: str) -> int:
 
 def fail_repeatedly(caplog: pytest.LogCaptureFixture, producer: NotifyAdapter, reader: str) -> None:
     """Keep the backend down until the reader and the publisher each failed three times."""
-    assert eventually(lambda: failures_logged(caplog, reader) >= 3)
+    assert eventually(lambda: failures_logged(caplog, reader) >= 3, RECOVERY_TIMEOUT_S)
 
     def publish() -> bool:
         producer.notify_job_scheduled("t", 5)  # must not raise
         return failures_logged(caplog, "publisher") >= 3
 
-    assert eventually(publish)
+    # A NATS publisher first fails on a flush timeout (seconds), then on each reconnect.
+    assert eventually(publish, RECOVERY_TIMEOUT_S)
 
 
 def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
