@@ -25,6 +25,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    union_all,
     update,
 )
 
@@ -33,6 +34,11 @@ from queuert_sa.models import JobStatus, Models
 #: The status a pending job has, as a SQL literal: partial indexes are defined
 #: with it, and a bound parameter would not let every planner match them.
 _PENDING: ColumnElement[str] = literal_column("'pending'", String())
+
+
+#: How many of each type's due jobs the several-types acquisition looks at before it falls
+#: back to reading them all: rows other acquirers hold are skipped, one by one.
+HEADS_PER_TYPE = 1000
 
 
 @functools.cache
@@ -49,26 +55,23 @@ def acquire(
     # ``type_names`` they are part of the statement (the driver-level form
     # has no expanding parameters). ``many``: up to ``:limit`` rows, not one.
     table = models.job_table
-    conditions = [
-        table.c.type_name.in_(bindparam("type_names", expanding=True))
-        if type_names is None
-        else table.c.type_name.in_([literal(name, String()) for name in type_names]),
-        table.c.status == _PENDING,
-        table.c.scheduled_at <= bindparam("now", type_=table.c.scheduled_at.type),
-    ]
-    if with_exclude:
-        conditions.append(
-            table.c.id.not_in(bindparam("exclude_ids", expanding=True, type_=table.c.id.type))
-        )
+    due = _due(table, with_exclude)
     candidate = (
         select(table.c.id)
-        .where(*conditions)
+        .where(
+            table.c.type_name.in_(bindparam("type_names", expanding=True))
+            if type_names is None
+            else table.c.type_name.in_([literal(name, String()) for name in type_names]),
+            *due,
+        )
         # The acquisition index's order: higher priority first, then due time.
-        .order_by(table.c.priority.desc(), table.c.scheduled_at, table.c.id)
+        .order_by(*_acquisition_order(table))
         .limit(bindparam("limit", type_=Integer()) if many else 1)
     )
     if skip_locked:
         candidate = candidate.with_for_update(skip_locked=True, key_share=True)
+    if type_names is not None and len(type_names) > 1 and not many:
+        candidate = _first_of_heads(table, type_names, due, skip_locked, candidate)
     returning: list[Any] = list(table.c)
     for setting in ("idle_in_transaction_session_timeout", "statement_timeout") if timeouts else ():
         # SET LOCAL of the attempt's timeout, in the acquiring round trip (it
@@ -90,6 +93,66 @@ def acquire(
         )
     )
     return cast("Update", base.returning(*returning))  # pyright: ignore[reportUnknownMemberType]
+
+
+def _due(table: Any, with_exclude: bool) -> list[ColumnElement[bool]]:
+    conditions = [
+        table.c.status == _PENDING,
+        table.c.scheduled_at <= bindparam("now", type_=table.c.scheduled_at.type),
+    ]
+    if with_exclude:
+        conditions.append(
+            table.c.id.not_in(bindparam("exclude_ids", expanding=True, type_=table.c.id.type))
+        )
+    return conditions
+
+
+def _acquisition_order(table: Any) -> tuple[Any, ...]:
+    return (table.c.priority.desc(), table.c.scheduled_at, table.c.id)
+
+
+def _first_of_heads(
+    table: Table,
+    type_names: tuple[str, ...],
+    due: list[ColumnElement[bool]],
+    skip_locked: bool,
+    every_due: Select[Any],
+) -> Select[Any]:
+    """The first due job of several types, read from each type's head of the index.
+
+    One index range per type, merged in acquisition order, and the first row
+    not held by another acquirer locked (PostgreSQL). ``type_name IN (...)``
+    cannot be read in that order from an index led by the type, so it sorts
+    every due job of the types first (a Seq Scan and Sort, 200 ms at 100k).
+    Should every head row of every type be held (more acquirers than
+    :data:`HEADS_PER_TYPE` on one type), the statement goes on to
+    ``every_due``, the plain form; otherwise that part never runs.
+    """
+    arms = [
+        select(table.c.id, table.c.priority, table.c.scheduled_at)
+        .where(table.c.type_name == literal(name, String()), *due)
+        .order_by(*_acquisition_order(table))
+        # Nothing is held on a single-writer database: each type's first row will do.
+        .limit(HEADS_PER_TYPE if skip_locked else 1)
+        .subquery()
+        for name in type_names
+    ]
+    heads = union_all(*(select(arm.c.id, arm.c.priority, arm.c.scheduled_at) for arm in arms))
+    head = heads.subquery("heads")
+    job = table.alias("locked_job")
+    first = (
+        select(job.c.id)
+        .select_from(head.join(job, job.c.id == head.c.id))
+        .where(*_due(job, False))
+        .order_by(head.c.priority.desc(), head.c.scheduled_at, head.c.id)
+        .limit(1)
+    )
+    if not skip_locked:
+        return first
+    first = first.with_for_update(of=job, skip_locked=True, key_share=True)
+    either = union_all(select(first.subquery().c.id), select(every_due.subquery().c.id))
+    picked = either.subquery("picked")
+    return select(picked.c.id).limit(1)
 
 
 @functools.cache

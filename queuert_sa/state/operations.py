@@ -251,7 +251,9 @@ def _acquire(
         return _exec.fetch(
             executor,
             models,
-            _statements.acquire(models, caps.skip_locked, bool(exclude_ids), limits, many=many),
+            _statements.acquire(
+                models, caps.skip_locked, bool(exclude_ids), limits, _heads_of(names, many), many
+            ),
             params,
             # The cursor takes no expanding parameters: its form names the
             # types in the statement, and excluding ids stays with SQLAlchemy.
@@ -260,6 +262,11 @@ def _acquire(
                 models, caps.skip_locked, False, limits, names, many
             ),
         )
+
+
+def _heads_of(names: tuple[str, ...], many: bool) -> tuple[str, ...] | None:
+    # Several types: the statement names them, to read each type's head of the index.
+    return names if len(names) > 1 and not many else None
 
 
 def _ms(value: dt.timedelta) -> int:
