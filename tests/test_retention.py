@@ -315,6 +315,7 @@ def volume_rows(now: dt.datetime) -> tuple[list[dict[str, Any]], list[dict[str, 
     return jobs, blockers, kept
 
 
+@pytest.mark.slow
 def test_cleanup_of_a_100k_chain_backlog_in_batches_of_5000(db: Db) -> None:
     clock = FakeClock()
     client = q.Queuert(db.engine, types, clock=clock)
