@@ -517,3 +517,29 @@ def test_chain_patterns_example_runs() -> None:
         "go-to: write-draft -> review-draft -> write-draft -> review-draft => completed, "
         'output {"accepted_revision": 2}',
     ]
+
+
+AWKWARD_STRINGS = ['say "hi"', "back\\slash", "{a,b}", "NULL", "", "日本語 ✓", "tab\tnew\nline"]
+
+
+def test_a_batch_of_starts_keeps_every_value_exactly(db: Db) -> None:
+    """Inputs, keys and times written by one batched INSERT come back as they were given."""
+    job_types = q.JobTypes()
+    echo = job_types.entry("echo", input=dict[str, Any], output=int)
+    client = q.Queuert(db.engine, job_types)
+    later = dt.datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
+    inputs = [{"s": value, "n": None, "nested": [value, {"k": value}]} for value in AWKWARD_STRINGS]
+    with Session(db.engine) as s, s.begin():
+        chains = client.start_chains(
+            s,
+            [
+                echo(given, dedup=q.Dedup(f"k-{given['s']}"), run_at=later, priority=i)
+                for i, given in enumerate(inputs)
+            ],
+        )
+    for i, (chain, given) in enumerate(zip(chains, inputs, strict=True)):
+        (row,) = chain_rows(db, chain.id)
+        assert row.input == given
+        assert row.deduplication_key == f"k-{given['s']}"
+        assert row.scheduled_at == later
+        assert row.priority == i

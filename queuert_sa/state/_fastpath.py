@@ -262,7 +262,10 @@ class ArrayInsert:
     ) -> None:
         preparer = dialect.identifier_preparer
         arrays = ", ".join(
-            f"%({name})s::{table.c[name].type.compile(dialect=dialect)}[]" for name in columns
+            # Binary parameters: psycopg quotes each element of a text array with
+            # regular expressions, a quarter of a batched start's Python time.
+            f"%({name})b::{table.c[name].type.compile(dialect=dialect)}[]"
+            for name in columns
         )
         self.sql = (
             f"INSERT INTO {preparer.format_table(table)} "
