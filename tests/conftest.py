@@ -52,6 +52,8 @@ _DRIVER_CURSOR_ONLY = frozenset(
         # It prepares the worker's statements at their first run; SQLAlchemy
         # leaves that to psycopg's threshold (five runs).
         "tests/test_worker.py::test_prepared_statements_follow_the_drivers_setting[default]",
+        # aiosqlite's hot statements in one call to its thread.
+        "tests/test_driver.py::test_aiosqlite_statements_run_on_the_driver_path_and_fail_as_sqlalchemys",
     }
 )
 

@@ -213,3 +213,71 @@ def test_batched_start_writes_the_same_rows_as_sqlalchemy_would(db: Db) -> None:
     assert driver_level == through_sqlalchemy
     assert [r[3] for r in driver_level] == [inputs[0], inputs[1], inputs[2], inputs[0]]
     assert driver_level[1][6] == now + dt.timedelta(minutes=5)
+
+
+# --- aiosqlite: one call to the driver's thread per hot statement ---------------------
+
+
+def test_aiosqlite_statements_run_on_the_driver_path_and_fail_as_sqlalchemys(
+    tmp_path: Path,
+) -> None:
+    """An AsyncQueuert on aiosqlite: its batched INSERT goes to aiosqlite's connection in one
+    call, and a refusal by the database reaches ``handle_error`` listeners and the caller as
+    ``q.DatabaseError``, the session still usable."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from queuert_sa.state.capabilities import capabilities_for
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    sync_engine = create_engine(url)
+    q.metadata.create_all(sync_engine)
+    db = Db("sqlite", url, sync_engine)
+    calls: list[str] = []
+
+    async def main() -> str:
+        engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://"))
+        seen: list[str] = []
+        event.listen(
+            engine.sync_engine,
+            "handle_error",
+            lambda context: seen.append(type(context.original_exception).__name__),
+        )
+        client = q.AsyncQueuert(engine, job_types)
+        try:
+            assert capabilities_for(engine.sync_engine.dialect).driver_cursor
+            async with AsyncSession(engine) as s:
+                raw = await s.connection()
+                driver = (await raw.get_raw_connection()).driver_connection
+                real = driver.execute_fetchall
+                real_many = driver.executemany
+
+                def fetchall(sql: str, parameters: Any) -> Any:
+                    calls.append(sql.split()[0])
+                    return real(sql, parameters)
+
+                def many(sql: str, parameters: Any) -> Any:
+                    calls.append(sql.split()[0])
+                    return real_many(sql, parameters)
+
+                driver.execute_fetchall, driver.executemany = fetchall, many
+                await client.start_chains(s, [work({"n": i, "sleep": 0}) for i in range(3)])
+                with pytest.raises(q.DatabaseError) as info:
+                    await client.start_chains(s, [work({"n": 9, "sleep": 0})])
+                assert "refused by a trigger" in str(info.value.__cause__)
+                await s.rollback()
+                await client.start_chains(s, [work({"n": 10, "sleep": 0})])
+                await s.commit()
+            async with AsyncSession(engine) as s:
+                count = await s.scalar(select(func.count()).select_from(Job))
+            assert count == 1  # the first three were rolled back with the refused batch
+            return ",".join(seen)
+        finally:
+            await engine.dispose()
+
+    with refusing_inserts(db, "json_extract(NEW.input, '$.n') = 9"):
+        seen = asyncio.run(main())
+    sync_engine.dispose()
+    assert set(calls) == {"INSERT"}, calls
+    assert "IntegrityError" in seen or "OperationalError" in seen, seen

@@ -28,6 +28,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 
+from ._awaited import AwaitedCursor
+
 T = TypeVar("T")
 
 _CURSOR_KEY = "queuert_sa.driver_cursor"
@@ -386,7 +388,12 @@ def _cursor(connection: Connection) -> Any:
     cursor: Any = fairy.info.get(_CURSOR_KEY)
     if cursor is None:
         dbapi_connection: Any = fairy.dbapi_connection
-        cursor = fairy.info[_CURSOR_KEY] = dbapi_connection.cursor()
+        cursor = fairy.info[_CURSOR_KEY] = (
+            # The one asyncio driver on this path: aiosqlite (see capabilities).
+            AwaitedCursor(dbapi_connection)
+            if connection.dialect.is_async
+            else dbapi_connection.cursor()
+        )
     return cursor
 
 

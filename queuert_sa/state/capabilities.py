@@ -51,11 +51,12 @@ class Capabilities:
     driver_cursor: bool = False
     """The hot statements (acquire, complete, lock, renew, insert) may run on the
     DBAPI driver's own cursor instead of through ``Session.execute``: a
-    synchronous driver that path is measured and tested with (psycopg 3,
-    ``sqlite3``). Each statement still falls back to SQLAlchemy when something
-    would notice (SQL logging, cursor-execute listeners, a
-    ``schema_translate_map``): ``state/_exec.py`` decides. False for every asyncio
-    driver."""
+    driver that path is measured and tested with (psycopg 3, ``sqlite3``, and
+    aiosqlite, where a statement is one call to the driver's thread instead of
+    four: ``state/_awaited.py``). Each statement still falls back to SQLAlchemy
+    when something would notice (SQL logging, cursor-execute listeners, a
+    ``schema_translate_map``): ``state/_exec.py`` decides. False for psycopg's
+    asyncio connection."""
 
     array_insert: bool = False
     """On the driver's cursor, a batch of rows is inserted by one statement
@@ -86,16 +87,21 @@ _SQLITE = Capabilities(
     insert=sqlite.insert,
 )
 
-#: The synchronous DBAPI drivers whose cursor the hot statements run on, by
-#: (dialect name, driver name), with what that path may use there. Drivers not
-#: listed (and asyncio drivers) run everything through SQLAlchemy. The test
+#: The DBAPI drivers whose cursor the hot statements run on, by (dialect name,
+#: driver name), with what that path may use there. Drivers not listed run
+#: everything through SQLAlchemy; of the asyncio drivers, only aiosqlite is listed. The test
 #: suite empties it to run on SQLAlchemy's path only (``tests/conftest.py``).
 DRIVER_CURSOR: Mapping[tuple[str, str], Capabilities] = {
     ("postgresql", "psycopg"): replace(
         _POSTGRES, driver_cursor=True, array_insert=True, server_prepare=True
     ),
     ("sqlite", "pysqlite"): replace(_SQLITE, driver_cursor=True),
+    ("sqlite", "aiosqlite"): replace(_SQLITE, driver_cursor=True),
 }
+
+#: The asyncio drivers listed in :data:`DRIVER_CURSOR` (psycopg's asyncio dialect
+#: shares the sync one's driver name, and is not on that path).
+_ASYNC_ON_DRIVER_CURSOR = frozenset({("sqlite", "aiosqlite")})
 
 #: Attribute of a dialect holding its resolved capabilities.
 _CAPABILITIES_ATTR = "_queuert_sa_capabilities"
@@ -123,10 +129,11 @@ def _resolve(dialect: Dialect) -> Capabilities:
         raise QueuertError(
             f"queuert_sa supports PostgreSQL and SQLite; this engine uses {dialect.name!r}."
         )
-    if dialect.is_async:
+    key = (dialect.name, dialect.driver)
+    if dialect.is_async and key not in _ASYNC_ON_DRIVER_CURSOR:
         # The cursor of an asyncio driver is awaited; SQLAlchemy's adaptor bridges it.
         return generic
-    return DRIVER_CURSOR.get((dialect.name, dialect.driver), generic)
+    return DRIVER_CURSOR.get(key, generic)
 
 
 def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
