@@ -122,7 +122,7 @@ class AsyncWorker(WorkerCore):
         self.session_factory: Callable[[], AsyncSession] = session_factory or (
             lambda: AsyncSession(engine, expire_on_commit=False)
         )
-        self.eager_savepoints = True
+        self.eager_savepoints = session_factory is not None  # as the thread worker's
         self._thread_client = thread_client
         self._sync_worker: Worker | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -4,8 +4,8 @@
 for one task (a slot, a drain, a lease renewal), and is the
 :class:`AsyncStagedPort` of the attempts it runs: every statement is the
 sync one, run through ``run_sync``; the handler is awaited under the atomic
-timeout; the SAVEPOINT opens up front (an ``AsyncSession`` attribute cannot
-open one on first use); a cancelled flow is closed and its sessions closed,
+timeout; the SAVEPOINT opens when the handler first reaches the database
+(:mod:`._first_use`); a cancelled flow is closed and its sessions closed,
 which rolls its transaction back.
 """
 
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.util import greenlet_spawn
 
 from queuert_sa._attempt import AsyncAttempt, AttemptState
 from queuert_sa._logs import get_logger
@@ -29,6 +31,7 @@ from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from queuert_sa.state.operations import database_errors
 
 from . import _effects as fx
+from . import _first_use as first_use
 from . import _reports as reports
 from . import _staged as staged
 from ._guard import end, guard
@@ -213,10 +216,13 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
 
     @staticmethod
     async def end_savepoint(effect: fx.EndSavepoint) -> None:
-        if effect.commit:
-            await effect.savepoint.commit()
+        savepoint = effect.savepoint
+        if isinstance(savepoint, SessionTransaction):  # opened on first use, in sync code
+            await greenlet_spawn(savepoint.commit if effect.commit else savepoint.rollback)
+        elif effect.commit:
+            await savepoint.commit()
         else:
-            await effect.savepoint.rollback()
+            await savepoint.rollback()
 
     async def writer(self, effect: fx.Writer) -> None:
         if effect.take:
@@ -265,32 +271,46 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
 
     async def call_handler(self, effect: fx.CallHandler) -> fx.HandlerEnded:
         registration = effect.registration
+        state = effect.state
         staged = registration.mode == "staged"
         port = self if staged else None
         attempts: list[AsyncAttempt[Any, Any]] = [
-            AsyncAttempt(s, effect.session, port=port) for s in effect.group or (effect.state,)
+            AsyncAttempt(s, effect.session, port=port) for s in effect.group or (state,)
         ]
         given = attempts if effect.group else attempts[0]
-        lift = guard(effect.session.sync_session, effect.state)
-        leave = reports.enter(self.core, effect.state)
+        session = effect.session.sync_session
+        lift = guard(session, state)
+        # The atomic SAVEPOINT, unless opened up front: when the handler reaches the database.
+        on_first_use = not staged and state.savepoint is None
+        lift_shadows = first_use.open_on_first_use(session, state) if on_first_use else None
+        leave = reports.enter(self.core, state)
         try:
             if staged:
                 value = await registration.fn(given)
             else:
                 async with asyncio.timeout(registration.timeout.total_seconds()):
                     value = await registration.fn(given)
-            return fx.HandlerEnded(value=value)
+            ended = fx.HandlerEnded(value=value)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # this task was cancelled (stop(), a second signal)
             # A future the handler awaited was cancelled by someone else: its error.
-            return fx.HandlerEnded(error=exc)
+            ended = fx.HandlerEnded(error=exc)
         except BaseException as exc:
-            return fx.HandlerEnded(error=exc)
+            ended = fx.HandlerEnded(error=exc)
         finally:
             leave()
             lift()
+            if lift_shadows is not None:
+                lift_shadows()
+        if on_first_use and first_use.needs_savepoint(session, state):
+            # Objects added, the database never reached: their SAVEPOINT, now.
+            try:
+                state.savepoint = await greenlet_spawn(first_use.begin_nested, session)
+            except Exception as exc:
+                return fx.HandlerEnded(error=ended.error or exc)
+        return ended
 
     async def write_owned(self, effect: fx.WriteOwned) -> None:
         async with AsyncAttempt(effect.state, effect.session, port=self).transaction():
