@@ -7,7 +7,9 @@ without waiting.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -19,6 +21,8 @@ import queuert_sa as q
 from queuert_sa._worker._untaken import age
 
 from . import app
+from .conftest import Db
+from .test_cli import child_env, operator, run
 from .test_worker import FakeClock
 from .workers import Kit
 
@@ -126,3 +130,49 @@ def test_ages_read_in_the_unit_that_fits() -> None:
         "3.5 h",
         "2.1 d",
     ]
+
+
+def test_chains_list_names_the_untaken_types_under_the_table_and_keeps_its_json(db: Db) -> None:
+    ten_min_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    old = q.Queuert(db.engine, app.job_types, clock=lambda: ten_min_ago)
+    with Session(db.engine) as s, s.begin():
+        old.start_chain(s, app.signup, {"user_id": 1})
+        old.start_chain(s, app.signup, {"user_id": 2})
+    with Session(db.engine) as s, s.begin():  # due now: not waiting yet
+        q.Queuert(db.engine, app.job_types).start_chain(s, app.work, {"n": 1, "sleep": 0})
+    result = operator("chains", "list", db=db)
+    assert result.exit_code == 0, result.output
+    assert "untaken" not in result.stdout  # the table stays as it was
+    assert result.stderr.splitlines() == [
+        "warning: untaken for over 5 min: 2 ready job(s) of type 'signup' (the oldest due 10 min ago): "
+        "no running worker handles it, or its workers are down or behind"
+    ]
+    as_json = operator("chains", "list", "--json", db=db)
+    assert set(json.loads(as_json.stdout)) == {"chains", "next_cursor"}
+    assert "untaken" not in as_json.output
+
+
+def test_a_burst_worker_logs_the_untaken_type_as_json_and_exits_0(db: Db) -> None:
+    """``queuert-sa worker --burst --types work --log-format json`` with ``signup`` jobs
+    waiting: the types left out are named, in a JSON line with its fields."""
+    old = q.Queuert(
+        db.engine, app.job_types, clock=lambda: dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    )
+    with Session(db.engine) as s, s.begin():
+        old.start_chain(s, app.signup, {"user_id": 1})
+        old.start_chain(s, app.staged_work, {"n": 2, "sleep": 0})
+        old.start_chain(s, app.work, {"n": 1, "sleep": 0})
+    command = [sys.executable, "-m", "queuert_sa", "worker", "tests.app:worker", "--burst"]
+    result = run(
+        [*command, "--types", "work", "--log-format", "json"],
+        env=child_env(QUEUERT_APP_URL=db.url),
+    )
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    untaken = [e for e in entries if UNTAKEN in e["message"]]
+    assert [(e["level"], e["type_name"]) for e in untaken] == [
+        ("WARNING", "signup"),
+        ("WARNING", "staged-work"),
+    ]
+    assert "(the oldest due 2.0 h ago)" in untaken[0]["message"]
+    assert untaken[0]["worker_id"] == untaken[1]["worker_id"]
