@@ -71,7 +71,7 @@ reserve = job_types.entry(
 )
 charge = job_types.define("charge-card", input=OrderIn, output=Charged)
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite+aiosqlite:///fastapi_example.db")
+DATABASE_URL = os.environ.get("QUEUERT_DATABASE_URL", "sqlite+aiosqlite:///fastapi_example.db")
 engine = create_async_engine(DATABASE_URL)
 SessionLocal = async_sessionmaker(engine, expire_on_commit=False)
 queuert = q.AsyncQueuert(engine, job_types)

@@ -12,7 +12,7 @@ an invalid email rolls back both. A worker running in the same process (a
 background thread here; ``queuert-sa worker examples.flask_app:worker``, run
 from the repository root, in its own process in production) sends the welcome
 email and marks the user. The database is ``flask_example.db`` or
-``$DATABASE_URL``; importing this module creates the tables if missing, so
+``$QUEUERT_DATABASE_URL``; importing this module creates the tables if missing, so
 either way works on a fresh database. Ctrl+C stops the server and the worker.
 The queuert dashboard is mounted at /queuert (WSGI, through Werkzeug's
 DispatcherMiddleware), read-only, behind HTTP Basic auth.
@@ -61,7 +61,7 @@ class Sent(TypedDict):
 job_types = q.JobTypes()
 welcome = job_types.entry("send-welcome", input=UserIn, output=Sent)
 
-engine = create_engine(os.environ.get("DATABASE_URL", "sqlite:///flask_example.db"))
+engine = create_engine(os.environ.get("QUEUERT_DATABASE_URL", "sqlite:///flask_example.db"))
 # Before any worker or request uses them. Production: the Alembic branch (docs/alembic.md).
 q.metadata.create_all(engine)
 Base.metadata.create_all(engine)

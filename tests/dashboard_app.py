@@ -1,6 +1,6 @@
 """A dashboard for ``queuert-sa dashboard tests.dashboard_app:dashboard`` (the CLI tests).
 
-Its database is ``$DATABASE_URL``; requests need ``Authorization: Bearer ops``.
+Its database is ``$QUEUERT_DATABASE_URL``; requests need ``Authorization: Bearer ops``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from queuert_sa.dashboard import Dashboard
 
 from .app import job_types
 
-engine = create_engine(os.environ.get("DATABASE_URL", "sqlite://"))
+engine = create_engine(os.environ.get("QUEUERT_DATABASE_URL", "sqlite://"))
 
 
 def bearer_ops(request: Request) -> bool:

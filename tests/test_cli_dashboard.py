@@ -63,7 +63,7 @@ def test_serves_an_app_dashboard_with_its_authorize_on_any_host(
     port = free_port()
     log = tmp_path / "dashboard.log"
     command = cli("dashboard", "tests.dashboard_app:dashboard", "--host", "0.0.0.0")
-    proc = spawn([*command, "--port", str(port)], log, spawned, DATABASE_URL=url)
+    proc = spawn([*command, "--port", str(port)], log, spawned, QUEUERT_DATABASE_URL=url)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: serving(f"{base}/api/stats"), "the dashboard to serve", proc=proc, log=log)
     assert http("GET", f"{base}/api/chains")[0] == 401

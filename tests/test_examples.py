@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.contextmanager
 def imported_flask_example(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """``examples/flask_app.py`` imported with ``DATABASE_URL=url`` (a fresh module)."""
-    monkeypatch.setenv("DATABASE_URL", url)
+    """``examples/flask_app.py`` imported with ``QUEUERT_DATABASE_URL=url`` (a fresh module)."""
+    monkeypatch.setenv("QUEUERT_DATABASE_URL", url)
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     sys.modules.pop("flask_app", None)
     module = importlib.import_module("flask_app")
@@ -146,7 +146,7 @@ def test_flask_example_as_a_script_serves_signups_and_its_worker_welcomes(
         [sys.executable, "-W", "error", "examples/flask_app.py"],
         log,
         spawned,
-        DATABASE_URL=f"sqlite:///{db_file}",
+        QUEUERT_DATABASE_URL=f"sqlite:///{db_file}",
         PORT=base.rsplit(":", 1)[1],
     )
     wait_for(lambda: serving(f"{base}/chains/x"), f"{base} to serve", proc=proc, log=log)
@@ -186,7 +186,7 @@ def test_flask_example_worker_runs_from_the_cli_on_a_fresh_database(
     # As the docstring says: its worker in its own process, from the repository root.
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     log = tmp_path / "worker.log"
-    proc = spawn(cli("worker", "examples.flask_app:worker"), log, spawned, DATABASE_URL=url)
+    proc = spawn(cli("worker", "examples.flask_app:worker"), log, spawned, QUEUERT_DATABASE_URL=url)
     started = re.compile(r"worker \S+ started: types=send-welcome concurrency=2")
     wait_for(
         lambda: bool(started.search(log.read_text())), "the worker to start", proc=proc, log=log
@@ -401,7 +401,7 @@ def test_fastapi_example_commits_order_with_chain_and_runs_atomic_then_staged(
     result = subprocess.run(
         [sys.executable, "-W", "error", str(ROOT / "examples" / "fastapi_app.py")],
         cwd=tmp_path,
-        env={**os.environ, "DATABASE_URL": url},
+        env={**os.environ, "QUEUERT_DATABASE_URL": url},
         capture_output=True,
         text=True,
         timeout=60,

@@ -54,6 +54,10 @@ LOCAL_IMPORTS_ALLOWED = {
     ("queuert_sa.cli._dashboard_command", "queuert_sa.dashboard"),
     ("queuert_sa.cli._dashboard_command", "queuert_sa._async_client"),
     ("queuert_sa.cli._dashboard_command", "uvicorn"),
+    # testcontainers (the testing extra) is loaded only when a fixture starts a container
+    ("queuert_sa.testing._services", "testcontainers.community.postgres"),
+    ("queuert_sa.testing._services", "testcontainers.community.redis"),
+    ("queuert_sa.testing._services", "testcontainers.community.nats"),
 }
 
 

@@ -129,7 +129,9 @@ def test_from_an_event_loop_every_message_reaches_its_listeners(
 
     async def main() -> None:
         producer = make_adapter(kind, request, prefix)
-        listener = producer if kind == "memory" else make_adapter(kind, request, prefix)
+        listener = (
+            producer if kind in ("memory", "recording") else make_adapter(kind, request, prefix)
+        )
         try:
             jobs, chains, lost = LoopInbox(), LoopInbox(), LoopInbox()
             chain_id, job_id = uuid.uuid4(), uuid.uuid4()

@@ -39,6 +39,7 @@ from queuert_sa.notify.asyncio_redis import AsyncRedisNotify
 from queuert_sa.notify.nats import NatsNotify
 from queuert_sa.notify.postgres import PostgresNotify, libpq_conninfo
 from queuert_sa.notify.redis import RedisNotify
+from queuert_sa.testing import RecordingNotify
 
 from .conftest import NATS_URL, POSTGRES_URL, REDIS_URL, service_unavailable
 
@@ -106,7 +107,7 @@ class Backend:
 
     @property
     def remote(self) -> bool:
-        return self.kind != "memory"
+        return self.kind not in ("memory", "recording")
 
     def make(self) -> NotifyAdapter:
         return self.make_on(self.prefix)
@@ -127,6 +128,7 @@ class Backend:
 #: Every adapter kind of the suite; the remote ones talk through a server.
 KINDS = [
     "memory",
+    "recording",
     "postgres",
     "redis",
     "postgres-async",
@@ -134,13 +136,15 @@ KINDS = [
     "nats",
     "nats-hints",
 ]
-REMOTE_KINDS = KINDS[1:]
+REMOTE_KINDS = KINDS[2:]
 
 
 def make_adapter(kind: str, request: pytest.FixtureRequest, prefix: str) -> NotifyAdapter:
     """An adapter of ``kind`` on the test servers, on channel ``prefix``."""
     if kind == "memory":
         return InMemoryNotify()
+    if kind == "recording":
+        return RecordingNotify()
     if kind.startswith("postgres"):
         conninfo: str = request.getfixturevalue("postgres_conninfo")
         cls = AsyncPostgresNotify if kind.endswith("-async") else PostgresNotify

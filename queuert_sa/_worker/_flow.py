@@ -39,6 +39,7 @@ from . import _keep as recurring
 from . import _policy as policy
 from . import _reports as reports
 from . import _running as running
+from . import _untaken as untaken
 from ._config import Registration, WorkerCore
 from ._effects import (
     End,
@@ -89,6 +90,8 @@ def slot_loop(core: WorkerCore) -> Flow[None]:
         try:
             if reports.backlog_due(core):
                 yield from count_backlog(core)
+            if untaken.check_due(core, at_once=False):
+                yield from untaken.check(core)
             if core.schedules_due(core.poll_interval):
                 yield from recurring.keep(core)
             step = yield from process_one(core, look_first=not busy, slot=True)
@@ -122,6 +125,8 @@ def drain(core: WorkerCore, max_jobs: int | None) -> Flow[int]:
     its retry is due at once.
     """
     yield from recurring.keep(core)  # the schedules first: their due ticks are drained too
+    if untaken.check_due(core, at_once=True):
+        yield from untaken.check(core)
     done = 0
     failed: set[uuid.UUID] = set()
     while max_jobs is None or done < max_jobs:

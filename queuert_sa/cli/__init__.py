@@ -82,11 +82,11 @@ def build_cli() -> click.Group:
           queuert-sa worker myapp.jobs:worker
           queuert-sa schedules myapp.jobs:worker
           queuert-sa chains list --db sqlite:///app.db --status running
-          queuert-sa chain show 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --db "$DATABASE_URL"
-          queuert-sa jobs retry --failed-since 1h --db "$DATABASE_URL"
+          queuert-sa chain show 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --db "$QUEUERT_DATABASE_URL"
+          queuert-sa jobs retry --failed-since 1h --db "$QUEUERT_DATABASE_URL"
           queuert-sa chains cancel 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --reason "duplicate"
-          queuert-sa cleanup --db "$DATABASE_URL" --older-than 30d
-          queuert-sa dashboard --db "$DATABASE_URL"
+          queuert-sa cleanup --db "$QUEUERT_DATABASE_URL" --older-than 30d
+          queuert-sa dashboard --db "$QUEUERT_DATABASE_URL"
 
         The operator commands (chains, chain, jobs, cleanup) read --db from
         QUEUERT_DATABASE_URL when it is not given.

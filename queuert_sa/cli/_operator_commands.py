@@ -24,7 +24,9 @@ from queuert_sa._client import Queuert
 from queuert_sa._errors import ChainNotFoundError, InvalidCursorError, QueuertError
 from queuert_sa._job_types import JobTypes
 from queuert_sa._rules import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from queuert_sa._worker import _untaken as untaken
 from queuert_sa.models import DEFAULT_TABLE_PREFIX, JobStatus, create_models
+from queuert_sa.state import queries
 
 from ._format import (
     CHAIN_HEADERS,
@@ -231,17 +233,35 @@ def list_chains(
             cursor=cursor,
             limit=limit,
         )
-    if as_json:
-        data = {"chains": [chain_data(c) for c in page], "next_cursor": page.next_cursor}
-        click.echo(to_json(data))
-        return
-    if not page.items:
-        click.echo("no chains found")
-    else:
-        for line in format_table(CHAIN_HEADERS, [chain_row(c) for c in page]):
-            click.echo(line)
+        if as_json:
+            data = {"chains": [chain_data(c) for c in page], "next_cursor": page.next_cursor}
+            click.echo(to_json(data))
+            return
+        if not page.items:
+            click.echo("no chains found")
+        else:
+            for line in format_table(CHAIN_HEADERS, [chain_row(c) for c in page]):
+                click.echo(line)
+        for line in untaken_lines(client):
+            click.echo(line, err=True)  # stderr: the table on stdout stays as it was
     if page.next_cursor is not None:
         click.echo(f"next page: --cursor {page.next_cursor}")
+
+
+def untaken_lines(client: Queuert) -> list[str]:
+    """Lines naming the types whose ready jobs wait untaken (as the workers warn), by type."""
+    now = dt.datetime.now(dt.UTC)
+    with client.engine.connect() as conn:
+        rows = queries.waiting_untaken(
+            conn, client.models, handled=(), due_before=now - untaken.WAITING_AFTER
+        )
+    waiting = untaken.age(untaken.WAITING_AFTER.total_seconds())
+    return [
+        f"warning: untaken for over {waiting}: {row['count']} ready job(s) of type {row['type_name']!r} "
+        f"(the oldest due {untaken.age((now - row['oldest']).total_seconds())} ago): no "
+        "running worker handles it, or its workers are down or behind"
+        for row in rows
+    ]
 
 
 @click.group()

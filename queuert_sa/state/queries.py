@@ -261,3 +261,28 @@ def backlog(executor: Executor, models: Models, *, now: dt.datetime) -> list[Row
     )
     with database_errors("count the backlog", models):
         return list(executor.execute(stmt).mappings())
+
+
+def waiting_untaken(
+    executor: Executor, models: Models, *, handled: Collection[str], due_before: dt.datetime
+) -> list[RowMapping]:
+    """Pending jobs due since before ``due_before``, of types not in ``handled``, by type.
+
+    One statement over the acquisition index (pending jobs only): ``type_name``,
+    ``count``, ``oldest`` (the earliest ``scheduled_at``), by type name.
+    """
+    table = models.job_table
+    stmt = (
+        select(
+            table.c.type_name,
+            func.count().label("count"),
+            func.min(table.c.scheduled_at).label("oldest"),
+        )
+        .where(table.c.status == JobStatus.PENDING, table.c.scheduled_at < due_before)
+        .group_by(table.c.type_name)
+        .order_by(table.c.type_name)
+    )
+    if handled:
+        stmt = stmt.where(table.c.type_name.not_in(sorted(handled)))
+    with database_errors("count the jobs no worker takes", models):
+        return list(executor.execute(stmt).mappings())
