@@ -7,9 +7,13 @@ developer without the ``docs`` extra gets from ``pytest``.
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 from pathlib import Path
+from types import ModuleType
+
+import queuert_sa as q
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -44,3 +48,24 @@ def test_install_commands_name_extras_that_exist() -> None:
     assert "postgres" in named  # the pattern still finds the documented commands
     unknown = {extra: sorted(where) for extra, where in named.items() if extra not in extras}
     assert unknown == {}
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    """A name exported by ``queuert_sa`` has an entry (``::: queuert_sa.Name``) in docs/reference/."""
+    reference = "\n".join(p.read_text() for p in (DOCS / "reference").glob("*.md"))
+    documented_modules = set(re.findall(r"^::: (queuert_sa(?:\.\w+)*)\s*$", reference, re.M))
+    covered = {
+        name
+        for module in documented_modules - {"queuert_sa"}
+        if (ROOT / module.replace(".", "/")).with_suffix(".py").is_file()
+        or (ROOT / module.replace(".", "/") / "__init__.py").is_file()  # a module, not a class
+        for name in getattr(importlib.import_module(module), "__all__", ())
+    }
+    missing = [
+        name
+        for name in q.__all__
+        if f"queuert_sa.{name}" not in documented_modules
+        and name not in covered
+        and not isinstance(getattr(q, name), ModuleType)
+    ]
+    assert missing == [], "add them to docs/reference/queuert_sa.md"
