@@ -1,11 +1,15 @@
-"""Alembic integration: queuert's revisions, and a filter for your autogenerate.
+"""Alembic integration: queuert's revisions, and the hooks of your ``env.py``.
 
 queuert_sa ships its tables as Alembic revisions on their own branch
 (:data:`BRANCH_LABEL`, ``"queuert"``) in :data:`VERSION_LOCATION`. Your project
 adds that directory to its ``version_locations`` and runs
-``alembic upgrade heads``; your ``env.py`` passes :func:`include_object` (or
-:func:`exclude_queuert_tables`) to ``context.configure`` so that
-``alembic revision --autogenerate`` never proposes to drop queuert's tables.
+``alembic upgrade heads``. Your ``env.py`` calls
+:func:`check_version_locations` (queuert's branch must not vanish silently) and
+passes :func:`include_object` (or :func:`exclude_queuert_tables`) and
+:func:`process_revision_directives` (or :func:`refuse_misplaced_revisions`) to
+``context.configure``, so that ``alembic revision --autogenerate`` never
+proposes to drop queuert's tables, and never writes a revision of yours into
+queuert's directory or onto its branch.
 
 The revisions read two main options of the Alembic config:
 ``queuert_sa.table_prefix`` (default ``queuert_``) and ``queuert_sa.schema``
