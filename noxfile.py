@@ -32,6 +32,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, strict: ``nox -s docs`` (broken links and references fail)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "-d", str(session.create_tmp()) + "/site")
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Throughput figures: ``nox -s bench -- --db URL`` (runs ``queuert-sa bench``)."""
     session.install("-e", ".[dev]")

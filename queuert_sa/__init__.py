@@ -21,6 +21,7 @@ from ._entities import Chain as Chain
 from ._entities import Dedup as Dedup
 from ._entities import Job as Job
 from ._entities import Page as Page
+from ._errors import AlembicSetupError as AlembicSetupError
 from ._errors import BlockerReference as BlockerReference
 from ._errors import BlockerReferenceError as BlockerReferenceError
 from ._errors import ChainCancelledError as ChainCancelledError
@@ -52,12 +53,14 @@ from ._errors import JobOwnershipError as JobOwnershipError
 from ._errors import JobTakenByAnotherWorkerError as JobTakenByAnotherWorkerError
 from ._errors import JobTypeError as JobTypeError
 from ._errors import JobTypeMismatchError as JobTypeMismatchError
+from ._errors import MisplacedRevisionError as MisplacedRevisionError
 from ._errors import NotAnEntryTypeError as NotAnEntryTypeError
 from ._errors import QueuertError as QueuertError
 from ._errors import SchemaMissingError as SchemaMissingError
 from ._errors import SessionRequiredError as SessionRequiredError
 from ._errors import TransactionConflictError as TransactionConflictError
 from ._errors import UnknownJobTypeError as UnknownJobTypeError
+from ._errors import VersionLocationMissingError as VersionLocationMissingError
 from ._errors import WaitChainTimeoutError as WaitChainTimeoutError
 from ._errors import WorkerConfigError as WorkerConfigError
 from ._job_types import ChainStart as ChainStart
@@ -88,6 +91,7 @@ if _typing.TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlembicSetupError",
     "AsyncAttempt",
     "AsyncQueuert",
     "AsyncWorker",
@@ -136,6 +140,7 @@ __all__ = [
     "JobTypeMismatchError",
     "JobTypes",
     "Many",
+    "MisplacedRevisionError",
     "NotAnEntryTypeError",
     "NotifyAdapter",
     "Observer",
@@ -151,6 +156,7 @@ __all__ = [
     "SessionRequiredError",
     "TransactionConflictError",
     "UnknownJobTypeError",
+    "VersionLocationMissingError",
     "WaitChainTimeoutError",
     "Worker",
     "WorkerConfigError",

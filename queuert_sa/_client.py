@@ -249,7 +249,7 @@ class Queuert(Reads):
         callers raise :class:`ChainCancelledError` after COMMIT.
 
         Jobs of other chains blocked on this one stay ``blocked`` (list them
-        with :meth:`list_blocked_jobs`); with ``cascade=True`` their chains are
+        with :meth:`Queuert.list_blocked_jobs`); with ``cascade=True`` their chains are
         cancelled too, with the same reason, and theirs in turn. A cascade on
         a chain cancelled earlier cancels its blocked dependents.
 

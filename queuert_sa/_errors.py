@@ -412,6 +412,34 @@ class SchemaMissingError(DatabaseError):
     """queuert's tables do not exist in this database."""
 
 
+# --- Alembic setup (raised from your env.py, see queuert_sa.alembic) ---------------
+
+
+class AlembicSetupError(QueuertError):
+    """An Alembic project is set up so that queuert's branch would be lost or written into.
+
+    Under the ``alembic`` command it reaches you as Alembic's ``CommandError``
+    (one ``FAILED:`` line) with this error as its ``__cause__``.
+    """
+
+
+class VersionLocationMissingError(AlembicSetupError):
+    """queuert's revisions are not among the Alembic config's ``version_locations``."""
+
+    def __init__(self, message: str, *, locations: Sequence[str]) -> None:
+        super().__init__(message)
+        self.locations = tuple(locations)
+
+
+class MisplacedRevisionError(AlembicSetupError):
+    """A new revision of yours would land in queuert's directory or on queuert's branch."""
+
+    def __init__(self, message: str, *, command: str) -> None:
+        super().__init__(message)
+        #: The ``alembic revision`` command that puts the revision on your own branch.
+        self.command = command
+
+
 def _publish(namespace: dict[str, object]) -> None:
     """Name every error by its public module: tracebacks and reprs say
     ``queuert_sa.SchemaMissingError``, not the private module defining it."""

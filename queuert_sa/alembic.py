@@ -1,11 +1,15 @@
-"""Alembic integration: queuert's revisions, and a filter for your autogenerate.
+"""Alembic integration: queuert's revisions, and the hooks of your ``env.py``.
 
 queuert_sa ships its tables as Alembic revisions on their own branch
 (:data:`BRANCH_LABEL`, ``"queuert"``) in :data:`VERSION_LOCATION`. Your project
 adds that directory to its ``version_locations`` and runs
-``alembic upgrade heads``; your ``env.py`` passes :func:`include_object` (or
-:func:`exclude_queuert_tables`) to ``context.configure`` so that
-``alembic revision --autogenerate`` never proposes to drop queuert's tables.
+``alembic upgrade heads``. Your ``env.py`` calls
+:func:`check_version_locations` (queuert's branch must not vanish silently) and
+passes :func:`include_object` (or :func:`exclude_queuert_tables`) and
+:func:`process_revision_directives` (or :func:`refuse_misplaced_revisions`) to
+``context.configure``, so that ``alembic revision --autogenerate`` never
+proposes to drop queuert's tables, and never writes a revision of yours into
+queuert's directory or onto its branch.
 
 The revisions read two main options of the Alembic config:
 ``queuert_sa.table_prefix`` (default ``queuert_``) and ``queuert_sa.schema``
@@ -18,13 +22,18 @@ Importing this module does not import Alembic (an optional extra,
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Table
 from sqlalchemy.sql.schema import SchemaItem
 
+from ._alembic_checks import (
+    check_version_locations,
+    process_revision_directives,
+    refuse_misplaced_revisions,
+)
+from ._alembic_locations import VERSION_LOCATION, resolve_location
 from .models import DEFAULT_TABLE_PREFIX
 
 if TYPE_CHECKING:
@@ -36,8 +45,11 @@ __all__ = [
     "TABLE_SUFFIXES",
     "VERSION_LOCATION",
     "add_version_location",
+    "check_version_locations",
     "exclude_queuert_tables",
     "include_object",
+    "process_revision_directives",
+    "refuse_misplaced_revisions",
 ]
 
 #: Branch label of queuert's revisions: ``alembic upgrade queuert@head``,
@@ -46,21 +58,6 @@ BRANCH_LABEL = "queuert"
 
 #: Names of queuert's tables after the table prefix (``queuert_job``, ...).
 TABLE_SUFFIXES: tuple[str, ...] = ("job", "job_blocker", "rate_bucket")
-
-
-def _find_version_location() -> str:
-    package_dir = Path(__file__).resolve().parent
-    # A wheel carries the revisions inside the package; an editable install
-    # (a source checkout) has them in the project's top-level directory.
-    shipped = package_dir / "_alembic_migrations"
-    if shipped.is_dir():
-        return str(shipped)
-    return str(package_dir.parent / "alembic_migrations")
-
-
-#: Absolute path of the directory holding queuert's revisions; add it to your
-#: Alembic ``version_locations``.
-VERSION_LOCATION: str = _find_version_location()
 
 
 def exclude_queuert_tables(
@@ -130,7 +127,7 @@ def add_version_location(config: Config) -> None:
             raise ValueError("the Alembic config has neither version_locations nor script_location")
         locations = [f"{script_location}/versions"]
     target = Path(VERSION_LOCATION).resolve()
-    if any(_resolve_location(location) == target for location in locations):
+    if any(resolve_location(location) == target for location in locations):
         return
     locations.append(VERSION_LOCATION)
 
@@ -148,14 +145,3 @@ def add_version_location(config: Config) -> None:
                 "set path_separator = newline in the Alembic config"
             )
     config.set_main_option("version_locations", separator.join(locations))
-
-
-def _resolve_location(location: str) -> Path:
-    """Resolve a version location the way Alembic does (``package:path`` or a path)."""
-    if not os.path.isabs(location) and ":" in location:
-        package, *parts = location.split(":")
-        try:
-            return Path(str(resources.files(package)), *parts).resolve()
-        except ModuleNotFoundError:
-            return Path(location)
-    return Path(location).resolve()

@@ -471,13 +471,45 @@ def test_new_app_revision_extends_the_app_branch(tmp_path: Path) -> None:
     cfg = app_config(url, ini=app_dir / "alembic.ini")
     command.upgrade(cfg, "heads")
 
-    with pytest.raises(CommandError, match="Multiple heads"):
+    with pytest.raises(CommandError, match=r"two heads .* --head app@head") as refused:
         command.revision(cfg, message="nothing", autogenerate=True)
+    # From Python the typed error is the CommandError's cause, with the command to run.
+    assert isinstance(refused.value.__cause__, queuert_sa.MisplacedRevisionError)
+    assert refused.value.__cause__.command == (
+        "alembic revision --autogenerate -m nothing --head app@head"
+    )
+    assert [p.name for p in (app_dir / "versions").glob("*.py")] == [
+        f"{APP_REVISION}_create_shop_order.py"
+    ]
     script = command.revision(cfg, message="nothing", autogenerate=True, head="app@head")
 
     assert not isinstance(script, list)
     assert script is not None
     assert Path(script.path).parent == app_dir / "versions"
+    assert script.down_revision == APP_REVISION
+
+
+def test_the_apps_own_revision_hook_runs_first_and_its_result_is_checked(tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    shutil.copytree(APP_DIR, app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    env_py = app_dir / "env.py"
+    source = env_py.read_text()
+    assert source.count("process_revision_directives,\n)") == 1
+    # The app's hook points every new revision at its branch; the guard then lets it through.
+    env_py.write_text(
+        source.replace("process_revision_directives,\n)", "refuse_misplaced_revisions,\n)").replace(
+            "target_metadata = Base.metadata\n",
+            "target_metadata = Base.metadata\n"
+            "def _on_app_branch(context, revision, directives):\n"
+            "    directives[0].head = 'app@head'\n"
+            "process_revision_directives = refuse_misplaced_revisions(also=_on_app_branch)\n",
+        )
+    )
+    cfg = app_config(f"sqlite:///{tmp_path / 'app.sqlite'}", ini=app_dir / "alembic.ini")
+    command.upgrade(cfg, "heads")
+    script = command.revision(cfg, message="nothing", autogenerate=True)
+    assert not isinstance(script, list)
+    assert script is not None
     assert script.down_revision == APP_REVISION
 
 

@@ -48,6 +48,10 @@ LOCAL_IMPORTS_ALLOWED = {
     ("queuert_sa.cli._run_commands", "queuert_sa.cli._metrics"),
     ("queuert_sa.cli._metrics", "queuert_sa.otel"),
     ("queuert_sa.bench", "queuert_sa.otel"),
+    # Alembic is an optional extra: the env.py guards load it when Alembic runs them
+    ("queuert_sa._alembic_checks", "alembic.script.revision"),
+    ("queuert_sa._alembic_checks", "alembic"),
+    ("queuert_sa._alembic_checks", "alembic.util"),
     # the WSGI bridge is only loaded by the dashboard's wsgi()
     ("queuert_sa.dashboard._app", "a2wsgi"),
     # the dashboard command loads the dashboard (Starlette, Jinja2) and uvicorn when it runs

@@ -97,8 +97,8 @@ class AsyncWorker(WorkerCore):
         concurrency: Attempts running at once (tasks; and threads for plain
             ``def`` handlers). Defaults to 1. On SQLite attempts that write run
             one at a time whatever this is.
-        poll_interval, backoff, max_attempts, shutdown_grace, worker_id,
-            handle_signals: As for :class:`Worker`.
+        poll_interval, backoff, max_attempts, shutdown_grace, worker_id, handle_signals: As
+            for :class:`Worker`.
         session_factory: Makes the ``AsyncSession`` of each attempt; defaults
             to ``AsyncSession(engine)``. Pass your ``async_sessionmaker``.
         thread_engine (``AsyncQueuert.worker``): The application's sync

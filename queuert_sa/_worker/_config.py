@@ -256,7 +256,7 @@ class WorkerCore(Recurring):
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
-        """The worker's logger: its records carry ``worker_id`` (see :mod:`queuert_sa._logs`)."""
+        """The worker's logger: its records carry ``worker_id`` (see ``queuert_sa._logs``)."""
         return logging.LoggerAdapter(log, worker_fields(self.worker_id))
 
     def __repr__(self) -> str:

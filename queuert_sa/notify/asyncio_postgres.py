@@ -74,8 +74,8 @@ class AsyncPostgresNotify(EventLoopNotify[_Conn]):
     dropped (workers still poll).
 
     Args:
-        url_or_engine, channel_prefix, application_name, connect_timeout,
-            health_check_interval: As for ``PostgresNotify``. ``connect_timeout``
+        url_or_engine, channel_prefix, application_name, connect_timeout, health_check_interval:
+            As for ``PostgresNotify``. ``connect_timeout``
             (default 5 seconds) also bounds how long ``listening()`` and
             ``aclose()`` wait.
     """

@@ -5,10 +5,16 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from queuert_sa.alembic import exclude_queuert_tables
+from queuert_sa.alembic import (
+    check_version_locations,
+    exclude_queuert_tables,
+    process_revision_directives,
+)
 from tests.alembic_app.models import Base
 
 config = context.config
+# Stops here, with the line to change, when queuert's revisions are not found.
+check_version_locations(config)
 target_metadata = Base.metadata
 
 # Autogenerate compares the database with target_metadata: without this hook it
@@ -23,6 +29,7 @@ def run_migrations_offline() -> None:
         url=config.get_main_option("sqlalchemy.url"),
         target_metadata=target_metadata,
         include_object=include_object,
+        process_revision_directives=process_revision_directives,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
     )
@@ -41,6 +48,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             include_object=include_object,
+            process_revision_directives=process_revision_directives,
         )
         with context.begin_transaction():
             context.run_migrations()
