@@ -69,7 +69,7 @@ class Drain:
     async def run_async(
         self, worker: AsyncWorker, *, max_jobs: int | None = None, failures_allowed: bool = False
     ) -> int:
-        """``await worker.drain()`` on the test's event loop, checked as :meth:`__call__` checks."""
+        """``await worker.drain()`` on the test's event loop, checked as calling the drain checks."""
         if not _is_async(worker):
             raise TypeError(
                 f"queuert_drain.run_async(worker) takes an AsyncWorker, got {worker!r}; "

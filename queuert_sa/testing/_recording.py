@@ -26,7 +26,7 @@ class FrozenClock:
 
     Args:
         start: The first reading, an aware datetime. Defaults to
-            :data:`DEFAULT_START` (2030-01-01 09:00 UTC).
+            ``DEFAULT_START`` (2030-01-01 09:00 UTC).
         step: How far each reading moves the clock afterwards (an advancing
             clock: every ``now`` differs). Defaults to 0: frozen.
     """
