@@ -13,7 +13,12 @@ import re
 import socket
 from pathlib import Path
 
+# pytester restores sys.modules after each of its tests: a driver first imported
+# during one would come back as a second copy of its classes in later tests
+# (psycopg's errors would no longer be the ones SQLAlchemy's dialect catches).
+import psycopg  # noqa: F401
 import pytest
+import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 from sqlalchemy import create_engine, text
 
 from queuert_sa.testing import FrozenClock, Source, choose_source, docker_problem
