@@ -215,7 +215,7 @@ class PydanticCodec:
             self.cls.model_validate_json(_dumps(data))  # what a read will do
         except pydantic_core.ValidationError as exc:
             raise _invalid(exc, name=name, type_name=type_name, what=what) from None
-        except pydantic_core.PydanticSerializationError as exc:
+        except (pydantic_core.PydanticSerializationError, UnicodeError) as exc:
             raise JobInputError(
                 f"{what} of job type {type_name!r} cannot be written as JSON by {name} "
                 f"({exc}); give the field a JSON-compatible type or a serializer.",

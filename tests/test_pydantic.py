@@ -230,6 +230,22 @@ def test_the_output_error_names_the_field_and_is_not_an_input_error() -> None:
     assert not isinstance(info.value, q.JobInputError)
 
 
+def test_a_value_the_model_cannot_write_as_json_is_refused() -> None:
+    class Opaque:
+        pass
+
+    class Blob(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+        data: bytes = b""
+        thing: Opaque | None = None
+
+    blob = q.JobTypes().entry("blob", input=Blob)
+    for value in (Blob(thing=Opaque()), Blob(data=b"\xff")):
+        with pytest.raises(q.JobInputError, match=r"cannot be written as JSON by \S*Blob"):
+            blob.encode_input(value)
+    assert blob.decode_input(blob.encode_input(Blob(data=b"text"))) == Blob(data=b"text")
+
+
 def test_typed_dict_inputs_are_not_validated_at_run_time() -> None:
     """A TypedDict is a static contract only: any JSON object of any keys is stored."""
 
