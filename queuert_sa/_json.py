@@ -107,7 +107,7 @@ class Codec(Protocol):
 
     def encode(self, value: object, *, type_name: str, what: str) -> JSONValue: ...
 
-    def decode(self, raw: JSONValue) -> Any: ...
+    def decode(self, raw: JSONValue, *, type_name: str, what: str) -> Any: ...
 
 
 class PlainCodec:
@@ -117,7 +117,7 @@ class PlainCodec:
         check_json(value, type_name=type_name, what=what)
         return typing.cast(JSONValue, value)
 
-    def decode(self, raw: JSONValue) -> Any:
+    def decode(self, raw: JSONValue, *, type_name: str, what: str) -> Any:
         return raw
 
 
@@ -142,7 +142,7 @@ class DataclassCodec:
         check_json(data, type_name=type_name, what=what)
         return data
 
-    def decode(self, raw: JSONValue) -> Any:
+    def decode(self, raw: JSONValue, *, type_name: str, what: str) -> Any:
         return _build(self.cls, raw)
 
 
@@ -224,8 +224,17 @@ class PydanticCodec:
             ) from None
         return typing.cast(JSONValue, data)
 
-    def decode(self, raw: JSONValue) -> Any:
-        return self.cls.model_validate_json(_dumps(raw))
+    def decode(self, raw: JSONValue, *, type_name: str, what: str) -> Any:
+        try:
+            return self.cls.model_validate_json(_dumps(raw))
+        except sys.modules["pydantic_core"].ValidationError as exc:
+            error = _invalid(exc, name=self.cls.__qualname__, type_name=type_name, what=what)
+            raise JobInputError(
+                f"The stored {str(error).rstrip('.')}. Has the model changed since? Give "
+                "new fields defaults, or update the stored rows.",
+                type_name=type_name,
+                path=error.path,
+            ) from None
 
 
 def _dumps(data: object) -> str:

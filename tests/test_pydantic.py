@@ -223,6 +223,30 @@ def test_a_wrong_output_or_continuation_fails_the_attempt_and_is_retried(kit: Ki
     assert len(kit.client.list_chain_jobs(first.id).items) == 1  # no continuation written
 
 
+def test_a_stored_value_that_no_longer_fits_its_model_is_a_typed_error(kit: Kit) -> None:
+    """A model changed under stored rows: the attempt fails with the field named (and
+    is retried, for a deployment that fixes the model), and a read says what to do."""
+    before = q.JobTypes()
+    old_ship = before.entry("ship-order", input=dict[str, Any])
+    with Session(kit.db.engine) as s, s.begin():
+        chain = q.Queuert(kit.db.engine, before).start_chain(s, old_ship, {"order_id": 7})
+    kit = kit.using(job_types=types)
+    worker = kit.worker()
+    worker.handler(ship)(lambda attempt: attempt.complete(None))
+
+    assert worker.drain() == 1
+    with pytest.raises(q.JobInputError) as info:
+        kit.client.get_job(chain.id)
+    assert info.value.path == "input['order_id']"
+    assert "The stored input of job type 'ship-order' does not fit OrderIn" in str(info.value)
+    assert "Give new fields defaults" in str(info.value)
+    stored = q.Queuert(kit.db.engine, before).get_job(chain.id)
+    assert stored.status == "pending"
+    assert stored.last_attempt_error is not None
+    assert "JobInputError" in stored.last_attempt_error
+    assert "input['order_id']" in stored.last_attempt_error
+
+
 def test_the_output_error_names_the_field_and_is_not_an_input_error() -> None:
     with pytest.raises(q.JobOutputError) as info:
         ship.encode_output({"tracking": "t", "printed_at": "not a date"})  # type: ignore[arg-type]
