@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TypedDict
 
 import pydantic
@@ -310,3 +311,36 @@ def test_the_core_imports_and_runs_without_pydantic(tmp_path: Any) -> None:
         check=True,
     )
     assert loaded.stdout.strip() == "False"
+
+
+def test_the_validated_inputs_example_runs_as_its_docstring_says() -> None:
+    """``python examples/validated_inputs.py``, from the repository root, warnings as errors."""
+    root = Path(__file__).resolve().parent.parent
+    before = set(root.glob("*.db")) | set((root / "examples").glob("*.db"))
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "examples/validated_inputs.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("accepted: chain ")
+    assert lines[1] == (
+        "refused: input of job type 'import-order' does not fit OrderIn: "
+        "input['ship_to']['city']: Field required."
+    )
+    assert lines[2] == "  the field: input['ship_to']['city']; nothing was written"
+    assert lines[3] == (
+        "import-order: OrderIn 0193a5b6-0000-7000-8000-000000000001, "
+        "placed 2026-12-01 09:30:00+00:00"
+    )
+    assert lines[4] == "ship-order: 2 parcels to Springfield"
+    assert lines[5] == "processed 2 jobs; chain completed"
+    assert lines[6].startswith("output: Label(tracking='SPR-0001', printed_at=datetime.datetime(")
+    assert (
+        lines[7] == 'stored as JSON: {"printed_at": "2026-12-01T10:00:00Z", "tracking": "SPR-0001"}'
+    )
+    assert set(root.glob("*.db")) | set((root / "examples").glob("*.db")) == before
