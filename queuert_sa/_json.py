@@ -262,6 +262,16 @@ def _is_pydantic_model(annotation: object) -> bool:
     return isinstance(annotation, type) and base is not None and issubclass(annotation, base)
 
 
+def as_stored(value: object) -> object:
+    """A decoded input or output as the JSON object it is stored as (for display):
+    a pydantic model or a dataclass instance becomes its fields; anything else as is."""
+    if _is_pydantic_model(type(value)):
+        return typing.cast(Any, value).model_dump(mode="json", warnings=False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
 def codec_for(annotation: Any) -> Codec:
     """Pick the codec for an ``input=``/``output=`` annotation."""
     if _is_pydantic_model(annotation):

@@ -12,6 +12,7 @@ optional: the core imports without it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import subprocess
 import sys
@@ -20,12 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
+import httpx
 import pydantic
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
+from queuert_sa.dashboard import Dashboard
 from queuert_sa.models import Job
 
 from .conftest import Db
@@ -344,3 +347,24 @@ def test_the_validated_inputs_example_runs_as_its_docstring_says() -> None:
         lines[7] == 'stored as JSON: {"printed_at": "2026-12-01T10:00:00Z", "tracking": "SPR-0001"}'
     )
     assert set(root.glob("*.db")) | set((root / "examples").glob("*.db")) == before
+
+
+def test_the_dashboard_shows_a_model_as_its_stored_fields(db: Db, client: q.Queuert) -> None:
+    with Session(db.engine) as s, s.begin():
+        chain = client.start_chain(s, ship, order())
+    expected = order().model_dump(mode="json")
+
+    async def scenario() -> dict[str, Any]:
+        transport = httpx.ASGITransport(app=Dashboard(client))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash") as http:
+            response = await http.get(f"/api/chains/{chain.id}")
+            page = await http.get(f"/chains/{chain.id}")
+        assert page.status_code == 200
+        assert "Springfield" in page.text
+        assert "OrderIn(" not in page.text  # the fields, not the repr
+        body: dict[str, Any] = response.json()
+        return body
+
+    body = asyncio.run(scenario())
+    assert body["chain"]["input"] == expected
+    assert [job["input"] for job in body["jobs"]] == [expected]
