@@ -31,12 +31,13 @@ def publish(classes: Iterable[object], names: Mapping[str, object]) -> None:
     alone. Calling it again is safe: a class published before only has what is still
     unresolved resolved (the asyncio names are loaded later, on first use).
     """
+    namespaces: dict[int, dict[str, Any]] = {}  # per module: its globals and ``names``
     for cls in classes:
         if not isinstance(cls, type) or not _is_ours(cls.__module__):
             continue
         for owner in cls.__mro__:
             if _is_ours(owner.__module__):
-                _resolve_methods(owner, names)
+                _resolve_methods(owner, names, namespaces)
         _resolve_class_annotations(cls, names)
         cls.__module__ = PUBLIC_MODULE
 
@@ -59,15 +60,22 @@ def _resolve_class_annotations(cls: type, names: Mapping[str, object]) -> None:
     cls.__annotations__ = {name: hints.get(name, value) for name, value in own.items()}
 
 
-def _resolve_methods(owner: type, names: Mapping[str, object]) -> None:
-    for value in vars(owner).values():
+def _resolve_methods(
+    owner: type, names: Mapping[str, object], namespaces: dict[int, dict[str, Any]]
+) -> None:
+    for name, value in vars(owner).items():
+        if name.startswith("_") and name != "__init__":
+            continue  # private: not what users introspect
         for function in _functions(value):
             annotations: dict[str, Any] = getattr(function, "__annotations__", {})
             if not any(isinstance(a, str) for a in annotations.values()):
                 continue
             # A decorated method (a context manager) names its globals through __wrapped__.
             inner = inspect.unwrap(function)
-            namespace = {**names, **getattr(inner, "__globals__", {})}
+            module_globals: dict[str, Any] = getattr(inner, "__globals__", {})
+            namespace = namespaces.get(id(module_globals))
+            if namespace is None:
+                namespace = namespaces[id(module_globals)] = {**names, **module_globals}
             try:
                 hints = typing.get_type_hints(function, globalns=namespace, include_extras=True)
             except _UNRESOLVED:  # stays as written
