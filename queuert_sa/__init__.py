@@ -66,11 +66,13 @@ from ._errors import WorkerConfigError as WorkerConfigError
 from ._job_types import ChainStart as ChainStart
 from ._job_types import JobType as JobType
 from ._job_types import JobTypes as JobTypes
+from ._public import publish as _publish
 from ._rate import Rate as Rate
 from ._retry import Backoff as Backoff
 from ._retry import Fail as Fail
 from ._retry import Reschedule as Reschedule
 from ._schedules import Schedule as Schedule
+from ._worker._config import WorkerOptions as _WorkerOptions
 from ._worker._threads import Worker as Worker
 from .models import JobStatus as JobStatus
 from .models import metadata as metadata
@@ -169,6 +171,11 @@ __all__ = [
     "prepare_engine",
 ]
 
+# Reprs, tracebacks and messages name the exported classes queuert_sa.X.
+_publish(
+    [globals().get(name) for name in __all__],
+    {**globals(), "WorkerOptions": _WorkerOptions},
+)
 
 _ASYNC_NAMES = ("AsyncQueuert", "AsyncWorker")
 
@@ -183,6 +190,11 @@ def __getattr__(name: str) -> object:
                 f"queuert_sa.{name} needs SQLAlchemy's asyncio support ({exc}). Install "
                 "the extra: pip install 'queuert_sa[asyncio]'."
             ) from exc
+        from sqlalchemy.ext import asyncio as _sqlalchemy_asyncio
+
+        public = {**globals(), **vars(_sqlalchemy_asyncio), "WorkerOptions": _WorkerOptions}
+        public.update(AsyncQueuert=_async_client.AsyncQueuert, AsyncWorker=_asyncio.AsyncWorker)
+        _publish([public[name] for name in __all__ if name in public], public)
         return getattr(_async_client, name, None) or getattr(_asyncio, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

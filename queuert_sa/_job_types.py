@@ -212,7 +212,7 @@ class JobType(Generic[InT, OutT]):
 
     def decode_input(self, raw: JSONValue) -> InT:
         """Rebuild a stored input (dataclass inputs become instances again)."""
-        return self._input_codec.decode(raw)  # type: ignore[no-any-return]
+        return self._input_codec.decode(raw, type_name=self.name, what="input")  # type: ignore[no-any-return]
 
     def encode_output(self, value: OutT) -> JSONValue:
         """Validate and encode an output value for storage (:class:`JobOutputError` if not)."""
@@ -222,8 +222,11 @@ class JobType(Generic[InT, OutT]):
             raise JobOutputError(str(exc), type_name=self.name, path=exc.path) from None
 
     def decode_output(self, raw: JSONValue) -> OutT:
-        """Rebuild a stored output."""
-        return self._output_codec.decode(raw)  # type: ignore[no-any-return]
+        """Rebuild a stored output (:class:`JobOutputError` if it no longer fits its model)."""
+        try:
+            return self._output_codec.decode(raw, type_name=self.name, what="output")  # type: ignore[no-any-return]
+        except JobInputError as exc:
+            raise JobOutputError(str(exc), type_name=self.name, path=exc.path) from None
 
     def require_entry(self) -> None:
         """Raise :class:`NotAnEntryTypeError` unless this type may start a chain."""

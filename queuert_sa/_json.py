@@ -1,4 +1,4 @@
-"""JSON values: validation before any SQL, and codecs for dataclass inputs.
+"""JSON values: validation before any SQL, and codecs for dataclass and pydantic inputs.
 
 Inputs and outputs are stored as JSON. ``json.dumps`` alone is too lenient for
 a store that must round-trip values faithfully (it silently turns ``{1: "a"}``
@@ -9,7 +9,9 @@ the path of the first offending element.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -105,7 +107,7 @@ class Codec(Protocol):
 
     def encode(self, value: object, *, type_name: str, what: str) -> JSONValue: ...
 
-    def decode(self, raw: JSONValue) -> Any: ...
+    def decode(self, raw: JSONValue, *, type_name: str, what: str) -> Any: ...
 
 
 class PlainCodec:
@@ -115,7 +117,7 @@ class PlainCodec:
         check_json(value, type_name=type_name, what=what)
         return typing.cast(JSONValue, value)
 
-    def decode(self, raw: JSONValue) -> Any:
+    def decode(self, raw: JSONValue, *, type_name: str, what: str) -> Any:
         return raw
 
 
@@ -140,7 +142,7 @@ class DataclassCodec:
         check_json(data, type_name=type_name, what=what)
         return data
 
-    def decode(self, raw: JSONValue) -> Any:
+    def decode(self, raw: JSONValue, *, type_name: str, what: str) -> Any:
         return _build(self.cls, raw)
 
 
@@ -176,8 +178,104 @@ def _build(annotation: Any, raw: Any) -> Any:
     return original
 
 
+class PydanticCodec:
+    """For pydantic (v2) models: validated, stored as ``model_dump(mode="json")``, rebuilt.
+
+    Values are validated the way they are read back: from their JSON, so a value
+    that is stored always decodes (a strict model's datetimes included). A mapping
+    of the model's fields is accepted too (callers without the static types: the
+    CLI, schedules' inputs), and validated the same way.
+    """
+
+    def __init__(self, cls: type[Any]) -> None:
+        self.cls = cls
+
+    def encode(self, value: object, *, type_name: str, what: str) -> JSONValue:
+        pydantic_core = sys.modules["pydantic_core"]
+        name = self.cls.__qualname__
+        if not isinstance(value, self.cls | Mapping):
+            raise JobInputError(
+                f"{what} of job type {type_name!r} must be a {name} instance "
+                f"(or a mapping of its fields), got {_describe(value)}.",
+                type_name=type_name,
+                path=what,
+            )
+        try:
+            if not isinstance(value, self.cls):
+                try:  # a mapping of JSON values (the CLI's, a schedule's) is read as JSON
+                    text = _dumps(value)
+                except (TypeError, ValueError):
+                    value = self.cls.model_validate(value)
+                else:
+                    value = self.cls.model_validate_json(text)
+            # An instance made without validation (model_construct, assignment) may not
+            # fit its model: it is validated below; pydantic need not warn about it here.
+            data = typing.cast(Any, value).model_dump(mode="json", warnings=False)
+            check_json(data, type_name=type_name, what=what)
+            self.cls.model_validate_json(_dumps(data))  # what a read will do
+        except pydantic_core.ValidationError as exc:
+            raise _invalid(exc, name=name, type_name=type_name, what=what) from None
+        except (pydantic_core.PydanticSerializationError, UnicodeError) as exc:
+            raise JobInputError(
+                f"{what} of job type {type_name!r} cannot be written as JSON by {name} "
+                f"({exc}); give the field a JSON-compatible type or a serializer.",
+                type_name=type_name,
+                path=what,
+            ) from None
+        return typing.cast(JSONValue, data)
+
+    def decode(self, raw: JSONValue, *, type_name: str, what: str) -> Any:
+        try:
+            return self.cls.model_validate_json(_dumps(raw))
+        except sys.modules["pydantic_core"].ValidationError as exc:
+            error = _invalid(exc, name=self.cls.__qualname__, type_name=type_name, what=what)
+            raise JobInputError(
+                f"The stored {str(error).rstrip('.')}. Has the model changed since? Give "
+                "new fields defaults, or update the stored rows.",
+                type_name=type_name,
+                path=error.path,
+            ) from None
+
+
+def _dumps(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+def _invalid(exc: Any, *, name: str, type_name: str, what: str) -> JobInputError:
+    """A pydantic ``ValidationError`` as a :class:`JobInputError` naming the first bad field."""
+    errors: list[dict[str, Any]] = exc.errors(include_url=False)
+    paths = [what + "".join(f"[{part!r}]" for part in error["loc"]) for error in errors]
+    shown = "; ".join(f"{paths[i]}: {errors[i]['msg']}" for i in range(min(3, len(errors))))
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return JobInputError(
+        f"{what} of job type {type_name!r} does not fit {name}: {shown}{more}.",
+        type_name=type_name,
+        path=paths[0] if paths else what,
+    )
+
+
+def _is_pydantic_model(annotation: object) -> bool:
+    """Whether ``annotation`` is a pydantic v2 model class, without importing pydantic:
+    a model class exists only once pydantic has been imported."""
+    pydantic = sys.modules.get("pydantic")
+    base = getattr(pydantic, "BaseModel", None) if pydantic is not None else None
+    return isinstance(annotation, type) and base is not None and issubclass(annotation, base)
+
+
+def as_stored(value: object) -> object:
+    """A decoded input or output as the JSON object it is stored as (for display):
+    a pydantic model or a dataclass instance becomes its fields; anything else as is."""
+    if _is_pydantic_model(type(value)):
+        return typing.cast(Any, value).model_dump(mode="json", warnings=False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
 def codec_for(annotation: Any) -> Codec:
     """Pick the codec for an ``input=``/``output=`` annotation."""
+    if _is_pydantic_model(annotation):
+        return PydanticCodec(annotation)
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return DataclassCodec(annotation)
     return PlainCodec()

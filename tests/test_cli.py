@@ -387,14 +387,14 @@ BAD_APP_PATHS = [
     ("no_such_module_q:worker", "no module named 'no_such_module_q'"),
     ("tests.no_such_module_q:worker", "no module named 'tests.no_such_module_q'"),
     ("tests.app:no_such_worker", "'tests.app' has no attribute 'no_such_worker'"),
-    ("tests.app:job_types", "found a queuert_sa._job_types.JobTypes object, not a"),
+    ("tests.app:job_types", "found a queuert_sa.JobTypes object, not a"),
     ("tests.app:User", "found the class tests.app.User, not a queuert_sa.Worker"),
     ("tests.app:count_effects", "which needs arguments"),
     ("local_app:worker", "found an int object (42), not a queuert_sa.Worker"),
     ("local_app:make_worker", "the factory returned a str object ('not a worker')"),
     ("local_app:make_worker_with", "which needs arguments"),
     ("local_app:NotAWorker", "found the class local_app.NotAWorker"),
-    ("local_app:queuert_sa.Worker", "found the class queuert_sa._worker._threads.Worker"),
+    ("local_app:queuert_sa.Worker", "found the class queuert_sa.Worker"),
 ]
 
 

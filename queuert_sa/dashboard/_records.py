@@ -1,19 +1,19 @@
 """Chains and jobs as JSON objects: ids as strings, times as ISO 8601 in UTC.
 
-Inputs and outputs are shown as stored: a dataclass input (decoded by its job
-type) is turned back into its fields, anything else that JSON cannot hold into
-its ``repr``.
+Inputs and outputs are shown as stored: a dataclass or pydantic model input
+(decoded by its job type) is turned back into its fields, anything else that
+JSON cannot hold into its ``repr``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import uuid
 from typing import Any
 
 from queuert_sa._entities import Chain, Job
+from queuert_sa._json import as_stored
 
 
 def when(value: dt.datetime | None) -> str | None:
@@ -23,8 +23,8 @@ def when(value: dt.datetime | None) -> str | None:
 
 def plain(value: Any) -> Any:
     """``value`` as JSON can hold it (a job's input or output)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return plain(dataclasses.asdict(value))
+    if (stored := as_stored(value)) is not value:
+        return plain(stored)
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
     if isinstance(value, (list, tuple)):
