@@ -49,6 +49,7 @@ from ._errors import JobNotRetryableError as JobNotRetryableError
 from ._errors import JobNotTriggerableError as JobNotTriggerableError
 from ._errors import JobOutputError as JobOutputError
 from ._errors import JobOwnershipError as JobOwnershipError
+from ._errors import JobsNotTriggerableError as JobsNotTriggerableError
 from ._errors import JobTakenByAnotherWorkerError as JobTakenByAnotherWorkerError
 from ._errors import JobTypeError as JobTypeError
 from ._errors import JobTypeMismatchError as JobTypeMismatchError
@@ -135,6 +136,7 @@ __all__ = [
     "JobTypeError",
     "JobTypeMismatchError",
     "JobTypes",
+    "JobsNotTriggerableError",
     "Many",
     "NotAnEntryTypeError",
     "NotifyAdapter",
