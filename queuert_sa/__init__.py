@@ -18,6 +18,7 @@ from ._blocker_specs import many as many
 from ._client import Queuert as Queuert
 from ._durations import Duration as Duration
 from ._entities import Chain as Chain
+from ._entities import CleanupPreview as CleanupPreview
 from ._entities import Dedup as Dedup
 from ._entities import Job as Job
 from ._entities import Page as Page
@@ -102,6 +103,7 @@ __all__ = [
     "ChainFailedError",
     "ChainNotFoundError",
     "ChainStart",
+    "CleanupPreview",
     "DatabaseError",
     "DatabaseUnavailableError",
     "Dedup",

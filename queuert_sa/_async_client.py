@@ -27,7 +27,7 @@ from ._async_reads import AsyncReads, AsyncSessionLike
 from ._client import Queuert
 from ._context import ClientOptions
 from ._durations import Duration, as_duration
-from ._entities import Chain, Job
+from ._entities import Chain, CleanupPreview, Job
 from ._errors import (
     ChainNotFoundError,
     JobNotFoundError,
@@ -224,6 +224,34 @@ class AsyncQueuert(AsyncReads):
                 async with engine.begin() as conn:
                     more = await conn.run_sync(run.batch)
         return run.finish()
+
+    async def preview_cleanup(
+        self,
+        *,
+        older_than: Duration,
+        failed_older_than: Duration | None = None,
+        cancelled_older_than: Duration | None = None,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> CleanupPreview:
+        """What :meth:`cleanup` would delete now; see :meth:`Queuert.preview_cleanup`."""
+        plan = rules.cleanup_plan(
+            self.clock(),
+            older_than,
+            types,
+            batch_size,
+            max_batches,
+            failed_older_than=failed_older_than,
+            cancelled_older_than=cancelled_older_than,
+        )
+        run = removal.Cleanup(self.ctx, plan, dry_run=True)
+        more = True
+        while more:
+            with ops.database_errors("preview a cleanup", self.models):
+                async with self.engine.connect() as conn:
+                    more = await conn.run_sync(run.batch)
+        return run.preview()
 
     # --- waiting --------------------------------------------------------------------------
 

@@ -182,3 +182,15 @@ class Dedup:
         object.__setattr__(self, "scope", scope)
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "exclude", tuple(coerce_id(i) for i in exclude))
+
+
+@dataclass(frozen=True)
+class CleanupPreview:
+    """What :meth:`Queuert.cleanup` would delete now: ``preview_cleanup``'s answer."""
+
+    chains: int
+    """Chains that would be deleted."""
+    jobs: int
+    """Their jobs (every step of each chain)."""
+    by_type: dict[str, tuple[int, int]]
+    """Per chain type (the type of a chain's first job): (chains, jobs)."""

@@ -18,7 +18,7 @@ from . import _removal as removal
 from . import _rules as rules
 from . import _transitions as transitions
 from ._durations import Duration
-from ._entities import Chain, Job
+from ._entities import Chain, CleanupPreview, Job
 from ._ids import coerce_id
 from ._job_types import JobType
 from ._reads import Reads, SessionLike
@@ -214,3 +214,40 @@ class Operating(Reads):
             with ops.database_errors("clean up chains", self.models), engine.begin() as conn:
                 more = run.batch(conn)
         return run.finish()
+
+    def preview_cleanup(
+        self,
+        *,
+        older_than: Duration,
+        failed_older_than: Duration | None = None,
+        cancelled_older_than: Duration | None = None,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> CleanupPreview:
+        """What :meth:`cleanup` with these arguments would delete now; nothing is deleted.
+
+        The same batches are walked, each in a read-only transaction that
+        locks nothing. Returns the chains and jobs that would go, and both per
+        chain type. A real run may delete fewer: on PostgreSQL it skips chains
+        that another transaction holds at that moment (e.g. a producer
+        attaching one as a blocker).
+        """
+        plan = rules.cleanup_plan(
+            self.clock(),
+            older_than,
+            types,
+            batch_size,
+            max_batches,
+            failed_older_than=failed_older_than,
+            cancelled_older_than=cancelled_older_than,
+        )
+        run = removal.Cleanup(self.ctx, plan, dry_run=True)
+        more = True
+        while more:
+            with (
+                ops.database_errors("preview a cleanup", self.models),
+                self.engine.connect() as conn,
+            ):
+                more = run.batch(conn)
+        return run.preview()
