@@ -70,6 +70,8 @@ from ._retry import Backoff as Backoff
 from ._retry import Fail as Fail
 from ._retry import Reschedule as Reschedule
 from ._schedules import Schedule as Schedule
+from ._signal import AsyncAttemptSignal as AsyncAttemptSignal
+from ._signal import AttemptSignal as AttemptSignal
 from ._worker._threads import Worker as Worker
 from .models import JobStatus as JobStatus
 from .models import metadata as metadata
@@ -91,9 +93,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncAttempt",
+    "AsyncAttemptSignal",
     "AsyncQueuert",
     "AsyncWorker",
     "Attempt",
+    "AttemptSignal",
     "Backoff",
     "BaseObserver",
     "BlockerReference",
