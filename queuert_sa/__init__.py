@@ -19,6 +19,7 @@ from ._client import Queuert as Queuert
 from ._durations import Duration as Duration
 from ._entities import Chain as Chain
 from ._entities import CleanupPreview as CleanupPreview
+from ._entities import CompletedChain as CompletedChain
 from ._entities import Dedup as Dedup
 from ._entities import Job as Job
 from ._entities import Page as Page
@@ -63,6 +64,7 @@ from ._errors import UnknownJobTypeError as UnknownJobTypeError
 from ._errors import WaitChainTimeoutError as WaitChainTimeoutError
 from ._errors import WorkerConfigError as WorkerConfigError
 from ._job_types import ChainStart as ChainStart
+from ._job_types import EntryType as EntryType
 from ._job_types import JobType as JobType
 from ._job_types import JobTypes as JobTypes
 from ._rate import Rate as Rate
@@ -108,6 +110,7 @@ __all__ = [
     "ChainNotFoundError",
     "ChainStart",
     "CleanupPreview",
+    "CompletedChain",
     "DatabaseError",
     "DatabaseUnavailableError",
     "Dedup",
@@ -117,6 +120,7 @@ __all__ = [
     "DuplicateJobTypeError",
     "Duration",
     "EngineMismatchError",
+    "EntryType",
     "Fail",
     "HandlerError",
     "InMemoryNotify",

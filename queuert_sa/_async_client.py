@@ -27,7 +27,7 @@ from ._async_reads import AsyncReads, AsyncSessionLike
 from ._client import Queuert
 from ._context import ClientOptions
 from ._durations import Duration, as_duration
-from ._entities import Chain, CleanupPreview, Job
+from ._entities import Chain, CleanupPreview, CompletedChain, Job
 from ._errors import (
     ChainNotFoundError,
     JobNotFoundError,
@@ -35,7 +35,7 @@ from ._errors import (
     WorkerConfigError,
 )
 from ._ids import coerce_id
-from ._job_types import ChainStart, JobType, JobTypes
+from ._job_types import ChainStart, EntryType, JobType, JobTypes
 from ._rules import describe_job
 from .notify._on_loop import listen_on_loop
 from .state import immediate_engine
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ._worker._config import WorkerOptions
 
 InT = TypeVar("InT")
+ChainOutT = TypeVar("ChainOutT")
 OutT = TypeVar("OutT")
 R = TypeVar("R")
 P = ParamSpec("P")
@@ -263,7 +264,17 @@ class AsyncQueuert(AsyncReads):
         *,
         timeout: Duration = ...,
         poll_interval: Duration = ...,
-    ) -> Chain[Any, Any]: ...
+    ) -> CompletedChain[Any, Any]: ...
+
+    @overload
+    async def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: EntryType[InT, Any, ChainOutT],
+        *,
+        timeout: Duration = ...,
+        poll_interval: Duration = ...,
+    ) -> CompletedChain[InT, ChainOutT]: ...
 
     @overload
     async def await_chain(
@@ -273,7 +284,7 @@ class AsyncQueuert(AsyncReads):
         *,
         timeout: Duration = ...,
         poll_interval: Duration = ...,
-    ) -> Chain[InT, Any]: ...
+    ) -> CompletedChain[InT, Any]: ...
 
     async def await_chain(
         self,
@@ -282,7 +293,7 @@ class AsyncQueuert(AsyncReads):
         *,
         timeout: Duration = dt.timedelta(seconds=30),
         poll_interval: Duration = dt.timedelta(seconds=1),
-    ) -> Chain[Any, Any]:
+    ) -> CompletedChain[Any, Any]:
         """Wait (without blocking the event loop) until the chain completes; return it.
 
         See :meth:`Queuert.await_chain`: woken by the notify adapter's
@@ -310,7 +321,7 @@ class AsyncQueuert(AsyncReads):
                 woken.clear()
                 chain = await self.get_chain(chain_id, job_type)
                 if chain.is_completed:
-                    return chain
+                    return CompletedChain[Any, Any].of(chain)
                 if chain.status.is_terminal:
                     try:
                         current = await self.get_job(chain.current_job_id)

@@ -18,13 +18,14 @@ from sqlalchemy.orm import Session
 from ._context import ContextView
 from ._entities import Chain, Job, Page
 from ._errors import EngineMismatchError, SessionRequiredError
-from ._job_types import JobType
+from ._job_types import EntryType, JobType
 from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters
 
 if TYPE_CHECKING:
     from ._client import Queuert
 
 InT = TypeVar("InT")
+ChainOutT = TypeVar("ChainOutT")
 R = TypeVar("R")
 
 #: What mutating and reading coroutines accept: an ``AsyncSession``, or an
@@ -76,6 +77,15 @@ class AsyncReads(ContextView):
         *,
         session: AsyncSessionLike | None = None,
     ) -> Chain[Any, Any]: ...
+
+    @overload
+    async def get_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: EntryType[InT, Any, ChainOutT],
+        *,
+        session: AsyncSessionLike | None = None,
+    ) -> Chain[InT, ChainOutT]: ...
 
     @overload
     async def get_chain(

@@ -19,13 +19,13 @@ from contextlib import (
     asynccontextmanager,
     contextmanager,
 )
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from sqlalchemy.orm import Session
 
 from ._entities import Chain, Job
 from ._errors import HandlerError
-from ._job_types import ChainStart, JobType, JobTypes
+from ._job_types import ChainStart, EntryType, JobType, JobTypes
 from ._rules import Completed, Decision, continuation, describe_job
 from ._signal import AsyncAttemptSignal, AttemptSignal
 
@@ -257,12 +257,19 @@ class _View(Generic[InT, OutT]):
         """Staged: True once the outcome committed (``transaction()`` ended)."""
         return self._state.written
 
-    def blocker_outputs(self, job_type: JobType[Any, BlockerOutT]) -> list[BlockerOutT]:
+    @overload
+    def blocker_outputs(self, job_type: EntryType[Any, Any, BlockerOutT]) -> list[BlockerOutT]: ...
+
+    @overload
+    def blocker_outputs(self, job_type: JobType[Any, BlockerOutT]) -> list[BlockerOutT]: ...
+
+    def blocker_outputs(self, job_type: JobType[Any, Any]) -> list[Any]:
         """Outputs of the completed blocker chains of ``job_type``, in slot order.
 
-        Typed with the type's declared output, so type checkers check what you
-        read from them. (A chain's output is its last job's; for a blocker type
-        that continues to other types, declare the final output on the entry.)
+        Typed with the type's declared chain output (``chain_output=``), else
+        its output, so type checkers check what you read from them. (A chain's
+        output is its last job's: for a blocker type that continues to other
+        types, declare ``chain_output`` on the entry.)
         """
         return [
             job_type.decode_output(chain.output)

@@ -24,14 +24,14 @@ from . import _transitions as transitions
 from ._attempt import Attempt, AttemptState
 from ._context import ClientOptions, Context, utc_now
 from ._durations import Duration, as_duration
-from ._entities import Chain
+from ._entities import Chain, CompletedChain
 from ._errors import (
     ChainNotFoundError,
     JobNotFoundError,
     WaitChainTimeoutError,
 )
 from ._ids import coerce_id
-from ._job_types import ChainStart, JobType, JobTypes
+from ._job_types import ChainStart, EntryType, JobType, JobTypes
 from ._observing import Observers
 from ._operating import Operating
 from ._reads import SessionLike
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._worker._threads import Worker
 
 InT = TypeVar("InT")
+ChainOutT = TypeVar("ChainOutT")
 OutT = TypeVar("OutT")
 R = TypeVar("R")
 P = ParamSpec("P")
@@ -177,7 +178,17 @@ class Queuert(Operating):
         *,
         timeout: Duration = ...,
         poll_interval: Duration = ...,
-    ) -> Chain[Any, Any]: ...
+    ) -> CompletedChain[Any, Any]: ...
+
+    @overload
+    def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: EntryType[InT, Any, ChainOutT],
+        *,
+        timeout: Duration = ...,
+        poll_interval: Duration = ...,
+    ) -> CompletedChain[InT, ChainOutT]: ...
 
     @overload
     def await_chain(
@@ -187,7 +198,7 @@ class Queuert(Operating):
         *,
         timeout: Duration = ...,
         poll_interval: Duration = ...,
-    ) -> Chain[InT, Any]: ...
+    ) -> CompletedChain[InT, Any]: ...
 
     def await_chain(
         self,
@@ -196,7 +207,7 @@ class Queuert(Operating):
         *,
         timeout: Duration = dt.timedelta(seconds=30),
         poll_interval: Duration = dt.timedelta(seconds=1),
-    ) -> Chain[Any, Any]:
+    ) -> CompletedChain[Any, Any]:
         """Block until the chain completes and return it.
 
         Wakes on the notify adapter's chain-completed message (at once for a
@@ -221,7 +232,7 @@ class Queuert(Operating):
                 woken.clear()  # before reading: a completion after the read wakes us
                 chain = self.get_chain(chain_id, job_type)
                 if chain.is_completed:
-                    return chain
+                    return CompletedChain[Any, Any].of(chain)
                 if chain.status.is_terminal:
                     try:
                         current = self.get_job(chain.current_job_id)

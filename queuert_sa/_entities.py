@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, TypeVar
 
 from ._errors import DeduplicationError
@@ -99,6 +99,18 @@ class Chain(Generic[InT, OutT]):
     def is_cancelled(self) -> bool:
         """True if ``cancel_chain`` ended it."""
         return self.status == JobStatus.CANCELLED
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletedChain(Chain[InT, OutT]):
+    """A chain that completed, as ``await_chain`` returns it: ``output`` is set (``OutT``)."""
+
+    output: OutT
+
+    @classmethod
+    def of(cls, chain: Chain[InT, OutT]) -> CompletedChain[InT, OutT]:
+        """``chain``, known to be completed, as a ``CompletedChain``."""
+        return cls(**{f.name: getattr(chain, f.name) for f in fields(chain)})
 
 
 @dataclass(frozen=True)
