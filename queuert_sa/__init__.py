@@ -18,6 +18,8 @@ from ._blocker_specs import many as many
 from ._client import Queuert as Queuert
 from ._durations import Duration as Duration
 from ._entities import Chain as Chain
+from ._entities import CleanupPreview as CleanupPreview
+from ._entities import CompletedChain as CompletedChain
 from ._entities import Dedup as Dedup
 from ._entities import Job as Job
 from ._entities import Page as Page
@@ -50,6 +52,7 @@ from ._errors import JobNotRetryableError as JobNotRetryableError
 from ._errors import JobNotTriggerableError as JobNotTriggerableError
 from ._errors import JobOutputError as JobOutputError
 from ._errors import JobOwnershipError as JobOwnershipError
+from ._errors import JobsNotTriggerableError as JobsNotTriggerableError
 from ._errors import JobTakenByAnotherWorkerError as JobTakenByAnotherWorkerError
 from ._errors import JobTypeError as JobTypeError
 from ._errors import JobTypeMismatchError as JobTypeMismatchError
@@ -64,6 +67,7 @@ from ._errors import VersionLocationMissingError as VersionLocationMissingError
 from ._errors import WaitChainTimeoutError as WaitChainTimeoutError
 from ._errors import WorkerConfigError as WorkerConfigError
 from ._job_types import ChainStart as ChainStart
+from ._job_types import EntryType as EntryType
 from ._job_types import JobType as JobType
 from ._job_types import JobTypes as JobTypes
 from ._public import publish as _publish
@@ -72,6 +76,8 @@ from ._retry import Backoff as Backoff
 from ._retry import Fail as Fail
 from ._retry import Reschedule as Reschedule
 from ._schedules import Schedule as Schedule
+from ._signal import AsyncAttemptSignal as AsyncAttemptSignal
+from ._signal import AttemptSignal as AttemptSignal
 from ._worker._config import WorkerOptions as _WorkerOptions
 from ._worker._threads import Worker as Worker
 from .models import JobStatus as JobStatus
@@ -95,9 +101,11 @@ __version__ = "0.1.0"
 __all__ = [
     "AlembicSetupError",
     "AsyncAttempt",
+    "AsyncAttemptSignal",
     "AsyncQueuert",
     "AsyncWorker",
     "Attempt",
+    "AttemptSignal",
     "Backoff",
     "BaseObserver",
     "BlockerReference",
@@ -107,6 +115,8 @@ __all__ = [
     "ChainFailedError",
     "ChainNotFoundError",
     "ChainStart",
+    "CleanupPreview",
+    "CompletedChain",
     "DatabaseError",
     "DatabaseUnavailableError",
     "Dedup",
@@ -116,6 +126,7 @@ __all__ = [
     "DuplicateJobTypeError",
     "Duration",
     "EngineMismatchError",
+    "EntryType",
     "Fail",
     "HandlerError",
     "InMemoryNotify",
@@ -141,6 +152,7 @@ __all__ = [
     "JobTypeError",
     "JobTypeMismatchError",
     "JobTypes",
+    "JobsNotTriggerableError",
     "Many",
     "MisplacedRevisionError",
     "NotAnEntryTypeError",

@@ -14,31 +14,29 @@ import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from queuert_sa._logs import get_logger
 
 from . import _removal as removal
 from . import _rules as rules
+from ._async_reads import AsyncReads, AsyncSessionLike
 from ._client import Queuert
-from ._context import ClientOptions, ContextView
+from ._context import ClientOptions
 from ._durations import Duration, as_duration
-from ._entities import Chain, Job, Page
+from ._entities import Chain, CleanupPreview, CompletedChain, Job
 from ._errors import (
     ChainNotFoundError,
-    EngineMismatchError,
     JobNotFoundError,
-    SessionRequiredError,
     WaitChainTimeoutError,
     WorkerConfigError,
 )
 from ._ids import coerce_id
-from ._job_types import ChainStart, JobType, JobTypes
-from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters, describe_job
+from ._job_types import ChainStart, EntryType, JobType, JobTypes
+from ._rules import describe_job
 from .notify._on_loop import listen_on_loop
 from .state import immediate_engine
 from .state import operations as ops
@@ -51,18 +49,15 @@ if TYPE_CHECKING:
     from ._worker._config import WorkerOptions
 
 InT = TypeVar("InT")
+ChainOutT = TypeVar("ChainOutT")
 OutT = TypeVar("OutT")
 R = TypeVar("R")
 P = ParamSpec("P")
 
-#: What mutating and reading coroutines accept: an ``AsyncSession``, or an
-#: ``async_scoped_session`` (which stands for its current session).
-AsyncSessionLike = AsyncSession | async_scoped_session[Any]
-
 log = get_logger("queuert_sa")
 
 
-class AsyncQueuert(ContextView):
+class AsyncQueuert(AsyncReads):
     """The asyncio client: the methods of :class:`Queuert` as coroutines taking ``AsyncSession``.
 
     ::
@@ -97,7 +92,6 @@ class AsyncQueuert(ContextView):
             )
         self.engine = engine
         self.sync = Queuert(engine.sync_engine, job_types, **options)
-        """The sync client this one delegates to (same registry, notify, models and clock)."""
         self.ctx = self.sync.ctx
 
     def __repr__(self) -> str:
@@ -109,35 +103,6 @@ class AsyncQueuert(ContextView):
         if sync is self.engine.sync_engine:
             return self.engine
         return self.engine.execution_options(**sync.get_execution_options())
-
-    # --- plumbing -----------------------------------------------------------------
-
-    def session_of(self, session: object) -> AsyncSession:
-        """The ``AsyncSession`` to write through; refuses anything else."""
-        if isinstance(session, async_scoped_session):
-            session = cast("async_scoped_session[AsyncSession]", session)()
-        if not isinstance(session, AsyncSession):
-            hint = " For a Session use Queuert." if isinstance(session, Session) else ""
-            raise SessionRequiredError(
-                f"Expected a sqlalchemy.ext.asyncio.AsyncSession, got {type(session).__name__}. "
-                f"Pass the session whose transaction the jobs should join.{hint}"
-            )
-        bind = session.bind
-        if isinstance(bind, AsyncEngine) and bind.dialect.name != self.engine.dialect.name:
-            raise EngineMismatchError(
-                f"The session is bound to a {bind.dialect.name} database but this AsyncQueuert "
-                f"was built for {self.engine.dialect.name}; use the session of the same database."
-            )
-        return session
-
-    async def _in(self, session: AsyncSessionLike, fn: Callable[[Session], R]) -> R:
-        return await self.session_of(session).run_sync(fn)
-
-    async def _read(self, session: AsyncSessionLike | None, fn: Callable[[Session], R]) -> R:
-        if session is not None:
-            return await self._in(session, fn)
-        async with AsyncSession(self.engine) as own:
-            return await own.run_sync(fn)
 
     # --- producing ------------------------------------------------------------------
 
@@ -160,143 +125,18 @@ class AsyncQueuert(ContextView):
         """Start several chains with one INSERT; see :meth:`Queuert.start_chains`."""
         return await self._in(session, lambda s: self.sync.start_chains(s, starts))
 
-    # --- reading ----------------------------------------------------------------------
-
-    @overload
-    async def get_chain(
-        self,
-        id: uuid.UUID | str,
-        job_type: None = None,
-        *,
-        session: AsyncSessionLike | None = None,
-    ) -> Chain[Any, Any]: ...
-
-    @overload
-    async def get_chain(
-        self,
-        id: uuid.UUID | str,
-        job_type: JobType[InT, Any],
-        *,
-        session: AsyncSessionLike | None = None,
-    ) -> Chain[InT, Any]: ...
-
-    async def get_chain(
-        self,
-        id: uuid.UUID | str,
-        job_type: JobType[Any, Any] | None = None,
-        *,
-        session: AsyncSessionLike | None = None,
-    ) -> Chain[Any, Any]:
-        """Read a chain; see :meth:`Queuert.get_chain`."""
-        return await self._read(session, lambda s: self.sync.get_chain(id, job_type, session=s))
-
-    @overload
-    async def get_job(
-        self,
-        id: uuid.UUID | str,
-        job_type: None = None,
-        *,
-        session: AsyncSessionLike | None = None,
-    ) -> Job[Any]: ...
-
-    @overload
-    async def get_job(
-        self,
-        id: uuid.UUID | str,
-        job_type: JobType[InT, Any],
-        *,
-        session: AsyncSessionLike | None = None,
-    ) -> Job[InT]: ...
-
-    async def get_job(
-        self,
-        id: uuid.UUID | str,
-        job_type: JobType[Any, Any] | None = None,
-        *,
-        session: AsyncSessionLike | None = None,
-    ) -> Job[Any]:
-        """Read a job; see :meth:`Queuert.get_job`."""
-        return await self._read(session, lambda s: self.sync.get_job(id, job_type, session=s))
-
-    async def get_job_blockers(
-        self, id: uuid.UUID | str, *, session: AsyncSessionLike | None = None
-    ) -> list[Chain[Any, Any]]:
-        """The chains a job waits (or waited) for; see :meth:`Queuert.get_job_blockers`."""
-        return await self._read(session, lambda s: self.sync.get_job_blockers(id, session=s))
-
-    async def list_chains(
-        self,
-        *,
-        order: Literal["asc", "desc"] = "desc",
-        cursor: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        session: AsyncSessionLike | None = None,
-        **filters: Unpack[ChainFilters],
-    ) -> Page[Chain[Any, Any]]:
-        """One page of chains; see :meth:`Queuert.list_chains`."""
-        return await self._read(
-            session,
-            lambda s: self.sync.list_chains(
-                order=order, cursor=cursor, limit=limit, session=s, **filters
-            ),
-        )
-
-    async def list_jobs(
-        self,
-        *,
-        order: Literal["asc", "desc"] = "desc",
-        cursor: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        session: AsyncSessionLike | None = None,
-        **filters: Unpack[JobFilters],
-    ) -> Page[Job[Any]]:
-        """One page of jobs; see :meth:`Queuert.list_jobs`."""
-        return await self._read(
-            session,
-            lambda s: self.sync.list_jobs(
-                order=order, cursor=cursor, limit=limit, session=s, **filters
-            ),
-        )
-
-    async def list_chain_jobs(
-        self,
-        chain_id: uuid.UUID | str,
-        *,
-        order: Literal["asc", "desc"] = "asc",
-        cursor: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        session: AsyncSessionLike | None = None,
-    ) -> Page[Job[Any]]:
-        """One page of a chain's jobs; see :meth:`Queuert.list_chain_jobs`."""
-        return await self._read(
-            session,
-            lambda s: self.sync.list_chain_jobs(
-                chain_id, order=order, cursor=cursor, limit=limit, session=s
-            ),
-        )
-
-    async def list_blocked_jobs(
-        self,
-        chain_id: uuid.UUID | str,
-        *,
-        order: Literal["asc", "desc"] = "desc",
-        cursor: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        session: AsyncSessionLike | None = None,
-    ) -> Page[Job[Any]]:
-        """One page of the jobs blocked by a chain; see :meth:`Queuert.list_blocked_jobs`."""
-        return await self._read(
-            session,
-            lambda s: self.sync.list_blocked_jobs(
-                chain_id, order=order, cursor=cursor, limit=limit, session=s
-            ),
-        )
-
     # --- operating ---------------------------------------------------------------------
 
     async def trigger_job(self, session: AsyncSessionLike, id: uuid.UUID | str) -> Job[Any]:
         """Make a pending job due now; see :meth:`Queuert.trigger_job`."""
         return await self._in(session, lambda s: self.sync.trigger_job(s, id))
+
+    async def trigger_jobs(
+        self, session: AsyncSessionLike, ids: Iterable[uuid.UUID | str]
+    ) -> list[Job[Any]]:
+        """Make pending jobs due now, all or nothing; see :meth:`Queuert.trigger_jobs`."""
+        wanted = rules.batch_ids(ids, "trigger_jobs", "job")
+        return await self._in(session, lambda s: self.sync.trigger_jobs(s, wanted))
 
     async def retry_job(self, session: AsyncSessionLike, id: uuid.UUID | str) -> Job[Any]:
         """Make a failed job pending and due now; see :meth:`Queuert.retry_job`."""
@@ -386,6 +226,34 @@ class AsyncQueuert(ContextView):
                     more = await conn.run_sync(run.batch)
         return run.finish()
 
+    async def preview_cleanup(
+        self,
+        *,
+        older_than: Duration,
+        failed_older_than: Duration | None = None,
+        cancelled_older_than: Duration | None = None,
+        types: Iterable[JobType[Any, Any] | str] | None = None,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> CleanupPreview:
+        """What :meth:`cleanup` would delete now; see :meth:`Queuert.preview_cleanup`."""
+        plan = rules.cleanup_plan(
+            self.clock(),
+            older_than,
+            types,
+            batch_size,
+            max_batches,
+            failed_older_than=failed_older_than,
+            cancelled_older_than=cancelled_older_than,
+        )
+        run = removal.Cleanup(self.ctx, plan, dry_run=True)
+        more = True
+        while more:
+            with ops.database_errors("preview a cleanup", self.models):
+                async with self.engine.connect() as conn:
+                    more = await conn.run_sync(run.batch)
+        return run.preview()
+
     # --- waiting --------------------------------------------------------------------------
 
     @overload
@@ -396,7 +264,17 @@ class AsyncQueuert(ContextView):
         *,
         timeout: Duration = ...,
         poll_interval: Duration = ...,
-    ) -> Chain[Any, Any]: ...
+    ) -> CompletedChain[Any, Any]: ...
+
+    @overload
+    async def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: EntryType[InT, Any, ChainOutT],
+        *,
+        timeout: Duration = ...,
+        poll_interval: Duration = ...,
+    ) -> CompletedChain[InT, ChainOutT]: ...
 
     @overload
     async def await_chain(
@@ -406,7 +284,7 @@ class AsyncQueuert(ContextView):
         *,
         timeout: Duration = ...,
         poll_interval: Duration = ...,
-    ) -> Chain[InT, Any]: ...
+    ) -> CompletedChain[InT, Any]: ...
 
     async def await_chain(
         self,
@@ -415,7 +293,7 @@ class AsyncQueuert(ContextView):
         *,
         timeout: Duration = dt.timedelta(seconds=30),
         poll_interval: Duration = dt.timedelta(seconds=1),
-    ) -> Chain[Any, Any]:
+    ) -> CompletedChain[Any, Any]:
         """Wait (without blocking the event loop) until the chain completes; return it.
 
         See :meth:`Queuert.await_chain`: woken by the notify adapter's
@@ -443,7 +321,7 @@ class AsyncQueuert(ContextView):
                 woken.clear()
                 chain = await self.get_chain(chain_id, job_type)
                 if chain.is_completed:
-                    return chain
+                    return CompletedChain[Any, Any].of(chain)
                 if chain.status.is_terminal:
                     try:
                         current = await self.get_job(chain.current_job_id)

@@ -11,7 +11,6 @@ only *record* the handler's decision; the worker writes it (see
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from contextlib import (
@@ -20,14 +19,15 @@ from contextlib import (
     asynccontextmanager,
     contextmanager,
 )
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from sqlalchemy.orm import Session
 
 from ._entities import Chain, Job
 from ._errors import HandlerError
-from ._job_types import ChainStart, JobType, JobTypes
+from ._job_types import ChainStart, EntryType, JobType, JobTypes
 from ._rules import Completed, Decision, continuation, describe_job
+from ._signal import AsyncAttemptSignal, AttemptSignal
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -68,56 +68,6 @@ class Outcome:
         if self.next_type_name is None:
             return f"<Outcome {self.kind}>"
         return f"<Outcome continued with {self.next_type_name}>"
-
-
-#: Guards the first use of an attempt's signal from two threads at once.
-_SIGNAL_EVENTS = threading.Lock()
-
-
-class AttemptSignal:
-    """Tells a staged handler that its attempt lost the job.
-
-    Set when a lease renewal finds the job taken over by another worker
-    (``"taken_by_another_worker"``), completed elsewhere (``"already_completed"``),
-    cancelled (``"cancelled"``)
-    or deleted (``"not_found"``). Long external work can poll ``is_set()`` or
-    ``wait(timeout)`` and stop early; ``attempt.transaction()`` refuses to write
-    either way.
-    """
-
-    def __init__(self) -> None:
-        # Made on first use: most attempts never wait on it, and an Event
-        # (a Condition and its lock) costs more than the rest of the attempt's state.
-        self._event: threading.Event | None = None
-        self.reason: str | None = None
-
-    def _the_event(self) -> threading.Event:
-        event = self._event
-        if event is None:
-            with _SIGNAL_EVENTS:
-                event = self._event
-                if event is None:
-                    event = self._event = threading.Event()
-        return event
-
-    def is_set(self) -> bool:
-        """True once the attempt lost its job."""
-        event = self._event
-        return event is not None and event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job is lost or ``timeout`` seconds pass; True if lost."""
-        return self._the_event().wait(timeout)
-
-    def set(self, reason: str) -> None:
-        """Mark the attempt as having lost its job (called by the worker)."""
-        event = self._the_event()
-        if not event.is_set():
-            self.reason = reason
-            event.set()
-
-    def __bool__(self) -> bool:
-        return self.is_set()
 
 
 class AttemptState:
@@ -283,11 +233,6 @@ class _View(Generic[InT, OutT]):
         return self._state.blockers
 
     @property
-    def signal(self) -> AttemptSignal:
-        """Set when a staged attempt lost its job (see :class:`AttemptSignal`)."""
-        return self._state.signal
-
-    @property
     def mode(self) -> Mode:
         """``"atomic"``, ``"staged"``, or ``"workerless"`` (``complete_chain``)."""
         return self._state.mode
@@ -312,12 +257,19 @@ class _View(Generic[InT, OutT]):
         """Staged: True once the outcome committed (``transaction()`` ended)."""
         return self._state.written
 
-    def blocker_outputs(self, job_type: JobType[Any, BlockerOutT]) -> list[BlockerOutT]:
+    @overload
+    def blocker_outputs(self, job_type: EntryType[Any, Any, BlockerOutT]) -> list[BlockerOutT]: ...
+
+    @overload
+    def blocker_outputs(self, job_type: JobType[Any, BlockerOutT]) -> list[BlockerOutT]: ...
+
+    def blocker_outputs(self, job_type: JobType[Any, Any]) -> list[Any]:
         """Outputs of the completed blocker chains of ``job_type``, in slot order.
 
-        Typed with the type's declared output, so type checkers check what you
-        read from them. (A chain's output is its last job's; for a blocker type
-        that continues to other types, declare the final output on the entry.)
+        Typed with the type's declared chain output (``chain_output=``), else
+        its output, so type checkers check what you read from them. (A chain's
+        output is its last job's: for a blocker type that continues to other
+        types, declare ``chain_output`` on the entry.)
         """
         return [
             job_type.decode_output(chain.output)
@@ -383,6 +335,11 @@ class Attempt(_View[InT, OutT]):
         self._session = session
         self._port = port
         self._on_first_use = on_first_use
+
+    @property
+    def signal(self) -> AttemptSignal:
+        """Set when a staged attempt lost its job (see :class:`AttemptSignal`)."""
+        return self._state.signal
 
     @property
     def session(self) -> Session:
@@ -463,6 +420,9 @@ class AsyncAttempt(_View[InT, OutT]):
         self.session = session
         """The attempt's ``AsyncSession`` (see the class documentation for each mode)."""
         self._port = port
+        self.signal = AsyncAttemptSignal(state.signal)
+        """Set when a staged attempt lost its job; ``await attempt.signal.wait()``
+        (see :class:`AsyncAttemptSignal`)."""
 
     @asynccontextmanager
     async def prepare(self) -> AsyncGenerator[AsyncSession]:

@@ -11,7 +11,7 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, cast, overload
 
 from sqlalchemy import Engine
@@ -19,33 +19,32 @@ from sqlalchemy.orm import Session
 
 from queuert_sa._logs import get_logger
 
-from . import _operator as operator
-from . import _removal as removal
 from . import _rules as rules
 from . import _transitions as transitions
 from ._attempt import Attempt, AttemptState
 from ._context import ClientOptions, Context, utc_now
 from ._durations import Duration, as_duration
-from ._entities import Chain, Job
+from ._entities import Chain, CompletedChain
 from ._errors import (
     ChainNotFoundError,
     JobNotFoundError,
     WaitChainTimeoutError,
 )
 from ._ids import coerce_id
-from ._job_types import ChainStart, JobType, JobTypes
+from ._job_types import ChainStart, EntryType, JobType, JobTypes
 from ._observing import Observers
-from ._reads import Reads, SessionLike
+from ._operating import Operating
+from ._reads import SessionLike
 from .models import DEFAULT_MODELS, JobStatus
 from .notify import InMemoryNotify
-from .state import immediate_engine, prepare_engine
-from .state import operations as ops
+from .state import prepare_engine
 
 if TYPE_CHECKING:
     from ._worker._config import WorkerOptions
     from ._worker._threads import Worker
 
 InT = TypeVar("InT")
+ChainOutT = TypeVar("ChainOutT")
 OutT = TypeVar("OutT")
 R = TypeVar("R")
 P = ParamSpec("P")
@@ -53,7 +52,7 @@ P = ParamSpec("P")
 log = get_logger("queuert_sa")
 
 
-class Queuert(Reads):
+class Queuert(Operating):
     """The synchronous client: starts chains in your transaction, reads them, makes workers.
 
     ::
@@ -169,179 +168,6 @@ class Queuert(Reads):
         """
         return transitions.start_chains(self.session_of(session), self.ctx, starts)
 
-    # --- operating: trigger, retry, cancel, delete, clean up ------------------
-
-    def trigger_job(self, session: SessionLike, id: uuid.UUID | str) -> Job[Any]:
-        """Make a pending job due now, in ``session``'s transaction (never committed here).
-
-        A job scheduled for later (``run_at``/``run_in``, a retry's backoff)
-        becomes due at once; one already due keeps its place. Workers are woken
-        after COMMIT. Raises :class:`JobNotFoundError`, and
-        :class:`JobNotTriggerableError` for a job that is blocked, running,
-        completed, failed (see :meth:`retry_job`) or cancelled. Returns the
-        job as updated.
-        """
-        return transitions.trigger_job(self.session_of(session), self.ctx, coerce_id(id))
-
-    def retry_job(self, session: SessionLike, id: uuid.UUID | str) -> Job[Any]:
-        """Make a failed job pending and due now, in ``session``'s transaction (never committed).
-
-        The job keeps its history: ``attempt`` is kept (the next attempt
-        continues the count, so a ``max_attempts`` limit allows one more
-        attempt) and ``last_attempt_error`` until that attempt replaces it;
-        ``completed_at`` is cleared. When its chain then completes, the jobs
-        blocked on it are unblocked as usual. Workers are woken after COMMIT.
-
-        The job's row is locked first. Raises :class:`JobNotFoundError`, and
-        :class:`JobNotRetryableError` (with ``status``) for a job that is not
-        ``failed``. Returns the job as updated.
-        """
-        return operator.retry_job(self.session_of(session), self.ctx, coerce_id(id))
-
-    def retry_jobs(
-        self,
-        session: SessionLike,
-        *,
-        types: Iterable[JobType[Any, Any] | str] | None = None,
-        failed_since: dt.datetime | None = None,
-        limit: int | None = None,
-    ) -> int:
-        """Retry every failed job matching the filter (see :meth:`retry_job`); how many.
-
-        One UPDATE in ``session``'s transaction (never committed here); workers
-        are woken after COMMIT. With no filter, every failed job is retried.
-
-        Args:
-            types: Only jobs of these types (the jobs' own types, not their
-                chains'): job types or their names.
-            failed_since: Only jobs that failed at or after this time (aware).
-            limit: At most this many, first created first; default no limit.
-                Retry a large backlog in several transactions with it.
-        """
-        wanted = rules.retry_filter(types, failed_since, limit)
-        return operator.retry_jobs(
-            self.session_of(session),
-            self.ctx,
-            type_names=wanted.type_names,
-            failed_since=wanted.failed_since,
-            limit=wanted.limit,
-        )
-
-    def cancel_chain(
-        self,
-        session: SessionLike,
-        id: uuid.UUID | str,
-        *,
-        reason: str | None = None,
-        cascade: bool = False,
-    ) -> list[uuid.UUID]:
-        """Cancel a chain, in ``session``'s transaction (never committed here).
-
-        Its current job, if ``blocked``, ``pending`` (scheduled or not),
-        ``running`` or ``failed``, becomes ``cancelled`` with ``completed_at``
-        now and ``cancel_reason = reason``; no attempt of it will run. The job
-        is locked first, so this waits for an atomic attempt running it to end:
-        if that attempt completed the chain, there is nothing to cancel; if it
-        continued the chain, the new job is cancelled. A staged attempt running
-        it is told after COMMIT (its ``attempt.signal`` is set with reason
-        ``"cancelled"``) and its ``attempt.transaction()`` raises
-        :class:`JobCancelledError`: nothing of it is written. ``await_chain``
-        callers raise :class:`ChainCancelledError` after COMMIT.
-
-        Jobs of other chains blocked on this one stay ``blocked`` (list them
-        with :meth:`Queuert.list_blocked_jobs`); with ``cascade=True`` their chains are
-        cancelled too, with the same reason, and theirs in turn. A cascade on
-        a chain cancelled earlier cancels its blocked dependents.
-
-        Returns the ids of the chains this call cancelled, ``id`` first: ``[]``
-        if the chain had completed, or was cancelled already (and nothing was
-        blocked on it). Raises :class:`ChainNotFoundError` for an unknown id.
-        """
-        return operator.cancel_chain(
-            self.session_of(session), self.ctx, coerce_id(id), reason=reason, cascade=cascade
-        )
-
-    def delete_chains(
-        self,
-        session: SessionLike,
-        ids: Iterable[uuid.UUID | str],
-        *,
-        cascade: bool = False,
-    ) -> list[Chain[Any, Any]]:
-        """Delete chains (every job, and their blocker rows), in ``session``'s transaction.
-
-        All or nothing: if a job outside the deletion set declares one of the
-        chains as a blocker, :class:`BlockerReferenceError` lists those
-        references and nothing is deleted. ``cascade=True`` also deletes the
-        chains that the listed chains' jobs declare as blockers, transitively
-        (and is refused in the same way if one of those is referenced from
-        outside). Ids of chains that do not exist are skipped.
-
-        The chains' jobs are locked first, so this waits for an atomic attempt
-        running one of them to finish. A staged attempt running one finds its
-        job gone when it writes, and writes nothing. Returns the deleted
-        chains as they were, the listed ones first.
-        """
-        wanted = rules.deletion_ids(ids)
-        return removal.delete_chains(self.session_of(session), self.ctx, wanted, cascade=cascade)
-
-    def cleanup(
-        self,
-        *,
-        older_than: Duration,
-        failed_older_than: Duration | None = None,
-        cancelled_older_than: Duration | None = None,
-        types: Iterable[JobType[Any, Any] | str] | None = None,
-        batch_size: int = 1000,
-        max_batches: int | None = None,
-    ) -> int:
-        """Delete chains completed more than ``older_than`` ago, in batches; how many went.
-
-        Retention for completed work. Each batch is its own short transaction
-        (on this client's engine), so a large backlog never holds locks for
-        long; run it from cron (``queuert-sa cleanup``) or a periodic *staged*
-        handler after ``prepare()`` (an atomic handler holds a transaction,
-        and on SQLite the write lock, that cleanup's batches would wait for).
-
-        Never deleted: open chains, chains completed within ``older_than``,
-        failed and cancelled chains (unless ``failed_older_than`` /
-        ``cancelled_older_than`` is given: kept that long after they ended),
-        and the blocker chains of those (a dependent that has not finished
-        may still read its blockers' outputs). A completed dependent does not
-        protect its blockers: they go once old, and its blocker rows with
-        them. On PostgreSQL a chain that another transaction holds (e.g. a
-        producer attaching it as a blocker) is skipped, not waited for. With
-        ``types``, only chains of those types go (and their blockers stay
-        while a dependent of another type needs them).
-
-        Args:
-            older_than: How long a completed chain is kept.
-            failed_older_than: How long a failed chain is kept; default: until
-                deleted by hand (it is what an operator retries from).
-            cancelled_older_than: How long a cancelled chain is kept; default:
-                until deleted by hand.
-            types: Only chains of these types; default all.
-            batch_size: Chains examined per transaction.
-            max_batches: Stop after this many batches (default: until done).
-        """
-        plan = rules.cleanup_plan(
-            self.clock(),
-            older_than,
-            types,
-            batch_size,
-            max_batches,
-            failed_older_than=failed_older_than,
-            cancelled_older_than=cancelled_older_than,
-        )
-        engine = immediate_engine(self.engine)
-        run = removal.Cleanup(self.ctx, plan)
-        more = True
-        while more:
-            # BEGIN (IMMEDIATE on SQLite) may itself fail: translate that too.
-            with ops.database_errors("clean up chains", self.models), engine.begin() as conn:
-                more = run.batch(conn)
-        return run.finish()
-
     # --- waiting and completing from application code -------------------------
 
     @overload
@@ -352,7 +178,17 @@ class Queuert(Reads):
         *,
         timeout: Duration = ...,
         poll_interval: Duration = ...,
-    ) -> Chain[Any, Any]: ...
+    ) -> CompletedChain[Any, Any]: ...
+
+    @overload
+    def await_chain(
+        self,
+        id: uuid.UUID | str,
+        job_type: EntryType[InT, Any, ChainOutT],
+        *,
+        timeout: Duration = ...,
+        poll_interval: Duration = ...,
+    ) -> CompletedChain[InT, ChainOutT]: ...
 
     @overload
     def await_chain(
@@ -362,7 +198,7 @@ class Queuert(Reads):
         *,
         timeout: Duration = ...,
         poll_interval: Duration = ...,
-    ) -> Chain[InT, Any]: ...
+    ) -> CompletedChain[InT, Any]: ...
 
     def await_chain(
         self,
@@ -371,7 +207,7 @@ class Queuert(Reads):
         *,
         timeout: Duration = dt.timedelta(seconds=30),
         poll_interval: Duration = dt.timedelta(seconds=1),
-    ) -> Chain[Any, Any]:
+    ) -> CompletedChain[Any, Any]:
         """Block until the chain completes and return it.
 
         Wakes on the notify adapter's chain-completed message (at once for a
@@ -396,7 +232,7 @@ class Queuert(Reads):
                 woken.clear()  # before reading: a completion after the read wakes us
                 chain = self.get_chain(chain_id, job_type)
                 if chain.is_completed:
-                    return chain
+                    return CompletedChain[Any, Any].of(chain)
                 if chain.status.is_terminal:
                     try:
                         current = self.get_job(chain.current_job_id)

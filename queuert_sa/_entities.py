@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, TypeVar
 
 from ._errors import DeduplicationError
@@ -101,6 +101,18 @@ class Chain(Generic[InT, OutT]):
         return self.status == JobStatus.CANCELLED
 
 
+@dataclass(frozen=True, kw_only=True)
+class CompletedChain(Chain[InT, OutT]):
+    """A chain that completed, as ``await_chain`` returns it: ``output`` is set (``OutT``)."""
+
+    output: OutT
+
+    @classmethod
+    def of(cls, chain: Chain[InT, OutT]) -> CompletedChain[InT, OutT]:
+        """``chain``, known to be completed, as a ``CompletedChain``."""
+        return cls(**{f.name: getattr(chain, f.name) for f in fields(chain)})
+
+
 @dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a listing: ``items``, and ``next_cursor`` (None on the last page).
@@ -182,3 +194,15 @@ class Dedup:
         object.__setattr__(self, "scope", scope)
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "exclude", tuple(coerce_id(i) for i in exclude))
+
+
+@dataclass(frozen=True)
+class CleanupPreview:
+    """What :meth:`Queuert.cleanup` would delete now: ``preview_cleanup``'s answer."""
+
+    chains: int
+    """Chains that would be deleted."""
+    jobs: int
+    """Their jobs (every step of each chain)."""
+    by_type: dict[str, tuple[int, int]]
+    """Per chain type (the type of a chain's first job): (chains, jobs)."""

@@ -8,7 +8,7 @@ react without parsing text.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -198,6 +198,32 @@ class JobNotTriggerableError(QueuertError):
         )
         self.job_id = job_id
         self.status = status
+
+
+class JobsNotTriggerableError(QueuertError):
+    """``trigger_jobs`` refused: some ids are no job, or a job that is not ``pending``.
+
+    Nothing was triggered. ``missing`` lists the ids of no job, and
+    ``not_triggerable`` maps each job that is not pending to its status, both
+    in the order given.
+    """
+
+    def __init__(
+        self, *, missing: Sequence[uuid.UUID], not_triggerable: Mapping[uuid.UUID, str]
+    ) -> None:
+        parts: list[str] = []
+        if missing:
+            parts.append(f"{len(missing)} not found ({', '.join(map(str, missing))})")
+        if not_triggerable:
+            shown = ", ".join(f"{job_id} is {status}" for job_id, status in not_triggerable.items())
+            parts.append(f"{len(not_triggerable)} not pending ({shown})")
+        super().__init__(
+            f"Cannot trigger these jobs: {'; '.join(parts)}. Nothing was triggered. Only "
+            "pending jobs can be made due now: leave these ids out (a failed job is made "
+            "pending and due by retry_job; a blocked one waits for its blockers)."
+        )
+        self.missing = tuple(missing)
+        self.not_triggerable = dict(not_triggerable)
 
 
 @dataclass(frozen=True)

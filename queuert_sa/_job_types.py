@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeGuard, TypeVar, overload
 
 from ._blocker_specs import BlockerRef, BlockerSpec, Many
+from ._chain_start import ChainStart as ChainStart
 from ._durations import Duration
 from ._entities import Dedup
 from ._errors import (
@@ -30,10 +30,12 @@ from ._errors import (
     UnknownJobTypeError,
 )
 from ._json import Codec, JSONValue, codec_for
+from ._registry_checks import check_registry
 from ._retry import Backoff, is_attempt_limit
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
+ChainOutT = TypeVar("ChainOutT")
 InT_co = TypeVar("InT_co", covariant=True)
 OutT_co = TypeVar("OutT_co", covariant=True)
 
@@ -65,24 +67,6 @@ def _split_blockers(
                 type_name=name,
             )
     return tuple(slots), rest
-
-
-@dataclass(frozen=True)
-class ChainStart(Generic[InT, OutT]):
-    """A job to create: its type, input and options. Not yet validated or written.
-
-    Built by calling a job type (``reserve({"order_id": 1}, run_in=...)``) or
-    directly; passed to :meth:`Queuert.start_chains`.
-    """
-
-    job_type: JobType[InT, OutT]
-    input: InT
-    id: uuid.UUID | str | None = None
-    run_at: dt.datetime | None = None
-    run_in: Duration | None = None
-    blockers: tuple[BlockerRef, ...] = ()
-    dedup: Dedup | None = None
-    priority: int | None = None
 
 
 class JobType(Generic[InT, OutT]):
@@ -241,6 +225,20 @@ class JobType(Generic[InT, OutT]):
             )
 
 
+class EntryType(JobType[InT, OutT], Generic[InT, OutT, ChainOutT]):
+    """An entry type made by ``entry(..., chain_output=T)``: its chain's final output is ``T``.
+
+    ``get_chain``, ``await_chain`` and ``attempt.blocker_outputs`` given it type
+    the chain's output as ``T`` (a plain ``JobType`` gives ``Any``); see docs/typing.md.
+    """
+
+    __slots__ = ("chain_output_type",)
+
+    def __init__(self, *, chain_output_type: Any, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.chain_output_type = chain_output_type
+
+
 class JobTypes:
     """A registry of job types, shared by a client and its workers.
 
@@ -261,6 +259,35 @@ class JobTypes:
         *,
         input: type[InT],
         output: type[OutT],
+        chain_output: type[ChainOutT],
+        continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
+        backoff: Backoff | None = None,
+        max_attempts: int | None = None,
+    ) -> EntryType[InT, OutT, ChainOutT]: ...
+
+    @overload
+    def entry(
+        self,
+        name: str,
+        *,
+        input: type[InT],
+        output: None = None,
+        chain_output: type[ChainOutT],
+        continues_with: Sequence[str] = (),
+        blockers: BlockerSpec = (),
+        backoff: Backoff | None = None,
+        max_attempts: int | None = None,
+    ) -> EntryType[InT, None, ChainOutT]: ...
+
+    @overload
+    def entry(
+        self,
+        name: str,
+        *,
+        input: type[InT],
+        output: type[OutT],
+        chain_output: None = None,
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
@@ -274,6 +301,7 @@ class JobTypes:
         *,
         input: type[InT],
         output: None = None,
+        chain_output: None = None,
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
@@ -287,6 +315,7 @@ class JobTypes:
         *,
         input: Any,
         output: Any = None,
+        chain_output: Any = None,
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
@@ -299,6 +328,7 @@ class JobTypes:
         *,
         input: Any,
         output: Any = None,
+        chain_output: Any = None,
         continues_with: Sequence[str] = (),
         blockers: BlockerSpec = (),
         backoff: Backoff | None = None,
@@ -310,6 +340,9 @@ class JobTypes:
             name: Stored in ``type_name``; unique in this registry.
             input: Annotation of the input: a TypedDict, a dataclass or any JSON type.
             output: Annotation of the output; omit for types that only continue.
+            chain_output: Annotation of the chain's final output (the output
+                of the job that ends it, of whatever type): reads of such a
+                chain are typed with it (see :class:`EntryType`).
             continues_with: Names of the types ``continue_with`` may target.
             blockers: Chains a job of this type waits for (fan-in): a list of
                 entry types, one slot each, optionally ending with
@@ -319,7 +352,9 @@ class JobTypes:
                 becomes ``failed``; defaults to the worker's (unlimited unless
                 set). A handler's ``max_attempts`` overrides it.
         """
-        return self._add(name, input, output, True, continues_with, blockers, backoff, max_attempts)
+        return self._add(
+            name, input, output, True, continues_with, blockers, backoff, max_attempts, chain_output
+        )
 
     @overload
     def define(
@@ -386,6 +421,7 @@ class JobTypes:
         blockers: BlockerSpec,
         backoff: Backoff | None,
         max_attempts: int | None,
+        chain_output: Any = None,
     ) -> JobType[Any, Any]:
         if not isinstance(name, str) or not name or len(name) > _NAME_MAX:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidJobTypesError(
@@ -408,7 +444,7 @@ class JobTypes:
                 type_name=name,
             )
         slots, rest = _split_blockers(name, blockers)
-        job_type: JobType[Any, Any] = JobType(
+        fields: dict[str, Any] = dict(
             registry=self,
             name=name,
             input_type=input_type,
@@ -420,6 +456,11 @@ class JobTypes:
             blocker_rest=rest,
             max_attempts=max_attempts,
         )
+        job_type: JobType[Any, Any] = (
+            JobType(**fields)
+            if chain_output is None
+            else EntryType[Any, Any, Any](chain_output_type=chain_output, **fields)
+        )
         self._types[name] = job_type
         return job_type
 
@@ -429,29 +470,7 @@ class JobTypes:
         Called when the registry is bound to a client; raises
         :class:`InvalidJobTypesError` naming the first problem.
         """
-        for job_type in self._types.values():
-            for blocker in job_type.blocker_types:
-                if self._types.get(blocker.name) is not blocker:
-                    raise InvalidJobTypesError(
-                        f"Job type {job_type.name!r} is blocked by {blocker.name!r}, which is "
-                        "not registered in this JobTypes.",
-                        type_name=job_type.name,
-                    )
-                if not blocker.entry:
-                    raise InvalidJobTypesError(
-                        f"Job type {job_type.name!r} is blocked by {blocker.name!r}, which is "
-                        "not an entry type: blockers are chains, so declare it with "
-                        "job_types.entry(...).",
-                        type_name=job_type.name,
-                    )
-            for target in job_type.continues_with:
-                if target not in self._types:
-                    raise InvalidJobTypesError(
-                        f"Job type {job_type.name!r} lists {target!r} in continues_with, "
-                        f"but no type {target!r} is registered. Declare it with "
-                        "job_types.define(...) (or fix the name).",
-                        type_name=job_type.name,
-                    )
+        check_registry(self._types)
 
     def get(self, name: str) -> JobType[Any, Any]:
         """The type registered under ``name``; :class:`UnknownJobTypeError` otherwise."""

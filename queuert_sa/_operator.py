@@ -1,4 +1,4 @@
-"""What an operator does to work that cannot go on by itself: retry failed jobs, cancel chains.
+"""What an operator does to work that cannot go on by itself: trigger, retry, cancel chains.
 
 Units of work on the caller's ``Session``, as in :mod:`._transitions`: they
 lock what they decide on, run state-layer operations, never commit, and leave
@@ -17,10 +17,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from . import _observing as observing
 from . import hooks
 from ._context import Context
 from ._entities import Job
-from ._errors import ChainNotFoundError, JobNotFoundError, JobNotRetryableError
+from ._errors import (
+    ChainNotFoundError,
+    JobNotFoundError,
+    JobNotRetryableError,
+    JobsNotTriggerableError,
+)
 from ._snapshots import job_snapshot
 from ._transitions import lost_after_commit, wake_after_commit
 from .models import JobStatus
@@ -48,6 +54,35 @@ def retry_job(session: Session, ctx: Context, job_id: uuid.UUID) -> Job[Any]:
     assert row is not None, "the locked failed job changed under its lock"
     wake_after_commit(session, ctx, Counter({row["type_name"]: 1}))
     return job_snapshot(ctx.job_types, row)
+
+
+def trigger_jobs(session: Session, ctx: Context, job_ids: Sequence[uuid.UUID]) -> list[Job[Any]]:
+    """Make pending jobs due now, all or nothing; wake workers after COMMIT. The jobs as updated.
+
+    Every row is locked first and checked before anything is written, so a
+    refusal (:class:`JobsNotTriggerableError`, naming every id that is no job
+    or not pending) leaves the caller's transaction as it was.
+    """
+    if not job_ids:
+        return []
+    models, caps = ctx.models, ctx.capabilities
+    ops.take_write_lock(session, models, caps)
+    statuses = ops_operator.lock_jobs(session, models, caps, job_ids)
+    missing = [job_id for job_id in job_ids if job_id not in statuses]
+    refused = {
+        job_id: statuses[job_id]
+        for job_id in job_ids
+        if job_id in statuses and statuses[job_id] != JobStatus.PENDING
+    }
+    if missing or refused:
+        raise JobsNotTriggerableError(missing=missing, not_triggerable=refused)
+    rows = ops_operator.trigger_jobs(session, models, job_ids=job_ids, now=ctx.clock())
+    assert len(rows) == len(job_ids), "a locked pending job changed under its lock"
+    wake_after_commit(session, ctx, Counter(row["type_name"] for row in rows))
+    for row in rows:
+        ctx.observers.after_commit(session, "job_triggered", job=observing.job_info(row))
+    by_id = {row["id"]: row for row in rows}
+    return [job_snapshot(ctx.job_types, by_id[job_id]) for job_id in job_ids]
 
 
 def retry_jobs(

@@ -28,7 +28,7 @@ from ._errors import (
     SessionRequiredError,
 )
 from ._ids import coerce_id
-from ._job_types import JobType
+from ._job_types import EntryType, JobType
 from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters
 from ._snapshots import chain_from_rows, chain_jobs_page, chain_page, job_from_row, job_page
 from .state import chains as ops_chains
@@ -37,6 +37,7 @@ from .state import prepare_engine, queries
 from .state.queries import Filters
 
 InT = TypeVar("InT")
+ChainOutT = TypeVar("ChainOutT")
 R = TypeVar("R")
 
 #: What mutating and reading calls accept: a ``Session``, or a ``scoped_session``
@@ -89,6 +90,15 @@ class Reads(ContextView):
     def get_chain(
         self,
         id: uuid.UUID | str,
+        job_type: EntryType[InT, Any, ChainOutT],
+        *,
+        session: SessionLike | None = None,
+    ) -> Chain[InT, ChainOutT]: ...
+
+    @overload
+    def get_chain(
+        self,
+        id: uuid.UUID | str,
         job_type: JobType[InT, Any],
         *,
         session: SessionLike | None = None,
@@ -106,7 +116,8 @@ class Reads(ContextView):
         Raises :class:`ChainNotFoundError` if there is no such chain, and
         :class:`JobTypeMismatchError` if ``job_type`` is not the chain's type.
         ``job_type`` types the chain's input; the output is the output of the
-        chain's *last* job (whatever type that is), so it is typed ``Any``.
+        chain's *last* job (whatever type that is), so it is typed ``Any``,
+        unless the entry type declares it (``entry(..., chain_output=T)``).
         With ``session`` the read joins that session's transaction.
         """
         chain_id = coerce_id(id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from queuert_sa._logs import get_logger
 
 from ._context import Context
-from ._entities import Chain
+from ._entities import Chain, CleanupPreview
 from ._errors import BlockerReference, BlockerReferenceError
 from ._rules import CleanupPlan
 from ._snapshots import chain_from_rows
@@ -76,35 +77,60 @@ def cleanup_batch(
     type_names: Sequence[str] | None,
     after: tuple[dt.datetime, uuid.UUID] | None,
     limit: int,
+    counts: Counter[str] | None = None,
 ) -> tuple[int, int, tuple[dt.datetime, uuid.UUID] | None]:
-    """One retention batch in the caller's transaction: (examined, deleted, next key)."""
+    """One retention batch in the caller's transaction: (examined, deleted, next key).
+
+    With ``counts`` (a dry run) nothing is locked or deleted: the chains that
+    would go are added to it instead, as ``chains:TYPE`` and ``jobs:TYPE``.
+    """
     models, caps = ctx.models, ctx.capabilities
+    dry_run = counts is not None
     candidates = ops_removal.retention_candidates(
-        executor, models, caps, cutoffs=cutoffs, type_names=type_names, after=after, limit=limit
+        executor,
+        models,
+        caps,
+        cutoffs=cutoffs,
+        type_names=type_names,
+        after=after,
+        limit=limit,
+        lock=not dry_run,
     )
     if not candidates:
         return 0, 0, after
-    ids = ops_removal.lock_whole_chains(
-        executor, models, caps, {chain_id for chain_id, _ in candidates}
-    )
+    ids = {chain_id for chain_id, _ in candidates}
+    if not dry_run:
+        ids = ops_removal.lock_whole_chains(executor, models, caps, ids)
     keep = ops_removal.still_needed(
         executor, models, chain_ids=ids, cutoffs=cutoffs, type_names=type_names
     )
-    ops_removal.delete_chain_rows(executor, models, ids - keep)
+    if counts is None:
+        ops_removal.delete_chain_rows(executor, models, ids - keep)
+    else:
+        for type_name, (chains, jobs) in ops_removal.count_by_chain_type(
+            executor, models, ids - keep
+        ).items():
+            counts[f"chains:{type_name}"] += chains
+            counts[f"jobs:{type_name}"] += jobs
     last_id, last_created = candidates[-1]
     return len(candidates), len(ids - keep), (last_created, last_id)
 
 
 class Cleanup:
-    """A retention run in batches: each :meth:`batch` is one transaction of the caller's."""
+    """A retention run in batches: each :meth:`batch` is one transaction of the caller's.
 
-    def __init__(self, ctx: Context, plan: CleanupPlan) -> None:
+    A dry run (``dry_run=True``) walks the same batches, locking and deleting
+    nothing, and counts what would go (:meth:`preview`).
+    """
+
+    def __init__(self, ctx: Context, plan: CleanupPlan, *, dry_run: bool = False) -> None:
         self._ctx = ctx
         self._plan = plan
         self._after: tuple[dt.datetime, uuid.UUID] | None = None
         self._batches = 0
+        self._counts: Counter[str] | None = Counter() if dry_run else None
         self.deleted = 0
-        """Chains deleted so far."""
+        """Chains deleted so far (a dry run: that would be deleted)."""
 
     def batch(self, executor: ops.Executor) -> bool:
         """Delete one batch in ``executor``'s transaction; whether another batch should run."""
@@ -116,6 +142,7 @@ class Cleanup:
             type_names=plan.type_names,
             after=self._after,
             limit=plan.batch_size,
+            counts=self._counts,
         )
         self.deleted += gone
         self._batches += 1
@@ -129,3 +156,14 @@ class Cleanup:
             ", ".join(f"{s} {c.isoformat()}" for s, c in self._plan.cutoffs.items()),
         )
         return self.deleted
+
+    def preview(self) -> CleanupPreview:
+        """What a dry run found would be deleted."""
+        counts = self._counts or Counter[str]()
+        names = sorted({key.split(":", 1)[1] for key in counts})
+        by_type = {name: (counts[f"chains:{name}"], counts[f"jobs:{name}"]) for name in names}
+        return CleanupPreview(
+            chains=sum(c for c, _ in by_type.values()),
+            jobs=sum(j for _, j in by_type.values()),
+            by_type=by_type,
+        )

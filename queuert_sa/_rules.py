@@ -309,17 +309,24 @@ def check_page(order: str, limit: int) -> None:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit!r}")
 
 
-def deletion_ids(ids: Iterable[uuid.UUID | str]) -> list[uuid.UUID]:
-    """``delete_chains``' ids, deduplicated in order; at most MAX_BATCH_SIZE of them."""
+def batch_ids(
+    ids: Iterable[uuid.UUID | str], call: str = "delete_chains", noun: str = "chain"
+) -> list[uuid.UUID]:
+    """The ids of an all-or-nothing call, deduplicated in order; at most MAX_BATCH_SIZE."""
     if isinstance(ids, (str, uuid.UUID)):
-        raise TypeError("delete_chains takes a list of chain ids; wrap a single id in [...]")
+        raise TypeError(f"{call} takes a list of {noun} ids; wrap a single id in [...]")
     wanted = list(dict.fromkeys(coerce_id(i) for i in ids))
     if len(wanted) > MAX_BATCH_SIZE:
         raise ValueError(
-            f"delete_chains takes at most {MAX_BATCH_SIZE} ids per call (got {len(wanted)}); "
+            f"{call} takes at most {MAX_BATCH_SIZE} ids per call (got {len(wanted)}); "
             "split the list (each call is its own all-or-nothing set)."
         )
     return wanted
+
+
+def deletion_ids(ids: Iterable[uuid.UUID | str]) -> list[uuid.UUID]:
+    """``delete_chains``' ids, deduplicated in order; at most MAX_BATCH_SIZE of them."""
+    return batch_ids(ids)
 
 
 @dataclass(frozen=True)

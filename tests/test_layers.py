@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "queuert_sa"
 #: Modules that need SQLAlchemy's asyncio support (greenlet): no sync module imports them.
 ASYNC_MODULES = {
     "queuert_sa._async_client",
+    "queuert_sa._async_reads",
     "queuert_sa._worker._asyncio",
     "queuert_sa._worker._asyncio_performer",
 }

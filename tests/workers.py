@@ -185,6 +185,27 @@ class _SessionBridge:
         return call
 
 
+class _SignalBridge:
+    """An ``AsyncAttemptSignal`` for a body on another thread: ``wait`` awaits it on the loop."""
+
+    def __init__(self, signal: q.AsyncAttemptSignal, loop: Loop) -> None:
+        self._signal = signal
+        self._loop = loop
+
+    @property
+    def reason(self) -> str | None:
+        return self._signal.reason
+
+    def is_set(self) -> bool:
+        return self._signal.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return bool(self._loop.run(self._signal.wait(timeout)))
+
+    def __bool__(self) -> bool:
+        return self._signal.is_set()
+
+
 class _ThreadedAttempt:
     """An ``AsyncAttempt`` for a body running on another thread: its calls bridged to the loop."""
 
@@ -198,6 +219,10 @@ class _ThreadedAttempt:
     @property
     def session(self) -> _SessionBridge:
         return _SessionBridge(self._attempt.session, self._loop)
+
+    @property
+    def signal(self) -> _SignalBridge:
+        return _SignalBridge(self._attempt.signal, self._loop)
 
     def prepare(self) -> AbstractContextManager[_SessionBridge]:
         return self._enter(self._attempt.prepare)

@@ -1,6 +1,6 @@
 """The ``queuert-sa`` command line: ``demo``, ``worker``, ``bench``, the
-operator commands ``chains list``, ``chain show``, ``jobs retry``, ``chains
-cancel`` and ``cleanup``, and ``dashboard``.
+operator commands ``chains list``, ``jobs list``, ``chain show``, ``jobs
+trigger``, ``jobs retry``, ``chains cancel`` and ``cleanup``, and ``dashboard``.
 
 click is an optional dependency (``pip install 'queuert_sa[cli]'``). This package
 imports without it; :func:`main` then explains what to install and exits 2. So
@@ -16,9 +16,9 @@ second SIGINT/SIGTERM abandons in-flight attempts.
 This module owns :func:`main` and the root group; the rest is in
 
 * ``_run_commands``: ``demo``, ``worker``, ``bench`` (click);
-* ``_operator_commands``: ``chains list``, ``chain show``, ``cleanup``, their
-  options and the ``Queuert`` they use (click);
-* ``_action_commands``: ``jobs retry``, ``chains cancel`` (click);
+* ``_operator_commands``: ``chains list``, ``jobs list``, ``chain show``,
+  ``cleanup``, their options and the ``Queuert`` they use (click);
+* ``_action_commands``: ``jobs trigger``, ``jobs retry``, ``chains cancel`` (click);
 * ``_dashboard_command``: ``dashboard``, served with uvicorn (click);
 * ``_schedules_command``: ``schedules``, a worker's recurring schedules (click);
 * ``_app``: :func:`import_worker`, :class:`AppPathError`;
@@ -65,9 +65,10 @@ def build_cli() -> click.Group:
     # main() turns into the install hint.
     import click
 
-    from ._action_commands import jobs
+    # The groups with the commands that change state added (jobs trigger/retry, chains cancel).
+    from ._action_commands import chains, jobs
     from ._dashboard_command import dashboard
-    from ._operator_commands import chain, chains, cleanup
+    from ._operator_commands import chain, cleanup
     from ._run_commands import bench, demo, worker
     from ._schedules_command import schedules
 
@@ -82,10 +83,11 @@ def build_cli() -> click.Group:
           queuert-sa worker myapp.jobs:worker
           queuert-sa schedules myapp.jobs:worker
           queuert-sa chains list --db sqlite:///app.db --status running
-          queuert-sa chain show 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --db "$QUEUERT_DATABASE_URL"
+          queuert-sa chain show 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b
+          queuert-sa jobs list --status failed --db "$QUEUERT_DATABASE_URL"
           queuert-sa jobs retry --failed-since 1h --db "$QUEUERT_DATABASE_URL"
           queuert-sa chains cancel 0190a7c2-8d3e-7b61-9a53-3c9f4e2d1a7b --reason "duplicate"
-          queuert-sa cleanup --db "$QUEUERT_DATABASE_URL" --older-than 30d
+          queuert-sa cleanup --db "$QUEUERT_DATABASE_URL" --older-than 30d --dry-run
           queuert-sa dashboard --db "$QUEUERT_DATABASE_URL"
 
         The operator commands (chains, chain, jobs, cleanup) read --db from

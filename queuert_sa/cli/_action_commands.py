@@ -1,8 +1,8 @@
-"""The operator commands that change state: ``jobs retry`` and ``chains cancel``.
+"""The operator commands that change state: ``jobs trigger``, ``jobs retry``, ``chains cancel``.
 
 Each runs in one transaction of its own, committed before it prints what it
 did; a refusal (a job that has not failed, an unknown id) rolls it back whole
-and exits 1. ``chains cancel`` is added to the ``chains`` group of
+and exits 1. They are added to the ``jobs`` and ``chains`` groups of
 :mod:`._operator_commands`. Imports click.
 """
 
@@ -20,19 +20,10 @@ from queuert_sa._rules import MAX_PAGE_SIZE
 from queuert_sa.models import JobStatus
 
 from ._format import chain_data, format_time, job_data, to_json
-from ._operator_commands import (
-    chains,
-    db_options,
-    json_option,
-    operator_client,
-    time_callback,
-)
+from ._operator_commands import chains as chains
+from ._operator_commands import db_options, json_option, operator_client, time_callback
+from ._operator_commands import jobs as jobs
 from ._report import missing_chain_message
-
-
-@click.group()
-def jobs() -> None:
-    """Retry failed jobs."""
 
 
 @jobs.command("retry")
@@ -111,6 +102,39 @@ def retry_jobs(
         click.echo(
             f"retried job {job.id} ({job.type_name}#{job.chain_index} of chain {job.chain_id}, "
             f"{job.attempt} attempts so far): pending, due {format_time(job.scheduled_at)} UTC"
+        )
+
+
+@jobs.command("trigger")
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=click.UUID)
+@db_options
+@json_option
+def trigger_jobs(
+    job_ids: tuple[uuid.UUID, ...],
+    db_url: str,
+    table_prefix: str,
+    schema: str | None,
+    as_json: bool,
+) -> None:
+    """Make the pending jobs ID... due now, all or nothing.
+
+    A job scheduled for later (run_at, a retry's backoff) becomes due at once;
+    one already due keeps its place. If one ID is no job or not pending, none
+    is triggered and every such ID is listed.
+    """
+    with (
+        operator_client(db_url, table_prefix=table_prefix, schema=schema) as client,
+        Session(client.engine) as session,
+        session.begin(),
+    ):
+        triggered = client.trigger_jobs(session, job_ids)
+    if as_json:
+        click.echo(to_json({"triggered": [job_data(job) for job in triggered]}))
+        return
+    for job in triggered:
+        click.echo(
+            f"triggered job {job.id} ({job.type_name}#{job.chain_index} of chain "
+            f"{job.chain_id}): due {format_time(job.scheduled_at)} UTC"
         )
 
 

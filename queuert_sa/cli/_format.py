@@ -140,3 +140,29 @@ def chain_row(chain: Chain[Any, Any]) -> list[str]:
         format_time(chain.created_at),
         format_time(chain.completed_at),
     ]
+
+
+JOB_HEADERS = (
+    "ID",
+    "TYPE",
+    "STATUS",
+    "CHAIN",
+    "STEP",
+    "ATTEMPTS",
+    "SCHEDULED (UTC)",
+    "COMPLETED (UTC)",
+)
+
+
+def job_row(job: Job[Any]) -> list[str]:
+    """A job's cells in the ``jobs list`` table, in the order of ``JOB_HEADERS``."""
+    return [
+        str(job.id),
+        job.type_name,
+        job.status.value,
+        str(job.chain_id),
+        f"{job.chain_type_name}#{job.chain_index}",
+        str(job.attempt),
+        format_time(job.scheduled_at),
+        format_time(job.completed_at),
+    ]

@@ -1,5 +1,5 @@
-"""The operator commands ``chains list``, ``chain show`` and ``cleanup``, their
-shared options (``--db``, ``--table-prefix``, ``--schema``, ``--json``, ``--type``),
+"""The operator commands ``chains list``, ``jobs list``, ``chain show`` and ``cleanup``
+(``--dry-run``), their shared options (``--db``, ``--table-prefix``, ``--schema``, ``--json``, ``--type``),
 and :func:`operator_client`, the ``Queuert`` they read and delete through.
 
 They need no application code: the client has an empty ``JobTypes``, and inputs
@@ -21,24 +21,27 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from queuert_sa._client import Queuert
+from queuert_sa._entities import CleanupPreview
 from queuert_sa._errors import ChainNotFoundError, InvalidCursorError, QueuertError
 from queuert_sa._job_types import JobTypes
 from queuert_sa._rules import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from queuert_sa._worker import _untaken as untaken
 from queuert_sa.models import DEFAULT_TABLE_PREFIX, JobStatus, create_models
-from queuert_sa.state import queries
 
 from ._format import (
     CHAIN_HEADERS,
+    JOB_HEADERS,
     chain_data,
     chain_row,
     format_duration,
     format_table,
+    job_data,
+    job_row,
     parse_duration,
     parse_time,
     to_json,
 )
 from ._report import missing_chain_message, read_chain_report
+from ._untaken_lines import untaken_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -160,49 +163,68 @@ type_option = click.option(
 )
 
 
+def page_options(noun: str) -> Callable[[F], F]:
+    """``--since``, ``--before``, ``--limit``, ``--cursor`` and ``--asc`` of a listing of ``noun``."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option("--asc", is_flag=True, help="Oldest first. Default: newest first.")(fn)
+        fn = click.option(
+            "--cursor",
+            metavar="CURSOR",
+            help="Print the next page: the cursor printed after the previous page (repeat its "
+            "filters and --asc).",
+        )(fn)
+        fn = click.option(
+            "--limit",
+            type=click.IntRange(1, MAX_PAGE_SIZE),
+            metavar="N",
+            default=DEFAULT_PAGE_SIZE,
+            show_default=True,
+            help=f"{noun.capitalize()} per page.",
+        )(fn)
+        fn = click.option(
+            "--before",
+            metavar="TIME",
+            callback=time_callback,
+            help=f"Only {noun} created before TIME (same forms as --since).",
+        )(fn)
+        return click.option(
+            "--since",
+            metavar="TIME",
+            callback=time_callback,
+            help=f"Only {noun} created at or after TIME: ISO 8601 (UTC unless it has an offset, "
+            "e.g. 2026-11-22T05:00) or a duration before now (30m, 2h, 7d).",
+        )(fn)
+
+    return decorate
+
+
+def status_option(help: str) -> Callable[[F], F]:
+    """``--status``, repeatable, one of the job statuses."""
+    return click.option(
+        "--status",
+        "statuses",
+        multiple=True,
+        type=click.Choice([status.value for status in JobStatus]),
+        help=help,
+    )
+
+
 @click.group()
 def chains() -> None:
     """List chains, and cancel one."""
 
 
+@click.group()
+def jobs() -> None:
+    """List jobs, trigger pending ones, retry failed ones."""
+
+
 @chains.command("list")
 @db_options
 @type_option
-@click.option(
-    "--status",
-    "statuses",
-    multiple=True,
-    type=click.Choice([status.value for status in JobStatus]),
-    help="Only chains whose current (latest) job has this status. Repeatable.",
-)
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=time_callback,
-    help="Only chains created at or after TIME: ISO 8601 (UTC unless it has an offset, "
-    "e.g. 2026-11-22T05:00) or a duration before now (30m, 2h, 7d).",
-)
-@click.option(
-    "--before",
-    metavar="TIME",
-    callback=time_callback,
-    help="Only chains created before TIME (same forms as --since).",
-)
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_PAGE_SIZE),
-    metavar="N",
-    default=DEFAULT_PAGE_SIZE,
-    show_default=True,
-    help="Chains per page.",
-)
-@click.option(
-    "--cursor",
-    metavar="CURSOR",
-    help="Print the next page: the cursor printed after the previous page (repeat its "
-    "filters and --asc).",
-)
-@click.option("--asc", is_flag=True, help="Oldest first. Default: newest first.")
+@status_option("Only chains whose current (latest) job has this status. Repeatable.")
+@page_options("chains")
 @json_option
 def list_chains(
     db_url: str,
@@ -248,20 +270,77 @@ def list_chains(
         click.echo(f"next page: --cursor {page.next_cursor}")
 
 
-def untaken_lines(client: Queuert) -> list[str]:
-    """Lines naming the types whose ready jobs wait untaken (as the workers warn), by type."""
-    now = dt.datetime.now(dt.UTC)
-    with client.engine.connect() as conn:
-        rows = queries.waiting_untaken(
-            conn, client.models, handled=(), due_before=now - untaken.WAITING_AFTER
+@jobs.command("list")
+@db_options
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    metavar="TYPE",
+    help="Only jobs of this type (the job's own type). Repeatable.",
+)
+@click.option(
+    "--chain-type",
+    "chain_types",
+    multiple=True,
+    metavar="TYPE",
+    help="Only jobs of chains of this type (the type of their first job). Repeatable.",
+)
+@status_option("Only jobs with this status. Repeatable.")
+@click.option(
+    "--chain",
+    "chain_ids",
+    multiple=True,
+    metavar="ID",
+    type=click.UUID,
+    help="Only the jobs of this chain. Repeatable.",
+)
+@page_options("jobs")
+@json_option
+def list_jobs(
+    db_url: str,
+    table_prefix: str,
+    schema: str | None,
+    types: tuple[str, ...],
+    chain_types: tuple[str, ...],
+    statuses: tuple[str, ...],
+    chain_ids: tuple[uuid.UUID, ...],
+    since: dt.datetime | None,
+    before: dt.datetime | None,
+    limit: int,
+    cursor: str | None,
+    asc: bool,
+    as_json: bool,
+) -> None:
+    """List jobs of any chain, newest first: id, type, status, chain, step, attempts, times.
+
+    Every step of every chain is a job: a failed chain's failed job, a
+    pending job scheduled for later, a continuation. When more jobs match
+    than --limit, the last line gives the --cursor for the next page.
+    """
+    order: Literal["asc", "desc"] = "asc" if asc else "desc"
+    with operator_client(db_url, table_prefix=table_prefix, schema=schema) as client:
+        page = client.list_jobs(
+            types=types or None,
+            chain_types=chain_types or None,
+            statuses=statuses or None,
+            chain_ids=chain_ids or None,
+            created_since=since,
+            created_before=before,
+            order=order,
+            cursor=cursor,
+            limit=limit,
         )
-    waiting = untaken.age(untaken.WAITING_AFTER.total_seconds())
-    return [
-        f"warning: untaken for over {waiting}: {row['count']} ready job(s) of type {row['type_name']!r} "
-        f"(the oldest due {untaken.age((now - row['oldest']).total_seconds())} ago): no "
-        "running worker handles it, or its workers are down or behind"
-        for row in rows
-    ]
+    if as_json:
+        click.echo(to_json({"jobs": [job_data(j) for j in page], "next_cursor": page.next_cursor}))
+        return
+    if not page.items:
+        click.echo("no jobs found")
+    else:
+        for line in format_table(JOB_HEADERS, [job_row(j) for j in page]):
+            click.echo(line)
+    if page.next_cursor is not None:
+        click.echo(f"next page: --cursor {page.next_cursor}")
 
 
 @click.group()
@@ -339,6 +418,11 @@ def show_chain(
     default=None,
     help="Stop after this many batches. Default: until no old chain is left.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Delete nothing: print what would be deleted, chains and jobs per chain type.",
+)
 @json_option
 def cleanup(
     db_url: str,
@@ -350,6 +434,7 @@ def cleanup(
     types: tuple[str, ...],
     batch_size: int,
     max_batches: int | None,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Delete chains completed more than DURATION ago (retention).
@@ -357,8 +442,21 @@ def cleanup(
     Open chains are never deleted, nor a chain that a kept chain declares as
     a blocker. Failed and cancelled chains are kept unless their own
     --failed-older-than / --cancelled-older-than is given. Each batch is its own short transaction, so it is
-    safe to run while workers run, e.g. from cron.
+    safe to run while workers run, e.g. from cron. --dry-run locks and
+    deletes nothing, and counts what a run now would delete.
     """
+    if dry_run:
+        with operator_client(db_url, table_prefix=table_prefix, schema=schema) as client:
+            preview = client.preview_cleanup(
+                older_than=older_than,
+                failed_older_than=failed_older_than,
+                cancelled_older_than=cancelled_older_than,
+                types=types or None,
+                batch_size=batch_size,
+                max_batches=max_batches,
+            )
+        print_preview(preview, older_than, as_json=as_json)
+        return
     with operator_client(db_url, table_prefix=table_prefix, schema=schema) as client:
         deleted = client.cleanup(
             older_than=older_than,
@@ -375,3 +473,25 @@ def cleanup(
         click.echo(
             f"deleted {deleted} {noun} completed more than {format_duration(older_than)} ago"
         )
+
+
+def print_preview(preview: CleanupPreview, older_than: dt.timedelta, *, as_json: bool) -> None:
+    """What ``cleanup --dry-run`` prints: the totals, then chains and jobs per chain type."""
+    if as_json:
+        by_type = {
+            name: {"chains": chains, "jobs": jobs}
+            for name, (chains, jobs) in preview.by_type.items()
+        }
+        data = {"dry_run": True, "chains": preview.chains, "jobs": preview.jobs}
+        click.echo(to_json({**data, "by_type": by_type}))
+        return
+    noun = "chain" if preview.chains == 1 else "chains"
+    click.echo(
+        f"would delete {preview.chains} {noun} ({preview.jobs} "
+        f"{'job' if preview.jobs == 1 else 'jobs'}) completed more than "
+        f"{format_duration(older_than)} ago; nothing was deleted (--dry-run)"
+    )
+    if preview.by_type:
+        rows = [[name, str(c), str(j)] for name, (c, j) in preview.by_type.items()]
+        for line in format_table(("CHAIN TYPE", "CHAINS", "JOBS"), rows):
+            click.echo(line)

@@ -49,6 +49,7 @@ def acquire(
     timeouts: tuple[tuple[str, int], ...],
     type_names: tuple[str, ...] | None = None,
     many: bool = False,
+    whole_transaction: bool = False,
 ) -> Update:
     # Built once per worker shape: constructing the statement (and its cache
     # key) costs more Python time than the server spends running it. With
@@ -73,7 +74,11 @@ def acquire(
     if type_names is not None and len(type_names) > 1 and not many:
         candidate = _first_of_heads(table, type_names, due, skip_locked, candidate)
     returning: list[Any] = list(table.c)
-    for setting in ("idle_in_transaction_session_timeout", "statement_timeout") if timeouts else ():
+    settings = ["idle_in_transaction_session_timeout", "statement_timeout"]
+    if whole_transaction:
+        # PostgreSQL 17+: also the transaction as a whole, counted from here.
+        settings.append("transaction_timeout")
+    for setting in settings if timeouts else ():
         # SET LOCAL of the attempt's timeout, in the acquiring round trip (it
         # runs once, for the row acquired; other types keep the current value).
         value = case(

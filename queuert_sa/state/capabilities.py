@@ -120,6 +120,23 @@ def capabilities_for(dialect: Dialect) -> Capabilities:
     return caps
 
 
+#: The first PostgreSQL version with ``transaction_timeout``.
+TRANSACTION_TIMEOUT_SINCE = (17,)
+
+
+def has_transaction_timeout(caps: Capabilities, dialect: Dialect) -> bool:
+    """Whether the connected server can end a whole transaction after a time limit.
+
+    PostgreSQL 17 added ``transaction_timeout``: with it, an attempt's
+    timeout also cuts off a transaction of many short statements, which
+    ``statement_timeout`` and ``idle_in_transaction_session_timeout`` never
+    do. Known once the dialect has connected (``server_version_info``); False
+    before, on older servers and where the server has no timeouts (SQLite).
+    """
+    version = getattr(dialect, "server_version_info", None) or ()
+    return caps.server_timeouts and tuple(version) >= TRANSACTION_TIMEOUT_SINCE
+
+
 def _resolve(dialect: Dialect) -> Capabilities:
     if dialect.name == "postgresql":
         generic = _POSTGRES

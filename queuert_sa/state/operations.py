@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     RowMapping,
     Table,
     bindparam,
@@ -47,7 +48,7 @@ from queuert_sa._errors import (
 from queuert_sa.models import JobStatus, Models
 
 from . import _exec, _statements
-from .capabilities import Capabilities
+from .capabilities import Capabilities, has_transaction_timeout
 
 Executor = Session | Connection
 
@@ -247,19 +248,28 @@ def _acquire(
         params["exclude_ids"] = list(exclude_ids)
     names = tuple(type_names)
     many = limit is not None
+    whole = bool(limits) and has_transaction_timeout(caps, _dialect(executor))
     with database_errors("acquire job", models):
         return _exec.fetch(
             executor,
             models,
             _statements.acquire(
-                models, caps.skip_locked, bool(exclude_ids), limits, _heads_of(names, many), many
+                models,
+                caps.skip_locked,
+                bool(exclude_ids),
+                limits,
+                _heads_of(names, many),
+                many,
+                whole_transaction=whole,
             ),
             params,
             # The cursor takes no expanding parameters: its form names the
             # types in the statement, and excluding ids stays with SQLAlchemy.
-            key=None if exclude_ids else ("acquire", models, caps.skip_locked, limits, names, many),
+            key=None
+            if exclude_ids
+            else ("acquire", models, caps.skip_locked, limits, names, many, whole),
             driver_statement=lambda: _statements.acquire(
-                models, caps.skip_locked, False, limits, names, many
+                models, caps.skip_locked, False, limits, names, many, whole
             ),
         )
 
@@ -267,6 +277,11 @@ def _acquire(
 def _heads_of(names: tuple[str, ...], many: bool) -> tuple[str, ...] | None:
     # Several types: the statement names them, to read each type's head of the index.
     return names if len(names) > 1 and not many else None
+
+
+def _dialect(executor: Executor) -> Dialect:
+    # The session's connection: the acquire runs on it next, so connecting is no extra cost.
+    return executor.connection().dialect if isinstance(executor, Session) else executor.dialect
 
 
 def _ms(value: dt.timedelta) -> int:
@@ -430,20 +445,29 @@ _LIMIT_TRANSACTION_TIME = text(
     "SELECT set_config('idle_in_transaction_session_timeout', :ms, true), "
     "set_config('statement_timeout', :ms, true)"
 )
+_LIMIT_WHOLE_TRANSACTION_TIME = text(
+    "SELECT set_config('idle_in_transaction_session_timeout', :ms, true), "
+    "set_config('statement_timeout', :ms, true), set_config('transaction_timeout', :ms, true)"
+)
 
 
 def limit_transaction_time(executor: Executor, caps: Capabilities, timeout: dt.timedelta) -> None:
     """Have the server end this transaction if it idles or one statement runs past ``timeout``.
 
-    PostgreSQL only (``SET LOCAL``, so it ends with the transaction); a no-op
-    where the server has no such settings.
+    On PostgreSQL 17 and later also once the transaction as a whole has run
+    ``timeout`` from here (``transaction_timeout``), however short its
+    statements. PostgreSQL only (``SET LOCAL``, so it ends with the
+    transaction); a no-op where the server has no such settings.
     """
     if not caps.server_timeouts:
         return
     ms = f"{max(int(timeout.total_seconds() * 1000), 1)}ms"
+    whole = has_transaction_timeout(caps, _dialect(executor))
     with database_errors("limit transaction time"):
         # set_config(..., true) is SET LOCAL, in one round trip.
-        executor.execute(_LIMIT_TRANSACTION_TIME, {"ms": ms})
+        executor.execute(
+            _LIMIT_WHOLE_TRANSACTION_TIME if whole else _LIMIT_TRANSACTION_TIME, {"ms": ms}
+        )
 
 
 def take_write_lock(executor: Executor, models: Models, caps: Capabilities) -> None:

@@ -1,6 +1,6 @@
-"""What operators do to jobs that cannot go on by themselves: retry failed jobs, cancel chains.
+"""What operators do to jobs that cannot go on by themselves: trigger, retry, cancel.
 
-Retrying makes a ``failed`` job ``pending`` and due now, keeping its attempt
+Triggering makes ``pending`` jobs due now. Retrying makes a ``failed`` job ``pending`` and due now, keeping its attempt
 count and last error. Cancelling makes a chain's open (or failed) latest job
 ``cancelled``, and, for a cascade, the ``blocked`` jobs that wait for a
 cancelled chain. The caller locks what it decides on first (see
@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, select, update
+from sqlalchemy import RowMapping, bindparam, case, select, update
 
 from queuert_sa.models import JobStatus, Models
 
@@ -102,6 +102,52 @@ def retry_jobs(
     )
     with database_errors("retry jobs", models):
         return list(executor.execute(stmt).scalars())
+
+
+def lock_jobs(
+    executor: Executor, models: Models, caps: Capabilities, job_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """Lock these jobs' rows in id order (``FOR NO KEY UPDATE``); their statuses by id.
+
+    Ids of no job are absent. Locked in id order, as bulk retries lock, so
+    two operators acting on overlapping sets serialise instead of
+    deadlocking; a job an atomic attempt holds is waited for. Without row
+    locks (SQLite) the caller's write lock is the lock.
+    """
+    if not job_ids:
+        return {}
+    table = models.job_table
+    stmt = (
+        select(table.c.id, table.c.status)
+        .where(table.c.id.in_(sorted(job_ids)))
+        .order_by(table.c.id)
+    )
+    if caps.skip_locked:
+        stmt = stmt.with_for_update(key_share=True)
+    with database_errors("lock jobs", models):
+        return {row.id: str(row.status) for row in executor.execute(stmt)}
+
+
+def trigger_jobs(
+    executor: Executor, models: Models, *, job_ids: Collection[uuid.UUID], now: dt.datetime
+) -> list[RowMapping]:
+    """Make these jobs due ``now`` if they are pending (one statement); the updated rows.
+
+    A job already due keeps its ``scheduled_at`` (its place in the queue), as
+    :func:`.operations.trigger_job` does for one job.
+    """
+    if not job_ids:
+        return []
+    table = models.job_table
+    due = bindparam(None, now, type_=table.c.scheduled_at.type)
+    stmt = (
+        update(table)
+        .where(table.c.id.in_(sorted(job_ids)), table.c.status == JobStatus.PENDING)
+        .values(scheduled_at=case((table.c.scheduled_at > due, due), else_=table.c.scheduled_at))
+        .returning(*table.c)
+    )
+    with database_errors("trigger jobs", models):
+        return list(executor.execute(stmt).mappings())
 
 
 def cancel_jobs(

@@ -196,11 +196,13 @@ def retention_candidates(
     type_names: Sequence[str] | None,
     after: tuple[dt.datetime, uuid.UUID] | None,
     limit: int,
+    lock: bool = True,
 ) -> list[tuple[uuid.UUID, dt.datetime]]:
     """Oldest chains that ended before their status's cutoff, after the ``(created_at, id)`` key.
 
     Chain roots are walked in ``(created_at, id)`` order on the chain listing
-    index; rows other transactions hold are skipped on PostgreSQL.
+    index; rows other transactions hold are skipped on PostgreSQL (with
+    ``lock=False``, a dry run's, nothing is locked and nothing skipped).
     """
     table = models.job_table
     conditions: list[ColumnElement[bool]] = [
@@ -228,7 +230,7 @@ def retention_candidates(
         .order_by(table.c.created_at, table.c.id)
         .limit(limit)
     )
-    if caps.skip_locked:
+    if caps.skip_locked and lock:
         stmt = stmt.with_for_update(skip_locked=True)
     with database_errors("find chains to clean up", models):
         return [(row.id, row.created_at) for row in executor.execute(stmt)]
@@ -262,3 +264,19 @@ def still_needed(
     )
     with database_errors("check chains still needed", models):
         return set(executor.execute(stmt).scalars())
+
+
+def count_by_chain_type(
+    executor: Executor, models: Models, chain_ids: Collection[uuid.UUID]
+) -> dict[str, tuple[int, int]]:
+    """Per chain type of these chains: (chains, jobs). What a dry run would delete."""
+    if not chain_ids:
+        return {}
+    job = models.job_table
+    stmt = (
+        select(job.c.chain_type_name, func.count(job.c.chain_id.distinct()), func.count())
+        .where(job.c.chain_id.in_(list(chain_ids)))
+        .group_by(job.c.chain_type_name)
+    )
+    with database_errors("count chains to clean up", models):
+        return {row[0]: (int(row[1]), int(row[2])) for row in executor.execute(stmt)}

@@ -46,6 +46,14 @@ def register(worker: q.AsyncWorker) -> None:
     async def handle_charge(attempt: q.AsyncAttempt[OrderIn, PaymentOut]) -> q.Outcome:
         async with attempt.prepare():
             pass
+        # The signal is awaited, never a blocking event: a bare call is a coroutine.
+        assert_type(attempt.signal, q.AsyncAttemptSignal)
+        assert_type(await attempt.signal.wait(), bool)
+        assert_type(await attempt.signal.wait(0.5), bool)
+        assert_type(attempt.signal.reason, str | None)
+        assert_type(attempt.signal.is_set(), bool)
+        lost: bool = attempt.signal.wait()  # expect-error
+        del lost
         async with attempt.transaction():
             return attempt.complete({"payment_id": f"p-{attempt.input['order_id']}"})
 

@@ -49,6 +49,9 @@ def register(worker: q.Worker) -> None:
             return attempt.continue_with(
                 receipt, {"receipt_id": "r"}, run_in=later, id=uuid.uuid4()
             )
+        # A def handler's signal blocks: wait() is a plain call returning bool.
+        assert_type(attempt.signal, q.AttemptSignal)
+        assert_type(attempt.signal.wait(0.5), bool)
         outcome = attempt.complete({"payment_id": f"p-{attempt.input['order_id']}"})
         assert_type(outcome, q.Outcome)
         return outcome
