@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, cast, overload
+from typing import Any, Literal, TypeVar, Unpack, cast, overload
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
 
+from ._client import Queuert  # at run time: the class annotation ``sync`` names it
 from ._context import ContextView
 from ._entities import Chain, Job, Page
 from ._errors import EngineMismatchError, SessionRequiredError
 from ._job_types import EntryType, JobType
 from ._rules import DEFAULT_PAGE_SIZE, ChainFilters, JobFilters
-
-if TYPE_CHECKING:
-    from ._client import Queuert
 
 InT = TypeVar("InT")
 ChainOutT = TypeVar("ChainOutT")

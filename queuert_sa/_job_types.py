@@ -13,9 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any, Generic, TypeGuard, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
-from ._blocker_specs import BlockerRef, BlockerSpec, Many
+from ._blocker_specs import BlockerRef, BlockerSpec
 from ._chain_start import ChainStart as ChainStart
 from ._durations import Duration
 from ._entities import Dedup
@@ -30,7 +30,7 @@ from ._errors import (
     UnknownJobTypeError,
 )
 from ._json import Codec, JSONValue, codec_for
-from ._registry_checks import check_registry
+from ._registry_checks import check_registry, split_blockers
 from ._retry import Backoff, is_attempt_limit
 
 InT = TypeVar("InT")
@@ -40,33 +40,6 @@ InT_co = TypeVar("InT_co", covariant=True)
 OutT_co = TypeVar("OutT_co", covariant=True)
 
 _NAME_MAX = 255
-
-
-def _is_job_type(value: object) -> TypeGuard[JobType[Any, Any]]:
-    return isinstance(value, JobType)
-
-
-def _split_blockers(
-    name: str, spec: BlockerSpec
-) -> tuple[tuple[JobType[Any, Any], ...], JobType[Any, Any] | None]:
-    items: list[object] = [spec] if isinstance(spec, Many) else list(spec)
-    slots: list[JobType[Any, Any]] = []
-    rest: JobType[Any, Any] | None = None
-    for position, item in enumerate(items):
-        if isinstance(item, Many):
-            if position != len(items) - 1:
-                raise InvalidJobTypesError(
-                    f"Job type {name!r}: q.many(...) must be the last blocker.", type_name=name
-                )
-            rest = item.job_type
-        elif _is_job_type(item):
-            slots.append(item)
-        else:
-            raise InvalidJobTypesError(
-                f"Job type {name!r}: blockers are job types (or q.many(type)), got {item!r:.60}.",
-                type_name=name,
-            )
-    return tuple(slots), rest
 
 
 class JobType(Generic[InT, OutT]):
@@ -443,7 +416,7 @@ class JobTypes:
                 f"None for the worker's limit, not {max_attempts!r}.",
                 type_name=name,
             )
-        slots, rest = _split_blockers(name, blockers)
+        slots, rest = split_blockers(name, blockers, JobType)
         fields: dict[str, Any] = dict(
             registry=self,
             name=name,

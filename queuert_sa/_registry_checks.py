@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._blocker_specs import BlockerSpec, Many
 from ._errors import InvalidJobTypesError
 
 if TYPE_CHECKING:
@@ -40,3 +41,30 @@ def check_registry(types: Mapping[str, JobType[Any, Any]]) -> None:
                     "job_types.define(...) (or fix the name).",
                     type_name=job_type.name,
                 )
+
+
+def split_blockers(
+    name: str, spec: BlockerSpec, job_type_class: type[JobType[Any, Any]]
+) -> tuple[tuple[JobType[Any, Any], ...], JobType[Any, Any] | None]:
+    """A type's declared blockers: the job types of its fixed slots, and ``q.many``'s type.
+
+    ``job_type_class`` is :class:`~queuert_sa.JobType` (passed in: its module imports this one).
+    """
+    items: list[object] = [spec] if isinstance(spec, Many) else list(spec)
+    slots: list[JobType[Any, Any]] = []
+    rest: JobType[Any, Any] | None = None
+    for position, item in enumerate(items):
+        if isinstance(item, Many):
+            if position != len(items) - 1:
+                raise InvalidJobTypesError(
+                    f"Job type {name!r}: q.many(...) must be the last blocker.", type_name=name
+                )
+            rest = item.job_type
+        elif isinstance(item, job_type_class):
+            slots.append(item)  # pyright: ignore[reportUnknownArgumentType]
+        else:
+            raise InvalidJobTypesError(
+                f"Job type {name!r}: blockers are job types (or q.many(type)), got {item!r:.60}.",
+                type_name=name,
+            )
+    return tuple(slots), rest

@@ -248,8 +248,9 @@ def _acquire(
         params["exclude_ids"] = list(exclude_ids)
     names = tuple(type_names)
     many = limit is not None
-    whole = bool(limits) and has_transaction_timeout(caps, _dialect(executor))
     with database_errors("acquire job", models):
+        # Connecting may fail here first: inside the translation, as the statement is.
+        whole = bool(limits) and has_transaction_timeout(caps, _dialect(executor))
         return _exec.fetch(
             executor,
             models,
@@ -462,8 +463,8 @@ def limit_transaction_time(executor: Executor, caps: Capabilities, timeout: dt.t
     if not caps.server_timeouts:
         return
     ms = f"{max(int(timeout.total_seconds() * 1000), 1)}ms"
-    whole = has_transaction_timeout(caps, _dialect(executor))
     with database_errors("limit transaction time"):
+        whole = has_transaction_timeout(caps, _dialect(executor))
         # set_config(..., true) is SET LOCAL, in one round trip.
         executor.execute(
             _LIMIT_WHOLE_TRANSACTION_TIME if whole else _LIMIT_TRANSACTION_TIME, {"ms": ms}
