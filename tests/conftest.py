@@ -16,6 +16,7 @@ Environment variables:
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ DRIVER_CURSOR = os.environ.get("QUEUERT_TEST_DRIVER_CURSOR", "") != "0"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started in the background by a script (``cmd &``): SIGINT arrives
+        # ignored, and every process the tests spawn would inherit that, so an
+        # example stopped "with Ctrl+C" would never stop. Python's own handler
+        # here; the children then start with the default.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if not DRIVER_CURSOR:
         # Before any engine resolves its capabilities (they are kept per dialect).
         capabilities.DRIVER_CURSOR = {}

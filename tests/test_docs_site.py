@@ -69,3 +69,18 @@ def test_every_public_name_is_in_the_api_reference() -> None:
         and not isinstance(getattr(q, name), ModuleType)
     ]
     assert missing == [], "add them to docs/reference/queuert_sa.md"
+
+
+def test_ci_runs_the_readmes_test_command_and_fails_when_it_fails() -> None:
+    """``.ci/run`` calls the README's test command verbatim, and a failing suite ends the run
+    red: ``set -e`` alone does not stop at a failure inside an ``&&`` list."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(
+        line
+        for line in readme.splitlines()
+        if line.startswith("python3 -m venv") and "pytest" in line
+    )
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(command))
+    step = " ".join(line.rstrip("\\").strip() for line in lines[at : at + 2])
+    assert re.fullmatch(re.escape(command) + r" \|\| \{ .*exit 1; \}", step), step
