@@ -61,6 +61,7 @@ _DRIVER_CURSOR_ONLY = frozenset(
         "tests/test_worker.py::test_prepared_statements_follow_the_drivers_setting[default]",
         # aiosqlite's hot statements in one call to its thread.
         "tests/test_driver.py::test_aiosqlite_statements_run_on_the_driver_path_and_fail_as_sqlalchemys",
+        "tests/test_driver.py::test_psycopg_async_statements_run_on_the_driver_path_and_fail_as_sqlalchemys",
     }
 )
 

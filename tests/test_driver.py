@@ -221,8 +221,8 @@ def test_batched_start_writes_the_same_rows_as_sqlalchemy_would(db: Db) -> None:
 def test_aiosqlite_statements_run_on_the_driver_path_and_fail_as_sqlalchemys(
     tmp_path: Path,
 ) -> None:
-    """An AsyncQueuert on aiosqlite: its batched INSERT goes to aiosqlite's connection in one
-    call, and a refusal by the database reaches ``handle_error`` listeners and the caller as
+    """An AsyncQueuert on aiosqlite: its batched INSERT and the BEGIN go to aiosqlite's
+    connection in one call each, and a refusal by the database reaches ``handle_error`` listeners and the caller as
     ``q.DatabaseError``, the session still usable."""
     import asyncio
 
@@ -279,5 +279,135 @@ def test_aiosqlite_statements_run_on_the_driver_path_and_fail_as_sqlalchemys(
     with refusing_inserts(db, "json_extract(NEW.input, '$.n') = 9"):
         seen = asyncio.run(main())
     sync_engine.dispose()
-    assert set(calls) == {"INSERT"}, calls
+    # BEGIN too: the engine's begin hook emits it where the hot statements run.
+    assert set(calls) == {"INSERT", "BEGIN"}, calls
     assert "IntegrityError" in seen or "OperationalError" in seen, seen
+
+
+# --- psycopg's asyncio connection: one awaited call per hot statement -----------------
+
+
+def test_psycopg_async_statements_run_on_the_driver_path_and_fail_as_sqlalchemys(
+    pg: Db,
+) -> None:
+    """An AsyncQueuert on psycopg's asyncio driver: its statements go to psycopg's own
+    ``AsyncCursor`` (prepared), an AsyncWorker completes a job through it, and a refusal by
+    the database reaches ``handle_error`` listeners and the caller as ``q.DatabaseError``,
+    the session still usable."""
+    import asyncio
+
+    import psycopg
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from queuert_sa.state.capabilities import capabilities_for
+
+    sent: list[tuple[str, bool]] = []
+    real_execute = psycopg.AsyncCursor.execute
+
+    async def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        # SQLAlchemy's adaptor never asks psycopg to prepare; the driver path does.
+        sent.append((str(query).split()[0], bool(kwargs.get("prepare"))))
+        return await real_execute(self, query, *args, **kwargs)
+
+    async def main() -> tuple[str, str | None]:
+        engine = create_async_engine(pg.url.replace("postgresql://", "postgresql+psycopg://"))
+        seen: list[str] = []
+        event.listen(
+            engine.sync_engine,
+            "handle_error",
+            lambda context: seen.append(type(context.original_exception).__name__),
+        )
+        async_job_types = q.JobTypes()
+        echo = async_job_types.entry("echo", input=WorkIn, output=int)
+        client = q.AsyncQueuert(engine, async_job_types)
+        worker = client.worker(handle_signals="never")
+
+        @worker.handler(echo)
+        async def handle(attempt: q.AsyncAttempt[WorkIn, int]) -> q.Outcome:
+            return attempt.complete(attempt.input["n"] * 2)
+
+        try:
+            assert capabilities_for(engine.sync_engine.dialect).driver_cursor
+            async with AsyncSession(engine) as s:
+                await client.start_chains(s, [echo({"n": i, "sleep": 0}) for i in range(3)])
+                with pytest.raises(q.DatabaseError) as info:
+                    await client.start_chains(s, [echo({"n": 9, "sleep": 0})])
+                assert "refused by a trigger" in str(info.value.__cause__)
+                await s.rollback()
+                chain = await client.start_chain(s, echo, {"n": 10, "sleep": 0})
+                await s.commit()
+            assert await worker.drain() == 1
+            done = await client.get_chain(chain.id, echo)
+            async with AsyncSession(engine) as s:
+                count = await s.scalar(select(func.count()).select_from(Job))
+            assert count == 1  # the first three were rolled back with the refused batch
+            return ",".join(seen), done.status if done.output == 20 else None
+        finally:
+            await engine.dispose()
+
+    psycopg.AsyncCursor.execute = execute  # type: ignore[method-assign]
+    try:
+        with refusing_inserts(pg, "(NEW.input->>'n')::int = 9"):
+            seen, status = asyncio.run(main())
+    finally:
+        psycopg.AsyncCursor.execute = real_execute  # type: ignore[method-assign]
+    assert status == "completed"
+    assert "CheckViolation" in seen, seen
+    # The batched INSERT, the acquire and the completion went to psycopg's cursor, prepared.
+    assert {("INSERT", True), ("UPDATE", True)} <= set(sent), sent
+
+
+def test_aiosqlite_connections_back_in_the_pool_are_rolled_back_only_in_a_transaction(
+    tmp_path: Path,
+) -> None:
+    """The pool rolls back each connection it takes back; on aiosqlite that is a call to
+    its thread, so a prepared engine skips it when no transaction is open. A connection
+    returned in the middle of a transaction is still rolled back: its write is gone and
+    the write lock free for the next writer."""
+    import asyncio
+
+    import aiosqlite
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.util import greenlet_spawn
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
+    rollbacks: list[bool] = []
+    real_rollback = aiosqlite.Connection.rollback
+
+    async def rollback(self: aiosqlite.Connection) -> None:
+        rollbacks.append(self.in_transaction)
+        await real_rollback(self)
+
+    async def main() -> int:
+        engine = create_async_engine(url)
+        q.AsyncQueuert(engine, job_types)  # prepares the engine
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE t (n INTEGER)"))
+            rollbacks.clear()
+            async with engine.begin() as conn:  # committed, then back in the pool
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+            assert rollbacks == []
+
+            def abandon() -> None:  # a raw connection returned inside its transaction
+                raw = engine.sync_engine.raw_connection()
+                cursor = raw.cursor()
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute("INSERT INTO t VALUES (2)")
+                cursor.close()
+                raw.close()
+
+            await greenlet_spawn(abandon)
+            assert rollbacks == [True]
+            async with engine.begin() as conn:  # the write lock is free again
+                await conn.execute(text("INSERT INTO t VALUES (3)"))
+                total = await conn.scalar(text("SELECT sum(n) FROM t"))
+            return int(total or 0)
+        finally:
+            await engine.dispose()
+
+    aiosqlite.Connection.rollback = rollback  # type: ignore[method-assign]
+    try:
+        assert asyncio.run(main()) == 4
+    finally:
+        aiosqlite.Connection.rollback = real_rollback  # type: ignore[method-assign]

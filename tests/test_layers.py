@@ -26,6 +26,8 @@ ASYNC_MODULES = {
 
 #: Imports inside functions, each with its reason; any other is a hidden cycle or cost.
 LOCAL_IMPORTS_ALLOWED = {
+    # SQLite's begin hook emits BEGIN where the hot statements run (_exec imports capabilities)
+    ("queuert_sa.state.capabilities", "queuert_sa.state._exec"),
     # the factories: a client makes its workers (façade -> child)
     ("queuert_sa._client", "queuert_sa._worker._threads"),
     ("queuert_sa._async_client", "queuert_sa._worker._asyncio"),

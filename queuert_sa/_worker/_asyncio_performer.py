@@ -2,9 +2,14 @@
 
 :class:`AsyncPerformer` performs the shared flows' effects by awaiting them,
 for one task (a slot, a drain, a lease renewal), and is the
-:class:`AsyncStagedPort` of the attempts it runs: every statement is the
-sync one, run through ``run_sync``; the handler is awaited under the atomic
-timeout; the SAVEPOINT opens when the handler first reaches the database
+:class:`AsyncStagedPort` of the attempts it runs. A flow runs in one greenlet
+(``greenlet_spawn``), as SQLAlchemy runs an ``AsyncSession``'s sync code:
+its statements are the sync ones, called directly on the sessions' sync
+sides, and only what must be awaited (the driver's IO, the handler, the
+writer lock, a wait) leaves the greenlet, through ``await_``. One greenlet
+per flow, not one per statement: most of an asyncio attempt's Python time
+had been that bridging. The handler is awaited under the atomic timeout; the
+SAVEPOINT opens when the handler first reaches the database
 (:mod:`._first_use`); a cancelled flow is closed and its sessions closed,
 which rolls its transaction back.
 """
@@ -27,6 +32,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from queuert_sa._attempt import AsyncAttempt, AttemptState
 from queuert_sa._logs import get_logger
+from queuert_sa.state._awaited import await_
 from queuert_sa.state.capabilities import BEGIN_IMMEDIATE
 from queuert_sa.state.operations import database_errors
 
@@ -129,6 +135,16 @@ async def _rollback_quietly(session: AsyncSession) -> None:
             await session.run_sync(end, "invalidate")
 
 
+def _rollback_inline(session: AsyncSession) -> None:
+    """:func:`_rollback_quietly`, from inside a flow's greenlet."""
+    try:
+        end(session.sync_session, "rollback")
+    except Exception:
+        log.debug("rollback failed (connection lost?); discarding the connection", exc_info=True)
+        with contextlib.suppress(Exception):
+            end(session.sync_session, "invalidate")
+
+
 async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
@@ -146,14 +162,20 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         self._hold = hold
 
     async def drive(self, steps: fx.Flow[T], *, outermost: bool = True) -> T:
-        """Run a flow to its end; the outermost one cleans up after cancellation."""
+        """Run a flow to its end, in one greenlet; the outermost one cleans up after cancellation."""
+        return await greenlet_spawn(self._drive, steps, outermost)
+
+    def _drive(self, steps: fx.Flow[T], outermost: bool) -> T:
+        # In the flow's greenlet: the effects without awaits run as plain calls,
+        # the others' coroutines are awaited by the task, through ``await_``.
+        perform = self.perform
         try:
             effect = steps.send(None)
             while True:
                 try:
-                    result = self.perform[type(effect)](effect)
+                    result = perform[type(effect)](effect)
                     if inspect.isawaitable(result):
-                        result = await result
+                        result = await_(result)
                 except Exception as exc:
                     effect = steps.throw(exc)
                 else:
@@ -168,61 +190,65 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
             if outermost:
                 for session in self.left_open():
                     with contextlib.suppress(Exception):
-                        await session.run_sync(end, "close")
+                        end(session.sync_session, "close")
                 self.hold.drop()  # after the close: its transaction held the write lock
             raise
 
     # --- sessions ----------------------------------------------------------------------
 
-    async def open(self, _: fx.Open) -> AsyncSession:
+    # Called in the flow's greenlet (see :meth:`_drive`): sync calls on the
+    # sessions' sync sides, whose IO SQLAlchemy awaits through ``await_``.
+
+    def open(self, _: fx.Open) -> AsyncSession:
         session = self._worker.session_factory()
         try:
             if self._worker.ctx.capabilities.single_writer:
                 with database_errors("begin a write transaction", self._worker.ctx.models):
-                    await session.connection(execution_options={BEGIN_IMMEDIATE: True})
+                    session.sync_session.connection(execution_options={BEGIN_IMMEDIATE: True})
         except BaseException:
-            await session.close()
+            end(session.sync_session, "close")
             raise
         return self.opened(session)
 
-    async def end(self, effect: fx.End) -> None:
+    def end(self, effect: fx.End) -> None:
         session = effect.session
         if effect.how == "rollback":
-            await _rollback_quietly(session)
+            _rollback_inline(session)
             return
-        await session.run_sync(end, effect.how)
+        end(session.sync_session, effect.how)
         if effect.how == "close":
             self.forget(session)
 
     @staticmethod
-    async def run(effect: fx.Run) -> Any:
-        return await effect.session.run_sync(effect.unit)
+    def run(effect: fx.Run) -> Any:
+        return effect.unit(effect.session.sync_session)
 
-    async def look(self, effect: fx.Look) -> Any:
+    def look(self, effect: fx.Look) -> Any:
         # Connecting happens here, before any state operation: translate its errors too.
         with database_errors("connect to the database", self._worker.ctx.models):
-            conn = await self._worker.engine.connect()  # started: not "async with" again
+            conn = self._worker.engine.sync_engine.connect()
         try:
-            result = await conn.run_sync(effect.unit)
+            result = effect.unit(conn)
             # Ended by COMMIT: a ROLLBACK makes psycopg drop its prepared statements.
-            await conn.commit()
+            conn.commit()
             return result
         finally:
-            await conn.close()
+            conn.close()
 
     @staticmethod
-    async def savepoint(effect: fx.Savepoint) -> AsyncSessionTransaction:
-        return await effect.session.begin_nested()  # type: ignore[no-any-return]
+    def savepoint(effect: fx.Savepoint) -> SessionTransaction:
+        return effect.session.sync_session.begin_nested()
 
     @staticmethod
-    async def end_savepoint(effect: fx.EndSavepoint) -> None:
+    def end_savepoint(effect: fx.EndSavepoint) -> None:
         savepoint = effect.savepoint
-        if isinstance(savepoint, SessionTransaction):  # opened on first use, in sync code
-            await greenlet_spawn(savepoint.commit if effect.commit else savepoint.rollback)
-        elif effect.commit:
-            await savepoint.commit()
+        if isinstance(savepoint, AsyncSessionTransaction):
+            savepoint = savepoint.sync_transaction
+        assert isinstance(savepoint, SessionTransaction)
+        if effect.commit:
+            savepoint.commit()
         else:
-            await savepoint.rollback()
+            savepoint.rollback()
 
     async def writer(self, effect: fx.Writer) -> None:
         if effect.take:

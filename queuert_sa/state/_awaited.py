@@ -1,4 +1,6 @@
-"""The driver-level path on aiosqlite: one hop to the driver's thread per hot statement.
+"""The driver-level path on the asyncio drivers: one awaited call per hot statement.
+
+**aiosqlite.**
 
 aiosqlite runs every call of its connection on a thread of its own, and
 SQLAlchemy's adaptor makes four such calls per statement (open a cursor,
@@ -14,6 +16,13 @@ Errors are translated by SQLAlchemy's adaptor first, to the exceptions of the
 dialect's DBAPI module, so that SQLAlchemy's own handler then treats them as it
 treats every other statement's (private API, pinned by the test suite, which
 runs every asyncio SQLite test on this path).
+
+**psycopg's asyncio connection.** SQLAlchemy's adaptor awaits each statement
+and then builds a cursor description and a result for it, several times the
+Python time of psycopg's own call. Here the statement and the fetch of its
+rows are one coroutine on psycopg's ``AsyncCursor``, awaited once (one
+greenlet switch and one event-loop turn per statement). psycopg raises the
+DBAPI's own exceptions, so the adaptor's handler passes them on unchanged.
 """
 
 from __future__ import annotations
@@ -23,8 +32,12 @@ from typing import Any
 
 from sqlalchemy.util import concurrency
 
-#: ``await_`` since SQLAlchemy 2.1; ``await_only`` before.
-_await: Any = getattr(concurrency, "await_", None) or concurrency.await_only
+#: SQLAlchemy's ``await_`` (``await_only`` before 2.1): awaits a coroutine from the
+#: greenlet SQLAlchemy runs sync code in.
+await_: Any = getattr(concurrency, "await_", None) or concurrency.await_only
+
+#: ``psycopg.pq.ExecStatus.TUPLES_OK`` (an ``IntEnum``; psycopg is an optional dependency).
+_TUPLES_OK = 2
 
 
 class AwaitedCursor:
@@ -43,17 +56,64 @@ class AwaitedCursor:
 
     def execute(self, sql: str, parameters: Any) -> None:
         try:
-            self._rows = _await(self._driver.execute_fetchall(sql, parameters))
+            self._rows = await_(self._driver.execute_fetchall(sql, parameters))
         except Exception as exc:
             self._adapted._handle_exception(exc)  # raises it, translated
 
     def executemany(self, sql: str, batch: Sequence[Any]) -> None:
         self._rows = ()
         try:
-            _await(self._driver.executemany(sql, batch))
+            await_(self._driver.executemany(sql, batch))
         except Exception as exc:
             self._adapted._handle_exception(exc)
 
     def fetchall(self) -> Sequence[Any]:
         rows, self._rows = self._rows, ()
         return rows
+
+    def close(self) -> None:
+        """Called by SQLAlchemy's error handler; the kept cursor is dropped then anyway."""
+        self._rows = ()
+
+
+class AwaitedPsycopgCursor:
+    """The cursor surface :mod:`._fastpath` uses, over psycopg's ``AsyncConnection``."""
+
+    __slots__ = ("_adapted", "_cursor", "_rows", "connection")
+
+    def __init__(self, adapted: Any) -> None:
+        self._adapted = adapted  # SQLAlchemy's AsyncAdapt_psycopg_connection
+        self.connection = adapted.driver_connection  # psycopg.AsyncConnection
+        self._cursor = self.connection.cursor()
+        self._rows: Sequence[Any] = ()
+
+    async def _execute(self, sql: str, parameters: Any, prepare: bool | None) -> Sequence[Any]:
+        cursor = self._cursor
+        await cursor.execute(sql, parameters, prepare=prepare)
+        # Rows unless the statement returns none (an INSERT): psycopg's fetch
+        # raises then. (Not ``description``: it builds an object per column.)
+        result = cursor.pgresult
+        if result is None or result.status != _TUPLES_OK:
+            return ()
+        return await cursor.fetchall()
+
+    def execute(self, sql: str, parameters: Any, *, prepare: bool | None = None) -> None:
+        try:
+            self._rows = await_(self._execute(sql, parameters, prepare))
+        except Exception as exc:
+            self._adapted._handle_exception(exc)
+
+    def executemany(self, sql: str, batch: Sequence[Any]) -> None:
+        self._rows = ()
+        try:
+            await_(self._cursor.executemany(sql, batch))
+        except Exception as exc:
+            self._adapted._handle_exception(exc)
+
+    def fetchall(self) -> Sequence[Any]:
+        rows, self._rows = self._rows, ()
+        return rows
+
+    def close(self) -> None:
+        """Called by SQLAlchemy's error handler; the kept cursor is dropped then anyway."""
+        self._rows = ()

@@ -159,6 +159,19 @@ def insert_rows(
     executor.execute(table.insert(), [dict(row) for row in rows])
 
 
+def begin(connection: Connection, sql: str) -> None:
+    """Emit SQLite's ``BEGIN`` (or ``BEGIN IMMEDIATE``), from the engine's begin hook.
+
+    On the driver's cursor when the hot statements run there: through
+    SQLAlchemy it is an execution context and, on aiosqlite, three calls to
+    its thread (open a cursor, execute, close) instead of one.
+    """
+    if _on_driver_cursor(connection, capabilities_for(connection.dialect)):
+        _fastpath.run_plain(connection, sql)
+    else:
+        connection.exec_driver_sql(sql)
+
+
 def _connection(executor: Executor, models: Models) -> Connection:
     """The connection statements on queuert's tables run on (a Session's ``binds`` apply)."""
     if isinstance(executor, Session):

@@ -28,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 
-from ._awaited import AwaitedCursor
+from ._awaited import AwaitedCursor, AwaitedPsycopgCursor
 
 T = TypeVar("T")
 
@@ -382,18 +382,29 @@ def _refused(exc: Exception, sql: str) -> sa_exc.StatementError:
     )
 
 
+def run_plain(connection: Connection, sql: str) -> None:
+    """Run ``sql``, which takes no parameters and returns no rows, on the kept cursor."""
+    cursor = _cursor(connection)
+    try:
+        cursor.execute(sql, ())
+    except BaseException as exc:
+        _handle(connection, exc, sql, (), cursor)
+
+
 def _cursor(connection: Connection) -> Any:
     """The driver cursor kept with the pooled connection (one per DBAPI connection)."""
     fairy = connection.connection
     cursor: Any = fairy.info.get(_CURSOR_KEY)
     if cursor is None:
         dbapi_connection: Any = fairy.dbapi_connection
-        cursor = fairy.info[_CURSOR_KEY] = (
-            # The one asyncio driver on this path: aiosqlite (see capabilities).
-            AwaitedCursor(dbapi_connection)
-            if connection.dialect.is_async
-            else dbapi_connection.cursor()
-        )
+        dialect = connection.dialect
+        if not dialect.is_async:
+            cursor = dbapi_connection.cursor()
+        elif dialect.name == "postgresql":  # psycopg, the one asyncio PostgreSQL driver listed
+            cursor = AwaitedPsycopgCursor(dbapi_connection)
+        else:  # aiosqlite (see capabilities)
+            cursor = AwaitedCursor(dbapi_connection)
+        fairy.info[_CURSOR_KEY] = cursor
     return cursor
 
 

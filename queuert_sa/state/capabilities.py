@@ -89,8 +89,9 @@ _SQLITE = Capabilities(
 
 #: The DBAPI drivers whose cursor the hot statements run on, by (dialect name,
 #: driver name), with what that path may use there. Drivers not listed run
-#: everything through SQLAlchemy; of the asyncio drivers, only aiosqlite is listed. The test
-#: suite empties it to run on SQLAlchemy's path only (``tests/conftest.py``).
+#: everything through SQLAlchemy; of the asyncio drivers, aiosqlite and
+#: psycopg's are on it. The test suite empties it to run on SQLAlchemy's path
+#: only (``tests/conftest.py``).
 DRIVER_CURSOR: Mapping[tuple[str, str], Capabilities] = {
     ("postgresql", "psycopg"): replace(
         _POSTGRES, driver_cursor=True, array_insert=True, server_prepare=True
@@ -99,9 +100,9 @@ DRIVER_CURSOR: Mapping[tuple[str, str], Capabilities] = {
     ("sqlite", "aiosqlite"): replace(_SQLITE, driver_cursor=True),
 }
 
-#: The asyncio drivers listed in :data:`DRIVER_CURSOR` (psycopg's asyncio dialect
-#: shares the sync one's driver name, and is not on that path).
-_ASYNC_ON_DRIVER_CURSOR = frozenset({("sqlite", "aiosqlite")})
+#: The asyncio drivers on the driver cursor's path (psycopg's asyncio dialect
+#: shares the sync one's driver name; both are listed in :data:`DRIVER_CURSOR`).
+_ASYNC_ON_DRIVER_CURSOR = frozenset({("sqlite", "aiosqlite"), ("postgresql", "psycopg")})
 
 #: Attribute of a dialect holding its resolved capabilities.
 _CAPABILITIES_ATTR = "_queuert_sa_capabilities"
@@ -169,10 +170,10 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    if conn.get_execution_options().get(BEGIN_IMMEDIATE):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
+    from . import _exec  # it imports this module
+
+    immediate = conn.get_execution_options().get(BEGIN_IMMEDIATE)
+    _exec.begin(conn, "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def prepare_engine(engine: Engine) -> Capabilities:
@@ -195,9 +196,31 @@ def prepare_engine(engine: Engine) -> Capabilities:
     if caps.single_writer and not event.contains(engine, "connect", _sqlite_connect):
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
+        if engine.dialect.is_async:
+            _skip_idle_rollbacks(engine.dialect)
         if not _in_memory(engine):
             engine.dispose()
     return caps
+
+
+def _skip_idle_rollbacks(dialect: Dialect) -> None:
+    """No ROLLBACK on a connection with no transaction open (aiosqlite).
+
+    The pool rolls back every connection it takes back, even one whose
+    transaction has just committed. On ``sqlite3`` that is a no-op in C; on
+    aiosqlite it is a call to the connection's thread, one per worker
+    transaction. ``in_transaction`` is ``sqlite3``'s own flag, read without
+    that call; a connection in a transaction is rolled back as before.
+    """
+    rollback = dialect.do_rollback
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is not None and not driver.in_transaction:
+            return
+        rollback(dbapi_connection)
+
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
 
 
 def _in_memory(engine: Engine) -> bool:
