@@ -20,7 +20,9 @@ decided in one place, :mod:`._exec`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import is_, itemgetter
 from typing import Any, NoReturn, TypeVar, cast
 
 from sqlalchemy import Connection, Dialect, Table
@@ -195,32 +197,28 @@ class DriverStatement:
         """Run once per row in ``connection``'s transaction (no RETURNING).
 
         psycopg sends the batch in one pipeline (one round trip); sqlite3 steps
-        it in C. A value repeated across rows (the same ``now``, the same
-        status) is converted once.
+        it in C. Values are converted a column at a time, and a value repeated
+        across rows (the same ``now``, the same status) is converted once.
         """
         cursor = _cursor(connection)
-        variable = list(self._variable.items())
-        fixed = self._fixed
-        order = self._order
-        memo: dict[str, tuple[Any, Any]] = {}
-        batch: list[Any] = []
-        for row in rows:
-            values = dict(fixed)
-            for name, processor in variable:
-                value = row[name]
-                if processor is not None and value is not None:
-                    seen = memo.get(name)
-                    if seen is not None and seen[0] is value:
-                        value = seen[1]
-                    else:
-                        try:
-                            converted = processor(value)
-                        except Exception as exc:
-                            raise _refused(exc, self.sql) from exc
-                        memo[name] = (value, converted)
-                        value = converted
-                values[name] = value
-            batch.append(values if order is None else [values[name] for name in order])
+        count = len(rows)
+        columns: dict[str, Iterable[Any]] = {
+            name: repeat(value, count) for name, value in self._fixed.items()
+        }
+        for name, processor in self._variable.items():
+            values = [row[name] for row in rows]
+            columns[name] = _convert(processor, values, self.sql) if processor else values
+        batch: list[Any]
+        if self._order is None:
+            names = list(columns)
+            batch = [
+                dict(zip(names, values, strict=True))
+                for values in zip(*columns.values(), strict=True)
+            ]
+        else:
+            batch = list(zip(*(columns[name] for name in self._order), strict=True))
+        if not columns:
+            batch = [{} if self._order is None else ()] * count
         try:
             if len(batch) == 1:
                 # One row: psycopg's executemany would open a pipeline (extra syncs).
@@ -251,45 +249,118 @@ class DriverStatement:
 
 
 class ArrayInsert:
-    """Many rows in one INSERT on PostgreSQL: one array parameter per column, ``unnest``.
+    """Many rows in one INSERT on PostgreSQL: ``unnest`` of one array per column, prepared once.
 
-    One statement whatever the batch size (prepared once), instead of one
-    execution per row: the server parses, plans and runs it once.
+    One statement whatever the batch size, instead of one execution per row:
+    the server parses, plans and runs it once. psycopg dumps each array element
+    in Python, most of a batched start's Python time, so only the columns that
+    differ between rows are sent as arrays: a column holding the same object in
+    every row (the batch's ``now``, its status, its type) is sent once, as a
+    scalar, and one holding another column's objects (a chain's id is its first
+    job's id) reads that column's array. Each such shape of a batch is its own
+    statement, built on first use.
     """
 
-    __slots__ = ("_columns", "_prepare", "sql")
+    __slots__ = ("_columns", "_prepare", "_row_values", "_shapes", "_table", "_types", "sql")
+
+    #: Statements kept per shape (a shape is which columns are shared, repeated, or NULL).
+    MAX_SHAPES = 64
 
     def __init__(
         self, table: Table, columns: Sequence[str], dialect: Dialect, *, prepare: bool
     ) -> None:
         preparer = dialect.identifier_preparer
-        arrays = ", ".join(
-            # Binary parameters: psycopg quotes each element of a text array with
-            # regular expressions, a quarter of a batched start's Python time.
-            f"%({name})b::{table.c[name].type.compile(dialect=dialect)}[]"
-            for name in columns
-        )
-        self.sql = (
-            f"INSERT INTO {preparer.format_table(table)} "
-            f"({', '.join(preparer.quote(name) for name in columns)}) "
-            f"SELECT * FROM unnest({arrays})"
-        )
-        self._columns = [(name, _bind_processor(table, name, dialect)) for name in columns]
+        self._table = preparer.format_table(table)
+        self._columns = [
+            (name, preparer.quote(name), _bind_processor(table, name, dialect)) for name in columns
+        ]
+        if len(columns) < 2:  # pragma: no cover - every caller inserts several columns
+            raise ValueError("ArrayInsert takes two or more columns")
+        self._row_values = itemgetter(*columns)
+        self._types = {name: str(table.c[name].type.compile(dialect=dialect)) for name in columns}
+        self._shapes: dict[tuple[Any, ...], str] = {}
         self._prepare = prepare
+        #: The statement with every column an array (the shape of no sharing), for messages.
+        self.sql = self._statement(tuple(name for name in columns))
+
+    def _statement(self, shape: tuple[Any, ...]) -> str:
+        """The INSERT for ``shape``: per column its name (an array), ``None`` (NULL),
+        ``(name,)`` (a scalar parameter) or ``(other, ...)`` (``other``'s array)."""
+        arrays: list[str] = []
+        selected: list[str] = []
+        for (name, quoted, _), kind in zip(self._columns, shape, strict=True):
+            cast_to = self._types[name]
+            if kind is None:
+                selected.append(f"NULL::{cast_to}")
+            elif isinstance(kind, str):
+                # Binary parameters: psycopg quotes each element of a text array with
+                # regular expressions.
+                arrays.append(f"%({name})b::{cast_to}[]")
+                selected.append(f"v.{quoted}")
+            elif len(kind) == 1:
+                selected.append(f"%({name})b::{cast_to}")
+            else:
+                selected.append(f"v.{self._quoted(kind[0])}")
+        aliases = ", ".join(
+            quoted
+            for (_, quoted, _), kind in zip(self._columns, shape, strict=True)
+            if isinstance(kind, str)
+        )
+        return (
+            f"INSERT INTO {self._table} ({', '.join(q for _, q, _ in self._columns)}) "
+            f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) AS v({aliases})"
+        )
+
+    def _quoted(self, name: str) -> str:
+        return next(quoted for column, quoted, _ in self._columns if column == name)
 
     def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` in ``connection``'s transaction."""
+        """Insert ``rows`` (two or more) in ``connection``'s transaction."""
         cursor = _cursor(connection)
-        arrays: dict[str, list[Any]] = {}
-        for name, processor in self._columns:
-            values = [row[name] for row in rows]
-            if processor is not None:
-                values = _convert(processor, values, self.sql)
-            arrays[name] = values
+        by_column = zip(*map(self._row_values, rows), strict=True)
+        params: dict[str, Any] = {}
+        shape: list[Any] = []
+        arrayed: list[tuple[str, tuple[Any, ...]]] = []
+        for (name, _, processor), values in zip(self._columns, by_column, strict=True):
+            first = values[0]
+            if all(map(is_, values, repeat(first))):
+                if first is None:
+                    shape.append(None)
+                    continue
+                params[name] = _convert(processor, [first], self.sql)[0] if processor else first
+                shape.append((name,))
+                continue
+            same = next(
+                (
+                    other
+                    for other, seen in arrayed
+                    if seen[0] is first
+                    and self._types[other] == self._types[name]
+                    and all(map(is_, values, seen))
+                ),
+                None,
+            )
+            if same is not None:
+                shape.append((same, name))
+                continue
+            arrayed.append((name, values))
+            params[name] = _convert(processor, values, self.sql) if processor else list(values)
+            shape.append(name)
+        if not arrayed:  # every column shared: one array still gives the rows' count
+            name, _, processor = self._columns[0]
+            column = [row[name] for row in rows]
+            params[name] = _convert(processor, column, self.sql) if processor else column
+            shape[0] = name
+        key = tuple(shape)
+        sql = self._shapes.get(key)
+        if sql is None:
+            if len(self._shapes) >= self.MAX_SHAPES:
+                self._shapes.clear()
+            sql = self._shapes[key] = self._statement(key)
         try:
-            _run(cursor, self.sql, arrays, self._prepare)
+            _run(cursor, sql, params, self._prepare)
         except BaseException as exc:
-            _handle(connection, exc, self.sql, arrays, cursor)
+            _handle(connection, exc, sql, params, cursor)
 
 
 class ArrayUpdate:
@@ -357,12 +428,15 @@ def _bind_processor(table: Table, column: str, dialect: Dialect) -> Processor | 
     )
 
 
-def _convert(processor: Processor, values: list[Any], sql: str) -> list[Any]:
+def _convert(processor: Processor, values: Sequence[Any], sql: str) -> list[Any]:
     """``processor`` over ``values``, once per distinct object in a row (None stays None)."""
-    out: list[Any] = []
-    last: Any = None
-    converted: Any = None
+    first = values[0] if values else None
     try:
+        if all(map(is_, values, repeat(first))):  # one object in every row: converted once
+            return [None if first is None else processor(first)] * len(values)
+        out: list[Any] = []
+        last: Any = None
+        converted: Any = None
         for value in values:
             if value is None:
                 out.append(None)
