@@ -8,6 +8,7 @@ import inspect
 import logging
 import pickle
 import random
+import time
 import traceback
 import typing
 import uuid
@@ -17,7 +18,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-from queuert_sa._ids import new_id
+from queuert_sa._ids import new_id, new_ids
 from queuert_sa._retry import MAX_ERROR_CHARS, backoff_delay, describe_error, retry_decision
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
@@ -73,6 +74,18 @@ def test_ids_are_uuid7_and_monotonic() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert isinstance(ids[0], uuid.UUID)
+
+
+def test_ids_drawn_for_a_batch_are_uuid7_and_monotonic_with_single_ones() -> None:
+    # A batch of 5,000 uses up a millisecond's 4,096 counter values: it rolls over.
+    before = time.time_ns() // 1_000_000
+    ids = [new_id(), *new_ids(3), new_id(), *new_ids(5000), *new_ids(1), *new_ids(0), new_id()]
+    assert len(ids) == 3 + 3 + 5000 + 1
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert before <= ids[0].int >> 80 <= time.time_ns() // 1_000_000 + 2
+    assert len({i.int & ((1 << 62) - 1) for i in ids}) == len(ids)  # random bits differ
 
 
 def test_post_commit_effects_run_in_order_and_failures_do_not_break_commit(
