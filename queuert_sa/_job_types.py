@@ -13,12 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
 from ._blocker_specs import BlockerRef, BlockerSpec
 from ._chain_start import ChainStart as ChainStart
 from ._durations import Duration
-from ._entities import Dedup
+from ._entities import Dedup, assemble
 from ._errors import (
     DuplicateJobTypeError,
     InvalidBlockersError,
@@ -124,9 +124,11 @@ class JobType(Generic[InT, OutT]):
                 -2**31..2**31-1). Defaults to 0 for a chain start and to the
                 current job's priority for ``continue_with``.
         """
-        return ChainStart(
-            self,
-            input,
+        # ChainStart(...), without the cost of its frozen __init__
+        start = assemble(
+            cast("type[ChainStart[InT, OutT]]", ChainStart),
+            job_type=self,
+            input=input,
             id=id,
             run_at=run_at,
             run_in=run_in,
@@ -134,6 +136,7 @@ class JobType(Generic[InT, OutT]):
             dedup=dedup,
             priority=priority,
         )
+        return start
 
     @property
     def blocker_types(self) -> tuple[JobType[Any, Any], ...]:

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from . import _observing as observing
 from . import _start_checks as checks
 from . import hooks
 from ._context import Context
-from ._entities import Chain, Dedup, Job
+from ._entities import Chain, Dedup, Job, assemble
 from ._errors import (
     ChainCancelledError,
     ChainNotFoundError,
@@ -241,7 +241,8 @@ def start_chains(
         session, ctx, Counter(job.type_name for job in jobs if job.status == JobStatus.PENDING)
     )
     created: list[Chain[Any, Any]] = [
-        Chain(
+        assemble(  # Chain(...), without the cost of its frozen __init__
+            cast("type[Chain[Any, Any]]", Chain),
             id=job.id,
             type_name=job.type_name,
             input=starts[i].input,
@@ -253,6 +254,7 @@ def start_chains(
             current_type_name=job.type_name,
             current_index=0,
             priority=job.priority,
+            deduplicated=False,
         )
         for i, job in zip(fresh, jobs, strict=True)
     ]
