@@ -226,12 +226,16 @@ def test_batched_start_writes_the_same_rows_as_sqlalchemy_would(db: Db) -> None:
             work(inputs[1], run_in=dt.timedelta(minutes=5)),
             work(inputs[2], dedup=q.Dedup(f"key-{uuid.uuid4()}")),
             work(inputs[0], run_at=now + dt.timedelta(hours=1), priority=3),
+            work(None),  # pyright: ignore[reportArgumentType] - stored as SQL NULL
         ],
     )
     assert driver_level == through_sqlalchemy
-    assert [r[3] for r in driver_level] == [inputs[0], inputs[1], inputs[2], inputs[0]]
+    assert [r[3] for r in driver_level] == [inputs[0], inputs[1], inputs[2], inputs[0], None]
     assert driver_level[1][6] == now + dt.timedelta(minutes=5)
-    assert [r[10] for r in driver_level] == [0, 0, 0, 3]
+    assert [r[10] for r in driver_level] == [0, 0, 0, 3, 0]
+    with Session(db.engine) as s:  # SQL NULL, not a JSON null, on both paths
+        nulls = s.scalar(select(func.count()).select_from(Job).where(Job.input.is_(None)))
+    assert nulls == 2
 
 
 def test_batched_start_of_alike_chains_writes_the_same_rows_as_sqlalchemy_would(

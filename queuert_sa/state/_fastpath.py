@@ -12,9 +12,10 @@ processors, so values go in and come out as they would through SQLAlchemy.
 Driver errors go through SQLAlchemy's own error handling (``handle_error``
 events, disconnect detection and pool invalidation, ``hide_parameters``).
 
-This module only knows *how* to run a statement on the cursor. *Whether* one
-does (the driver's capabilities, and nothing listening that would miss it) is
-decided in one place, :mod:`._exec`.
+This module only knows *how* to run a statement on the cursor (and
+:mod:`._arrays` how to run PostgreSQL's batch statements over arrays there).
+*Whether* one does (the driver's capabilities, and nothing listening that would
+miss it) is decided in one place, :mod:`._exec`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from itertools import repeat
-from operator import is_, itemgetter
+from operator import is_
 from typing import Any, NoReturn, TypeVar, cast
 
-from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy import Connection, Dialect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
@@ -55,38 +56,10 @@ def statement_for(
 
     With ``prepare``, it is prepared server side at its first run.
     """
-    return _once(dialect, key, lambda: DriverStatement(build(), dialect, prepare=prepare))
+    return once(dialect, key, lambda: DriverStatement(build(), dialect, prepare=prepare))
 
 
-def array_insert_for(
-    dialect: Dialect, table: Table, columns: tuple[str, ...], *, prepare: bool
-) -> ArrayInsert:
-    """The one-statement batch INSERT of ``columns`` into ``table``, once per dialect."""
-    return _once(
-        dialect,
-        ("array_insert", table, columns),
-        lambda: ArrayInsert(table, columns, dialect, prepare=prepare),
-    )
-
-
-def array_update_for(
-    dialect: Dialect,
-    table: Table,
-    key: str,
-    per_row: tuple[str, ...],
-    shared: tuple[str, ...],
-    *,
-    prepare: bool,
-) -> ArrayUpdate:
-    """The one-statement batch UPDATE of ``table`` (see :class:`ArrayUpdate`), once per dialect."""
-    return _once(
-        dialect,
-        ("array_update", table, key, per_row, shared),
-        lambda: ArrayUpdate(table, key, per_row, shared, dialect, prepare=prepare),
-    )
-
-
-def _once(dialect: Dialect, key: Hashable, build: Callable[[], T]) -> T:
+def once(dialect: Dialect, key: Hashable, build: Callable[[], T]) -> T:
     """``build()`` once per (dialect, key), kept in the dialect's cache."""
     per_dialect = _cache_of(dialect)
     found = per_dialect.get(key)
@@ -207,7 +180,7 @@ class DriverStatement:
         }
         for name, processor in self._variable.items():
             values = [row[name] for row in rows]
-            columns[name] = _convert(processor, values, self.sql) if processor else values
+            columns[name] = convert(processor, values, self.sql) if processor else values
         batch: list[Any]
         if self._order is None:
             names = list(columns)
@@ -248,187 +221,7 @@ class DriverStatement:
         ]
 
 
-class ArrayInsert:
-    """Many rows in one INSERT on PostgreSQL: ``unnest`` of one array per column, prepared once.
-
-    One statement whatever the batch size, instead of one execution per row:
-    the server parses, plans and runs it once. psycopg dumps each array element
-    in Python, most of a batched start's Python time, so only the columns that
-    differ between rows are sent as arrays: a column holding the same object in
-    every row (the batch's ``now``, its status, its type) is sent once, as a
-    scalar, and one holding another column's objects (a chain's id is its first
-    job's id) reads that column's array. Each such shape of a batch is its own
-    statement, built on first use.
-    """
-
-    __slots__ = ("_columns", "_prepare", "_row_values", "_shapes", "_table", "_types", "sql")
-
-    #: Statements kept per shape (a shape is which columns are shared, repeated, or NULL).
-    MAX_SHAPES = 64
-
-    def __init__(
-        self, table: Table, columns: Sequence[str], dialect: Dialect, *, prepare: bool
-    ) -> None:
-        preparer = dialect.identifier_preparer
-        self._table = preparer.format_table(table)
-        self._columns = [
-            (name, preparer.quote(name), _bind_processor(table, name, dialect)) for name in columns
-        ]
-        if len(columns) < 2:  # pragma: no cover - every caller inserts several columns
-            raise ValueError("ArrayInsert takes two or more columns")
-        self._row_values = itemgetter(*columns)
-        self._types = {name: str(table.c[name].type.compile(dialect=dialect)) for name in columns}
-        self._shapes: dict[tuple[Any, ...], str] = {}
-        self._prepare = prepare
-        #: The statement with every column an array (the shape of no sharing), for messages.
-        self.sql = self._statement(tuple(name for name in columns))
-
-    def _statement(self, shape: tuple[Any, ...]) -> str:
-        """The INSERT for ``shape``: per column its name (an array), ``None`` (NULL),
-        ``(name,)`` (a scalar parameter) or ``(other, ...)`` (``other``'s array)."""
-        arrays: list[str] = []
-        selected: list[str] = []
-        for (name, quoted, _), kind in zip(self._columns, shape, strict=True):
-            cast_to = self._types[name]
-            if kind is None:
-                selected.append(f"NULL::{cast_to}")
-            elif isinstance(kind, str):
-                # Binary parameters: psycopg quotes each element of a text array with
-                # regular expressions.
-                arrays.append(f"%({name})b::{cast_to}[]")
-                selected.append(f"v.{quoted}")
-            elif len(kind) == 1:
-                selected.append(f"%({name})b::{cast_to}")
-            else:
-                selected.append(f"v.{self._quoted(kind[0])}")
-        aliases = ", ".join(
-            quoted
-            for (_, quoted, _), kind in zip(self._columns, shape, strict=True)
-            if isinstance(kind, str)
-        )
-        return (
-            f"INSERT INTO {self._table} ({', '.join(q for _, q, _ in self._columns)}) "
-            f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) AS v({aliases})"
-        )
-
-    def _quoted(self, name: str) -> str:
-        return next(quoted for column, quoted, _ in self._columns if column == name)
-
-    def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` (two or more) in ``connection``'s transaction."""
-        cursor = _cursor(connection)
-        by_column = zip(*map(self._row_values, rows), strict=True)
-        params: dict[str, Any] = {}
-        shape: list[Any] = []
-        arrayed: list[tuple[str, tuple[Any, ...]]] = []
-        for (name, _, processor), values in zip(self._columns, by_column, strict=True):
-            first = values[0]
-            if all(map(is_, values, repeat(first))):
-                if first is None:
-                    shape.append(None)
-                    continue
-                params[name] = _convert(processor, [first], self.sql)[0] if processor else first
-                shape.append((name,))
-                continue
-            same = next(
-                (
-                    other
-                    for other, seen in arrayed
-                    if seen[0] is first
-                    and self._types[other] == self._types[name]
-                    and all(map(is_, values, seen))
-                ),
-                None,
-            )
-            if same is not None:
-                shape.append((same, name))
-                continue
-            arrayed.append((name, values))
-            params[name] = _convert(processor, values, self.sql) if processor else list(values)
-            shape.append(name)
-        if not arrayed:  # every column shared: one array still gives the rows' count
-            name, _, processor = self._columns[0]
-            column = [row[name] for row in rows]
-            params[name] = _convert(processor, column, self.sql) if processor else column
-            shape[0] = name
-        key = tuple(shape)
-        sql = self._shapes.get(key)
-        if sql is None:
-            if len(self._shapes) >= self.MAX_SHAPES:
-                self._shapes.clear()
-            sql = self._shapes[key] = self._statement(key)
-        try:
-            _run(cursor, sql, params, self._prepare)
-        except BaseException as exc:
-            _handle(connection, exc, sql, params, cursor)
-
-
-class ArrayUpdate:
-    """Many rows updated by one UPDATE on PostgreSQL: each row's values as arrays, ``unnest``.
-
-    ``UPDATE t SET c = v.c, ..., s = %(s)s, ... FROM unnest(...) AS v(key, c, ...)
-    WHERE t.key = v.key``: one statement whatever the batch size (prepared once),
-    instead of one execution per row.
-    """
-
-    __slots__ = ("_arrays", "_prepare", "_shared", "sql")
-
-    def __init__(
-        self,
-        table: Table,
-        key: str,
-        per_row: Sequence[str],
-        shared: Sequence[str],
-        dialect: Dialect,
-        *,
-        prepare: bool,
-    ) -> None:
-        preparer = dialect.identifier_preparer
-        name = preparer.format_table(table)
-        arrayed = (key, *per_row)
-        arrays = ", ".join(
-            f"%(a_{c})s::{table.c[c].type.compile(dialect=dialect)}[]" for c in arrayed
-        )
-        sets = [f"{preparer.quote(c)} = v.{preparer.quote(c)}" for c in per_row]
-        sets += [f"{preparer.quote(c)} = %(s_{c})s" for c in shared]
-        self.sql = (
-            f"UPDATE {name} SET {', '.join(sets)} "
-            f"FROM unnest({arrays}) AS v({', '.join(preparer.quote(c) for c in arrayed)}) "
-            f"WHERE {name}.{preparer.quote(key)} = v.{preparer.quote(key)}"
-        )
-        self._arrays = [(c, _bind_processor(table, c, dialect)) for c in arrayed]
-        self._shared = [(c, _bind_processor(table, c, dialect)) for c in shared]
-        self._prepare = prepare
-
-    def execute(
-        self, connection: Connection, rows: Sequence[Mapping[str, Any]], shared: Mapping[str, Any]
-    ) -> None:
-        """Update ``rows`` in ``connection``'s transaction, with ``shared`` on every one."""
-        cursor = _cursor(connection)
-        params: dict[str, Any] = {}
-        for name, processor in self._arrays:
-            values = [row[name] for row in rows]
-            params[f"a_{name}"] = (
-                _convert(processor, values, self.sql) if processor is not None else values
-            )
-        for name, processor in self._shared:
-            value = shared[name]
-            if processor is not None and value is not None:
-                value = _convert(processor, [value], self.sql)[0]
-            params[f"s_{name}"] = value
-        try:
-            _run(cursor, self.sql, params, self._prepare)
-        except BaseException as exc:
-            _handle(connection, exc, self.sql, params, cursor)
-
-
-def _bind_processor(table: Table, column: str, dialect: Dialect) -> Processor | None:
-    return cast(
-        "Processor | None", table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
-    )
-
-
-def _convert(processor: Processor, values: Sequence[Any], sql: str) -> list[Any]:
+def convert(processor: Processor, values: Sequence[Any], sql: str) -> list[Any]:
     """``processor`` over ``values``, once per distinct object in a row (None stays None)."""
     first = values[0] if values else None
     try:
@@ -447,6 +240,19 @@ def _convert(processor: Processor, values: Sequence[Any], sql: str) -> list[Any]
     except Exception as exc:
         raise _refused(exc, sql) from exc
     return out
+
+
+def execute_on_cursor(connection: Connection, sql: str, params: Any, *, prepare: bool) -> None:
+    """Run ``sql`` on the driver's cursor, in ``connection``'s transaction (no rows back).
+
+    Errors are raised as SQLAlchemy raises them (see :func:`_handle`). For the
+    array statements of :mod:`._arrays`, compiled there.
+    """
+    cursor = _cursor(connection)
+    try:
+        _run(cursor, sql, params, prepare)
+    except BaseException as exc:
+        _handle(connection, exc, sql, params, cursor)
 
 
 def _refused(exc: Exception, sql: str) -> sa_exc.StatementError:
