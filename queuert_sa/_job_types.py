@@ -41,6 +41,8 @@ OutT_co = TypeVar("OutT_co", covariant=True)
 
 _NAME_MAX = 255
 
+_CHAIN_START = cast("type[ChainStart[Any, Any]]", ChainStart)
+
 
 class JobType(Generic[InT, OutT]):
     """A declared job type. ``InT`` is its input, ``OutT`` its output.
@@ -124,9 +126,8 @@ class JobType(Generic[InT, OutT]):
                 -2**31..2**31-1). Defaults to 0 for a chain start and to the
                 current job's priority for ``continue_with``.
         """
-        # ChainStart(...), without the cost of its frozen __init__
-        start = assemble(
-            cast("type[ChainStart[InT, OutT]]", ChainStart),
+        return assemble(  # ChainStart(...), without the cost of its frozen __init__
+            _CHAIN_START,
             job_type=self,
             input=input,
             id=id,
@@ -136,7 +137,6 @@ class JobType(Generic[InT, OutT]):
             dedup=dedup,
             priority=priority,
         )
-        return start
 
     @property
     def blocker_types(self) -> tuple[JobType[Any, Any], ...]:

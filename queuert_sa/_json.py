@@ -43,12 +43,12 @@ def _is_plain(value: object, depth: int) -> bool:
     then decides.
     """
     kind = type(value)
-    if kind is str:
-        return _is_storable_text(typing.cast(str, value))
+    if type(value) is str:  # (not ``kind``: type checkers narrow this form)
+        return _is_storable_text(value)
     if kind is int or kind is bool or value is None:
         return True
-    if kind is float:
-        return math.isfinite(typing.cast(float, value))
+    if type(value) is float:
+        return math.isfinite(value)
     if depth >= 200:
         return False
     if kind is dict:

@@ -58,6 +58,8 @@ from .state import operations as ops
 
 log = get_logger("queuert_sa")
 
+_CHAIN = cast("type[Chain[Any, Any]]", Chain)
+
 # --- notifications after COMMIT -----------------------------------------------------
 
 
@@ -165,12 +167,13 @@ def start_chains(
         if job_type is None:
             job_type = types[start.job_type] = ctx.job_types.resolve(start.job_type)
             job_type.require_entry()
+        name = job_type.name
         run_at, run_in, dedup = start.run_at, start.run_in, start.dedup
+        scheduled_at = now
         if run_at is not None or run_in is not None:
-            check_schedule(job_type.name, run_at, run_in)
-        priority = (
-            check_priority(job_type.name, start.priority) if start.priority is not None else 0
-        )
+            check_schedule(name, run_at, run_in)
+            scheduled_at = scheduled_time(now, run_at, run_in)
+        priority = check_priority(name, start.priority) if start.priority is not None else 0
         if dedup is not None:
             if not isinstance(dedup, Dedup):  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise DeduplicationError(
@@ -181,7 +184,8 @@ def start_chains(
             blockers.append((job_type, check_blocker_refs(job_type, start.blockers)))
             any_blockers = True
         else:
-            job_type.require_blocker_count(0)
+            if job_type.blocker_slots:  # slots to fill: refused (the error says which)
+                job_type.require_blocker_count(0)
             blockers.append((job_type, []))
         encoded = job_type.encode_input(start.input)
         if start.id is not None:
@@ -192,14 +196,14 @@ def start_chains(
         jobs.append(
             NewJob(
                 id=job_id,
-                type_name=job_type.name,
+                type_name=name,
                 chain_id=job_id,
-                chain_type_name=job_type.name,
+                chain_type_name=name,
                 chain_index=0,
                 input=encoded,
                 status=JobStatus.PENDING,
                 created_at=now,
-                scheduled_at=scheduled_time(now, run_at, run_in),
+                scheduled_at=scheduled_at,
                 deduplication_key=dedup.key if dedup is not None else None,
                 priority=priority or 0,
             )
@@ -240,9 +244,9 @@ def start_chains(
     wake_after_commit(
         session, ctx, Counter(job.type_name for job in jobs if job.status == JobStatus.PENDING)
     )
-    created: list[Chain[Any, Any]] = [
+    created = [
         assemble(  # Chain(...), without the cost of its frozen __init__
-            cast("type[Chain[Any, Any]]", Chain),
+            _CHAIN,
             id=job.id,
             type_name=job.type_name,
             input=starts[i].input,
