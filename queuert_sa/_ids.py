@@ -53,6 +53,8 @@ def new_ids(count: int) -> list[uuid.UUID]:
     used up.
     """
     global _last_ms, _counter
+    if count == 1:
+        return [new_id()]  # one id: without the batch's bookkeeping
     random = os.urandom(8 * count + 2)
     stamps: list[int] = []
     with _lock:
