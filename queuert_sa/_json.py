@@ -29,7 +29,51 @@ def _describe(value: object) -> str:
 
 def check_json(value: object, *, type_name: str, what: str) -> None:
     """Raise :class:`JobInputError` unless ``value`` round-trips through JSON unchanged."""
-    _walk(value, path=what, type_name=type_name, depth=0)
+    if not _is_plain(value, 0):
+        # The walk that names the offending element (and decides what the quick
+        # look leaves to it: subclasses of the JSON types, deep nesting).
+        _walk(value, path=what, type_name=type_name, depth=0)
+
+
+def _is_plain(value: object, depth: int) -> bool:
+    """Whether ``value`` is a tree of exactly the JSON types that :func:`_walk` accepts.
+
+    The quick look every input and output gets: no path is built for each
+    element (most of the walk's time). False is not a refusal: :func:`_walk`
+    then decides.
+    """
+    kind = type(value)
+    if type(value) is str:  # (not ``kind``: type checkers narrow this form)
+        return _is_storable_text(value)
+    if kind is int or kind is bool or value is None:
+        return True
+    if type(value) is float:
+        return math.isfinite(value)
+    if depth >= 200:
+        return False
+    if kind is dict:
+        for key, item in typing.cast("dict[object, object]", value).items():
+            if type(key) is not str or not _is_storable_text(key):
+                return False
+            if not _is_plain(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(_is_plain(item, depth + 1) for item in typing.cast("list[object]", value))
+    return False
+
+
+def _is_storable_text(text: str) -> bool:
+    """No NUL and no lone surrogate (what :func:`_check_text` refuses)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _walk(value: object, *, path: str, type_name: str, depth: int) -> None:

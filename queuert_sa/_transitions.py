@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from . import _observing as observing
 from . import _start_checks as checks
 from . import hooks
 from ._context import Context
-from ._entities import Chain, Dedup, Job
+from ._entities import Chain, Dedup, Job, assemble
 from ._errors import (
     ChainCancelledError,
     ChainNotFoundError,
@@ -37,7 +37,7 @@ from ._errors import (
     JobNotTriggerableError,
     JobTypeMismatchError,
 )
-from ._ids import coerce_id, new_id
+from ._ids import coerce_id, new_ids
 from ._job_types import ChainStart, JobType
 from ._rules import (
     Completed,
@@ -57,6 +57,8 @@ from .state import chains as ops_chains
 from .state import operations as ops
 
 log = get_logger("queuert_sa")
+
+_CHAIN = cast("type[Chain[Any, Any]]", Chain)
 
 # --- notifications after COMMIT -----------------------------------------------------
 
@@ -153,43 +155,68 @@ def start_chains(
 ) -> list[Chain[Any, Any]]:
     """Insert the first jobs of ``starts`` (validated first), deduplicated, blockers resolved."""
     now = ctx.clock()
+    # One draw for the batch's ids (one lock, one clock read, one read of random bits).
+    generated = iter(new_ids(sum(1 for start in starts if start.id is None)))
+    # Each start's type, looked up and checked once per batch, not once per start.
+    types: dict[object, JobType[Any, Any]] = {}
     jobs: list[NewJob] = []
     blockers: list[tuple[JobType[Any, Any], list[uuid.UUID]]] = []
+    any_blockers = any_given_id = any_dedup = False
     for start in starts:
-        job_type = ctx.job_types.resolve(start.job_type)
-        job_type.require_entry()
-        check_schedule(job_type.name, start.run_at, start.run_in)
-        priority = check_priority(job_type.name, start.priority)
-        if start.dedup is not None and not isinstance(start.dedup, Dedup):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise DeduplicationError(
-                f"dedup= takes a queuert_sa.Dedup, got {type(start.dedup).__name__}."
-            )
-        blockers.append((job_type, check_blocker_refs(job_type, start.blockers)))
+        job_type = types.get(start.job_type)
+        if job_type is None:
+            job_type = types[start.job_type] = ctx.job_types.resolve(start.job_type)
+            job_type.require_entry()
+        name = job_type.name
+        run_at, run_in, dedup = start.run_at, start.run_in, start.dedup
+        scheduled_at = now
+        if run_at is not None or run_in is not None:
+            check_schedule(name, run_at, run_in)
+            scheduled_at = scheduled_time(now, run_at, run_in)
+        priority = check_priority(name, start.priority) if start.priority is not None else 0
+        if dedup is not None:
+            if not isinstance(dedup, Dedup):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise DeduplicationError(
+                    f"dedup= takes a queuert_sa.Dedup, got {type(dedup).__name__}."
+                )
+            any_dedup = True
+        if start.blockers:
+            blockers.append((job_type, check_blocker_refs(job_type, start.blockers)))
+            any_blockers = True
+        else:
+            if job_type.blocker_slots:  # slots to fill: refused (the error says which)
+                job_type.require_blocker_count(0)
+            blockers.append((job_type, []))
         encoded = job_type.encode_input(start.input)
-        job_id = coerce_id(start.id) if start.id is not None else new_id()
+        if start.id is not None:
+            job_id = coerce_id(start.id)
+            any_given_id = True
+        else:
+            job_id = next(generated)
         jobs.append(
             NewJob(
                 id=job_id,
-                type_name=job_type.name,
+                type_name=name,
                 chain_id=job_id,
-                chain_type_name=job_type.name,
+                chain_type_name=name,
                 chain_index=0,
                 input=encoded,
                 status=JobStatus.PENDING,
                 created_at=now,
-                scheduled_at=scheduled_time(now, start.run_at, start.run_in),
-                deduplication_key=start.dedup.key if start.dedup is not None else None,
+                scheduled_at=scheduled_at,
+                deduplication_key=dedup.key if dedup is not None else None,
                 priority=priority or 0,
             )
         )
-    duplicates = checks.find_duplicates(session, ctx, starts, jobs, now)
+    duplicates = checks.find_duplicates(session, ctx, starts, jobs, now) if any_dedup else {}
     fresh = [i for i in range(len(jobs)) if i not in duplicates]
     if len(fresh) < len(jobs):
         jobs = [jobs[i] for i in fresh]
         blockers = [blockers[i] for i in fresh]
-    given = [job.id for i, job in zip(fresh, jobs, strict=True) if starts[i].id is not None]
-    checks.check_new_ids(session, ctx, given)
-    if any(chain_ids for _, chain_ids in blockers):
+    if any_given_id:
+        given = [job.id for i, job in zip(fresh, jobs, strict=True) if starts[i].id is not None]
+        checks.check_new_ids(session, ctx, given)
+    if any_blockers and any(chain_ids for _, chain_ids in blockers):
         batch = {job.id: job.type_name for job in jobs}
         check_no_cycle(jobs, blockers)
         statuses = resolve_blockers(session, ctx, blockers, batch)
@@ -200,15 +227,16 @@ def start_chains(
             session, ctx, jobs, None, [chain_ids for _, chain_ids in blockers]
         )
     ops.insert_jobs(session, ctx.models, jobs)
-    ops_blockers.insert_blockers(
-        session,
-        ctx.models,
-        [
-            (job.id, chain_id, index)
-            for job, (_, chain_ids) in zip(jobs, blockers, strict=True)
-            for index, chain_id in enumerate(chain_ids)
-        ],
-    )
+    if any_blockers:
+        ops_blockers.insert_blockers(
+            session,
+            ctx.models,
+            [
+                (job.id, chain_id, index)
+                for job, (_, chain_ids) in zip(jobs, blockers, strict=True)
+                for index, chain_id in enumerate(chain_ids)
+            ],
+        )
     if spans is not None:
         observing.created_after_commit(
             session, ctx.observers, jobs, spans, [chain_ids for _, chain_ids in blockers]
@@ -216,8 +244,9 @@ def start_chains(
     wake_after_commit(
         session, ctx, Counter(job.type_name for job in jobs if job.status == JobStatus.PENDING)
     )
-    created: dict[uuid.UUID, Chain[Any, Any]] = {
-        job.id: Chain(
+    created = [
+        assemble(  # Chain(...), without the cost of its frozen __init__
+            _CHAIN,
             id=job.id,
             type_name=job.type_name,
             input=starts[i].input,
@@ -229,15 +258,18 @@ def start_chains(
             current_type_name=job.type_name,
             current_index=0,
             priority=job.priority,
+            deduplicated=False,
         )
         for i, job in zip(fresh, jobs, strict=True)
-    }
+    ]
+    if not duplicates:
+        return created
     results: list[Chain[Any, Any]] = []
-    fresh_jobs = iter(jobs)
+    fresh_chains = iter(created)
     for i in range(len(starts)):
         duplicate = duplicates.get(i)
         if duplicate is None:
-            results.append(created[next(fresh_jobs).id])
+            results.append(next(fresh_chains))
         elif isinstance(duplicate, int):  # an earlier start of this batch
             results.append(dataclasses.replace(results[duplicate], deduplicated=True))
         else:

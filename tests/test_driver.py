@@ -13,6 +13,7 @@ import gc
 import logging
 import uuid
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,55 +165,95 @@ def test_compiled_statements_go_with_their_engine(tmp_path: Path) -> None:
     assert [ref() for ref in dialects] == [None, None, None]
 
 
+_BATCH_NOW = dt.datetime(2026, 11, 22, 9, 30, 15, 123456, tzinfo=dt.UTC)
+
+
+def _rows_of(db: Db, ids: list[uuid.UUID]) -> list[tuple[Any, ...]]:
+    with Session(db.engine) as s:
+        by_id = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
+        return [
+            (
+                j.type_name,
+                j.chain_type_name,
+                j.chain_index,
+                j.input,
+                j.status,
+                j.created_at,
+                j.scheduled_at,
+                j.attempt,
+                j.deduplication_key is not None,
+                j.chain_id == j.id,
+                j.priority,
+            )
+            for j in (by_id[i] for i in ids)
+        ]
+
+
+def _driver_level_and_through_sqlalchemy(
+    db: Db, starts: Callable[[], list[q.ChainStart[Any, Any]]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The rows ``start_chains(starts())`` writes on the driver's path, and through SQLAlchemy."""
+
+    def batch(client: q.Queuert) -> list[uuid.UUID]:
+        with Session(client.engine) as s, s.begin():
+            return [c.id for c in client.start_chains(s, starts())]
+
+    driver_level = _rows_of(db, batch(q.Queuert(db.engine, job_types, clock=lambda: _BATCH_NOW)))
+    forced = create_engine(db.url)
+    event.listen(forced, "before_cursor_execute", lambda *args: None)
+    try:
+        through_sqlalchemy = _rows_of(
+            db, batch(q.Queuert(forced, job_types, clock=lambda: _BATCH_NOW))
+        )
+    finally:
+        forced.dispose()
+    return driver_level, through_sqlalchemy
+
+
 def test_batched_start_writes_the_same_rows_as_sqlalchemy_would(db: Db) -> None:
     # The driver-level INSERT (an unnest of column arrays on PostgreSQL, an
     # executemany on SQLite) against the same batch through SQLAlchemy.
-    now = dt.datetime(2026, 11, 22, 9, 30, 15, 123456, tzinfo=dt.UTC)
+    now = _BATCH_NOW
     inputs: list[Any] = [
         {"n": 1, "sleep": 0},
         {"n": 2, "sleep": 0.25, "note": "naïve ✓ 'quoted' %(x)s"},
         {"n": 3, "sleep": 0, "nested": {"a": [1, None, {"b": True}]}},
     ]
-
-    def batch(client: q.Queuert) -> list[uuid.UUID]:
-        starts = [
+    driver_level, through_sqlalchemy = _driver_level_and_through_sqlalchemy(
+        db,
+        lambda: [
             work(inputs[0]),
             work(inputs[1], run_in=dt.timedelta(minutes=5)),
             work(inputs[2], dedup=q.Dedup(f"key-{uuid.uuid4()}")),
-            work(inputs[0], run_at=now + dt.timedelta(hours=1)),
-        ]
-        with Session(client.engine) as s, s.begin():
-            return [c.id for c in client.start_chains(s, starts)]
-
-    def rows(ids: list[uuid.UUID]) -> list[tuple[Any, ...]]:
-        with Session(db.engine) as s:
-            by_id = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
-            return [
-                (
-                    j.type_name,
-                    j.chain_type_name,
-                    j.chain_index,
-                    j.input,
-                    j.status,
-                    j.created_at,
-                    j.scheduled_at,
-                    j.attempt,
-                    j.deduplication_key is not None,
-                    j.chain_id == j.id,
-                )
-                for j in (by_id[i] for i in ids)
-            ]
-
-    driver_level = rows(batch(q.Queuert(db.engine, job_types, clock=lambda: now)))
-    forced = create_engine(db.url)
-    event.listen(forced, "before_cursor_execute", lambda *args: None)
-    try:
-        through_sqlalchemy = rows(batch(q.Queuert(forced, job_types, clock=lambda: now)))
-    finally:
-        forced.dispose()
+            work(inputs[0], run_at=now + dt.timedelta(hours=1), priority=3),
+            work(None),  # pyright: ignore[reportArgumentType] - stored as SQL NULL
+        ],
+    )
     assert driver_level == through_sqlalchemy
-    assert [r[3] for r in driver_level] == [inputs[0], inputs[1], inputs[2], inputs[0]]
+    assert [r[3] for r in driver_level] == [inputs[0], inputs[1], inputs[2], inputs[0], None]
     assert driver_level[1][6] == now + dt.timedelta(minutes=5)
+    assert [r[10] for r in driver_level] == [0, 0, 0, 3, 0]
+    with Session(db.engine) as s:  # SQL NULL, not a JSON null, on both paths
+        nulls = s.scalar(select(func.count()).select_from(Job).where(Job.input.is_(None)))
+    assert nulls == 2
+
+
+def test_batched_start_of_alike_chains_writes_the_same_rows_as_sqlalchemy_would(
+    db: Db,
+) -> None:
+    # Values shared by every row of the batch (here even the input object, and
+    # a run_at) are sent once on PostgreSQL, not as an array each: the rows
+    # must not tell.
+    shared: Any = {"n": 7, "sleep": 0, "note": "%(id)s"}
+    later = _BATCH_NOW + dt.timedelta(minutes=1)
+    driver_level, through_sqlalchemy = _driver_level_and_through_sqlalchemy(
+        db, lambda: [work(shared, run_at=later, priority=-2) for _ in range(3)]
+    )
+    assert driver_level == through_sqlalchemy
+    assert (
+        driver_level
+        == [("work", "work", 0, shared, "pending", _BATCH_NOW, later, 0, False, True, -2)] * 3
+    )
 
 
 # --- aiosqlite: one call to the driver's thread per hot statement ---------------------

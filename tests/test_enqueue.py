@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import pickle
 import uuid
 
 import pytest
@@ -153,6 +155,37 @@ def test_start_chains_batch_is_one_statement(db: Db, client: q.Queuert) -> None:
     assert job_count(db) == 250
     # Ids are time-ordered (UUIDv7): creation order is id order.
     assert [c.id for c in chains] == sorted(c.id for c in chains)
+
+
+def test_started_chains_and_their_starts_are_the_dataclasses_their_constructors_build(
+    db: Db, client: q.Queuert
+) -> None:
+    # Both are filled without their frozen __init__ (its cost per chain): they
+    # must not differ from what the constructor builds, in any way a user sees.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    start = work({"n": 1, "sleep": 0}, run_at=later, priority=4, blockers=[])
+    built = q.ChainStart(work, {"n": 1, "sleep": 0}, run_at=later, priority=4)
+    assert not hasattr(q.ChainStart, "__post_init__")
+    assert not hasattr(q.Chain, "__post_init__")
+    assert start == built
+    assert repr(start) == repr(built)
+    assert hash(start.blockers) == hash(built.blockers)
+    assert list(vars(start)) == [f.name for f in dataclasses.fields(q.ChainStart)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        start.priority = 5  # type: ignore[misc]
+
+    with Session(db.engine) as s, s.begin():
+        chains = client.start_chains(s, [start, work({"n": 2, "sleep": 0})])
+    for chain in chains:
+        rebuilt = dataclasses.replace(chain)  # through Chain.__init__
+        assert chain == rebuilt
+        assert repr(chain) == repr(rebuilt)
+        assert list(vars(chain)) == [f.name for f in dataclasses.fields(q.Chain)]
+        assert pickle.loads(pickle.dumps(chain)) == chain
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            chain.status = q.JobStatus.RUNNING  # type: ignore[misc]
+        assert chain == dataclasses.replace(client.get_chain(chain.id, work), input=chain.input)
+    assert [c.priority for c in chains] == [4, 0]
 
 
 def test_caller_supplied_id_and_schedule(db: Db, client: q.Queuert) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
+import enum
 import inspect
 import logging
 import pickle
 import random
+import re
+import time
 import traceback
 import typing
 import uuid
@@ -17,7 +21,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 import queuert_sa as q
-from queuert_sa._ids import new_id
+from queuert_sa._ids import new_id, new_ids
+from queuert_sa._json import check_json
 from queuert_sa._retry import MAX_ERROR_CHARS, backoff_delay, describe_error, retry_decision
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
@@ -73,6 +78,54 @@ def test_ids_are_uuid7_and_monotonic() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert isinstance(ids[0], uuid.UUID)
+
+
+def test_ids_drawn_for_a_batch_are_uuid7_and_monotonic_with_single_ones() -> None:
+    # A batch of 5,000 uses up a millisecond's 4,096 counter values: it rolls over.
+    before = time.time_ns() // 1_000_000
+    ids = [new_id(), *new_ids(3), new_id(), *new_ids(5000), *new_ids(1), *new_ids(0), new_id()]
+    assert len(ids) == 3 + 3 + 5000 + 1
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert before <= ids[0].int >> 80 <= time.time_ns() // 1_000_000 + 2
+    assert len({i.int & ((1 << 62) - 1) for i in ids}) == len(ids)  # random bits differ
+
+
+def test_json_checks_accept_what_they_accepted_and_refuse_what_they_refused() -> None:
+    # The quick look leaves subclasses of the JSON types and deep trees to the walk.
+    class Size(enum.IntEnum):
+        LARGE = 3
+
+    class Name(str):
+        pass
+
+    def nested(levels: int) -> object:
+        value: object = 0
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    accepted: list[object] = [
+        {"size": Size.LARGE, "name": Name("x"), Name("key"): 1},
+        collections.OrderedDict(a=1, b=[1.5, None, True]),
+        {"text": "naïve ✓ 雪", "tuple": (1, "two")},
+        nested(200),
+        {"a": nested(199)},
+    ]
+    for value in accepted:
+        check_json(value, type_name="t", what="input")
+    refused: list[tuple[object, str]] = [
+        (nested(201), "deeper than 200"),
+        ({"a": [1, {"b": float("nan")}]}, "input['a'][1]['b'] of job type 't' is nan"),
+        ({"ok": 1, Name("k\x00"): 1}, "NUL character"),
+        ([collections.OrderedDict(x="\ud800")], "input[0]['x'] of job type 't' contains a lone"),
+        ({"a": {1: 2}}, "has key 1 (int)"),
+        ({"a": [Size.LARGE, 1.5, b"x"]}, "input['a'][2] of job type 't' is a bytes"),
+    ]
+    for value, message in refused:
+        with pytest.raises(q.JobInputError, match=re.escape(message)):
+            check_json(value, type_name="t", what="input")
 
 
 def test_post_commit_effects_run_in_order_and_failures_do_not_break_commit(

@@ -31,7 +31,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from queuert_sa.models import Models
 
-from . import _fastpath, _statements
+from . import _arrays, _fastpath, _statements
 from .capabilities import Capabilities, capabilities_for
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def update_rows(
     caps = capabilities_for(connection.dialect)
     names = tuple(shared)
     if caps.array_insert and _on_driver_cursor(connection, caps):
-        _fastpath.array_update_for(
+        _arrays.array_update_for(
             connection.dialect, table, key, per_row, names, prepare=caps.server_prepare
         ).execute(connection, rows, shared)
         return
@@ -142,9 +142,9 @@ def insert_rows(
     if _on_driver_cursor(connection, caps):
         dialect = connection.dialect
         if len(rows) > 1 and caps.array_insert:
-            _fastpath.array_insert_for(
-                dialect, table, columns, prepare=caps.server_prepare
-            ).execute(connection, rows)
+            _arrays.array_insert_for(dialect, table, columns, prepare=caps.server_prepare).execute(
+                connection, rows
+            )
         else:
             _fastpath.statement_for(
                 dialect,

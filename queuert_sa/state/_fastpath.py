@@ -12,18 +12,21 @@ processors, so values go in and come out as they would through SQLAlchemy.
 Driver errors go through SQLAlchemy's own error handling (``handle_error``
 events, disconnect detection and pool invalidation, ``hide_parameters``).
 
-This module only knows *how* to run a statement on the cursor. *Whether* one
-does (the driver's capabilities, and nothing listening that would miss it) is
-decided in one place, :mod:`._exec`.
+This module only knows *how* to run a statement on the cursor (and
+:mod:`._arrays` how to run PostgreSQL's batch statements over arrays there).
+*Whether* one does (the driver's capabilities, and nothing listening that would
+miss it) is decided in one place, :mod:`._exec`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import is_
 from typing import Any, NoReturn, TypeVar, cast
 
-from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy import Connection, Dialect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
@@ -53,38 +56,10 @@ def statement_for(
 
     With ``prepare``, it is prepared server side at its first run.
     """
-    return _once(dialect, key, lambda: DriverStatement(build(), dialect, prepare=prepare))
+    return once(dialect, key, lambda: DriverStatement(build(), dialect, prepare=prepare))
 
 
-def array_insert_for(
-    dialect: Dialect, table: Table, columns: tuple[str, ...], *, prepare: bool
-) -> ArrayInsert:
-    """The one-statement batch INSERT of ``columns`` into ``table``, once per dialect."""
-    return _once(
-        dialect,
-        ("array_insert", table, columns),
-        lambda: ArrayInsert(table, columns, dialect, prepare=prepare),
-    )
-
-
-def array_update_for(
-    dialect: Dialect,
-    table: Table,
-    key: str,
-    per_row: tuple[str, ...],
-    shared: tuple[str, ...],
-    *,
-    prepare: bool,
-) -> ArrayUpdate:
-    """The one-statement batch UPDATE of ``table`` (see :class:`ArrayUpdate`), once per dialect."""
-    return _once(
-        dialect,
-        ("array_update", table, key, per_row, shared),
-        lambda: ArrayUpdate(table, key, per_row, shared, dialect, prepare=prepare),
-    )
-
-
-def _once(dialect: Dialect, key: Hashable, build: Callable[[], T]) -> T:
+def once(dialect: Dialect, key: Hashable, build: Callable[[], T]) -> T:
     """``build()`` once per (dialect, key), kept in the dialect's cache."""
     per_dialect = _cache_of(dialect)
     found = per_dialect.get(key)
@@ -195,32 +170,28 @@ class DriverStatement:
         """Run once per row in ``connection``'s transaction (no RETURNING).
 
         psycopg sends the batch in one pipeline (one round trip); sqlite3 steps
-        it in C. A value repeated across rows (the same ``now``, the same
-        status) is converted once.
+        it in C. Values are converted a column at a time, and a value repeated
+        across rows (the same ``now``, the same status) is converted once.
         """
         cursor = _cursor(connection)
-        variable = list(self._variable.items())
-        fixed = self._fixed
-        order = self._order
-        memo: dict[str, tuple[Any, Any]] = {}
-        batch: list[Any] = []
-        for row in rows:
-            values = dict(fixed)
-            for name, processor in variable:
-                value = row[name]
-                if processor is not None and value is not None:
-                    seen = memo.get(name)
-                    if seen is not None and seen[0] is value:
-                        value = seen[1]
-                    else:
-                        try:
-                            converted = processor(value)
-                        except Exception as exc:
-                            raise _refused(exc, self.sql) from exc
-                        memo[name] = (value, converted)
-                        value = converted
-                values[name] = value
-            batch.append(values if order is None else [values[name] for name in order])
+        count = len(rows)
+        columns: dict[str, Iterable[Any]] = {
+            name: repeat(value, count) for name, value in self._fixed.items()
+        }
+        for name, processor in self._variable.items():
+            values = [row[name] for row in rows]
+            columns[name] = convert(processor, values, self.sql) if processor else values
+        batch: list[Any]
+        if self._order is None:
+            names = list(columns)
+            batch = [
+                dict(zip(names, values, strict=True))
+                for values in zip(*columns.values(), strict=True)
+            ]
+        else:
+            batch = list(zip(*(columns[name] for name in self._order), strict=True))
+        if not columns:
+            batch = [{} if self._order is None else ()] * count
         try:
             if len(batch) == 1:
                 # One row: psycopg's executemany would open a pipeline (extra syncs).
@@ -250,119 +221,15 @@ class DriverStatement:
         ]
 
 
-class ArrayInsert:
-    """Many rows in one INSERT on PostgreSQL: one array parameter per column, ``unnest``.
-
-    One statement whatever the batch size (prepared once), instead of one
-    execution per row: the server parses, plans and runs it once.
-    """
-
-    __slots__ = ("_columns", "_prepare", "sql")
-
-    def __init__(
-        self, table: Table, columns: Sequence[str], dialect: Dialect, *, prepare: bool
-    ) -> None:
-        preparer = dialect.identifier_preparer
-        arrays = ", ".join(
-            # Binary parameters: psycopg quotes each element of a text array with
-            # regular expressions, a quarter of a batched start's Python time.
-            f"%({name})b::{table.c[name].type.compile(dialect=dialect)}[]"
-            for name in columns
-        )
-        self.sql = (
-            f"INSERT INTO {preparer.format_table(table)} "
-            f"({', '.join(preparer.quote(name) for name in columns)}) "
-            f"SELECT * FROM unnest({arrays})"
-        )
-        self._columns = [(name, _bind_processor(table, name, dialect)) for name in columns]
-        self._prepare = prepare
-
-    def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` in ``connection``'s transaction."""
-        cursor = _cursor(connection)
-        arrays: dict[str, list[Any]] = {}
-        for name, processor in self._columns:
-            values = [row[name] for row in rows]
-            if processor is not None:
-                values = _convert(processor, values, self.sql)
-            arrays[name] = values
-        try:
-            _run(cursor, self.sql, arrays, self._prepare)
-        except BaseException as exc:
-            _handle(connection, exc, self.sql, arrays, cursor)
-
-
-class ArrayUpdate:
-    """Many rows updated by one UPDATE on PostgreSQL: each row's values as arrays, ``unnest``.
-
-    ``UPDATE t SET c = v.c, ..., s = %(s)s, ... FROM unnest(...) AS v(key, c, ...)
-    WHERE t.key = v.key``: one statement whatever the batch size (prepared once),
-    instead of one execution per row.
-    """
-
-    __slots__ = ("_arrays", "_prepare", "_shared", "sql")
-
-    def __init__(
-        self,
-        table: Table,
-        key: str,
-        per_row: Sequence[str],
-        shared: Sequence[str],
-        dialect: Dialect,
-        *,
-        prepare: bool,
-    ) -> None:
-        preparer = dialect.identifier_preparer
-        name = preparer.format_table(table)
-        arrayed = (key, *per_row)
-        arrays = ", ".join(
-            f"%(a_{c})s::{table.c[c].type.compile(dialect=dialect)}[]" for c in arrayed
-        )
-        sets = [f"{preparer.quote(c)} = v.{preparer.quote(c)}" for c in per_row]
-        sets += [f"{preparer.quote(c)} = %(s_{c})s" for c in shared]
-        self.sql = (
-            f"UPDATE {name} SET {', '.join(sets)} "
-            f"FROM unnest({arrays}) AS v({', '.join(preparer.quote(c) for c in arrayed)}) "
-            f"WHERE {name}.{preparer.quote(key)} = v.{preparer.quote(key)}"
-        )
-        self._arrays = [(c, _bind_processor(table, c, dialect)) for c in arrayed]
-        self._shared = [(c, _bind_processor(table, c, dialect)) for c in shared]
-        self._prepare = prepare
-
-    def execute(
-        self, connection: Connection, rows: Sequence[Mapping[str, Any]], shared: Mapping[str, Any]
-    ) -> None:
-        """Update ``rows`` in ``connection``'s transaction, with ``shared`` on every one."""
-        cursor = _cursor(connection)
-        params: dict[str, Any] = {}
-        for name, processor in self._arrays:
-            values = [row[name] for row in rows]
-            params[f"a_{name}"] = (
-                _convert(processor, values, self.sql) if processor is not None else values
-            )
-        for name, processor in self._shared:
-            value = shared[name]
-            if processor is not None and value is not None:
-                value = _convert(processor, [value], self.sql)[0]
-            params[f"s_{name}"] = value
-        try:
-            _run(cursor, self.sql, params, self._prepare)
-        except BaseException as exc:
-            _handle(connection, exc, self.sql, params, cursor)
-
-
-def _bind_processor(table: Table, column: str, dialect: Dialect) -> Processor | None:
-    return cast(
-        "Processor | None", table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
-    )
-
-
-def _convert(processor: Processor, values: list[Any], sql: str) -> list[Any]:
+def convert(processor: Processor, values: Sequence[Any], sql: str) -> list[Any]:
     """``processor`` over ``values``, once per distinct object in a row (None stays None)."""
-    out: list[Any] = []
-    last: Any = None
-    converted: Any = None
+    first = values[0] if values else None
     try:
+        if all(map(is_, values, repeat(first))):  # one object in every row: converted once
+            return [None if first is None else processor(first)] * len(values)
+        out: list[Any] = []
+        last: Any = None
+        converted: Any = None
         for value in values:
             if value is None:
                 out.append(None)
@@ -373,6 +240,19 @@ def _convert(processor: Processor, values: list[Any], sql: str) -> list[Any]:
     except Exception as exc:
         raise _refused(exc, sql) from exc
     return out
+
+
+def execute_on_cursor(connection: Connection, sql: str, params: Any, *, prepare: bool) -> None:
+    """Run ``sql`` on the driver's cursor, in ``connection``'s transaction (no rows back).
+
+    Errors are raised as SQLAlchemy raises them (see :func:`_handle`). For the
+    array statements of :mod:`._arrays`, compiled there.
+    """
+    cursor = _cursor(connection)
+    try:
+        _run(cursor, sql, params, prepare)
+    except BaseException as exc:
+        _handle(connection, exc, sql, params, cursor)
 
 
 def _refused(exc: Exception, sql: str) -> sa_exc.StatementError:
