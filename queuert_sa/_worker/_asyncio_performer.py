@@ -237,7 +237,8 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
 
     @staticmethod
     def savepoint(effect: fx.Savepoint) -> SessionTransaction:
-        return effect.session.sync_session.begin_nested()
+        session: AsyncSession = effect.session
+        return session.sync_session.begin_nested()
 
     @staticmethod
     def end_savepoint(effect: fx.EndSavepoint) -> None:

@@ -95,7 +95,8 @@ class AwaitedPsycopgCursor:
         result = cursor.pgresult
         if result is None or result.status != _TUPLES_OK:
             return ()
-        return await cursor.fetchall()
+        rows: Sequence[Any] = await cursor.fetchall()
+        return rows
 
     def execute(self, sql: str, parameters: Any, *, prepare: bool | None = None) -> None:
         try:
