@@ -192,21 +192,31 @@ def build_async_worker() -> q.AsyncWorker:
 
     Same effects as :func:`build_worker`, from an ``async def`` handler on an
     ``AsyncSession``; the URL in ``QUEUERT_APP_URL`` is switched to its async
-    driver (aiosqlite for SQLite; psycopg serves both).
+    driver (aiosqlite for SQLite; psycopg serves both). ``QUEUERT_APP_STARTED_DIR``
+    and ``QUEUERT_APP_BATCH`` mean what they mean there, and a job's ``sleep``
+    is awaited.
     """
+    import asyncio
+
     from sqlalchemy import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    started_dir = os.environ.get("QUEUERT_APP_STARTED_DIR")
     url = make_url(os.environ["QUEUERT_APP_URL"])
     if url.get_backend_name() == "sqlite":
         url = url.set(drivername="sqlite+aiosqlite")
     client = q.AsyncQueuert(create_async_engine(url), job_types)
     worker = client.worker(poll_interval=dt.timedelta(milliseconds=200))
 
-    @worker.handler(work)
+    @worker.handler(work, batch=int(os.environ.get("QUEUERT_APP_BATCH", "1")))
     async def do_work(attempt: q.AsyncAttempt[WorkIn, int]) -> q.Outcome:
         attempt.session.add(Effect(job_id=str(attempt.job.id), label="work"))
         await attempt.session.flush()
+        if started_dir:
+            with open(os.path.join(started_dir, str(attempt.job.id)), "w") as f:
+                f.write(str(os.getpid()))
+        if attempt.input["sleep"]:
+            await asyncio.sleep(attempt.input["sleep"])
         return attempt.complete(attempt.input["n"] * 2)
 
     return worker
@@ -264,6 +274,15 @@ def run_from_env() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(message)s")
     worker_from_env().run()
+
+
+def run_async_atomic_from_env() -> None:
+    """Entry point of asyncio worker subprocesses (``work`` jobs): run until SIGTERM."""
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(message)s")
+    asyncio.run(build_async_worker().run())
 
 
 def run_async_from_env() -> None:

@@ -26,8 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
+#: The entry point of each kind of worker process (``tests/app.py``).
+ENTRY_POINTS = {"thread": "run_from_env", "async": "run_async_atomic_from_env"}
+
+
 def spawn_worker(
-    db: Db, tmp_path: Path, *, concurrency: int = 1, batch: int = 1, **extra_env: str
+    db: Db,
+    tmp_path: Path,
+    *,
+    concurrency: int = 1,
+    batch: int = 1,
+    kind: str = "thread",
+    **extra_env: str,
 ) -> subprocess.Popen[str]:
     env = {
         **os.environ,
@@ -43,7 +53,7 @@ def spawn_worker(
     log = tmp_path / f"worker-{len(LOGS)}-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import tests.app as a; a.run_from_env()"],
+            [sys.executable, "-c", f"import tests.app as a; a.{ENTRY_POINTS[kind]}()"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -88,14 +98,15 @@ def count(db: Db, stmt: object) -> int:
         return s.execute(stmt).scalar_one()  # type: ignore[call-overload,no-any-return]
 
 
+@pytest.mark.parametrize("kind", ["thread", "async"])
 def test_sigkill_mid_handler_job_returns_and_completes_exactly_once(
-    db: Db, tmp_path: Path, processes: list[subprocess.Popen[str]]
+    db: Db, tmp_path: Path, processes: list[subprocess.Popen[str]], kind: str
 ) -> None:
     client = q.Queuert(db.engine, job_types)
     with Session(db.engine) as s, s.begin():
         chain = client.start_chain(s, work, {"n": 5, "sleep": 60})
 
-    proc = spawn_worker(db, tmp_path)
+    proc = spawn_worker(db, tmp_path, kind=kind)
     processes.append(proc)
     marker = tmp_path / str(chain.id)
     wait_for(marker.exists, 30, "the handler to start in the worker process")
@@ -164,8 +175,9 @@ def test_sigkill_on_the_last_allowed_attempt(
     assert labels == ["work"]  # the atomic job once; the staged one never
 
 
+@pytest.mark.parametrize("kind", ["thread", "async"])
 def test_sigkill_of_a_worker_holding_a_group_keeps_nothing_and_loses_nothing(
-    db: Db, tmp_path: Path, processes: list[subprocess.Popen[str]]
+    db: Db, tmp_path: Path, processes: list[subprocess.Popen[str]], kind: str
 ) -> None:
     """Group commit (batch=): the worker is killed while the group's handlers run, some
     done, one in flight. Every job of the group is pending, none of their writes exist;
@@ -176,7 +188,7 @@ def test_sigkill_of_a_worker_holding_a_group_keeps_nothing_and_loses_nothing(
     with Session(db.engine) as s, s.begin():
         slow = client.start_chain(s, work, {"n": 9, "sleep": 60})  # the last of the group
 
-    proc = spawn_worker(db, tmp_path, batch=10)
+    proc = spawn_worker(db, tmp_path, batch=10, kind=kind)
     processes.append(proc)
     marker = tmp_path / str(slow.id)
     wait_for(marker.exists, 30, "the group's last handler to start in the worker process")
