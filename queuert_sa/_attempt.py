@@ -30,7 +30,7 @@ from ._rules import Completed, Decision, continuation, describe_job
 from ._signal import AsyncAttemptSignal, AttemptSignal
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -193,8 +193,16 @@ class StagedPort(Protocol):
 class AsyncStagedPort(Protocol):
     """What a staged ``AsyncAttempt`` needs from its worker (asyncio driver)."""
 
-    async def commit_prepare(self, state: AttemptState, session: AsyncSession) -> None:
-        """Commit the acquiring transaction (``running`` + lease) and start renewals."""
+    async def commit_prepare(
+        self,
+        state: AttemptState,
+        session: AsyncSession,
+        savepoint: AsyncSessionTransaction | None = None,
+    ) -> None:
+        """Commit the acquiring transaction (``running`` + lease) and start renewals.
+
+        ``savepoint``: ``prepare()``'s own, released first.
+        """
         ...
 
     def owned_transaction(self, state: AttemptState) -> AbstractAsyncContextManager[AsyncSession]:
@@ -437,8 +445,7 @@ class AsyncAttempt(_View[InT, OutT]):
             if savepoint.is_active:
                 await savepoint.rollback()
             raise
-        await savepoint.commit()
-        await port.commit_prepare(self._state, self.session)
+        await port.commit_prepare(self._state, self.session, savepoint)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncGenerator[AsyncSession]:

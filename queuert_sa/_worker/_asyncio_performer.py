@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
-from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util import greenlet_spawn
 
 from queuert_sa._attempt import AsyncAttempt, AttemptState
@@ -133,6 +133,11 @@ async def _rollback_quietly(session: AsyncSession) -> None:
         # lock: close it now rather than when it is garbage-collected.
         with contextlib.suppress(Exception):
             await session.run_sync(end, "invalidate")
+
+
+def _commit_and_close(session: Session) -> None:
+    end(session, "commit")
+    end(session, "close")
 
 
 def _rollback_inline(session: AsyncSession) -> None:
@@ -269,17 +274,20 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         await self._hold.take()
         try:
             session = self._worker.session_factory()
+            closed = False
             try:
                 if self._worker.ctx.capabilities.single_writer:
                     with database_errors("begin a write transaction", self._worker.ctx.models):
                         await session.connection(execution_options={BEGIN_IMMEDIATE: True})
                 yield session
-                await session.run_sync(end, "commit")
+                await greenlet_spawn(_commit_and_close, session.sync_session)  # one hop, not two
+                closed = True
             except BaseException:
                 await _rollback_quietly(session)
                 raise
             finally:
-                await session.run_sync(end, "close")
+                if not closed:
+                    await session.run_sync(end, "close")
         finally:
             self._hold.drop()
 
@@ -343,8 +351,24 @@ class AsyncPerformer(PerformerBase[AsyncSession]):
         async with AsyncAttempt(effect.state, effect.session, port=self).transaction():
             pass
 
-    async def commit_prepare(self, state: AttemptState, session: AsyncSession) -> None:
-        await self.drive(staged.commit_prepare(self._worker, state, session), outermost=False)
+    async def commit_prepare(
+        self,
+        state: AttemptState,
+        session: AsyncSession,
+        savepoint: AsyncSessionTransaction | None = None,
+    ) -> None:
+        steps = staged.commit_prepare(self._worker, state, session)
+        if savepoint is None:
+            await self.drive(steps, outermost=False)
+            return
+        await greenlet_spawn(self._release_then_drive, savepoint, steps)
+
+    def _release_then_drive(self, savepoint: AsyncSessionTransaction, steps: fx.Flow[None]) -> None:
+        # prepare()'s SAVEPOINT released and the flow run in one greenlet, not two.
+        sync = savepoint.sync_transaction
+        assert sync is not None  # begun: prepare() awaited begin_nested()
+        sync.commit()
+        self._drive(steps, outermost=False)
 
     @asynccontextmanager
     async def owned_transaction(self, state: AttemptState) -> AsyncGenerator[AsyncSession]:
