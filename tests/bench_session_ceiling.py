@@ -13,6 +13,10 @@ same jobs with a no-op handler and pgbench's figure for the same SQL.
 
 It prints jobs/s and CPU per job of each, so the worker's share of the
 ``Session`` ceiling reads next to the ceiling's share of the reference.
+
+The same for one start per transaction, from one thread: a ``Session`` whose
+only statement is the pgbench reference's one-row INSERT, beside
+``start_chain`` in a ``Session`` of its own.
 """
 
 from __future__ import annotations
@@ -70,6 +74,24 @@ def _session_loop(engine: Any, acquire: str, complete: str, concurrency: int) ->
     return done[0], time.perf_counter() - started
 
 
+def _start_ceiling(engine: Any, table: str, count: int) -> tuple[float, float]:
+    """One server-generated job row per ``Session`` transaction: (seconds, CPU seconds)."""
+    insert = (
+        f"INSERT INTO {table} ({bench._COLUMNS}) SELECT {bench._PG_ROW} "
+        f"FROM (SELECT {bench._PG_ORDERED_ID} AS id) g"
+    )
+    cpu, started = time.process_time(), time.perf_counter()
+    for _ in range(count):
+        with Session(engine) as session, session.begin():
+            dbapi: Any = session.connection().connection.dbapi_connection
+            dbapi.cursor().execute(insert, prepare=True)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def _line(what: str, count: int, seconds: float, cpu: float, unit: str) -> str:
+    return f"{what:18}{count / seconds:8,.0f} {unit}  {cpu / count * 1e6:5.0f} us CPU each"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", default=DEFAULT_DB)
@@ -86,19 +108,14 @@ def main() -> None:
         cpu = time.process_time()
         count, seconds = _session_loop(engine, acquire, complete, args.concurrency)
         cpu = time.process_time() - cpu
-        print(
-            f"session ceiling   {count / seconds:8,.0f} jobs/s  {cpu / count * 1e6:5.0f} us CPU/job"
-        )
+        print(_line("session ceiling", count, seconds, cpu, "jobs/s"))
 
         bench._clear(engine, models)
         bench._fill(client, noop, args.chains)
         cpu = time.process_time()
         seconds = bench._process_sync(client, noop, args.chains, args.concurrency, "atomic", 1)
         cpu = time.process_time() - cpu
-        print(
-            f"worker, atomic    {args.chains / seconds:8,.0f} jobs/s  "
-            f"{cpu / args.chains * 1e6:5.0f} us CPU/job"
-        )
+        print(_line("worker, atomic", args.chains, seconds, cpu, "jobs/s"))
 
         bench._clear(engine, models)
         bench._fill(client, noop, args.chains)
@@ -107,6 +124,19 @@ def main() -> None:
             print(f"reference: {reference.note}")
         else:
             print(f"pgbench reference {reference.figure.rate:8,.0f} jobs/s")
+
+        starts = max(args.chains // 3, 1)
+        bench._clear(engine, models)
+        seconds, cpu = _start_ceiling(engine, bench._table_name(models), starts)
+        print(_line("start ceiling", starts, seconds, cpu, "chains/s"))
+        bench._clear(engine, models)
+        cpu = time.process_time()
+        seconds = bench._start_single(client, noop, starts)
+        cpu = time.process_time() - cpu
+        print(_line("start_chain", starts, seconds, cpu, "chains/s"))
+        for start_reference in bench._pg_start_references(engine, models, starts):
+            if start_reference.kind == "start-single" and start_reference.figure is not None:
+                print(f"pgbench start     {start_reference.figure.rate:8,.0f} chains/s")
 
 
 if __name__ == "__main__":

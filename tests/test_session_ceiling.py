@@ -28,3 +28,5 @@ def test_the_session_ceiling_bench_runs_as_its_docstring_says(pg: Db) -> None:
     assert any(line.startswith("session ceiling") and "jobs/s" in line for line in lines), lines
     assert any(line.startswith("worker, atomic") for line in lines), lines
     assert any(line.startswith("pgbench reference") or "reference" in line for line in lines)
+    assert any(line.startswith("start ceiling") and "chains/s" in line for line in lines), lines
+    assert any(line.startswith("start_chain") for line in lines), lines
